@@ -1,0 +1,144 @@
+import os from "node:os";
+import { z } from "zod";
+
+/**
+ * Relay configuration, read once from environment variables at start.
+ * Every variable is documented in the README's configuration table.
+ */
+
+const positiveInt = (name: string, fallback: number) =>
+  z.coerce
+    .number({ error: `${name} must be a number` })
+    .int(`${name} must be a whole number`)
+    .positive(`${name} must be greater than 0`)
+    .default(fallback);
+
+const optionalText = z
+  .string()
+  .optional()
+  .transform((value) => (value === undefined || value.trim() === "" ? undefined : value));
+
+const envSchema = z.object({
+  NODE_ENV: z.string().default("development"),
+  PORT: z.coerce
+    .number({ error: "PORT must be a number" })
+    .int("PORT must be a whole number")
+    .min(0, "PORT must be between 0 and 65535")
+    .max(65535, "PORT must be between 0 and 65535")
+    .default(8080),
+  HOST: z.string().min(1).default("0.0.0.0"),
+  WORKERS: positiveInt("WORKERS", os.availableParallelism()),
+  REDIS_URL: optionalText.pipe(
+    z
+      .string()
+      .regex(/^rediss?:\/\//, "REDIS_URL must start with redis:// or rediss://")
+      .optional(),
+  ),
+  REDIS_KEY_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]{1,32}$/, "REDIS_KEY_PREFIX must be 1-32 of A-Z a-z 0-9 _ . -")
+    .default("relay"),
+  AUTH_SECRET: optionalText.pipe(
+    z.string().min(32, "AUTH_SECRET must be at least 32 characters").optional(),
+  ),
+  AUTH_PUBLIC_KEY: optionalText,
+  AUTH_ISSUER: optionalText,
+  AUTH_AUDIENCE: optionalText,
+  AUTH_SECRET_FILE: z.string().min(1).default(".data/auth-secret"),
+  COMMAND_TIMEOUT_MS: positiveInt("COMMAND_TIMEOUT_MS", 5000),
+  MAX_PAYLOAD_BYTES: positiveInt("MAX_PAYLOAD_BYTES", 1024 * 1024),
+  HANDSHAKES_PER_ADDRESS_PER_MINUTE: positiveInt(
+    "HANDSHAKES_PER_ADDRESS_PER_MINUTE",
+    1200,
+  ),
+  HANDSHAKES_PER_IDENTITY_PER_MINUTE: positiveInt(
+    "HANDSHAKES_PER_IDENTITY_PER_MINUTE",
+    30,
+  ),
+  REQUESTS_PER_SOCKET_PER_10S: positiveInt("REQUESTS_PER_SOCKET_PER_10S", 300),
+  SHUTDOWN_TIMEOUT_MS: positiveInt("SHUTDOWN_TIMEOUT_MS", 10000),
+  LOG_LEVEL: z
+    .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
+      error: "LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent",
+    })
+    .default("info"),
+  LOG_FORMAT: z
+    .enum(["json", "pretty"], { error: "LOG_FORMAT must be json or pretty" })
+    .optional(),
+});
+
+export type Env = z.output<typeof envSchema>;
+
+export interface RelayConfig {
+  production: boolean;
+  port: number;
+  host: string;
+  workers: number;
+  redisUrl: string | undefined;
+  redisKeyPrefix: string;
+  auth: {
+    secret: string | undefined;
+    publicKeyPem: string | undefined;
+    issuer: string | undefined;
+    audience: string | undefined;
+    secretFile: string;
+  };
+  commandTimeoutMs: number;
+  maxPayloadBytes: number;
+  limits: {
+    handshakesPerAddressPerMinute: number;
+    handshakesPerIdentityPerMinute: number;
+    requestsPerSocketPer10s: number;
+  };
+  shutdownTimeoutMs: number;
+  logLevel: Env["LOG_LEVEL"];
+  logFormat: "json" | "pretty";
+}
+
+/** Thrown with every invalid variable listed, one per line. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** Parses and validates the relay's configuration from `env`. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
+  const result = envSchema.safeParse(env);
+  if (!result.success) {
+    const lines = result.error.issues.map(
+      (issue) => `  ${issue.path.join(".")}: ${issue.message}`,
+    );
+    throw new ConfigError(`invalid configuration:\n${lines.join("\n")}`);
+  }
+  const parsed = result.data;
+  const production = parsed.NODE_ENV === "production";
+  if (production && !parsed.AUTH_SECRET && !parsed.AUTH_PUBLIC_KEY) {
+    throw new ConfigError(
+      "invalid configuration:\n  AUTH_SECRET or AUTH_PUBLIC_KEY must be set when NODE_ENV=production",
+    );
+  }
+  return {
+    production,
+    port: parsed.PORT,
+    host: parsed.HOST,
+    workers: parsed.WORKERS,
+    redisUrl: parsed.REDIS_URL,
+    redisKeyPrefix: parsed.REDIS_KEY_PREFIX,
+    auth: {
+      secret: parsed.AUTH_SECRET,
+      publicKeyPem: parsed.AUTH_PUBLIC_KEY?.replace(/\\n/g, "\n"),
+      issuer: parsed.AUTH_ISSUER,
+      audience: parsed.AUTH_AUDIENCE,
+      secretFile: parsed.AUTH_SECRET_FILE,
+    },
+    commandTimeoutMs: parsed.COMMAND_TIMEOUT_MS,
+    maxPayloadBytes: parsed.MAX_PAYLOAD_BYTES,
+    limits: {
+      handshakesPerAddressPerMinute: parsed.HANDSHAKES_PER_ADDRESS_PER_MINUTE,
+      handshakesPerIdentityPerMinute: parsed.HANDSHAKES_PER_IDENTITY_PER_MINUTE,
+      requestsPerSocketPer10s: parsed.REQUESTS_PER_SOCKET_PER_10S,
+    },
+    shutdownTimeoutMs: parsed.SHUTDOWN_TIMEOUT_MS,
+    logLevel: parsed.LOG_LEVEL,
+    logFormat: parsed.LOG_FORMAT ?? (production ? "json" : "pretty"),
+  };
+}

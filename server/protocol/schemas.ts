@@ -1,0 +1,164 @@
+import { z } from "zod";
+import {
+  MAX_COMMAND_ID_LENGTH,
+  MAX_LIGHTS_PER_BRIDGE,
+  normalizeBridgeId,
+} from "../../client-sdk/src/protocol.ts";
+
+/**
+ * Schemas of every payload the relay accepts. Objects strip unknown keys,
+ * so a full CLIP v2 light document is accepted and trimmed, and keys such
+ * as `__proto__` never reach the relay's state.
+ */
+
+const MAX_NAME_CODE_POINTS = 32;
+
+export const lightIdSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{1,64}$/, "must be 1-64 of A-Z a-z 0-9 _ -");
+
+export const bridgeIdSchema = z
+  .string()
+  .transform((value, context) => {
+    const id = normalizeBridgeId(value);
+    if (id === null) {
+      context.addIssue({
+        code: "custom",
+        message: `must be 16 hexadecimal digits, got ${JSON.stringify(value.slice(0, 40))}`,
+      });
+      return z.NEVER;
+    }
+    return id;
+  });
+
+const nameSchema = z
+  .string()
+  .refine((name) => {
+    const length = [...name].length;
+    return length >= 1 && length <= MAX_NAME_CODE_POINTS;
+  }, `must be 1-${MAX_NAME_CODE_POINTS} characters`);
+
+const fieldSchemas = {
+  metadata: z.object({ name: nameSchema }),
+  on: z.object({ on: z.boolean() }),
+  dimming: z.object({ brightness: z.number().min(0).max(100) }),
+  color_temperature: z.object({
+    mirek: z.number().int().min(50).max(1000).nullable(),
+  }),
+  color: z.object({
+    xy: z.object({
+      x: z.number().min(0).max(1),
+      y: z.number().min(0).max(1),
+    }),
+  }),
+};
+
+/** A light document; the output always carries `type: "light"`. */
+export const lightSchema = z
+  .object({
+    id: lightIdSchema,
+    type: z.literal("light").optional(),
+    metadata: fieldSchemas.metadata.optional(),
+    on: fieldSchemas.on,
+    dimming: fieldSchemas.dimming.optional(),
+    color_temperature: fieldSchemas.color_temperature.optional(),
+    color: fieldSchemas.color.optional(),
+  })
+  .transform(({ type: _type, ...light }) => ({
+    ...light,
+    type: "light" as const,
+  }));
+
+/** A light change without `id`: at least one field, each complete. */
+export const lightPatchSchema = z
+  .object({
+    metadata: fieldSchemas.metadata.optional(),
+    on: fieldSchemas.on.optional(),
+    dimming: fieldSchemas.dimming.optional(),
+    color_temperature: fieldSchemas.color_temperature.optional(),
+    color: fieldSchemas.color.optional(),
+  })
+  .refine(
+    (patch) => Object.values(patch).some((field) => field !== undefined),
+    "must carry at least one of metadata, on, dimming, color_temperature, color",
+  );
+
+export const lightChangeSchema = z
+  .object({
+    id: lightIdSchema,
+    metadata: fieldSchemas.metadata.optional(),
+    on: fieldSchemas.on.optional(),
+    dimming: fieldSchemas.dimming.optional(),
+    color_temperature: fieldSchemas.color_temperature.optional(),
+    color: fieldSchemas.color.optional(),
+  })
+  .refine(
+    ({ id: _id, ...fields }) =>
+      Object.values(fields).some((field) => field !== undefined),
+    "must carry at least one of metadata, on, dimming, color_temperature, color",
+  );
+
+function uniqueIds<T extends { id: string }>(
+  lights: T[],
+  context: z.RefinementCtx,
+): void {
+  const seen = new Map<string, number>();
+  lights.forEach((light, index) => {
+    const first = seen.get(light.id);
+    if (first !== undefined) {
+      context.addIssue({
+        code: "custom",
+        path: [index, "id"],
+        message: `duplicates lights[${first}].id ${JSON.stringify(light.id)}`,
+      });
+    }
+    seen.set(light.id, index);
+  });
+}
+
+const lightListSchema = z
+  .array(lightSchema)
+  .max(MAX_LIGHTS_PER_BRIDGE, `must hold at most ${MAX_LIGHTS_PER_BRIDGE} lights`)
+  .superRefine(uniqueIds);
+
+const changeListSchema = z
+  .array(lightChangeSchema)
+  .min(1, "must hold at least one light change")
+  .max(MAX_LIGHTS_PER_BRIDGE, `must hold at most ${MAX_LIGHTS_PER_BRIDGE} lights`)
+  .superRefine(uniqueIds);
+
+export const snapshotPayloadSchema = z.object({ lights: lightListSchema });
+export const changedPayloadSchema = z.object({ lights: changeListSchema });
+export const emptyPayloadSchema = z.object({}).optional();
+export const bridgeIdPayloadSchema = z.object({ bridgeId: bridgeIdSchema });
+
+export const commandIdSchema = z
+  .string()
+  .min(1, "must not be empty")
+  .max(MAX_COMMAND_ID_LENGTH, `must be at most ${MAX_COMMAND_ID_LENGTH} characters`);
+
+export const appLightSetPayloadSchema = z.object({
+  bridgeId: bridgeIdSchema,
+  lightId: lightIdSchema,
+  change: lightPatchSchema,
+  commandId: commandIdSchema.optional(),
+});
+
+/** The answer a bridge returns for `light:set`. */
+export const bridgeAnswerSchema = z.union([
+  z.object({
+    ok: z.literal(true),
+    data: z.object({ light: lightSchema }),
+  }),
+  z.object({
+    ok: z.literal(false),
+    error: z.object({
+      code: z.string().min(1).max(64),
+      message: z.string().max(500),
+    }),
+  }),
+]);
+
+export type ParsedLight = z.output<typeof lightSchema>;
+export type ParsedLightChange = z.output<typeof lightChangeSchema>;
+export type ParsedLightPatch = z.output<typeof lightPatchSchema>;

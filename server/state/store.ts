@@ -1,0 +1,104 @@
+import type { Light } from "../../client-sdk/src/protocol.ts";
+
+/** The socket that currently holds a bridge, fenced by a per-bridge epoch. */
+export interface BridgeConnection {
+  /** ID of the relay process (worker) that holds the socket. */
+  serverId: string;
+  socketId: string;
+  /** Incremented by every claim; writes carry it so a replaced socket's late writes fail. */
+  epoch: number;
+}
+
+export interface BridgePresenceRecord {
+  bridgeId: string;
+  /** Null when no socket holds the bridge anywhere. */
+  connection: BridgeConnection | null;
+  /** ISO 8601 UTC time of the last connection or disconnection, or null. */
+  lastSeen: string | null;
+}
+
+export interface BridgeStateRecord extends BridgePresenceRecord {
+  version: number;
+  lights: Light[];
+}
+
+export interface ClaimResult {
+  epoch: number;
+  /** The connection this claim replaced, or null when the bridge was offline. */
+  previous: BridgeConnection | null;
+}
+
+export interface LightWrite {
+  /** Epoch of the connection that writes; a newer claim makes the write `fenced`. */
+  epoch: number;
+  /** Version the writer read; any other stored version makes the write `conflict`. */
+  expectedVersion: number;
+  /** True for a snapshot: every stored light not in `lights` is removed. */
+  replaceAll: boolean;
+  /** Whole light documents to store, keyed by their `id`. */
+  lights: Light[];
+}
+
+export type WriteResult =
+  | { status: "written"; version: number }
+  | { status: "fenced" }
+  | { status: "conflict" };
+
+/** A bridge's answer to a command, remembered for `commandId` idempotency. */
+export type StoredCommandAnswer =
+  | { ok: true; light: Light }
+  | { ok: false; details: { code: string; message: string } };
+
+/**
+ * Per-bridge state shared by every relay process: presence, the last
+ * reported lights with their version, and remembered command answers.
+ * Implementations: memory (one process) and Redis (a cluster).
+ */
+export interface StateStore {
+  /** Makes `socketId` on `serverId` the bridge's connection and bumps its epoch. */
+  claimConnection(
+    bridgeId: string,
+    serverId: string,
+    socketId: string,
+    now: Date,
+  ): Promise<ClaimResult>;
+
+  /**
+   * Marks the bridge offline if `epoch` is still its current connection.
+   * Returns false, changing nothing, when a newer connection took over.
+   */
+  releaseConnection(bridgeId: string, epoch: number, now: Date): Promise<boolean>;
+
+  /** Presence of each bridge, in the order of `bridgeIds`. */
+  getPresence(bridgeIds: string[]): Promise<BridgePresenceRecord[]>;
+
+  /** Whole state of one bridge; a never-seen bridge is at version 0 with no lights. */
+  getState(bridgeId: string): Promise<BridgeStateRecord>;
+
+  /** Version plus the stored documents of `lightIds` (null where unknown), read atomically. */
+  getLights(
+    bridgeId: string,
+    lightIds: string[],
+  ): Promise<{ version: number; lights: (Light | null)[] }>;
+
+  /** Writes lights and bumps the version by one, atomically, if not fenced or in conflict. */
+  writeLights(bridgeId: string, write: LightWrite): Promise<WriteResult>;
+
+  getCommandAnswer(
+    bridgeId: string,
+    commandId: string,
+  ): Promise<StoredCommandAnswer | null>;
+
+  /** Remembers a bridge's answer for `ttlMs` milliseconds. */
+  putCommandAnswer(
+    bridgeId: string,
+    commandId: string,
+    answer: StoredCommandAnswer,
+    ttlMs: number,
+  ): Promise<void>;
+
+  /** Resolves when the store can serve; rejects when it cannot (readiness). */
+  ping(): Promise<void>;
+
+  close(): Promise<void>;
+}
