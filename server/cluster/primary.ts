@@ -1,0 +1,99 @@
+import cluster, { type Worker } from "node:cluster";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { setupMaster } from "@socket.io/sticky";
+import type { RelayConfig } from "../config.ts";
+import type { Logger } from "../logger.ts";
+import { SHUTDOWN_MESSAGE } from "./worker.ts";
+
+/** Restart delays after a worker dies: doubled per recent crash, up to the maximum. */
+const RESTART_DELAY_MIN_MS = 250;
+const RESTART_DELAY_MAX_MS = 30_000;
+/** A worker that lived this long resets the crash count. */
+const STABLE_UPTIME_MS = 60_000;
+
+/**
+ * Runs the cluster primary: it owns the listening socket, hands each
+ * connection to a worker with @socket.io/sticky (round-robin, since
+ * least-connection piles bursts onto one worker), restarts workers that
+ * die with a growing delay, and drains all workers on SIGTERM or SIGINT.
+ */
+export function runPrimary(config: RelayConfig, logger: Logger): void {
+  // Sticky passes sockets and buffers to workers over IPC, which needs the
+  // advanced serialization; without it no client can connect.
+  cluster.setupPrimary({ serialization: "advanced" });
+  const httpServer = createServer();
+  setupMaster(httpServer, { loadBalancingMethod: "round-robin" });
+
+  let stopping = false;
+  let recentCrashes = 0;
+  const startedAt = new Map<number, number>();
+
+  const fork = (): Worker => {
+    const worker = cluster.fork();
+    startedAt.set(worker.id, Date.now());
+    return worker;
+  };
+
+  cluster.on("exit", (worker, code, signal) => {
+    const uptime = Date.now() - (startedAt.get(worker.id) ?? Date.now());
+    startedAt.delete(worker.id);
+    if (stopping) return;
+    recentCrashes = uptime >= STABLE_UPTIME_MS ? 1 : recentCrashes + 1;
+    const delay = Math.min(
+      RESTART_DELAY_MAX_MS,
+      RESTART_DELAY_MIN_MS * 2 ** (recentCrashes - 1),
+    );
+    logger.error(
+      {
+        workerId: worker.id,
+        pid: worker.process.pid,
+        code,
+        signal,
+        uptimeMs: uptime,
+        restartInMs: delay,
+      },
+      "worker died, restarting",
+    );
+    setTimeout(() => {
+      if (!stopping) fork();
+    }, delay);
+  });
+
+  for (let index = 0; index < config.workers; index += 1) fork();
+
+  httpServer.listen(config.port, config.host, () => {
+    const { port } = httpServer.address() as AddressInfo;
+    logger.info(
+      { port, host: config.host, workers: config.workers, redis: "configured" },
+      `relay listening on http://${config.host}:${port} with ${config.workers} workers`,
+    );
+  });
+
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "primary shutting down, draining workers");
+    httpServer.close();
+    for (const worker of Object.values(cluster.workers ?? {})) {
+      if (worker?.isConnected()) worker.send(SHUTDOWN_MESSAGE);
+    }
+    const deadline = setTimeout(() => {
+      logger.error("workers did not exit by the deadline, killing them");
+      for (const worker of Object.values(cluster.workers ?? {}))
+        worker?.kill("SIGKILL");
+      process.exit(1);
+    }, config.shutdownTimeoutMs + 1000);
+    deadline.unref();
+    const exitWhenDone = (): void => {
+      if (Object.keys(cluster.workers ?? {}).length === 0) {
+        logger.info("primary stopped");
+        process.exit(0);
+      }
+    };
+    cluster.on("exit", exitWhenDone);
+    exitWhenDone();
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}

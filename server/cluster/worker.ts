@@ -1,0 +1,67 @@
+import { randomBytes } from "node:crypto";
+import cluster from "node:cluster";
+import { createShardedAdapter } from "@socket.io/redis-adapter";
+import { setupWorker } from "@socket.io/sticky";
+import type { RelayConfig } from "../config.ts";
+import type { Logger } from "../logger.ts";
+import { RedisBus } from "../messaging/server-bus.ts";
+import { connectRedis } from "../redis/clients.ts";
+import { createRelay, type Relay } from "../relay/create-relay.ts";
+import { guardStore } from "../state/guarded-store.ts";
+import { RedisStore } from "../state/redis-store.ts";
+import { installShutdown } from "./shutdown.ts";
+
+/** Message from the primary asking a worker to drain and exit. */
+export const SHUTDOWN_MESSAGE = "relay:shutdown";
+
+/**
+ * Runs one cluster worker: a relay on Redis whose connections arrive from
+ * the primary's sticky balancer rather than from its own listener.
+ */
+export async function runWorker(
+  config: RelayConfig,
+  secret: string | undefined,
+  logger: Logger,
+): Promise<Relay> {
+  const redisUrl = config.redisUrl;
+  if (redisUrl === undefined)
+    throw new Error("a cluster worker needs REDIS_URL");
+  const serverId = randomBytes(6).toString("hex");
+  const log = logger.child({ serverId, worker: cluster.worker?.id });
+  const redis = await connectRedis(redisUrl, log);
+  const store = guardStore(
+    new RedisStore(redis.main, { keyPrefix: config.redisKeyPrefix }),
+    log,
+  );
+  const bus = new RedisBus(
+    serverId,
+    redis.main,
+    redis.subscriber,
+    config.redisKeyPrefix,
+    log,
+  );
+  const relay = await createRelay({
+    config,
+    logger: log,
+    store,
+    bus,
+    secret,
+    redis: redis.main,
+    adapter: createShardedAdapter(redis.main, redis.subscriber, {
+      channelPrefix: `${config.redisKeyPrefix}:sio`,
+      subscriptionMode: "dynamic",
+    }),
+    awaitSubscriptions: async () => {
+      // Commands on one connection run in order, so this PING returns after
+      // any SSUBSCRIBE the adapter sent for a room just created.
+      await redis.subscriber.ping();
+    },
+  });
+  setupWorker(relay.io);
+  installShutdown(relay, config, log, async () => redis.close());
+  process.on("message", (message) => {
+    if (message === SHUTDOWN_MESSAGE) process.emit("SIGTERM");
+  });
+  log.info("worker ready");
+  return relay;
+}

@@ -1,0 +1,40 @@
+import { randomBytes } from "node:crypto";
+import type { AddressInfo } from "node:net";
+import type { RelayConfig } from "./config.ts";
+import type { Logger } from "./logger.ts";
+import { LocalBus } from "./messaging/server-bus.ts";
+import { createRelay, type Relay } from "./relay/create-relay.ts";
+import { installShutdown } from "./cluster/shutdown.ts";
+import { MemoryStore } from "./state/memory-store.ts";
+
+/**
+ * Runs the embedded default: one process, state in memory, no Redis. State
+ * is lost when the process stops, and it cannot scale past one process.
+ */
+export async function runEmbedded(
+  config: RelayConfig,
+  secret: string | undefined,
+  logger: Logger,
+): Promise<Relay> {
+  const serverId = randomBytes(6).toString("hex");
+  const log = logger.child({ serverId });
+  const store = new MemoryStore();
+  const relay = await createRelay({
+    config,
+    logger: log,
+    store,
+    bus: new LocalBus(serverId),
+    secret,
+  });
+  installShutdown(relay, config, log, () => store.close());
+  await new Promise<void>((resolve) =>
+    relay.httpServer.listen(config.port, config.host, resolve),
+  );
+  const { port } = relay.httpServer.address() as AddressInfo;
+  log.info(
+    { port, host: config.host, redis: "none" },
+    `relay listening on http://${config.host}:${port} (embedded mode: one process, state in memory). ` +
+      "To scale out, set REDIS_URL and WORKERS, and run more instances on the same Redis",
+  );
+  return relay;
+}

@@ -1,0 +1,47 @@
+import { pino, type Logger } from "pino";
+import type { RelayConfig } from "./config.ts";
+
+export type { Logger };
+
+/**
+ * Paths removed from every log line, so that no token or credential is
+ * written even when a whole handshake or request object is logged.
+ */
+export const REDACTED_PATHS = [
+  "token",
+  "*.token",
+  "auth.token",
+  "*.auth.token",
+  "handshake.auth",
+  "headers.authorization",
+  "*.headers.authorization",
+  "req.headers.authorization",
+  "secret",
+  "*.secret",
+];
+
+/** Creates the process logger: JSON in production, pretty text in development. */
+export function createLogger(
+  config: Pick<RelayConfig, "logLevel" | "logFormat">,
+  bindings: Record<string, unknown> = {},
+): Logger {
+  const options = {
+    level: config.logLevel,
+    base: { pid: process.pid, ...bindings },
+    redact: { paths: REDACTED_PATHS, censor: "[redacted]" },
+  };
+  if (config.logFormat === "pretty") {
+    return pino({
+      ...options,
+      transport: {
+        target: "pino-pretty",
+        options: {
+          colorize: true,
+          ignore: "hostname",
+          translateTime: "SYS:HH:MM:ss.l",
+        },
+      },
+    });
+  }
+  return pino(options);
+}

@@ -1,0 +1,101 @@
+import type { RedisClientType } from "redis";
+import type { Ack, Light, LightPatch } from "../../client-sdk/src/protocol.ts";
+import type { Logger } from "../logger.ts";
+
+/** Messages that one relay process sends straight to another. */
+export type BusMessage =
+  | {
+      type: "command";
+      requestId: string;
+      origin: string;
+      bridgeId: string;
+      commandId: string;
+      lightId: string;
+      change: LightPatch;
+    }
+  | { type: "reply"; requestId: string; answer: Ack<{ light: Light }> }
+  | { type: "replace"; bridgeId: string; socketId: string };
+
+export type BusHandler = (message: BusMessage) => void;
+
+/**
+ * Point-to-point messaging between relay processes. Each process listens
+ * on its own channel only, so a command costs one publish to the bridge's
+ * process and one reply to the app's process, whatever the number of
+ * processes (unlike the adapter's broadcast-with-ack, which every server
+ * answers).
+ */
+export interface ServerBus {
+  readonly serverId: string;
+  send(serverId: string, message: BusMessage): Promise<void>;
+  listen(handler: BusHandler): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The bus of the embedded single-process relay: every message is local. */
+export class LocalBus implements ServerBus {
+  private handler: BusHandler | undefined;
+
+  constructor(readonly serverId: string) {}
+
+  async send(serverId: string, message: BusMessage): Promise<void> {
+    if (serverId !== this.serverId) return;
+    const handler = this.handler;
+    if (handler !== undefined) setImmediate(() => handler(message));
+  }
+
+  async listen(handler: BusHandler): Promise<void> {
+    this.handler = handler;
+  }
+
+  async close(): Promise<void> {
+    this.handler = undefined;
+  }
+}
+
+/**
+ * A bus over Redis sharded pub/sub (Redis 7): one channel per process,
+ * `<prefix>:server:<serverId>`, so under Redis Cluster each message goes
+ * to the one shard that owns the channel.
+ */
+export class RedisBus implements ServerBus {
+  private readonly channel: string;
+
+  constructor(
+    readonly serverId: string,
+    private readonly pubClient: RedisClientType,
+    private readonly subClient: RedisClientType,
+    private readonly keyPrefix: string,
+    private readonly logger: Logger,
+  ) {
+    this.channel = this.channelOf(serverId);
+  }
+
+  private channelOf(serverId: string): string {
+    return `${this.keyPrefix}:server:${serverId}`;
+  }
+
+  async send(serverId: string, message: BusMessage): Promise<void> {
+    await this.pubClient.sPublish(
+      this.channelOf(serverId),
+      JSON.stringify(message),
+    );
+  }
+
+  async listen(handler: BusHandler): Promise<void> {
+    await this.subClient.sSubscribe(this.channel, (raw) => {
+      let message: BusMessage;
+      try {
+        message = JSON.parse(raw) as BusMessage;
+      } catch (error) {
+        this.logger.warn({ err: error }, "ignored a malformed bus message");
+        return;
+      }
+      handler(message);
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.subClient.sUnsubscribe(this.channel);
+  }
+}

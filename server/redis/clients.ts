@@ -1,0 +1,62 @@
+import { createClient, type RedisClientType } from "redis";
+import type { Logger } from "../logger.ts";
+
+export interface RedisClients {
+  /** Commands and publishes. */
+  main: RedisClientType;
+  /** Subscriptions: the adapter's rooms and this process's bus channel. */
+  subscriber: RedisClientType;
+  close(): Promise<void>;
+}
+
+/** Longest wait between reconnection attempts, in ms. */
+const MAX_RECONNECT_DELAY_MS = 5000;
+
+function watch(client: RedisClientType, role: string, logger: Logger): void {
+  let failures = 0;
+  client.on("error", (error: unknown) => {
+    failures += 1;
+    // Log the first failure and then one in 50, so an outage does not flood the log.
+    if (failures === 1 || failures % 50 === 0) {
+      logger.error({ err: error, role, failures }, "redis connection error");
+    }
+  });
+  client.on("reconnecting", () =>
+    logger.debug({ role }, "reconnecting to redis"),
+  );
+  client.on("ready", () => {
+    if (failures > 0)
+      logger.info({ role, failures }, "redis connection restored");
+    failures = 0;
+  });
+}
+
+/**
+ * Connects the two Redis clients a relay process needs. Commands fail at
+ * once while Redis is unreachable (no offline queue), so requests answer
+ * `UNAVAILABLE` instead of hanging; the clients keep reconnecting.
+ */
+export async function connectRedis(
+  url: string,
+  logger: Logger,
+): Promise<RedisClients> {
+  const main: RedisClientType = createClient({
+    url,
+    disableOfflineQueue: true,
+    socket: {
+      reconnectStrategy: (retries: number) =>
+        Math.min(100 * 2 ** retries, MAX_RECONNECT_DELAY_MS),
+    },
+  });
+  const subscriber = main.duplicate();
+  watch(main, "main", logger);
+  watch(subscriber, "subscriber", logger);
+  await Promise.all([main.connect(), subscriber.connect()]);
+  return {
+    main,
+    subscriber,
+    close: async () => {
+      await Promise.allSettled([main.close(), subscriber.close()]);
+    },
+  };
+}

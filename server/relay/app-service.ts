@@ -1,0 +1,110 @@
+import { randomUUID } from "node:crypto";
+import type {
+  BridgePresence,
+  BridgeState,
+  Light,
+  LightPatch,
+} from "../../client-sdk/src/protocol.ts";
+import type { AppIdentity } from "../auth/identity.ts";
+import { RelayError } from "../errors.ts";
+import type { StateStore } from "../state/store.ts";
+import { answerFromStored } from "./command-executor.ts";
+import type { CommandRouter } from "./command-router.ts";
+
+export type Scope = "read" | "control";
+
+export interface SetLightRequest {
+  bridgeId: string;
+  lightId: string;
+  change: LightPatch;
+  commandId?: string | undefined;
+}
+
+/** Throws `FORBIDDEN` unless the token grants `scope` (and `bridgeId`, when given). */
+export function authorize(
+  identity: AppIdentity,
+  scope: Scope,
+  bridgeId?: string,
+): void {
+  if (!identity.scopes.has(scope)) {
+    throw new RelayError("FORBIDDEN", `token lacks the ${scope} scope`);
+  }
+  if (bridgeId !== undefined && !identity.bridges.has(bridgeId)) {
+    throw new RelayError(
+      "FORBIDDEN",
+      `token does not grant bridge ${bridgeId}`,
+    );
+  }
+}
+
+/**
+ * Operations that apps request, shared by every transport. Callers have
+ * validated the payload and checked grants and rate limits; these run the
+ * remaining checks in the contract's order (presence, then the light's
+ * existence) before a command is routed to the bridge's process.
+ */
+export class AppService {
+  constructor(
+    private readonly store: StateStore,
+    private readonly router: CommandRouter,
+  ) {}
+
+  async listBridges(identity: AppIdentity): Promise<BridgePresence[]> {
+    const records = await this.store.getPresence([...identity.bridges].sort());
+    return records.map((record) => ({
+      bridgeId: record.bridgeId,
+      online: record.connection !== null,
+      lastSeen: record.lastSeen,
+    }));
+  }
+
+  async getBridge(bridgeId: string): Promise<BridgeState> {
+    const record = await this.store.getState(bridgeId);
+    return {
+      bridgeId,
+      online: record.connection !== null,
+      lastSeen: record.lastSeen,
+      version: record.version,
+      lights: record.lights,
+    };
+  }
+
+  async setLight(request: SetLightRequest): Promise<Light> {
+    const { bridgeId, lightId } = request;
+    if (request.commandId !== undefined) {
+      const remembered = await this.store.getCommandAnswer(
+        bridgeId,
+        request.commandId,
+      );
+      if (remembered !== null)
+        return unwrap(answerFromStored(bridgeId, remembered));
+    }
+    const [presence, stored] = await Promise.all([
+      this.store.getPresence([bridgeId]),
+      this.store.getLights(bridgeId, [lightId]),
+    ]);
+    const connection = presence[0]?.connection ?? null;
+    if (connection === null) {
+      throw new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} is offline`);
+    }
+    if ((stored.lights[0] ?? null) === null) {
+      throw new RelayError(
+        "NOT_FOUND",
+        `light ${JSON.stringify(lightId)} not found on bridge ${bridgeId}`,
+      );
+    }
+    const answer = await this.router.send(connection.serverId, {
+      bridgeId,
+      lightId,
+      change: request.change,
+      commandId: request.commandId ?? randomUUID(),
+    });
+    return unwrap(answer);
+  }
+}
+
+function unwrap(answer: Awaited<ReturnType<CommandRouter["send"]>>): Light {
+  if (answer.ok) return answer.data.light;
+  const { code, message, ...rest } = answer.error;
+  throw new RelayError(code, message, rest);
+}

@@ -1,0 +1,163 @@
+import type {
+  LightSetAnswer,
+  LightSetCommand,
+} from "../../client-sdk/src/protocol.ts";
+import { RelayError, toErrorBody } from "../errors.ts";
+import type { Logger } from "../logger.ts";
+import { bridgeAnswerSchema } from "../protocol/schemas.ts";
+import type { StateStore, StoredCommandAnswer } from "../state/store.ts";
+import type { BridgeSession, BridgeSessions } from "./bridge-sessions.ts";
+import type { CommandAnswer, RoutedCommand } from "./command-router.ts";
+import type { StateWriter } from "./state-writer.ts";
+
+/** How long a bridge's answer is remembered for a repeated `commandId`, in ms. */
+export const COMMAND_ANSWER_TTL_MS = 60_000;
+
+/** Converts a remembered answer into the acknowledgement an app receives. */
+export function answerFromStored(
+  bridgeId: string,
+  stored: StoredCommandAnswer,
+): CommandAnswer {
+  if (stored.ok) return { ok: true, data: { light: stored.light } };
+  const message =
+    stored.details.code === "INVALID_ANSWER"
+      ? `bridge ${bridgeId} sent an invalid answer: ${stored.details.message}`
+      : `bridge ${bridgeId} refused the command: ${stored.details.message}`;
+  return {
+    ok: false,
+    error: { code: "BRIDGE_ERROR", message, details: stored.details },
+  };
+}
+
+/**
+ * Executes commands on the process that holds the bridge: sends `light:set`
+ * to the bridge socket, checks its answer, applies the answered light as a
+ * state change, and remembers the answer under its `commandId`. A repeat
+ * of a command still in flight waits for the same answer.
+ */
+export class CommandExecutor {
+  private readonly inFlight = new Map<string, Promise<CommandAnswer>>();
+
+  constructor(
+    private readonly sessions: BridgeSessions,
+    private readonly store: StateStore,
+    private readonly writer: StateWriter,
+    private readonly timeoutMs: number,
+    private readonly logger: Logger,
+  ) {}
+
+  execute = (command: RoutedCommand): Promise<CommandAnswer> => {
+    const key = `${command.bridgeId}\n${command.commandId}`;
+    const running = this.inFlight.get(key);
+    if (running !== undefined) return running;
+    const answer = this.run(command).catch((error: unknown) => {
+      if (!(error instanceof RelayError)) {
+        this.logger.error(
+          {
+            err: error,
+            bridgeId: command.bridgeId,
+            commandId: command.commandId,
+          },
+          "command failed",
+        );
+      }
+      return { ok: false as const, error: toErrorBody(error) };
+    });
+    this.inFlight.set(key, answer);
+    void answer.finally(() => this.inFlight.delete(key));
+    return answer;
+  };
+
+  private async run(command: RoutedCommand): Promise<CommandAnswer> {
+    const remembered = await this.store.getCommandAnswer(
+      command.bridgeId,
+      command.commandId,
+    );
+    if (remembered !== null)
+      return answerFromStored(command.bridgeId, remembered);
+    const session = this.sessions.get(command.bridgeId);
+    if (session === undefined) {
+      throw new RelayError(
+        "BRIDGE_OFFLINE",
+        `bridge ${command.bridgeId} is offline`,
+      );
+    }
+    const raw = await this.sendToBridge(session, {
+      commandId: command.commandId,
+      lightId: command.lightId,
+      change: command.change,
+    });
+    const stored = await this.interpret(session, command, raw);
+    await this.store.putCommandAnswer(
+      command.bridgeId,
+      command.commandId,
+      stored,
+      COMMAND_ANSWER_TTL_MS,
+    );
+    return answerFromStored(command.bridgeId, stored);
+  }
+
+  private sendToBridge(
+    session: BridgeSession,
+    command: LightSetCommand,
+  ): Promise<unknown> {
+    const { socket, bridgeId } = session;
+    return new Promise((resolve, reject) => {
+      const onDisconnect = (): void => {
+        reject(
+          new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} disconnected`),
+        );
+      };
+      socket.once("disconnect", onDisconnect);
+      socket
+        .timeout(this.timeoutMs)
+        .emit(
+          "light:set",
+          command,
+          (error: Error | null, answer: LightSetAnswer) => {
+            socket.off("disconnect", onDisconnect);
+            if (error !== null) {
+              reject(
+                new RelayError(
+                  "TIMEOUT",
+                  `bridge ${bridgeId} did not answer within ${this.timeoutMs} ms`,
+                ),
+              );
+            } else {
+              resolve(answer);
+            }
+          },
+        );
+    });
+  }
+
+  /** Turns the bridge's raw answer into what is remembered and returned. */
+  private async interpret(
+    session: BridgeSession,
+    command: RoutedCommand,
+    raw: unknown,
+  ): Promise<StoredCommandAnswer> {
+    const parsed = bridgeAnswerSchema.safeParse(raw);
+    if (!parsed.success) {
+      return invalidAnswer(`malformed answer to command ${command.commandId}`);
+    }
+    if (!parsed.data.ok) {
+      return { ok: false, details: parsed.data.error };
+    }
+    const light = parsed.data.data.light;
+    if (light.id !== command.lightId) {
+      return invalidAnswer(
+        `answer names light ${JSON.stringify(light.id)} instead of ${JSON.stringify(command.lightId)}`,
+      );
+    }
+    const { type: _type, ...change } = light;
+    const result = await this.writer.applyChanges(session, [change]);
+    const stored = result.lights[0];
+    if (stored === undefined) throw new Error("state writer returned no light");
+    return { ok: true, light: stored };
+  }
+}
+
+function invalidAnswer(message: string): StoredCommandAnswer {
+  return { ok: false, details: { code: "INVALID_ANSWER", message } };
+}

@@ -1,0 +1,121 @@
+import { randomUUID } from "node:crypto";
+import type { Ack, Light, LightPatch } from "../../client-sdk/src/protocol.ts";
+import { RelayError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
+import type { BusMessage, ServerBus } from "../messaging/server-bus.ts";
+
+export interface RoutedCommand {
+  bridgeId: string;
+  commandId: string;
+  lightId: string;
+  change: LightPatch;
+}
+
+export type CommandAnswer = Ack<{ light: Light }>;
+
+/** Runs a command on the process that holds the bridge's socket. */
+export type CommandExecutor = (
+  command: RoutedCommand,
+) => Promise<CommandAnswer>;
+
+interface PendingRequest {
+  resolve: (answer: CommandAnswer) => void;
+  timer: NodeJS.Timeout;
+}
+
+/**
+ * Carries commands from the process that received them to the process
+ * that holds the bridge, and the answer back, over the server bus. A
+ * command for a bridge on this process never leaves it.
+ */
+export class CommandRouter {
+  private readonly pending = new Map<string, PendingRequest>();
+
+  constructor(
+    private readonly bus: ServerBus,
+    private readonly execute: CommandExecutor,
+    private readonly timeoutMs: number,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Sends `command` to `serverId`; answers `TIMEOUT` if no reply comes within the timeout. */
+  async send(serverId: string, command: RoutedCommand): Promise<CommandAnswer> {
+    if (serverId === this.bus.serverId) return this.execute(command);
+    const requestId = randomUUID();
+    const answer = new Promise<CommandAnswer>((resolve) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(requestId);
+        resolve(timeoutAnswer(command.bridgeId));
+      }, this.timeoutMs);
+      this.pending.set(requestId, { resolve, timer });
+    });
+    try {
+      await this.bus.send(serverId, {
+        type: "command",
+        requestId,
+        origin: this.bus.serverId,
+        ...command,
+      });
+    } catch (error) {
+      this.settle(requestId, undefined);
+      throw error;
+    }
+    return answer;
+  }
+
+  /** Handles a command or reply that arrived on the bus. */
+  async handle(message: BusMessage): Promise<void> {
+    if (message.type === "reply") {
+      this.settle(message.requestId, message.answer);
+      return;
+    }
+    if (message.type !== "command") return;
+    const { requestId, origin, type: _type, ...command } = message;
+    const answer = await this.execute(command);
+    try {
+      await this.bus.send(origin, { type: "reply", requestId, answer });
+    } catch (error) {
+      this.logger.warn(
+        {
+          err: error,
+          bridgeId: command.bridgeId,
+          commandId: command.commandId,
+        },
+        "could not send a command answer back to the app's server",
+      );
+    }
+  }
+
+  private settle(requestId: string, answer: CommandAnswer | undefined): void {
+    const request = this.pending.get(requestId);
+    if (request === undefined) return;
+    this.pending.delete(requestId);
+    clearTimeout(request.timer);
+    if (answer !== undefined) request.resolve(answer);
+  }
+
+  /** Answers every pending request with `UNAVAILABLE` (on shutdown). */
+  close(): void {
+    for (const [requestId, request] of this.pending) {
+      this.pending.delete(requestId);
+      clearTimeout(request.timer);
+      request.resolve({
+        ok: false,
+        error: new RelayError(
+          "UNAVAILABLE",
+          "the relay is shutting down, retry",
+        ).toBody(),
+      });
+    }
+  }
+}
+
+function timeoutAnswer(bridgeId: string): CommandAnswer {
+  return {
+    ok: false,
+    error: new RelayError(
+      "TIMEOUT",
+      `bridge ${bridgeId} did not answer within the command timeout`,
+    ).toBody(),
+  };
+}

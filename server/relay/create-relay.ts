@@ -1,0 +1,141 @@
+import { createServer, type Server as HttpServer } from "node:http";
+import { Server, type ServerOptions } from "socket.io";
+import {
+  APP_NAMESPACE,
+  BRIDGE_NAMESPACE,
+  type ServerInfo,
+} from "../../client-sdk/src/protocol.ts";
+import { TokenVerifier } from "../auth/verify.ts";
+import type { RelayConfig } from "../config.ts";
+import { createHttpApp } from "../http/app.ts";
+import type { Logger } from "../logger.ts";
+import type { ServerBus } from "../messaging/server-bus.ts";
+import type { StateStore } from "../state/store.ts";
+import { attachAppNamespace } from "../transport/app-namespace.ts";
+import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
+import { RateLimits } from "../transport/rate-limits.ts";
+import type { RedisClientType } from "redis";
+import { AppService } from "./app-service.ts";
+import { namespaceBroadcaster } from "./broadcaster.ts";
+import { BridgeSessions } from "./bridge-sessions.ts";
+import { CommandExecutor } from "./command-executor.ts";
+import { CommandRouter } from "./command-router.ts";
+import { StateWriter } from "./state-writer.ts";
+
+/** Extra time a command's origin waits beyond the bridge's own timeout, for the hops between processes. */
+const ROUTING_MARGIN_MS = 1000;
+
+export interface RelayOptions {
+  config: RelayConfig;
+  logger: Logger;
+  store: StateStore;
+  bus: ServerBus;
+  /** HS256 secret resolved at start (it may come from the development secret file). */
+  secret: string | undefined;
+  /** Socket.IO adapter (the Redis adapter in a cluster); the in-memory one when absent. */
+  adapter?: ServerOptions["adapter"];
+  /** Redis client for shared rate limits; memory limits when absent. */
+  redis?: RedisClientType;
+  awaitSubscriptions?: () => Promise<void>;
+}
+
+export interface Relay {
+  readonly serverId: string;
+  readonly httpServer: HttpServer;
+  readonly io: Server;
+  /** Stops admitting connections and fails readiness, before `close()`. */
+  drain(): void;
+  close(): Promise<void>;
+}
+
+/**
+ * Builds one relay process: an HTTP server carrying Express and Socket.IO
+ * with the `/bridge` and `/app` namespaces, on the given store and bus. It
+ * does not listen: the caller listens, or hands it to the sticky balancer.
+ */
+export async function createRelay(options: RelayOptions): Promise<Relay> {
+  const { config, logger, store, bus } = options;
+  let draining = false;
+  const isDraining = (): boolean => draining;
+
+  const app = createHttpApp({
+    checkDependencies: () => store.ping(),
+    isDraining,
+    logger,
+  });
+  const httpServer = createServer(app);
+  const io = new Server(httpServer, {
+    // The transport limit sits well above MAX_PAYLOAD_BYTES so that an oversized
+    // payload reaches the relay and gets PAYLOAD_TOO_LARGE instead of a disconnect.
+    maxHttpBufferSize: config.maxPayloadBytes * 2 + 64 * 1024,
+    serveClient: false,
+    ...(options.adapter === undefined ? {} : { adapter: options.adapter }),
+  });
+
+  const verifier = new TokenVerifier({
+    ...config.auth,
+    secret: options.secret,
+  });
+  const limits = new RateLimits(config, options.redis);
+  const broadcaster = namespaceBroadcaster(io.of(APP_NAMESPACE));
+  const bridges = io.of(BRIDGE_NAMESPACE);
+  const sessions = new BridgeSessions(store, bus, broadcaster, bridges, logger);
+  const writer = new StateWriter(store, broadcaster);
+  const executor = new CommandExecutor(
+    sessions,
+    store,
+    writer,
+    config.commandTimeoutMs,
+    logger,
+  );
+  const router = new CommandRouter(
+    bus,
+    executor.execute,
+    config.commandTimeoutMs + ROUTING_MARGIN_MS,
+    logger,
+  );
+  const service = new AppService(store, router);
+  const serverInfo: ServerInfo = config.production
+    ? { serverId: bus.serverId }
+    : { serverId: bus.serverId, pid: process.pid };
+
+  await bus.listen((message) => {
+    if (message.type === "replace") {
+      sessions.disconnectReplaced(message.bridgeId, message.socketId);
+      return;
+    }
+    router.handle(message).catch((error: unknown) => {
+      logger.error({ err: error }, "could not handle a bus message");
+    });
+  });
+
+  const common = {
+    verifier,
+    limits,
+    logger,
+    isDraining,
+    maxPayloadBytes: config.maxPayloadBytes,
+    serverInfo,
+  };
+  attachBridgeNamespace(bridges, { ...common, sessions, writer });
+  attachAppNamespace(io.of(APP_NAMESPACE), {
+    ...common,
+    service,
+    awaitSubscriptions: options.awaitSubscriptions ?? (async () => undefined),
+  });
+
+  return {
+    serverId: bus.serverId,
+    httpServer,
+    io,
+    drain: () => {
+      draining = true;
+    },
+    close: async () => {
+      draining = true;
+      router.close();
+      await new Promise<void>((resolve) => io.close(() => resolve()));
+      await bus.close();
+    },
+  };
+}

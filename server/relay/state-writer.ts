@@ -1,0 +1,147 @@
+import type { Light, LightChange } from "../../client-sdk/src/protocol.ts";
+import { RelayError } from "../errors.ts";
+import {
+  applyChange,
+  canonicalLight,
+  lightsEqual,
+  snapshotDiffers,
+} from "../state/lights.ts";
+import type { LightWrite, StateStore } from "../state/store.ts";
+import type { AppBroadcaster } from "./broadcaster.ts";
+import { KeyedQueue } from "./keyed-queue.ts";
+
+const MAX_WRITE_ATTEMPTS = 3;
+
+export interface WriterSession {
+  bridgeId: string;
+  epoch: number;
+}
+
+export interface ChangeResult {
+  version: number;
+  /** The stored documents of the lights named by the change, after the write. */
+  lights: Light[];
+}
+
+function byId(a: Light, b: Light): number {
+  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+}
+
+/**
+ * Applies state writes of the bridges held by this process: snapshots,
+ * changes, and command answers. Writes of one bridge run one at a time, so
+ * its versions are assigned and broadcast in order; a write that changes
+ * nothing keeps the version and is not broadcast.
+ */
+export class StateWriter {
+  private readonly queue = new KeyedQueue();
+
+  constructor(
+    private readonly store: StateStore,
+    private readonly broadcaster: AppBroadcaster,
+  ) {}
+
+  /** Replaces all of a bridge's lights; returns the version after the write. */
+  applySnapshot(session: WriterSession, lights: Light[]): Promise<number> {
+    const next = lights.map(canonicalLight).sort(byId);
+    return this.queue.run(session.bridgeId, () =>
+      this.retry(async () => {
+        const current = await this.store.getState(session.bridgeId);
+        if (!snapshotDiffers(current.lights, next)) return current.version;
+        const version = await this.write(session, {
+          epoch: session.epoch,
+          expectedVersion: current.version,
+          replaceAll: true,
+          lights: next,
+        });
+        this.broadcaster.snapshot({
+          bridgeId: session.bridgeId,
+          version,
+          lights: next,
+        });
+        return version;
+      }),
+    );
+  }
+
+  /** Applies changes whole or not at all; an unknown light is `NOT_FOUND`. */
+  applyChanges(
+    session: WriterSession,
+    changes: LightChange[],
+  ): Promise<ChangeResult> {
+    return this.queue.run(session.bridgeId, () =>
+      this.retry(() => this.applyChangesNow(session, changes)),
+    );
+  }
+
+  private async applyChangesNow(
+    session: WriterSession,
+    changes: LightChange[],
+  ): Promise<ChangeResult> {
+    const ids = changes.map((change) => change.id);
+    const current = await this.store.getLights(session.bridgeId, ids);
+    const merged = changes.map((change, index) => {
+      const stored = current.lights[index];
+      if (stored === null || stored === undefined) {
+        throw new RelayError(
+          "NOT_FOUND",
+          `light ${JSON.stringify(change.id)} not found`,
+        );
+      }
+      return { stored, next: applyChange(stored, change) };
+    });
+    const changed = merged
+      .filter(({ stored, next }) => !lightsEqual(stored, next))
+      .map(({ next }) => next);
+    const lights = merged.map(({ next }) => next);
+    if (changed.length === 0) return { version: current.version, lights };
+    const version = await this.write(session, {
+      epoch: session.epoch,
+      expectedVersion: current.version,
+      replaceAll: false,
+      lights: changed,
+    });
+    this.broadcaster.lightsChanged({
+      bridgeId: session.bridgeId,
+      version,
+      lights: changed,
+    });
+    return { version, lights };
+  }
+
+  private async write(
+    session: WriterSession,
+    write: LightWrite,
+  ): Promise<number> {
+    const result = await this.store.writeLights(session.bridgeId, write);
+    if (result.status === "written") return result.version;
+    if (result.status === "fenced") {
+      throw new RelayError(
+        "UNAVAILABLE",
+        `bridge ${session.bridgeId} has a newer connection; this write was ignored`,
+      );
+    }
+    throw new WriteConflict();
+  }
+
+  /** Repeats a write whose read went stale (another writer raced it), a bounded number of times. */
+  private async retry<T>(attempt: () => Promise<T>): Promise<T> {
+    for (let count = 1; ; count += 1) {
+      try {
+        return await attempt();
+      } catch (error) {
+        if (!(error instanceof WriteConflict) || count >= MAX_WRITE_ATTEMPTS) {
+          if (error instanceof WriteConflict) {
+            throw new RelayError(
+              "UNAVAILABLE",
+              "state write conflicted repeatedly, retry later",
+            );
+          }
+          throw error;
+        }
+      }
+    }
+  }
+}
+
+class WriteConflict extends Error {}

@@ -1,0 +1,136 @@
+import type { Socket } from "socket.io";
+import type {
+  HandshakeErrorCode,
+  HandshakeErrorData,
+} from "../../client-sdk/src/protocol.ts";
+import { identityKey, type Identity } from "../auth/identity.ts";
+import { CLOCK_TOLERANCE_SECONDS, type TokenVerifier } from "../auth/verify.ts";
+import { RelayError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
+import type { RateLimits } from "./rate-limits.ts";
+
+export interface HandshakeDeps {
+  verifier: TokenVerifier;
+  limits: RateLimits;
+  logger: Logger;
+  /** True while the process drains before exit: new connections get `UNAVAILABLE`. */
+  isDraining: () => boolean;
+}
+
+const HANDSHAKE_CODES = new Set<string>([
+  "UNAUTHORIZED",
+  "FORBIDDEN",
+  "RATE_LIMITED",
+  "UNAVAILABLE",
+]);
+
+/** Error passed to `next()`: Socket.IO sends `message` and `data` to the client's `connect_error`. */
+class HandshakeError extends Error {
+  constructor(
+    message: string,
+    readonly data: HandshakeErrorData,
+  ) {
+    super(message);
+  }
+}
+
+function toHandshakeError(error: unknown): HandshakeError {
+  if (error instanceof RelayError && HANDSHAKE_CODES.has(error.code)) {
+    const data: HandshakeErrorData = { code: error.code as HandshakeErrorCode };
+    if (error.retryAfterMs !== undefined)
+      data.retryAfterMs = error.retryAfterMs;
+    return new HandshakeError(error.message, data);
+  }
+  return new HandshakeError("the relay cannot serve now, retry later", {
+    code: "UNAVAILABLE",
+  });
+}
+
+/** Returns the identity a handshake middleware stored on the socket. */
+export function socketIdentity<R extends Identity["role"]>(
+  socket: Socket,
+  role: R,
+): Extract<Identity, { role: R }> {
+  const identity = (socket.data as { identity?: Identity }).identity;
+  if (identity?.role !== role)
+    throw new Error(`socket ${socket.id} has no ${role} identity`);
+  return identity as Extract<Identity, { role: R }>;
+}
+
+/**
+ * Socket.IO middleware admitting only verified tokens of `role`. Checks, in
+ * order: draining, the per-address limit, the token, the role, and the
+ * per-identity limit.
+ */
+export function handshakeMiddleware(
+  role: Identity["role"],
+  deps: HandshakeDeps,
+) {
+  return async (
+    socket: Socket,
+    next: (error?: Error) => void,
+  ): Promise<void> => {
+    const address = socket.handshake.address;
+    try {
+      if (deps.isDraining()) {
+        throw new RelayError(
+          "UNAVAILABLE",
+          "the relay is shutting down, connect again",
+        );
+      }
+      await deps.limits.consumeHandshakeFromAddress(address);
+      const auth = socket.handshake.auth as { token?: unknown } | undefined;
+      const identity = await deps.verifier.verify(auth?.token);
+      if (identity.role !== role) {
+        throw new RelayError(
+          "FORBIDDEN",
+          `a ${identity.role} token cannot connect to /${role}`,
+        );
+      }
+      await deps.limits.consumeHandshakeOfIdentity(identityKey(identity));
+      socket.data = { identity };
+      next();
+    } catch (error) {
+      const rejection = toHandshakeError(error);
+      const level = error instanceof RelayError ? "info" : "error";
+      deps.logger[level](
+        {
+          err: error instanceof RelayError ? undefined : error,
+          address,
+          code: rejection.data.code,
+          namespace: role,
+        },
+        `handshake rejected: ${rejection.message}`,
+      );
+      next(rejection);
+    }
+  };
+}
+
+/** Longest delay setTimeout accepts, in ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Disconnects `socket` when its token's `exp` passes, with the same clock
+ * leeway as the handshake check; returns a function cancelling that.
+ */
+export function disconnectOnExpiry(
+  socket: Socket,
+  exp: number | undefined,
+  logger: Logger,
+): () => void {
+  if (exp === undefined) return () => undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const arm = (): void => {
+    const remaining = (exp + CLOCK_TOLERANCE_SECONDS) * 1000 - Date.now();
+    if (remaining <= 0) {
+      logger.info("token expired, disconnecting");
+      socket.disconnect(true);
+      return;
+    }
+    timer = setTimeout(arm, Math.min(remaining, MAX_TIMER_MS));
+    timer.unref();
+  };
+  arm();
+  return () => clearTimeout(timer);
+}
