@@ -1,0 +1,342 @@
+import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import os from "node:os";
+import { dirname, join } from "node:path";
+import { resolveSecret } from "../server/auth/secret.ts";
+import { ConfigError, loadConfig, type RelayConfig } from "../server/config.ts";
+
+const SECRET_32 = "0123456789abcdef0123456789abcdef";
+
+const ecPublicKeyPem = generateKeyPairSync("ec", { namedCurve: "P-256" })
+  .publicKey.export({ type: "spki", format: "pem" })
+  .toString();
+
+const DEFAULT_CONFIG: RelayConfig = {
+  production: false,
+  port: 8080,
+  host: "0.0.0.0",
+  workers: os.availableParallelism(),
+  redisUrl: undefined,
+  redisKeyPrefix: "relay",
+  auth: {
+    secret: undefined,
+    publicKeyPem: undefined,
+    issuer: undefined,
+    audience: undefined,
+    secretFile: ".data/auth-secret",
+  },
+  commandTimeoutMs: 5000,
+  maxPayloadBytes: 1024 * 1024,
+  limits: {
+    handshakesPerAddressPerMinute: 1200,
+    handshakesPerIdentityPerMinute: 30,
+    requestsPerSocketPer10s: 300,
+  },
+  shutdownTimeoutMs: 10000,
+  logLevel: "info",
+  logFormat: "pretty",
+};
+
+/** Loads `env`, which must be invalid, and returns the ConfigError. */
+function configFailure(env: NodeJS.ProcessEnv): ConfigError {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected ConfigError: ${error}`);
+    return error;
+  }
+  assert.fail(`expected ${JSON.stringify(env)} to be rejected`);
+}
+
+/** Matches the line of a ConfigError message that reports `variable`. */
+function linePattern(variable: string): RegExp {
+  return new RegExp(`^  ${variable}: `, "m");
+}
+
+describe("loadConfig", () => {
+  it("returns defaults for empty environment", () => {
+    assert.deepEqual(loadConfig({}), DEFAULT_CONFIG);
+  });
+
+  it("ignores unrelated environment variables", () => {
+    assert.deepEqual(
+      loadConfig({ PATH: "/usr/bin", TERM: "xterm" }),
+      DEFAULT_CONFIG,
+    );
+  });
+
+  it("reads every variable", () => {
+    const config = loadConfig({
+      NODE_ENV: "production",
+      PORT: "0",
+      HOST: "127.0.0.1",
+      WORKERS: "3",
+      REDIS_URL: "rediss://127.0.0.1:6380",
+      REDIS_KEY_PREFIX: "relay.test_1-a",
+      AUTH_SECRET: SECRET_32,
+      AUTH_PUBLIC_KEY: ecPublicKeyPem,
+      AUTH_ISSUER: "https://auth.example.test",
+      AUTH_AUDIENCE: "bridge-relay",
+      AUTH_SECRET_FILE: "/tmp/relay-secret",
+      COMMAND_TIMEOUT_MS: "2500",
+      MAX_PAYLOAD_BYTES: "65536",
+      HANDSHAKES_PER_ADDRESS_PER_MINUTE: "600",
+      HANDSHAKES_PER_IDENTITY_PER_MINUTE: "10",
+      REQUESTS_PER_SOCKET_PER_10S: "50",
+      SHUTDOWN_TIMEOUT_MS: "1500",
+      LOG_LEVEL: "debug",
+      LOG_FORMAT: "pretty",
+    });
+    assert.deepEqual(config, {
+      production: true,
+      port: 0,
+      host: "127.0.0.1",
+      workers: 3,
+      redisUrl: "rediss://127.0.0.1:6380",
+      redisKeyPrefix: "relay.test_1-a",
+      auth: {
+        secret: SECRET_32,
+        publicKeyPem: ecPublicKeyPem,
+        issuer: "https://auth.example.test",
+        audience: "bridge-relay",
+        secretFile: "/tmp/relay-secret",
+      },
+      commandTimeoutMs: 2500,
+      maxPayloadBytes: 65536,
+      limits: {
+        handshakesPerAddressPerMinute: 600,
+        handshakesPerIdentityPerMinute: 10,
+        requestsPerSocketPer10s: 50,
+      },
+      shutdownTimeoutMs: 1500,
+      logLevel: "debug",
+      logFormat: "pretty",
+    });
+  });
+
+  it("defaults to JSON logs in production", () => {
+    const config = loadConfig({
+      NODE_ENV: "production",
+      AUTH_SECRET: SECRET_32,
+    });
+    assert.equal(config.production, true);
+    assert.equal(config.logFormat, "json");
+  });
+
+  it("unescapes newlines in AUTH_PUBLIC_KEY", () => {
+    const escaped = ecPublicKeyPem.replace(/\n/g, "\\n");
+    const config = loadConfig({ AUTH_PUBLIC_KEY: escaped });
+    assert.equal(config.auth.publicKeyPem, ecPublicKeyPem);
+  });
+
+  describe("invalid values", () => {
+    const cases: [string, string][] = [
+      ["PORT", "abc"],
+      ["PORT", "-1"],
+      ["PORT", "65536"],
+      ["PORT", "80.5"],
+      ["PORT", "8080abc"],
+      ["WORKERS", "0"],
+      ["WORKERS", "-2"],
+      ["WORKERS", "1.5"],
+      ["WORKERS", "many"],
+      ["WORKERS", "Infinity"],
+      ["REDIS_URL", "http://127.0.0.1:6379"],
+      ["REDIS_URL", "127.0.0.1:6379"],
+      ["REDIS_KEY_PREFIX", "has space"],
+      ["REDIS_KEY_PREFIX", "a:b"],
+      ["REDIS_KEY_PREFIX", "p".repeat(33)],
+      ["AUTH_SECRET", "short"],
+      ["AUTH_SECRET", "s".repeat(31)],
+      ["AUTH_PUBLIC_KEY", "not a PEM key"],
+      ["COMMAND_TIMEOUT_MS", "0"],
+      ["COMMAND_TIMEOUT_MS", "five"],
+      ["MAX_PAYLOAD_BYTES", "-1"],
+      ["MAX_PAYLOAD_BYTES", "1MB"],
+      ["HANDSHAKES_PER_ADDRESS_PER_MINUTE", "0"],
+      ["HANDSHAKES_PER_IDENTITY_PER_MINUTE", "2.5"],
+      ["REQUESTS_PER_SOCKET_PER_10S", "x"],
+      ["SHUTDOWN_TIMEOUT_MS", "-5"],
+      ["LOG_LEVEL", "verbose"],
+      ["LOG_LEVEL", "INFO"],
+      ["LOG_FORMAT", "xml"],
+    ];
+    for (const [variable, value] of cases) {
+      it(`rejects ${variable}=${JSON.stringify(value.slice(0, 20))}`, () => {
+        const error = configFailure({ [variable]: value });
+        assert.match(error.message, linePattern(variable));
+      });
+    }
+
+    it("lists every invalid variable", () => {
+      const error = configFailure({ PORT: "abc", LOG_LEVEL: "loud" });
+      assert.match(error.message, linePattern("PORT"));
+      assert.match(error.message, linePattern("LOG_LEVEL"));
+    });
+
+    it("sets ConfigError name", () => {
+      const error = configFailure({ PORT: "abc" });
+      assert.equal(error.name, "ConfigError");
+    });
+  });
+
+  describe("empty values", () => {
+    const variables = [
+      "NODE_ENV",
+      "PORT",
+      "HOST",
+      "WORKERS",
+      "REDIS_URL",
+      "REDIS_KEY_PREFIX",
+      "AUTH_SECRET",
+      "AUTH_PUBLIC_KEY",
+      "AUTH_ISSUER",
+      "AUTH_AUDIENCE",
+      "AUTH_SECRET_FILE",
+      "COMMAND_TIMEOUT_MS",
+      "MAX_PAYLOAD_BYTES",
+      "HANDSHAKES_PER_ADDRESS_PER_MINUTE",
+      "HANDSHAKES_PER_IDENTITY_PER_MINUTE",
+      "REQUESTS_PER_SOCKET_PER_10S",
+      "SHUTDOWN_TIMEOUT_MS",
+      "LOG_LEVEL",
+      "LOG_FORMAT",
+    ];
+    for (const variable of variables) {
+      it(`treats empty ${variable} as unset`, () => {
+        assert.deepEqual(loadConfig({ [variable]: "" }), DEFAULT_CONFIG);
+      });
+    }
+  });
+
+  describe("production authentication", () => {
+    it("requires a key in production", () => {
+      const error = configFailure({ NODE_ENV: "production" });
+      assert.match(error.message, /AUTH_SECRET or AUTH_PUBLIC_KEY/);
+    });
+
+    it("treats blank keys as missing", () => {
+      const error = configFailure({
+        NODE_ENV: "production",
+        AUTH_SECRET: "",
+        AUTH_PUBLIC_KEY: "   ",
+      });
+      assert.match(error.message, /AUTH_SECRET or AUTH_PUBLIC_KEY/);
+    });
+
+    it("accepts AUTH_SECRET in production", () => {
+      const config = loadConfig({
+        NODE_ENV: "production",
+        AUTH_SECRET: SECRET_32,
+      });
+      assert.equal(config.auth.secret, SECRET_32);
+    });
+
+    it("accepts AUTH_PUBLIC_KEY in production", () => {
+      const config = loadConfig({
+        NODE_ENV: "production",
+        AUTH_PUBLIC_KEY: ecPublicKeyPem,
+      });
+      assert.equal(config.auth.publicKeyPem, ecPublicKeyPem);
+    });
+
+    it("rejects short AUTH_SECRET in production", () => {
+      const error = configFailure({
+        NODE_ENV: "production",
+        AUTH_SECRET: SECRET_32.slice(1),
+      });
+      assert.match(error.message, linePattern("AUTH_SECRET"));
+    });
+  });
+});
+
+describe("resolveSecret", () => {
+  let directory: string;
+  let secretFile: string;
+
+  beforeEach(() => {
+    directory = mkdtempSync(join(os.tmpdir(), "relay-secret-test-"));
+    secretFile = join(directory, "nested", "auth-secret");
+  });
+
+  afterEach(() => {
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  function developmentConfig(env: NodeJS.ProcessEnv = {}): RelayConfig {
+    return loadConfig({ AUTH_SECRET_FILE: secretFile, ...env });
+  }
+
+  it("creates 0600 secret file", () => {
+    const resolved = resolveSecret(developmentConfig());
+    assert.equal(resolved.generated, true);
+    assert.equal(resolved.file, secretFile);
+    assert.ok((resolved.secret ?? "").length >= 32);
+    assert.equal(readFileSync(secretFile, "utf8").trim(), resolved.secret);
+    assert.equal(statSync(secretFile).mode & 0o777, 0o600);
+  });
+
+  it("reuses secret on next call", () => {
+    const first = resolveSecret(developmentConfig());
+    const second = resolveSecret(developmentConfig());
+    assert.equal(second.secret, first.secret);
+    assert.equal(second.file, secretFile);
+    assert.equal(second.generated, undefined);
+  });
+
+  it("replaces short stored secret privately", () => {
+    mkdirSync(dirname(secretFile), { recursive: true });
+    writeFileSync(secretFile, "short\n");
+    chmodSync(secretFile, 0o644);
+    const resolved = resolveSecret(developmentConfig());
+    assert.equal(resolved.generated, true);
+    assert.ok((resolved.secret ?? "").length >= 32);
+    assert.equal(readFileSync(secretFile, "utf8").trim(), resolved.secret);
+    assert.equal(
+      statSync(secretFile).mode & 0o777,
+      0o600,
+      "a regenerated secret must not stay in a world-readable file",
+    );
+  });
+
+  it("prefers configured AUTH_SECRET", () => {
+    const resolved = resolveSecret(
+      developmentConfig({ AUTH_SECRET: SECRET_32 }),
+    );
+    assert.deepEqual(resolved, { secret: SECRET_32 });
+    assert.equal(existsSync(secretFile), false);
+  });
+
+  it("skips file with public key", () => {
+    const resolved = resolveSecret(
+      developmentConfig({ AUTH_PUBLIC_KEY: ecPublicKeyPem }),
+    );
+    assert.equal(resolved.secret, undefined);
+    assert.equal(existsSync(secretFile), false);
+  });
+
+  it("skips file in production", () => {
+    const production = { ...developmentConfig(), production: true };
+    const resolved = resolveSecret(production);
+    assert.equal(resolved.secret, undefined);
+    assert.equal(existsSync(secretFile), false);
+  });
+
+  it("ignores existing file in production", () => {
+    const generated = resolveSecret(developmentConfig());
+    assert.equal(generated.generated, true);
+    const production = { ...developmentConfig(), production: true };
+    const resolved = resolveSecret(production);
+    assert.equal(resolved.secret, undefined);
+  });
+});

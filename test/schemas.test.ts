@@ -1,0 +1,719 @@
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import type { z } from "zod";
+import { RelayError } from "../server/errors.ts";
+import {
+  appLightSetPayloadSchema,
+  bridgeAnswerSchema,
+  bridgeIdPayloadSchema,
+  changedPayloadSchema,
+  snapshotPayloadSchema,
+} from "../server/protocol/schemas.ts";
+import { parsePayload } from "../server/protocol/validate.ts";
+
+interface Resource {
+  id: string;
+  type: string;
+  [field: string]: unknown;
+}
+
+/** Reads the `light` resources of a real Hue bridge's CLIP v2 resource dump. */
+function readRealLights(): Resource[] {
+  const path = new URL(
+    "../client-sdk/fixtures/hue-clip-v2-resources.json",
+    import.meta.url,
+  );
+  const resources = JSON.parse(readFileSync(path, "utf8")) as Resource[];
+  return resources.filter((resource) => resource.type === "light");
+}
+
+const REAL_LIGHTS = readRealLights();
+const FIRST_REAL_LIGHT_ID = "01b1da1b-2cb1-eb71-5391-63b5ae1ceb6c";
+/** The fixture's first light after the relay drops the fields it does not keep. */
+const FIRST_REAL_LIGHT_TRIMMED = {
+  id: FIRST_REAL_LIGHT_ID,
+  type: "light",
+  metadata: { name: "Light 1" },
+  on: { on: false },
+  dimming: { brightness: 81.03 },
+  color_temperature: { mirek: null },
+  color: { xy: { x: 0.5974, y: 0.36 } },
+};
+
+function realLight(id: string): Resource {
+  const found = REAL_LIGHTS.find((resource) => resource.id === id);
+  assert.ok(found, `light ${id} is missing from the fixture`);
+  return found;
+}
+
+/** Parses `input` and returns the RelayError that `parsePayload` must throw. */
+function parseFailure(schema: z.ZodType, input: unknown): RelayError {
+  try {
+    parsePayload(schema, input);
+  } catch (error) {
+    assert.ok(error instanceof RelayError, `expected RelayError: ${error}`);
+    return error;
+  }
+  assert.fail("expected the payload to be rejected");
+}
+
+/** Asserts that `input` is INVALID_PAYLOAD and that the message names `field`. */
+function assertInvalidField(
+  schema: z.ZodType,
+  input: unknown,
+  field: string,
+): void {
+  const error = parseFailure(schema, input);
+  assert.equal(error.code, "INVALID_PAYLOAD");
+  assert.ok(
+    error.message.startsWith(`invalid ${field}:`),
+    `message ${JSON.stringify(error.message)} does not name ${field}`,
+  );
+}
+
+function minimalLight(id: string, fields: object = {}): object {
+  return { id, on: { on: true }, ...fields };
+}
+
+function snapshotOf(...lights: object[]): { lights: object[] } {
+  return { lights };
+}
+
+/** Builds a snapshot whose only light carries `fields`, for range checks. */
+function snapshotWith(fields: object): { lights: object[] } {
+  return snapshotOf(minimalLight("lamp", fields));
+}
+
+describe("snapshot payload schema", () => {
+  it("accepts real CLIP v2 lights", () => {
+    assert.equal(REAL_LIGHTS.length, 8);
+    const parsed = parsePayload(snapshotPayloadSchema, {
+      lights: REAL_LIGHTS,
+    });
+    assert.equal(parsed.lights.length, REAL_LIGHTS.length);
+  });
+
+  it("trims real light to contract", () => {
+    const input = realLight(FIRST_REAL_LIGHT_ID);
+    const [light] = parsePayload(snapshotPayloadSchema, {
+      lights: [input],
+    }).lights;
+    assert.deepEqual(light, FIRST_REAL_LIGHT_TRIMMED);
+  });
+
+  it("drops unknown nested fields", () => {
+    const [light] = parsePayload(snapshotPayloadSchema, {
+      lights: [realLight(FIRST_REAL_LIGHT_ID)],
+    }).lights;
+    assert.ok(light);
+    assert.deepEqual(Object.keys(light).sort(), [
+      "color",
+      "color_temperature",
+      "dimming",
+      "id",
+      "metadata",
+      "on",
+      "type",
+    ]);
+    assert.deepEqual(Object.keys(light.metadata ?? {}), ["name"]);
+    assert.deepEqual(Object.keys(light.dimming ?? {}), ["brightness"]);
+    assert.deepEqual(Object.keys(light.color_temperature ?? {}), ["mirek"]);
+    assert.deepEqual(Object.keys(light.color ?? {}), ["xy"]);
+  });
+
+  it("adds type when absent", () => {
+    const [light] = parsePayload(
+      snapshotPayloadSchema,
+      snapshotOf(minimalLight("lamp")),
+    ).lights;
+    assert.equal(light?.type, "light");
+  });
+
+  it("rejects another resource type", () => {
+    assertInvalidField(
+      snapshotPayloadSchema,
+      snapshotOf(minimalLight("lamp", { type: "grouped_light" })),
+      "lights[0].type",
+    );
+  });
+
+  it("accepts light without metadata", () => {
+    const [light] = parsePayload(
+      snapshotPayloadSchema,
+      snapshotOf(minimalLight("lamp")),
+    ).lights;
+    assert.deepEqual(light, { id: "lamp", type: "light", on: { on: true } });
+  });
+
+  it("requires on in snapshot", () => {
+    assertInvalidField(
+      snapshotPayloadSchema,
+      snapshotOf({ id: "lamp", dimming: { brightness: 5 } }),
+      "lights[0].on",
+    );
+  });
+
+  it("ignores __proto__ and constructor keys", () => {
+    const input: unknown = JSON.parse(
+      `{"lights": [{
+        "id": "lamp",
+        "on": {"on": true, "__proto__": {"polluted": true}},
+        "metadata": {"name": "Hall", "constructor": {"prototype": {"polluted": true}}},
+        "__proto__": {"polluted": true, "dimming": {"brightness": 7}},
+        "constructor": {"prototype": {"polluted": true}}
+      }],
+      "__proto__": {"polluted": true}}`,
+    );
+
+    const parsed = parsePayload(snapshotPayloadSchema, input);
+    const light = parsed.lights[0];
+    assert.ok(light);
+    assert.deepEqual(light, {
+      id: "lamp",
+      type: "light",
+      on: { on: true },
+      metadata: { name: "Hall" },
+    });
+
+    assert.equal(Object.getPrototypeOf(parsed), Object.prototype);
+    assert.equal(Object.getPrototypeOf(light), Object.prototype);
+    assert.equal(Object.getPrototypeOf(light.on), Object.prototype);
+    assert.equal(Object.getPrototypeOf(light.metadata), Object.prototype);
+    assert.equal(Object.hasOwn(light, "__proto__"), false);
+    assert.equal(Object.hasOwn(light, "constructor"), false);
+    assert.equal(light.constructor, Object);
+
+    assert.equal(light.dimming, undefined);
+    assert.equal(Reflect.get(light, "polluted"), undefined);
+    assert.equal(Reflect.get(light.on, "polluted"), undefined);
+    assert.equal(Reflect.get({}, "polluted"), undefined);
+    assert.equal(Reflect.get(Object.prototype, "polluted"), undefined);
+  });
+
+  describe("light id", () => {
+    const validIds = [
+      "a",
+      "Z",
+      "0",
+      "_",
+      "-",
+      "lamp_2-B",
+      FIRST_REAL_LIGHT_ID,
+      "x".repeat(64),
+    ];
+    for (const id of validIds) {
+      it(`accepts id ${JSON.stringify(id.slice(0, 20))}`, () => {
+        const [light] = parsePayload(
+          snapshotPayloadSchema,
+          snapshotOf(minimalLight(id)),
+        ).lights;
+        assert.equal(light?.id, id);
+      });
+    }
+
+    const invalidIds: [string, unknown][] = [
+      ["empty string", ""],
+      ["65 characters", "x".repeat(65)],
+      ["space", "a b"],
+      ["dot", "a.b"],
+      ["slash", "a/b"],
+      ["trailing newline", "lamp\n"],
+      ["non-ASCII letter", "lämp"],
+      ["number", 7],
+      ["null", null],
+    ];
+    for (const [label, id] of invalidIds) {
+      it(`rejects id with ${label}`, () => {
+        assertInvalidField(
+          snapshotPayloadSchema,
+          snapshotOf({ id, on: { on: true } }),
+          "lights[0].id",
+        );
+      });
+    }
+  });
+
+  describe("metadata name", () => {
+    const accepted: [string, string][] = [
+      ["one character", "a"],
+      ["32 ASCII characters", "n".repeat(32)],
+      ["32 emoji code points", "💡".repeat(32)],
+      ["32 CJK characters", "灯".repeat(32)],
+    ];
+    for (const [label, name] of accepted) {
+      it(`accepts ${label}`, () => {
+        const [light] = parsePayload(
+          snapshotPayloadSchema,
+          snapshotWith({ metadata: { name } }),
+        ).lights;
+        assert.equal(light?.metadata?.name, name);
+      });
+    }
+
+    const rejected: [string, unknown][] = [
+      ["empty name", ""],
+      ["33 ASCII characters", "n".repeat(33)],
+      ["33 emoji code points", "💡".repeat(33)],
+      ["non-string name", 12],
+      ["missing name", undefined],
+    ];
+    for (const [label, name] of rejected) {
+      it(`rejects ${label}`, () => {
+        assertInvalidField(
+          snapshotPayloadSchema,
+          snapshotWith({ metadata: { name } }),
+          "lights[0].metadata.name",
+        );
+      });
+    }
+  });
+
+  describe("dimming brightness", () => {
+    for (const brightness of [0, 0.02, 50, 81.03, 100]) {
+      it(`accepts brightness ${brightness}`, () => {
+        const [light] = parsePayload(
+          snapshotPayloadSchema,
+          snapshotWith({ dimming: { brightness } }),
+        ).lights;
+        assert.equal(light?.dimming?.brightness, brightness);
+      });
+    }
+
+    const rejected: unknown[] = [-0.01, 100.01, "50", null, NaN, Infinity];
+    for (const brightness of rejected) {
+      it(`rejects brightness ${String(brightness)}`, () => {
+        assertInvalidField(
+          snapshotPayloadSchema,
+          snapshotWith({ dimming: { brightness } }),
+          "lights[0].dimming.brightness",
+        );
+      });
+    }
+  });
+
+  describe("color temperature mirek", () => {
+    for (const mirek of [50, 153, 500, 1000, null]) {
+      it(`accepts mirek ${String(mirek)}`, () => {
+        const [light] = parsePayload(
+          snapshotPayloadSchema,
+          snapshotWith({ color_temperature: { mirek } }),
+        ).lights;
+        assert.equal(light?.color_temperature?.mirek, mirek);
+      });
+    }
+
+    const rejected: unknown[] = [49, 1001, 153.5, "153", undefined];
+    for (const mirek of rejected) {
+      it(`rejects mirek ${String(mirek)}`, () => {
+        assertInvalidField(
+          snapshotPayloadSchema,
+          snapshotWith({ color_temperature: { mirek } }),
+          "lights[0].color_temperature.mirek",
+        );
+      });
+    }
+  });
+
+  describe("color xy", () => {
+    const accepted = [
+      { x: 0, y: 0 },
+      { x: 1, y: 1 },
+      { x: 0.5974, y: 0.36 },
+    ];
+    for (const xy of accepted) {
+      it(`accepts xy ${xy.x},${xy.y}`, () => {
+        const [light] = parsePayload(
+          snapshotPayloadSchema,
+          snapshotWith({ color: { xy } }),
+        ).lights;
+        assert.deepEqual(light?.color, { xy });
+      });
+    }
+
+    const rejected: [object, string][] = [
+      [{ x: -0.1, y: 0.3 }, "x"],
+      [{ x: 1.1, y: 0.3 }, "x"],
+      [{ x: 0.3, y: -0.1 }, "y"],
+      [{ x: 0.3, y: 1.1 }, "y"],
+      [{ x: "0.3", y: 0.3 }, "x"],
+    ];
+    for (const [xy, coordinate] of rejected) {
+      it(`rejects xy ${JSON.stringify(xy)}`, () => {
+        assertInvalidField(
+          snapshotPayloadSchema,
+          snapshotWith({ color: { xy } }),
+          `lights[0].color.xy.${coordinate}`,
+        );
+      });
+    }
+  });
+
+  describe("light count and ids", () => {
+    /** Returns copies of the real light documents (0.9-2.8 KB of JSON each) with distinct ids. */
+    function realSizedLights(count: number): object[] {
+      return Array.from({ length: count }, (_, index) => {
+        const template = REAL_LIGHTS[index % REAL_LIGHTS.length];
+        return { ...template, id: `light-${index}` };
+      });
+    }
+
+    it("accepts 150 real-sized lights", () => {
+      const parsed = parsePayload(
+        snapshotPayloadSchema,
+        snapshotOf(...realSizedLights(150)),
+      );
+      assert.equal(parsed.lights.length, 150);
+    });
+
+    it("rejects 151 lights", () => {
+      assertInvalidField(
+        snapshotPayloadSchema,
+        snapshotOf(...realSizedLights(151)),
+        "lights",
+      );
+    });
+
+    it("accepts empty snapshot", () => {
+      const parsed = parsePayload(snapshotPayloadSchema, { lights: [] });
+      assert.deepEqual(parsed.lights, []);
+    });
+
+    it("rejects duplicate light ids", () => {
+      assertInvalidField(
+        snapshotPayloadSchema,
+        snapshotOf(minimalLight("a"), minimalLight("b"), minimalLight("a")),
+        "lights[2].id",
+      );
+    });
+
+    it("treats ids case-sensitively", () => {
+      const parsed = parsePayload(
+        snapshotPayloadSchema,
+        snapshotOf(minimalLight("lamp"), minimalLight("LAMP")),
+      );
+      assert.equal(parsed.lights.length, 2);
+    });
+
+    it("rejects missing lights array", () => {
+      assertInvalidField(snapshotPayloadSchema, {}, "lights");
+    });
+  });
+
+  describe("error message path", () => {
+    it("names path lights[2].dimming.brightness", () => {
+      const error = parseFailure(
+        snapshotPayloadSchema,
+        snapshotOf(
+          minimalLight("a"),
+          minimalLight("b"),
+          minimalLight("c", { dimming: { brightness: 101 } }),
+        ),
+      );
+      assert.equal(error.code, "INVALID_PAYLOAD");
+      assert.match(
+        error.message,
+        /^invalid lights\[2\]\.dimming\.brightness: /,
+      );
+    });
+
+    it("names payload when not object", () => {
+      const error = parseFailure(snapshotPayloadSchema, null);
+      assert.equal(error.code, "INVALID_PAYLOAD");
+      assert.match(error.message, /^invalid payload: /);
+    });
+  });
+});
+
+describe("changed payload schema", () => {
+  function changesOf(...lights: object[]): { lights: object[] } {
+    return { lights };
+  }
+
+  const singleFieldChanges: [string, object][] = [
+    ["metadata", { metadata: { name: "Desk" } }],
+    ["on", { on: { on: false } }],
+    ["dimming", { dimming: { brightness: 0 } }],
+    ["color_temperature", { color_temperature: { mirek: 366 } }],
+    ["null mirek", { color_temperature: { mirek: null } }],
+    ["color", { color: { xy: { x: 0.2, y: 0.7 } } }],
+  ];
+  for (const [label, fields] of singleFieldChanges) {
+    it(`accepts change of ${label}`, () => {
+      const parsed = parsePayload(
+        changedPayloadSchema,
+        changesOf({ id: "lamp", ...fields }),
+      );
+      assert.deepEqual(parsed.lights, [{ id: "lamp", ...fields }]);
+    });
+  }
+
+  it("rejects change with id only", () => {
+    assertInvalidField(
+      changedPayloadSchema,
+      changesOf({ id: "lamp", on: { on: true } }, { id: "desk" }),
+      "lights[1]",
+    );
+  });
+
+  it("rejects change with unknown fields only", () => {
+    assertInvalidField(
+      changedPayloadSchema,
+      changesOf({ id: "lamp", dimming_delta: { action: "up" } }),
+      "lights[0]",
+    );
+  });
+
+  it("rejects change without id", () => {
+    assertInvalidField(
+      changedPayloadSchema,
+      changesOf({ on: { on: true } }),
+      "lights[0].id",
+    );
+  });
+
+  const incompleteChanges: [string, object, string][] = [
+    ["dimming without brightness", { dimming: {} }, "dimming.brightness"],
+    [
+      "dimming with delta only",
+      { dimming: { min_dim_level: 0.2 } },
+      "dimming.brightness",
+    ],
+    ["color.xy with only x", { color: { xy: { x: 0.3 } } }, "color.xy.y"],
+    ["color.xy with only y", { color: { xy: { y: 0.3 } } }, "color.xy.x"],
+    ["color without xy", { color: { gamut_type: "C" } }, "color.xy"],
+    ["metadata without name", { metadata: {} }, "metadata.name"],
+    ["on without on", { on: {} }, "on.on"],
+    [
+      "color_temperature without mirek",
+      { color_temperature: { mirek_valid: true } },
+      "color_temperature.mirek",
+    ],
+  ];
+  for (const [label, fields, field] of incompleteChanges) {
+    it(`rejects ${label}`, () => {
+      assertInvalidField(
+        changedPayloadSchema,
+        changesOf({ id: "lamp", ...fields }),
+        `lights[0].${field}`,
+      );
+    });
+  }
+
+  it("drops unknown fields of change", () => {
+    const parsed = parsePayload(
+      changedPayloadSchema,
+      changesOf({
+        id: "lamp",
+        type: "light",
+        dimming: { brightness: 40, min_dim_level: 0.2 },
+        dynamics: { speed: 0.5 },
+      }),
+    );
+    assert.deepEqual(parsed.lights, [
+      { id: "lamp", dimming: { brightness: 40 } },
+    ]);
+  });
+
+  it("rejects duplicate change ids", () => {
+    assertInvalidField(
+      changedPayloadSchema,
+      changesOf(
+        { id: "lamp", on: { on: true } },
+        { id: "lamp", on: { on: false } },
+      ),
+      "lights[1].id",
+    );
+  });
+
+  it("accepts 150 changes", () => {
+    const changes = Array.from({ length: 150 }, (_, index) => ({
+      id: `light-${index}`,
+      on: { on: true },
+    }));
+    const parsed = parsePayload(changedPayloadSchema, changesOf(...changes));
+    assert.equal(parsed.lights.length, 150);
+  });
+
+  it("rejects 151 changes", () => {
+    const changes = Array.from({ length: 151 }, (_, index) => ({
+      id: `light-${index}`,
+      on: { on: true },
+    }));
+    assertInvalidField(changedPayloadSchema, changesOf(...changes), "lights");
+  });
+
+  it("ignores __proto__ in change", () => {
+    const input: unknown = JSON.parse(
+      `{"lights": [{"id": "lamp", "__proto__": {"on": {"on": true}}, "constructor": {"on": {"on": true}}}]}`,
+    );
+    assertInvalidField(changedPayloadSchema, input, "lights[0]");
+    assert.equal(Reflect.get(Object.prototype, "on"), undefined);
+  });
+});
+
+describe("app light:set payload schema", () => {
+  const BRIDGE_ID = "001788fffe4f3a2b";
+
+  function lightSet(fields: object = {}): object {
+    return {
+      bridgeId: BRIDGE_ID,
+      lightId: "lamp",
+      change: { on: { on: true } },
+      ...fields,
+    };
+  }
+
+  it("accepts minimal light:set payload", () => {
+    const parsed = parsePayload(appLightSetPayloadSchema, lightSet());
+    assert.deepEqual(parsed, {
+      bridgeId: BRIDGE_ID,
+      lightId: "lamp",
+      change: { on: { on: true } },
+    });
+  });
+
+  it("rejects empty change", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ change: {} }),
+      "change",
+    );
+  });
+
+  it("rejects incomplete change field", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ change: { color: { xy: { x: 0.4 } } } }),
+      "change.color.xy.y",
+    );
+  });
+
+  it("drops id from change", () => {
+    const parsed = parsePayload(
+      appLightSetPayloadSchema,
+      lightSet({ change: { id: "other", on: { on: false } } }),
+    );
+    assert.deepEqual(parsed.change, { on: { on: false } });
+  });
+
+  it("rejects invalid light id", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ lightId: "../lamp" }),
+      "lightId",
+    );
+  });
+
+  it("accepts 64-character command id", () => {
+    const commandId = "c".repeat(64);
+    const parsed = parsePayload(
+      appLightSetPayloadSchema,
+      lightSet({ commandId }),
+    );
+    assert.equal(parsed.commandId, commandId);
+  });
+
+  it("rejects 65-character command id", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ commandId: "c".repeat(65) }),
+      "commandId",
+    );
+  });
+
+  it("rejects non-string command id", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ commandId: 42 }),
+      "commandId",
+    );
+  });
+});
+
+describe("bridge id schema", () => {
+  const accepted: [string, string][] = [
+    ["001788fffe4f3a2b", "001788fffe4f3a2b"],
+    ["001788FFFE4F3A2B", "001788fffe4f3a2b"],
+    ["001788FfFe4f3A2b", "001788fffe4f3a2b"],
+    ["0123456789abcdef", "0123456789abcdef"],
+  ];
+  for (const [input, expected] of accepted) {
+    it(`normalises ${input} to lowercase`, () => {
+      const subscribe = parsePayload(bridgeIdPayloadSchema, {
+        bridgeId: input,
+      });
+      assert.equal(subscribe.bridgeId, expected);
+      const command = parsePayload(appLightSetPayloadSchema, {
+        bridgeId: input,
+        lightId: "lamp",
+        change: { on: { on: true } },
+      });
+      assert.equal(command.bridgeId, expected);
+    });
+  }
+
+  const rejected: [string, unknown][] = [
+    ["15 digits", "001788fffe4f3a2"],
+    ["17 digits", "001788fffe4f3a2b0"],
+    ["non-hex digit", "001788fffe4f3a2g"],
+    ["colon separators", "00:17:88:ff:fe:4f:3a:2b"],
+    ["dash separators", "001788-fffe-4f3a2b"],
+    ["0x prefix", "0x001788fffe4f3a2b"],
+    ["surrounding spaces", " 001788fffe4f3a2b "],
+    ["fullwidth digits", "００１７８８fffe4f3a2b"],
+    ["empty string", ""],
+    ["number", 1234567890123456],
+    ["null", null],
+  ];
+  for (const [label, bridgeId] of rejected) {
+    it(`rejects bridge id with ${label}`, () => {
+      assertInvalidField(bridgeIdPayloadSchema, { bridgeId }, "bridgeId");
+    });
+  }
+});
+
+describe("bridge answer schema", () => {
+  it("trims light of success answer", () => {
+    const answer = parsePayload(bridgeAnswerSchema, {
+      ok: true,
+      data: { light: realLight(FIRST_REAL_LIGHT_ID) },
+    });
+    assert.equal(answer.ok, true);
+    assert.deepEqual(
+      answer.ok ? answer.data.light : undefined,
+      FIRST_REAL_LIGHT_TRIMMED,
+    );
+  });
+
+  it("accepts refusal with code", () => {
+    const answer = parsePayload(bridgeAnswerSchema, {
+      ok: false,
+      error: { code: "LIGHT_UNREACHABLE", message: "light is unreachable" },
+    });
+    assert.deepEqual(answer, {
+      ok: false,
+      error: { code: "LIGHT_UNREACHABLE", message: "light is unreachable" },
+    });
+  });
+
+  const malformed: [string, unknown][] = [
+    ["answer without ok", { data: { light: minimalLight("lamp") } }],
+    ["success without light", { ok: true, data: {} }],
+    [
+      "success with invalid light",
+      { ok: true, data: { light: minimalLight("lamp", { dimming: {} }) } },
+    ],
+    ["refusal without error", { ok: false }],
+    [
+      "refusal with empty code",
+      { ok: false, error: { code: "", message: "" } },
+    ],
+    ["non-object answer", "ok"],
+  ];
+  for (const [label, answer] of malformed) {
+    it(`rejects ${label}`, () => {
+      const error = parseFailure(bridgeAnswerSchema, answer);
+      assert.equal(error.code, "INVALID_PAYLOAD");
+    });
+  }
+});
