@@ -1,0 +1,942 @@
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { jwtVerify } from "jose";
+import { Server, type Socket as ServerSocket } from "socket.io";
+import {
+  AppClient,
+  type AppClientEvents,
+} from "../client-sdk/src/app-client.ts";
+import { backoffDelay } from "../client-sdk/src/backoff.ts";
+import {
+  BridgeClient,
+  type BridgeClientEvents,
+} from "../client-sdk/src/bridge-client.ts";
+import {
+  RelayClientError,
+  readHandshakeError,
+} from "../client-sdk/src/errors.ts";
+import type {
+  BridgeState,
+  Light,
+  LightsChangedEvent,
+} from "../client-sdk/src/protocol.ts";
+import { TypedEmitter } from "../client-sdk/src/typed-emitter.ts";
+import {
+  VersionTracker,
+  type VersionedEvent,
+} from "../client-sdk/src/version-tracker.ts";
+import {
+  SimulatedBridge,
+  createRandom,
+  loadFixtureLights,
+  simulatedBridgeId,
+  trimLight,
+} from "../client-sdk/simulator/simulated-bridge.ts";
+import { signAppToken, signBridgeToken } from "../server/auth/token-signing.ts";
+
+const BRIDGE_ID = "001788fffe4f3a2b";
+const FAST_RECONNECT = { minDelayMs: 10, maxDelayMs: 40 };
+
+function light(id: string, on: boolean): Light {
+  return { id, type: "light", on: { on } };
+}
+
+function changed(version: number, ...lights: Light[]): VersionedEvent {
+  const event: LightsChangedEvent = { bridgeId: BRIDGE_ID, version, lights };
+  return { name: "lights:changed", event };
+}
+
+function snapshot(version: number, ...lights: Light[]): VersionedEvent {
+  return {
+    name: "bridge:snapshot",
+    event: { bridgeId: BRIDGE_ID, version, lights },
+  };
+}
+
+function bridgeState(version: number, ...lights: Light[]): BridgeState {
+  return { bridgeId: BRIDGE_ID, online: true, lastSeen: null, version, lights };
+}
+
+describe("backoffDelay", () => {
+  const bounds = { minDelayMs: 100, maxDelayMs: 1000 };
+
+  it("returns min at attempt 0", () => {
+    assert.equal(
+      backoffDelay(0, bounds, () => 0.99),
+      100,
+    );
+  });
+
+  it("doubles the ceiling per attempt", () => {
+    const top = () => 1;
+    assert.equal(backoffDelay(1, bounds, top), 200);
+    assert.equal(backoffDelay(2, bounds, top), 400);
+    assert.equal(backoffDelay(3, bounds, top), 800);
+  });
+
+  it("caps the ceiling at max", () => {
+    assert.equal(
+      backoffDelay(4, bounds, () => 1),
+      1000,
+    );
+    assert.equal(
+      backoffDelay(5000, bounds, () => 1),
+      1000,
+    );
+  });
+
+  it("spreads delays over the range", () => {
+    assert.equal(
+      backoffDelay(3, bounds, () => 0),
+      100,
+    );
+    assert.equal(
+      backoffDelay(3, bounds, () => 0.5),
+      450,
+    );
+  });
+
+  it("stays within bounds with Math.random", () => {
+    for (let attempt = 0; attempt < 20; attempt += 1) {
+      const delay = backoffDelay(attempt, bounds);
+      assert.ok(delay >= 100, `attempt ${attempt}: ${delay} below min`);
+      assert.ok(delay <= 1000, `attempt ${attempt}: ${delay} above max`);
+    }
+  });
+
+  it("rejects invalid bounds", () => {
+    assert.throws(
+      () => backoffDelay(1, { minDelayMs: 0, maxDelayMs: 10 }),
+      RangeError,
+    );
+    assert.throws(
+      () => backoffDelay(1, { minDelayMs: 20, maxDelayMs: 10 }),
+      RangeError,
+    );
+    assert.throws(() => backoffDelay(-1, bounds), RangeError);
+  });
+});
+
+describe("VersionTracker", () => {
+  function synced(version: number): VersionTracker {
+    const tracker = new VersionTracker();
+    const round = tracker.begin(BRIDGE_ID);
+    tracker.settle(round, bridgeState(version));
+    return tracker;
+  }
+
+  it("delivers the next version", () => {
+    const tracker = synced(5);
+    assert.equal(tracker.receive(changed(6)), "deliver");
+    assert.equal(tracker.versionOf(BRIDGE_ID), 6);
+  });
+
+  it("resyncs on a skipped version", () => {
+    const tracker = synced(5);
+    assert.equal(tracker.receive(changed(7)), "resync");
+    assert.equal(tracker.versionOf(BRIDGE_ID), undefined);
+  });
+
+  it("resyncs on a lower version", () => {
+    assert.equal(synced(5).receive(changed(2)), "resync");
+  });
+
+  it("resyncs on a repeated version", () => {
+    assert.equal(synced(5).receive(changed(5)), "resync");
+  });
+
+  it("adopts any snapshot version", () => {
+    const tracker = synced(5);
+    assert.equal(tracker.receive(snapshot(2)), "deliver");
+    assert.equal(tracker.versionOf(BRIDGE_ID), 2);
+    assert.equal(tracker.receive(changed(3)), "deliver");
+  });
+
+  it("ignores untracked bridges", () => {
+    assert.equal(new VersionTracker().receive(changed(1)), "ignore");
+  });
+
+  it("ignores forgotten bridges", () => {
+    const tracker = synced(5);
+    tracker.forget(BRIDGE_ID);
+    assert.equal(tracker.receive(changed(6)), "ignore");
+    assert.equal(tracker.has(BRIDGE_ID), false);
+  });
+
+  it("buffers while subscribing", () => {
+    const tracker = new VersionTracker();
+    tracker.begin(BRIDGE_ID);
+    assert.equal(tracker.receive(changed(9)), "buffer");
+  });
+
+  it("drops buffered events at or below the ack", () => {
+    const tracker = new VersionTracker();
+    const round = tracker.begin(BRIDGE_ID);
+    tracker.receive(changed(4, light("a", false)));
+    tracker.receive(changed(5, light("a", false)));
+    const outcome = tracker.settle(round, bridgeState(5, light("a", true)));
+    assert.equal(outcome.status, "synced");
+    assert.deepEqual(outcome.status === "synced" ? outcome.state.lights : [], [
+      light("a", true),
+    ]);
+  });
+
+  it("folds newer buffered events into the state", () => {
+    const tracker = new VersionTracker();
+    const round = tracker.begin(BRIDGE_ID);
+    tracker.receive(changed(6, light("a", false)));
+    tracker.receive(changed(7, light("c", true)));
+    const ack = bridgeState(5, light("a", true), light("b", true));
+    const outcome = tracker.settle(round, ack);
+    assert.equal(outcome.status, "synced");
+    const state = outcome.status === "synced" ? outcome.state : ack;
+    assert.equal(state.version, 7);
+    assert.deepEqual(state.lights, [
+      light("a", false),
+      light("b", true),
+      light("c", true),
+    ]);
+    assert.equal(tracker.versionOf(BRIDGE_ID), 7);
+    assert.equal(ack.lights[0]?.on.on, true, "ack state must not be mutated");
+  });
+
+  it("folds a buffered snapshot", () => {
+    const tracker = new VersionTracker();
+    const round = tracker.begin(BRIDGE_ID);
+    tracker.receive(snapshot(9, light("z", true)));
+    const outcome = tracker.settle(round, bridgeState(5, light("a", true)));
+    assert.equal(outcome.status, "synced");
+    const state = outcome.status === "synced" ? outcome.state : undefined;
+    assert.equal(state?.version, 9);
+    assert.deepEqual(state?.lights, [light("z", true)]);
+  });
+
+  it("reports a gap in buffered events", () => {
+    const tracker = new VersionTracker();
+    const round = tracker.begin(BRIDGE_ID);
+    tracker.receive(changed(7));
+    assert.deepEqual(tracker.settle(round, bridgeState(5)), { status: "gap" });
+    assert.equal(tracker.receive(changed(8)), "buffer");
+  });
+
+  it("settles forgotten bridges as untracked", () => {
+    const tracker = new VersionTracker();
+    const round = tracker.begin(BRIDGE_ID);
+    tracker.forget(BRIDGE_ID);
+    const outcome = tracker.settle(round, bridgeState(5));
+    assert.equal(outcome.status, "untracked");
+    assert.equal(tracker.has(BRIDGE_ID), false);
+  });
+
+  it("begin drops earlier buffered events", () => {
+    const tracker = new VersionTracker();
+    tracker.begin(BRIDGE_ID);
+    tracker.receive(changed(7));
+    const round = tracker.begin(BRIDGE_ID);
+    assert.equal(tracker.settle(round, bridgeState(5)).status, "synced");
+  });
+
+  it("settles a superseded round as untracked", () => {
+    const tracker = new VersionTracker();
+    const first = tracker.begin(BRIDGE_ID);
+    const second = tracker.begin(BRIDGE_ID);
+    assert.equal(tracker.settle(first, bridgeState(3)).status, "untracked");
+    assert.equal(tracker.versionOf(BRIDGE_ID), undefined);
+    assert.equal(tracker.settle(second, bridgeState(4)).status, "synced");
+    assert.equal(tracker.versionOf(BRIDGE_ID), 4);
+  });
+});
+
+describe("RelayClientError", () => {
+  it("keeps the fields of an error body", () => {
+    const error = RelayClientError.fromBody({
+      code: "BRIDGE_ERROR",
+      message: "bridge refused",
+      retryAfterMs: 250,
+      details: { code: "HANDLER_FAILED", message: "boom" },
+    });
+    assert.equal(error.code, "BRIDGE_ERROR");
+    assert.equal(error.message, "bridge refused");
+    assert.equal(error.retryAfterMs, 250);
+    assert.deepEqual(error.details, {
+      code: "HANDLER_FAILED",
+      message: "boom",
+    });
+    assert.ok(error instanceof Error);
+  });
+
+  it("maps unknown codes to INTERNAL", () => {
+    const error = RelayClientError.fromBody({ code: "NEW_CODE", message: "x" });
+    assert.equal(error.code, "INTERNAL");
+    assert.equal(error.details?.code, "NEW_CODE");
+  });
+
+  it("reads handshake error data", () => {
+    const error = Object.assign(new Error("slow down"), {
+      data: { code: "RATE_LIMITED", retryAfterMs: 500 },
+    });
+    assert.deepEqual(readHandshakeError(error), {
+      code: "RATE_LIMITED",
+      retryAfterMs: 500,
+    });
+  });
+
+  it("ignores non-handshake codes", () => {
+    const error = Object.assign(new Error("x"), {
+      data: { code: "NOT_FOUND" },
+    });
+    assert.equal(readHandshakeError(error), undefined);
+    assert.equal(readHandshakeError(new Error("websocket error")), undefined);
+  });
+});
+
+describe("TypedEmitter", () => {
+  class Counter extends TypedEmitter<{ tick: (count: number) => void }> {
+    tick(count: number): void {
+      this.emit("tick", count);
+    }
+  }
+
+  it("calls once listeners once", () => {
+    const counter = new Counter();
+    const seen: number[] = [];
+    counter.once("tick", (count) => seen.push(count));
+    counter.tick(1);
+    counter.tick(2);
+    assert.deepEqual(seen, [1]);
+  });
+
+  it("removes listeners with off", () => {
+    const counter = new Counter();
+    const seen: number[] = [];
+    const listener = (count: number) => seen.push(count);
+    counter.on("tick", listener);
+    counter.off("tick", listener);
+    counter.tick(1);
+    assert.deepEqual(seen, []);
+  });
+});
+
+describe("simulated bridge", () => {
+  const fixture = loadFixtureLights();
+
+  it("loads the fixture lights", () => {
+    assert.equal(fixture.length, 8);
+    assert.ok(fixture.every((document) => document.type === "light"));
+  });
+
+  it("formats bridge IDs", () => {
+    assert.equal(simulatedBridgeId(0), "001788fffe000000");
+    assert.equal(simulatedBridgeId(255), "001788fffe0000ff");
+    assert.throws(() => simulatedBridgeId(0x1000000), RangeError);
+  });
+
+  it("trims lights to contract fields", () => {
+    const trimmed = trimLight(fixture[0]!);
+    assert.deepEqual(Object.keys(trimmed).sort(), [
+      "color",
+      "color_temperature",
+      "dimming",
+      "id",
+      "metadata",
+      "on",
+      "type",
+    ]);
+    assert.deepEqual(trimmed.metadata, { name: "Light 1" });
+    assert.deepEqual(trimmed.dimming, { brightness: 81.03 });
+  });
+
+  it("replaces changed fields whole", () => {
+    const bridge = new SimulatedBridge(BRIDGE_ID, fixture);
+    const target = fixture[0]!.id;
+    const answer = bridge.applyCommand({
+      commandId: "c1",
+      lightId: target,
+      change: { dimming: { brightness: 10 }, on: { on: true } },
+    });
+    assert.equal(answer.ok, true);
+    const stored = bridge
+      .documents()
+      .find((document) => document.id === target);
+    assert.deepEqual(stored?.dimming, { brightness: 10 });
+    assert.deepEqual(stored?.on, { on: true });
+    assert.ok(stored?.gradient !== undefined, "unchanged fields must stay");
+  });
+
+  it("answers with the trimmed light", () => {
+    const bridge = new SimulatedBridge(BRIDGE_ID, fixture);
+    const answer = bridge.applyCommand({
+      commandId: "c1",
+      lightId: fixture[1]!.id,
+      change: { on: { on: true } },
+    });
+    assert.ok(answer.ok);
+    assert.equal(answer.ok && "gradient" in answer.data.light, false);
+    assert.deepEqual(answer.ok && answer.data.light.on, { on: true });
+  });
+
+  it("answers NOT_FOUND for unknown lights", () => {
+    const bridge = new SimulatedBridge(BRIDGE_ID, fixture);
+    const answer = bridge.applyCommand({
+      commandId: "c1",
+      lightId: "missing",
+      change: { on: { on: true } },
+    });
+    assert.equal(answer.ok, false);
+    assert.equal(!answer.ok && answer.error.code, "NOT_FOUND");
+  });
+
+  it("does not share state with the fixture", () => {
+    const bridge = new SimulatedBridge(BRIDGE_ID, fixture);
+    const before = fixture[0]!.on.on;
+    bridge.applyCommand({
+      commandId: "c1",
+      lightId: fixture[0]!.id,
+      change: { on: { on: !before } },
+    });
+    assert.equal(fixture[0]!.on.on, before);
+  });
+
+  it("toggles a light like a wall switch", () => {
+    const bridge = new SimulatedBridge(BRIDGE_ID, fixture);
+    const change = bridge.toggleRandomLight(() => 0);
+    const original = fixture.find((document) => document.id === change.id);
+    assert.equal(change.on?.on, !original?.on.on);
+    const stored = bridge
+      .documents()
+      .find((document) => document.id === change.id);
+    assert.equal(stored?.on.on, change.on?.on);
+  });
+
+  it("repeats random choices per seed", () => {
+    const first = createRandom(42);
+    const second = createRandom(42);
+    const values = [first(), first(), first()];
+    assert.deepEqual([second(), second(), second()], values);
+    assert.ok(values.every((value) => value >= 0 && value < 1));
+    assert.notEqual(createRandom(43)(), values[0]);
+  });
+});
+
+describe("token signing", () => {
+  const secret = "s".repeat(32);
+  const key = new TextEncoder().encode(secret);
+
+  it("signs bridge claims", async () => {
+    const token = await signBridgeToken(secret, "001788FFFE4F3A2B");
+    const { payload, protectedHeader } = await jwtVerify(token, key);
+    assert.equal(protectedHeader.alg, "HS256");
+    assert.equal(payload.sub, BRIDGE_ID);
+    assert.equal(payload.role, "bridge");
+    assert.equal(payload.exp, undefined);
+  });
+
+  it("signs app claims", async () => {
+    const token = await signAppToken(secret, "alice", {
+      bridges: [BRIDGE_ID.toUpperCase(), BRIDGE_ID],
+      scope: "control  read",
+      expiresIn: "1h",
+    });
+    const { payload } = await jwtVerify(token, key);
+    assert.equal(payload.sub, "alice");
+    assert.equal(payload.role, "app");
+    assert.deepEqual(payload.bridges, [BRIDGE_ID]);
+    assert.equal(payload.scope, "control read");
+    assert.equal(payload.exp, (payload.iat ?? 0) + 3600);
+  });
+
+  it("sets issuer and audience", async () => {
+    const token = await signBridgeToken(secret, BRIDGE_ID, {
+      issuer: "relay-test",
+      audience: "relay",
+    });
+    const verified = jwtVerify(token, key, {
+      issuer: "relay-test",
+      audience: "relay",
+    });
+    await assert.doesNotReject(verified);
+  });
+
+  it("rejects invalid input", async () => {
+    await assert.rejects(
+      signBridgeToken(secret, "0017"),
+      /invalid bridge ID "0017"/,
+    );
+    await assert.rejects(
+      signAppToken(secret, "a", { bridges: [], scope: "write" }),
+      /invalid scope "write"/,
+    );
+    await assert.rejects(
+      signBridgeToken(secret, BRIDGE_ID, { expiresIn: "soon" }),
+      /invalid expiry "soon"/,
+    );
+  });
+});
+
+type ClientEvents = BridgeClientEvents & AppClientEvents;
+type Payload<Event extends keyof ClientEvents> = Parameters<
+  ClientEvents[Event]
+>[0];
+
+/** Resolves with the payload of the next `event` that passes `match`. */
+function nextEvent<Event extends keyof ClientEvents>(
+  client: BridgeClient | AppClient,
+  event: Event,
+  match: (payload: Payload<Event>) => boolean = () => true,
+  timeoutMs = 2000,
+): Promise<Payload<Event>> {
+  // Both clients share the event names used here; the cast picks one map.
+  const emitter = client as unknown as TypedEmitter<ClientEvents>;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.off(event, listener);
+      reject(new Error(`timed out waiting for ${event}`));
+    }, timeoutMs);
+    const listener = ((payload: Payload<Event>) => {
+      if (!match(payload)) return;
+      clearTimeout(timer);
+      emitter.off(event, listener);
+      resolve(payload);
+    }) as ClientEvents[Event];
+    emitter.on(event, listener);
+  });
+}
+
+describe("clients against a stub Socket.IO server", () => {
+  let io: Server;
+  let url: string;
+  const clients: { close: () => void }[] = [];
+
+  beforeEach(async () => {
+    const http = createServer();
+    io = new Server(http);
+    await new Promise<void>((resolve) => http.listen(0, "127.0.0.1", resolve));
+    url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+  });
+
+  afterEach(async () => {
+    for (const client of clients.splice(0)) client.close();
+    await new Promise<void>((resolve) => io.close(() => resolve()));
+  });
+
+  function bridgeClient(
+    overrides: Partial<ConstructorParameters<typeof BridgeClient>[0]> = {},
+  ) {
+    const client = new BridgeClient({
+      url,
+      token: "t",
+      getLights: () => [light("a", true)],
+      onCommand: (command) => ({
+        ok: true,
+        data: { light: { ...light(command.lightId, true) } },
+      }),
+      reconnect: FAST_RECONNECT,
+      ...overrides,
+    });
+    clients.push(client);
+    return client;
+  }
+
+  function appClient(requestTimeoutMs = 2000) {
+    const client = new AppClient({
+      url,
+      token: "t",
+      reconnect: FAST_RECONNECT,
+      requestTimeoutMs,
+    });
+    clients.push(client);
+    return client;
+  }
+
+  function rejectHandshakes(
+    namespace: string,
+    code: string,
+    retryAfterMs?: number,
+  ) {
+    let rejected = 0;
+    io.of(namespace).use((_socket, next) => {
+      if (rejected > 0 && code === "RATE_LIMITED") return next();
+      rejected += 1;
+      next(
+        Object.assign(new Error("handshake rejected"), {
+          data: { code, retryAfterMs },
+        }),
+      );
+    });
+  }
+
+  it("bridge sends a snapshot on connect", async () => {
+    const received: unknown[] = [];
+    io.of("/bridge").on("connection", (socket) => {
+      socket.on("state:snapshot", (payload, ack) => {
+        received.push(payload);
+        ack({ ok: true, data: { version: 1 } });
+      });
+    });
+    const client = bridgeClient();
+    const synced = nextEvent(client, "synced");
+    await client.connect();
+    assert.equal(client.state, "connected");
+    assert.deepEqual(await synced, { version: 1, trigger: "connect" });
+    assert.deepEqual(received, [{ lights: [light("a", true)] }]);
+  });
+
+  it("bridge resends a snapshot on resync", async () => {
+    io.of("/bridge").on("connection", (socket) => {
+      let version = 0;
+      socket.on("state:snapshot", (_payload, ack) => {
+        version += 1;
+        ack({ ok: true, data: { version } });
+        if (version === 1) socket.emit("state:resync", { reason: "test" });
+      });
+    });
+    const client = bridgeClient();
+    const resynced = nextEvent(
+      client,
+      "synced",
+      (event) => event.trigger === "resync",
+    );
+    await client.connect();
+    assert.deepEqual(await resynced, { version: 2, trigger: "resync" });
+  });
+
+  it("bridge answers a throwing handler with HANDLER_FAILED", async () => {
+    const answered = new Promise<unknown>((resolve) => {
+      io.of("/bridge").on("connection", (socket) => {
+        const command = {
+          commandId: "c1",
+          lightId: "a",
+          change: { on: { on: false } },
+        };
+        socket
+          .timeout(1000)
+          .emit("light:set", command, (_error: unknown, answer: unknown) =>
+            resolve(answer),
+          );
+      });
+    });
+    bridgeClient({
+      onCommand: () => {
+        throw new Error("bulb unreachable");
+      },
+    }).connect();
+    assert.deepEqual(await answered, {
+      ok: false,
+      error: { code: "HANDLER_FAILED", message: "bulb unreachable" },
+    });
+  });
+
+  it("bridge reportChanges rejects with the relay code", async () => {
+    io.of("/bridge").on("connection", (socket) => {
+      socket.on("state:snapshot", (_payload, ack) =>
+        ack({ ok: true, data: { version: 1 } }),
+      );
+      socket.on("state:changed", (_payload, ack) =>
+        ack({ ok: false, error: { code: "NOT_FOUND", message: "no light x" } }),
+      );
+    });
+    const client = bridgeClient();
+    await client.connect();
+    const report = client.reportChanges([{ id: "x", on: { on: true } }]);
+    await assert.rejects(report, (error: RelayClientError) => {
+      assert.ok(error instanceof RelayClientError);
+      assert.equal(error.code, "NOT_FOUND");
+      return true;
+    });
+  });
+
+  it("bridge stops for good when replaced", async () => {
+    let connections = 0;
+    const disconnected = new Promise<void>((resolve) => {
+      io.of("/bridge").on("connection", (socket) => {
+        connections += 1;
+        socket.on("disconnect", () => resolve());
+        socket.emit("session:replaced", { reason: "newer connection" });
+        socket.disconnect(true);
+      });
+    });
+    const client = bridgeClient();
+    let retries = 0;
+    client.on("retry", () => (retries += 1));
+    const replaced = nextEvent(client, "replaced");
+    client.connect().catch(() => undefined);
+    assert.deepEqual(await replaced, { reason: "newer connection" });
+    await disconnected;
+    assert.equal(client.state, "replaced");
+    assert.equal(retries, 0);
+    assert.equal(connections, 1);
+  });
+
+  it("bridge reconnects after a server disconnect", async () => {
+    let connections = 0;
+    io.of("/bridge").on("connection", (socket) => {
+      connections += 1;
+      socket.on("state:snapshot", (_payload, ack) => {
+        ack({ ok: true, data: { version: connections } });
+        if (connections === 1) socket.disconnect(true);
+      });
+    });
+    const client = bridgeClient();
+    const second = nextEvent(client, "synced", (event) => event.version === 2);
+    const retried = nextEvent(client, "retry");
+    await client.connect();
+    const retry = await retried;
+    assert.equal(retry.attempt, 1);
+    assert.equal(retry.error.code, "UNAVAILABLE");
+    await second;
+    assert.equal(client.state, "connected");
+  });
+
+  it("unauthorized handshake is final", async () => {
+    rejectHandshakes("/bridge", "UNAUTHORIZED");
+    const client = bridgeClient();
+    await assert.rejects(client.connect(), (error: RelayClientError) => {
+      assert.equal(error.code, "UNAUTHORIZED");
+      return true;
+    });
+    assert.equal(client.state, "unauthorized");
+  });
+
+  it("forbidden handshake is final", async () => {
+    rejectHandshakes("/app", "FORBIDDEN");
+    const client = appClient();
+    await assert.rejects(client.connect(), { code: "FORBIDDEN" });
+    assert.equal(client.state, "unauthorized");
+  });
+
+  it("rate-limited handshake waits retryAfterMs", async () => {
+    rejectHandshakes("/bridge", "RATE_LIMITED", 150);
+    const client = bridgeClient();
+    const retried = nextEvent(client, "retry");
+    await client.connect();
+    const retry = await retried;
+    assert.ok(
+      retry.delayMs >= 150,
+      `delay ${retry.delayMs} below retryAfterMs`,
+    );
+    assert.equal(retry.error.code, "RATE_LIMITED");
+  });
+
+  it("emits state changes in order", async () => {
+    io.of("/bridge");
+    const client = bridgeClient();
+    const states: string[] = [];
+    client.on("state", ({ state }) => states.push(state));
+    await client.connect();
+    client.close();
+    assert.deepEqual(states, ["connecting", "connected", "closed"]);
+  });
+
+  it("app request fails while disconnected", async () => {
+    const client = appClient();
+    await assert.rejects(client.listBridges(), { code: "UNAVAILABLE" });
+    await assert.rejects(client.subscribe(BRIDGE_ID), { code: "UNAVAILABLE" });
+  });
+
+  it("app rejects an invalid bridge ID", async () => {
+    await assert.rejects(appClient().subscribe("nope"), {
+      code: "INVALID_PAYLOAD",
+    });
+  });
+
+  it("app request times out", async () => {
+    io.of("/app").on("connection", (socket) => {
+      socket.on("relay:info", () => undefined);
+    });
+    const client = appClient(50);
+    await client.connect();
+    await assert.rejects(client.serverInfo(), { code: "TIMEOUT" });
+  });
+
+  it("app request cut by a disconnect", async () => {
+    io.of("/app").on("connection", (socket) => {
+      socket.on("relay:info", () => socket.disconnect(true));
+    });
+    const client = appClient();
+    await client.connect();
+    await assert.rejects(client.serverInfo(), { code: "UNAVAILABLE" });
+  });
+
+  it("app passes on the relay error code", async () => {
+    io.of("/app").on("connection", (socket) => {
+      socket.on("light:set", (_payload, ack) =>
+        ack({
+          ok: false,
+          error: { code: "BRIDGE_OFFLINE", message: "offline" },
+        }),
+      );
+    });
+    const client = appClient();
+    await client.connect();
+    const set = client.setLight(BRIDGE_ID, "a", { on: { on: true } });
+    await assert.rejects(set, { code: "BRIDGE_OFFLINE", message: "offline" });
+  });
+
+  it("app folds events that race the subscribe ack", async () => {
+    io.of("/app").on("connection", (socket) => {
+      socket.on("bridge:subscribe", ({ bridgeId }, ack) => {
+        socket.emit("lights:changed", {
+          bridgeId,
+          version: 5,
+          lights: [light("a", false)],
+        });
+        socket.emit("lights:changed", {
+          bridgeId,
+          version: 6,
+          lights: [light("a", false)],
+        });
+        ack({ ok: true, data: bridgeState(5, light("a", true)) });
+      });
+    });
+    const client = appClient();
+    let passedOn = 0;
+    client.on("lights:changed", () => (passedOn += 1));
+    await client.connect();
+    const state = await client.subscribe(BRIDGE_ID.toUpperCase());
+    assert.equal(state.version, 6);
+    assert.deepEqual(state.lights, [light("a", false)]);
+    assert.equal(passedOn, 0);
+  });
+
+  it("app resubscribes on a version gap", async () => {
+    let subscribes = 0;
+    const connected = new Promise<ServerSocket>((resolve) => {
+      io.of("/app").on("connection", (socket) => {
+        socket.on("bridge:subscribe", (_payload, ack) => {
+          subscribes += 1;
+          ack({ ok: true, data: bridgeState(subscribes === 1 ? 5 : 9) });
+        });
+        resolve(socket);
+      });
+    });
+    const client = appClient();
+    const versions: number[] = [];
+    client.on("lights:changed", ({ version }) => versions.push(version));
+    const resynced = nextEvent(client, "resynced");
+    await client.connect();
+    await client.subscribe(BRIDGE_ID);
+    const server = await connected;
+    server.emit("lights:changed", {
+      bridgeId: BRIDGE_ID,
+      version: 6,
+      lights: [],
+    });
+    server.emit("lights:changed", {
+      bridgeId: BRIDGE_ID,
+      version: 8,
+      lights: [],
+    });
+    const event = await resynced;
+    assert.equal(event.bridgeId, BRIDGE_ID);
+    assert.equal(event.state.version, 9);
+    assert.deepEqual(versions, [6]);
+    assert.equal(subscribes, 2);
+  });
+
+  it("app subscribes again on a gap during subscribe", async () => {
+    let subscribes = 0;
+    io.of("/app").on("connection", (socket) => {
+      socket.on("bridge:subscribe", ({ bridgeId }, ack) => {
+        subscribes += 1;
+        if (subscribes === 1) {
+          socket.emit("lights:changed", { bridgeId, version: 7, lights: [] });
+        }
+        ack({ ok: true, data: bridgeState(subscribes === 1 ? 5 : 9) });
+      });
+    });
+    const client = appClient();
+    await client.connect();
+    const state = await client.subscribe(BRIDGE_ID);
+    assert.equal(state.version, 9);
+    assert.equal(subscribes, 2);
+  });
+
+  it("app resubscribes after a reconnect", async () => {
+    let connections = 0;
+    io.of("/app").on("connection", (socket) => {
+      connections += 1;
+      const connection = connections;
+      socket.on("bridge:subscribe", (_payload, ack) => {
+        ack({ ok: true, data: bridgeState(connection) });
+        if (connection === 1) socket.disconnect(true);
+      });
+    });
+    const client = appClient();
+    const resynced = nextEvent(client, "resynced");
+    await client.connect();
+    await client.subscribe(BRIDGE_ID);
+    const event = await resynced;
+    assert.equal(event.state.version, 2);
+    assert.equal(connections, 2);
+  });
+
+  it("app subscribes anew after unsubscribe", async () => {
+    let subscribes = 0;
+    const connected = new Promise<ServerSocket>((resolve) => {
+      io.of("/app").on("connection", (socket) => {
+        let heldAck: ((response: unknown) => void) | undefined;
+        socket.on("bridge:subscribe", (_payload, ack) => {
+          subscribes += 1;
+          // Holds the first answer until the unsubscribe has arrived.
+          if (subscribes === 1) heldAck = ack;
+          else ack({ ok: true, data: bridgeState(2) });
+        });
+        socket.on("bridge:unsubscribe", (_payload, ack) => {
+          ack({ ok: true, data: {} });
+          heldAck?.({ ok: true, data: bridgeState(1) });
+        });
+        resolve(socket);
+      });
+    });
+    const client = appClient();
+    await client.connect();
+    const first = client.subscribe(BRIDGE_ID);
+    const unsubscribed = client.unsubscribe(BRIDGE_ID);
+    const second = client.subscribe(BRIDGE_ID);
+    await Promise.all([first, unsubscribed]);
+    assert.equal((await second).version, 2);
+    assert.equal(subscribes, 2);
+    const delivered = nextEvent(client, "lights:changed");
+    (await connected).emit("lights:changed", {
+      bridgeId: BRIDGE_ID,
+      version: 3,
+      lights: [],
+    });
+    assert.equal((await delivered).version, 3);
+  });
+
+  it("app drops events after unsubscribe", async () => {
+    io.of("/app").on("connection", (socket) => {
+      socket.on("bridge:subscribe", (_payload, ack) =>
+        ack({ ok: true, data: bridgeState(1) }),
+      );
+      socket.on("bridge:unsubscribe", (_payload, ack) => {
+        ack({ ok: true, data: {} });
+        socket.emit("lights:changed", {
+          bridgeId: BRIDGE_ID,
+          version: 2,
+          lights: [],
+        });
+        socket.emit("bridge:presence", {
+          bridgeId: BRIDGE_ID,
+          online: false,
+          lastSeen: null,
+        });
+      });
+      socket.on("relay:info", (_payload, ack) =>
+        ack({ ok: true, data: { serverId: "stub" } }),
+      );
+    });
+    const client = appClient();
+    let passedOn = 0;
+    client.on("lights:changed", () => (passedOn += 1));
+    client.on("bridge:presence", () => (passedOn += 1));
+    await client.connect();
+    await client.subscribe(BRIDGE_ID);
+    await client.unsubscribe(BRIDGE_ID);
+    // The events were sent before this answer, so they have arrived.
+    await client.serverInfo();
+    assert.equal(passedOn, 0);
+  });
+});
