@@ -77,18 +77,15 @@ function processExists(pid: number): boolean {
   }
 }
 
-/** Returns the PIDs of the direct children of `pid` (Linux `ps`). */
+/** Returns the PIDs of the direct children of `pid`, from `ps` (as PM2 does). */
 async function childProcesses(pid: number): Promise<number[]> {
-  const { stdout } = await run("ps", [
-    "-o",
-    "pid=",
-    "--ppid",
-    String(pid),
-  ]).catch(() => ({ stdout: "" }));
-  return stdout
-    .split("\n")
-    .map((line) => Number(line.trim()))
-    .filter((child) => Number.isInteger(child) && child > 0);
+  const { stdout } = await run("ps", ["-A", "-o", "pid=,ppid="]);
+  const children: number[] = [];
+  for (const line of stdout.split("\n")) {
+    const [child, parent] = line.trim().split(/\s+/).map(Number);
+    if (parent === pid && child !== undefined) children.push(child);
+  }
+  return children;
 }
 
 async function pollUntil(
