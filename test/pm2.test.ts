@@ -100,7 +100,11 @@ async function pollUntil(
   }
 }
 
-/** Connects a Socket.IO client and resolves once the handshake succeeds. */
+/**
+ * Connects a Socket.IO client and resolves once the namespace handshake
+ * succeeds. The client's own `timeout` covers only the Engine.IO
+ * connection, so a timer bounds the namespace handshake too.
+ */
 function connectClient(
   url: string,
   token: string,
@@ -113,11 +117,22 @@ function connectClient(
     timeout: ACK_TIMEOUT_MS,
   });
   return new Promise((resolve, reject) => {
-    socket.once("connect", () => resolve(socket));
-    socket.once("connect_error", (error) => {
+    const fail = (reason: string): void => {
+      clearTimeout(timer);
       socket.close();
-      reject(new Error(`could not connect to ${url}: ${error.message}`));
+      reject(
+        new Error(`could not connect to ${url} over ${transport}: ${reason}`),
+      );
+    };
+    const timer = setTimeout(
+      () => fail(`no handshake answer within ${ACK_TIMEOUT_MS} ms`),
+      ACK_TIMEOUT_MS,
+    );
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      resolve(socket);
     });
+    socket.once("connect_error", (error) => fail(error.message));
   });
 }
 
@@ -249,6 +264,10 @@ describe("relay under PM2", function () {
       rmSync(pm2Home, { recursive: true, force: true });
     }
     await redis?.stop();
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === "failed") console.error(logTail());
   });
 
   it("runs one fork-mode process", async function () {
