@@ -1,30 +1,35 @@
 import os from "node:os";
 import { z } from "zod";
+import { parsePublicKey } from "./auth/public-key.ts";
 
 /**
  * Relay configuration, read once from environment variables at start.
  * Every variable is documented in the README's configuration table.
  */
 
+const wholeNumber = (name: string) =>
+  z
+    .string()
+    .trim()
+    .regex(/^\d+$/, `${name} must be a whole number of decimal digits`)
+    .transform(Number);
+
 const positiveInt = (name: string, fallback: number) =>
-  z.coerce
-    .number({ error: `${name} must be a number` })
-    .int(`${name} must be a whole number`)
-    .positive(`${name} must be greater than 0`)
+  wholeNumber(name)
+    .pipe(z.number().positive(`${name} must be greater than 0`))
     .default(fallback);
 
 const optionalText = z
   .string()
   .optional()
-  .transform((value) => (value === undefined || value.trim() === "" ? undefined : value));
+  .transform((value) =>
+    value === undefined || value.trim() === "" ? undefined : value,
+  );
 
 const envSchema = z.object({
   NODE_ENV: z.string().default("development"),
-  PORT: z.coerce
-    .number({ error: "PORT must be a number" })
-    .int("PORT must be a whole number")
-    .min(0, "PORT must be between 0 and 65535")
-    .max(65535, "PORT must be between 0 and 65535")
+  PORT: wholeNumber("PORT")
+    .pipe(z.number().max(65535, "PORT must be between 0 and 65535"))
     .default(8080),
   HOST: z.string().min(1).default("0.0.0.0"),
   WORKERS: positiveInt("WORKERS", os.availableParallelism()),
@@ -36,12 +41,24 @@ const envSchema = z.object({
   ),
   REDIS_KEY_PREFIX: z
     .string()
-    .regex(/^[A-Za-z0-9_.-]{1,32}$/, "REDIS_KEY_PREFIX must be 1-32 of A-Z a-z 0-9 _ . -")
+    .regex(
+      /^[A-Za-z0-9_.-]{1,32}$/,
+      "REDIS_KEY_PREFIX must be 1-32 of A-Z a-z 0-9 _ . -",
+    )
     .default("relay"),
   AUTH_SECRET: optionalText.pipe(
     z.string().min(32, "AUTH_SECRET must be at least 32 characters").optional(),
   ),
-  AUTH_PUBLIC_KEY: optionalText,
+  AUTH_PUBLIC_KEY: optionalText
+    .transform((pem) => pem?.replace(/\\n/g, "\n"))
+    .superRefine((pem, context) => {
+      if (pem === undefined) return;
+      try {
+        parsePublicKey(pem);
+      } catch (error) {
+        context.addIssue({ code: "custom", message: (error as Error).message });
+      }
+    }),
   AUTH_ISSUER: optionalText,
   AUTH_AUDIENCE: optionalText,
   AUTH_SECRET_FILE: z.string().min(1).default(".data/auth-secret"),
@@ -59,7 +76,8 @@ const envSchema = z.object({
   SHUTDOWN_TIMEOUT_MS: positiveInt("SHUTDOWN_TIMEOUT_MS", 10000),
   LOG_LEVEL: z
     .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
-      error: "LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent",
+      error:
+        "LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent",
     })
     .default("info"),
   LOG_FORMAT: z
@@ -100,9 +118,18 @@ export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
+/** Drops unset and blank variables, so that `PORT=` means the default rather than 0. */
+function withoutBlanks(env: NodeJS.ProcessEnv): Record<string, string> {
+  const entries = Object.entries(env).filter(
+    (entry): entry is [string, string] =>
+      entry[1] !== undefined && entry[1].trim() !== "",
+  );
+  return Object.fromEntries(entries);
+}
+
 /** Parses and validates the relay's configuration from `env`. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
-  const result = envSchema.safeParse(env);
+  const result = envSchema.safeParse(withoutBlanks(env));
   if (!result.success) {
     const lines = result.error.issues.map(
       (issue) => `  ${issue.path.join(".")}: ${issue.message}`,
@@ -125,7 +152,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
     redisKeyPrefix: parsed.REDIS_KEY_PREFIX,
     auth: {
       secret: parsed.AUTH_SECRET,
-      publicKeyPem: parsed.AUTH_PUBLIC_KEY?.replace(/\\n/g, "\n"),
+      publicKeyPem: parsed.AUTH_PUBLIC_KEY,
       issuer: parsed.AUTH_ISSUER,
       audience: parsed.AUTH_AUDIENCE,
       secretFile: parsed.AUTH_SECRET_FILE,

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import type { RelayConfig } from "../config.ts";
 
@@ -19,7 +19,8 @@ export interface ResolvedSecret {
 export function resolveSecret(config: RelayConfig): ResolvedSecret {
   const { secret, publicKeyPem, secretFile } = config.auth;
   if (secret !== undefined) return { secret };
-  if (config.production || publicKeyPem !== undefined) return { secret: undefined };
+  if (config.production || publicKeyPem !== undefined)
+    return { secret: undefined };
   try {
     const stored = readFileSync(secretFile, "utf8").trim();
     if (stored.length >= 32) return { secret: stored, file: secretFile };
@@ -29,5 +30,7 @@ export function resolveSecret(config: RelayConfig): ResolvedSecret {
   const created = randomBytes(32).toString("base64url");
   mkdirSync(dirname(secretFile), { recursive: true });
   writeFileSync(secretFile, `${created}\n`, { mode: 0o600 });
+  // The mode above applies only when the file is created, not when an old one is overwritten.
+  chmodSync(secretFile, 0o600);
   return { secret: created, file: secretFile, generated: true };
 }

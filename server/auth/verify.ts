@@ -1,9 +1,10 @@
-import { createPublicKey, createSecretKey, type KeyObject } from "node:crypto";
+import { createSecretKey, type KeyObject } from "node:crypto";
 import { errors as joseErrors, jwtVerify, type JWTPayload } from "jose";
 import { z } from "zod";
 import { normalizeBridgeId } from "../../client-sdk/src/protocol.ts";
 import { RelayError } from "../errors.ts";
 import type { Identity } from "./identity.ts";
+import { parsePublicKey } from "./public-key.ts";
 
 /** Clock leeway for `exp` and `nbf`, in seconds. */
 export const CLOCK_TOLERANCE_SECONDS = 60;
@@ -43,14 +44,6 @@ interface KeyChoice {
   algorithm: "HS256" | "ES256" | "RS256";
 }
 
-function publicKeyAlgorithm(key: KeyObject): "ES256" | "RS256" {
-  if (key.asymmetricKeyType === "ec") return "ES256";
-  if (key.asymmetricKeyType === "rsa") return "RS256";
-  throw new Error(
-    `AUTH_PUBLIC_KEY must be an EC (P-256) or RSA public key, got ${key.asymmetricKeyType}`,
-  );
-}
-
 /**
  * Verifies relay JWTs and turns their claims into an Identity. Each
  * configured key verifies only its own algorithm, so an HS256 token can
@@ -69,8 +62,7 @@ export class TokenVerifier {
       });
     }
     if (options.publicKeyPem !== undefined) {
-      const key = createPublicKey(options.publicKeyPem);
-      this.keys.push({ key, algorithm: publicKeyAlgorithm(key) });
+      this.keys.push(parsePublicKey(options.publicKeyPem));
     }
     if (this.keys.length === 0) {
       throw new Error("a token verifier needs AUTH_SECRET or AUTH_PUBLIC_KEY");
