@@ -4,7 +4,9 @@ import type { AddressInfo } from "node:net";
 import { setupMaster } from "@socket.io/sticky";
 import type { RelayConfig } from "../config.ts";
 import type { Logger } from "../logger.ts";
-import { SHUTDOWN_MESSAGE } from "./worker.ts";
+import { answerSessionBindings } from "./session-binding.ts";
+import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
+import { READY_MESSAGE, SHUTDOWN_MESSAGE } from "./worker.ts";
 
 /** Restart delays after a worker dies: doubled per recent crash, up to the maximum. */
 const RESTART_DELAY_MIN_MS = 250;
@@ -24,20 +26,53 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   cluster.setupPrimary({ serialization: "advanced" });
   const httpServer = createServer();
   setupMaster(httpServer, { loadBalancingMethod: "round-robin" });
+  stopReadingBeforeHandoff(httpServer);
+  answerSessionBindings();
 
   let stopping = false;
   let recentCrashes = 0;
   const startedAt = new Map<number, number>();
+  /** Every live worker, ready or not (cluster.workers lists only ready ones). */
+  const live = new Map<number, Worker>();
+
+  let listening = false;
+  const listen = (): void => {
+    listening = true;
+    httpServer.listen(config.port, config.host, () => {
+      const { port } = httpServer.address() as AddressInfo;
+      logger.info(
+        {
+          port,
+          host: config.host,
+          workers: config.workers,
+          redis: "configured",
+        },
+        `relay listening on http://${config.host}:${port} with ${config.workers} workers`,
+      );
+    });
+  };
 
   const fork = (): Worker => {
     const worker = cluster.fork();
     startedAt.set(worker.id, Date.now());
+    live.set(worker.id, worker);
+    // Sticky hands connections to every entry of cluster.workers, and a worker
+    // that has not set up its relay yet leaves them unanswered. So a worker is
+    // kept out of that map until it reports ready.
+    // NOTE: this edits Node's own map; Node only adds and deletes entries in it.
+    delete cluster.workers?.[worker.id];
+    worker.on("message", (message: unknown) => {
+      if (message !== READY_MESSAGE || !worker.isConnected()) return;
+      if (cluster.workers !== undefined) cluster.workers[worker.id] = worker;
+      if (!listening && !stopping) listen();
+    });
     return worker;
   };
 
   cluster.on("exit", (worker, code, signal) => {
     const uptime = Date.now() - (startedAt.get(worker.id) ?? Date.now());
     startedAt.delete(worker.id);
+    live.delete(worker.id);
     if (stopping) return;
     recentCrashes = uptime >= STABLE_UPTIME_MS ? 1 : recentCrashes + 1;
     const delay = Math.min(
@@ -62,21 +97,14 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
 
   for (let index = 0; index < config.workers; index += 1) fork();
 
-  httpServer.listen(config.port, config.host, () => {
-    const { port } = httpServer.address() as AddressInfo;
-    logger.info(
-      { port, host: config.host, workers: config.workers, redis: "configured" },
-      `relay listening on http://${config.host}:${port} with ${config.workers} workers`,
-    );
-  });
-
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, "primary shutting down, draining workers");
     httpServer.close();
-    for (const worker of Object.values(cluster.workers ?? {})) {
-      if (worker?.isConnected()) worker.send(SHUTDOWN_MESSAGE);
+    for (const worker of live.values()) {
+      if (worker.isConnected()) worker.send(SHUTDOWN_MESSAGE);
+      else worker.kill("SIGTERM");
     }
     const deadline = setTimeout(() => {
       logger.error("workers did not exit by the deadline, killing them");
@@ -86,7 +114,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     }, config.shutdownTimeoutMs + 1000);
     deadline.unref();
     const exitWhenDone = (): void => {
-      if (Object.keys(cluster.workers ?? {}).length === 0) {
+      if (live.size === 0) {
         logger.info("primary stopped");
         process.exit(0);
       }

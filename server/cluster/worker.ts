@@ -9,10 +9,13 @@ import { connectRedis } from "../redis/clients.ts";
 import { createRelay, type Relay } from "../relay/create-relay.ts";
 import { guardStore } from "../state/guarded-store.ts";
 import { RedisStore } from "../state/redis-store.ts";
+import { bindSessionsBeforeHandshake } from "./session-binding.ts";
 import { installShutdown } from "./shutdown.ts";
 
 /** Message from the primary asking a worker to drain and exit. */
 export const SHUTDOWN_MESSAGE = "relay:shutdown";
+/** Message from a worker telling the primary that it can take connections. */
+export const READY_MESSAGE = "relay:worker-ready";
 
 /**
  * Runs one cluster worker: a relay on Redis whose connections arrive from
@@ -58,10 +61,12 @@ export async function runWorker(
     },
   });
   setupWorker(relay.io);
+  bindSessionsBeforeHandshake(relay.io);
   installShutdown(relay, config, log, async () => redis.close());
   process.on("message", (message) => {
     if (message === SHUTDOWN_MESSAGE) process.emit("SIGTERM");
   });
   log.info("worker ready");
+  process.send?.(READY_MESSAGE);
   return relay;
 }

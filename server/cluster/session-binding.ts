@@ -1,0 +1,65 @@
+import cluster from "node:cluster";
+import type { Server } from "socket.io";
+
+/** Longest wait for the primary to confirm a session binding, in ms. */
+const BIND_TIMEOUT_MS = 1000;
+
+interface BindMessage {
+  type: "relay:bind" | "relay:bound";
+  sid: string;
+}
+
+function isBindMessage(
+  message: unknown,
+  type: BindMessage["type"],
+): message is BindMessage {
+  return (
+    typeof message === "object" &&
+    message !== null &&
+    (message as BindMessage).type === type &&
+    typeof (message as BindMessage).sid === "string"
+  );
+}
+
+/**
+ * Makes a worker register each new Engine.IO session ID with the primary's
+ * sticky balancer before the handshake response leaves, so that the
+ * client's next polling request is routed to this worker.
+ *
+ * @socket.io/sticky registers a session only after the handshake, so a fast
+ * client could send its next request before the primary knew where the
+ * session lives, and get `Session ID unknown` from another worker. The
+ * worker now sends sticky's own binding message, then a ping that the
+ * primary answers; messages from one worker are handled in order, so the
+ * answer means the binding is in place.
+ */
+export function bindSessionsBeforeHandshake(io: Server): void {
+  const waiting = new Map<string, () => void>();
+  process.on("message", (message: unknown) => {
+    if (isBindMessage(message, "relay:bound")) waiting.get(message.sid)?.();
+  });
+  const generateId = io.engine.generateId.bind(io.engine);
+  io.engine.generateId = async (request) => {
+    const sid = await generateId(request);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, BIND_TIMEOUT_MS);
+      waiting.set(sid, () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      process.send?.({ type: "sticky:connection", data: sid });
+      process.send?.({ type: "relay:bind", sid });
+    });
+    waiting.delete(sid);
+    return sid;
+  };
+}
+
+/** Answers the workers' binding pings (see `bindSessionsBeforeHandshake`). */
+export function answerSessionBindings(): void {
+  cluster.on("message", (worker, message: unknown) => {
+    if (isBindMessage(message, "relay:bind")) {
+      worker.send({ type: "relay:bound", sid: message.sid });
+    }
+  });
+}
