@@ -15,7 +15,12 @@ export default tseslint.config(
     },
   },
   {
-    files: ["test/**", "bench/**", "client-sdk/simulator/**", "server/tools/**"],
+    files: [
+      "test/**",
+      "bench/**",
+      "client-sdk/simulator/**",
+      "server/tools/**",
+    ],
     rules: { "no-console": "off" },
   },
 );

@@ -1,7 +1,4 @@
-import type {
-  ErrorBody,
-  ErrorCode,
-} from "../client-sdk/src/protocol.ts";
+import type { ErrorBody, ErrorCode } from "../client-sdk/src/protocol.ts";
 
 /**
  * An error with one of the contract's codes. Its message is sent to the

@@ -33,10 +33,7 @@ export type ErrorCode = (typeof ERROR_CODES)[number];
 
 /** Error codes of a rejected handshake (`connect_error` `data.code`). */
 export type HandshakeErrorCode =
-  | "UNAUTHORIZED"
-  | "FORBIDDEN"
-  | "RATE_LIMITED"
-  | "UNAVAILABLE";
+  "UNAUTHORIZED" | "FORBIDDEN" | "RATE_LIMITED" | "UNAVAILABLE";
 
 /** `data` of a `connect_error` raised by the relay. */
 export interface HandshakeErrorData {
@@ -118,8 +115,13 @@ export interface LightSetCommand {
   lightId: string;
   change: LightPatch;
 }
-/** What a bridge's handler returns for a `light:set` command. */
-export type LightSetAnswer = Ack<{ light: Light }>;
+/**
+ * What a bridge's handler returns for a `light:set` command. A refusal
+ * carries the bridge's own error code, which need not be a relay code.
+ */
+export type LightSetAnswer =
+  | AckSuccess<{ light: Light }>
+  | { ok: false; error: { code: string; message: string } };
 export interface ReasonPayload {
   reason: string;
 }

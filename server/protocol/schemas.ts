@@ -17,26 +17,22 @@ export const lightIdSchema = z
   .string()
   .regex(/^[A-Za-z0-9_-]{1,64}$/, "must be 1-64 of A-Z a-z 0-9 _ -");
 
-export const bridgeIdSchema = z
-  .string()
-  .transform((value, context) => {
-    const id = normalizeBridgeId(value);
-    if (id === null) {
-      context.addIssue({
-        code: "custom",
-        message: `must be 16 hexadecimal digits, got ${JSON.stringify(value.slice(0, 40))}`,
-      });
-      return z.NEVER;
-    }
-    return id;
-  });
+export const bridgeIdSchema = z.string().transform((value, context) => {
+  const id = normalizeBridgeId(value);
+  if (id === null) {
+    context.addIssue({
+      code: "custom",
+      message: `must be 16 hexadecimal digits, got ${JSON.stringify(value.slice(0, 40))}`,
+    });
+    return z.NEVER;
+  }
+  return id;
+});
 
-const nameSchema = z
-  .string()
-  .refine((name) => {
-    const length = [...name].length;
-    return length >= 1 && length <= MAX_NAME_CODE_POINTS;
-  }, `must be 1-${MAX_NAME_CODE_POINTS} characters`);
+const nameSchema = z.string().refine((name) => {
+  const length = [...name].length;
+  return length >= 1 && length <= MAX_NAME_CODE_POINTS;
+}, `must be 1-${MAX_NAME_CODE_POINTS} characters`);
 
 const fieldSchemas = {
   metadata: z.object({ name: nameSchema }),
@@ -118,13 +114,19 @@ function uniqueIds<T extends { id: string }>(
 
 const lightListSchema = z
   .array(lightSchema)
-  .max(MAX_LIGHTS_PER_BRIDGE, `must hold at most ${MAX_LIGHTS_PER_BRIDGE} lights`)
+  .max(
+    MAX_LIGHTS_PER_BRIDGE,
+    `must hold at most ${MAX_LIGHTS_PER_BRIDGE} lights`,
+  )
   .superRefine(uniqueIds);
 
 const changeListSchema = z
   .array(lightChangeSchema)
   .min(1, "must hold at least one light change")
-  .max(MAX_LIGHTS_PER_BRIDGE, `must hold at most ${MAX_LIGHTS_PER_BRIDGE} lights`)
+  .max(
+    MAX_LIGHTS_PER_BRIDGE,
+    `must hold at most ${MAX_LIGHTS_PER_BRIDGE} lights`,
+  )
   .superRefine(uniqueIds);
 
 export const snapshotPayloadSchema = z.object({ lights: lightListSchema });
@@ -135,7 +137,10 @@ export const bridgeIdPayloadSchema = z.object({ bridgeId: bridgeIdSchema });
 export const commandIdSchema = z
   .string()
   .min(1, "must not be empty")
-  .max(MAX_COMMAND_ID_LENGTH, `must be at most ${MAX_COMMAND_ID_LENGTH} characters`);
+  .max(
+    MAX_COMMAND_ID_LENGTH,
+    `must be at most ${MAX_COMMAND_ID_LENGTH} characters`,
+  );
 
 export const appLightSetPayloadSchema = z.object({
   bridgeId: bridgeIdSchema,

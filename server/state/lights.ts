@@ -18,7 +18,8 @@ const FIELD_NAMES = [
  */
 export function canonicalLight(light: Light): Light {
   const result: Light = { id: light.id, type: "light", on: light.on };
-  if (light.metadata !== undefined) result.metadata = { name: light.metadata.name };
+  if (light.metadata !== undefined)
+    result.metadata = { name: light.metadata.name };
   result.on = { on: light.on.on };
   if (light.dimming !== undefined) {
     result.dimming = { brightness: light.dimming.brightness };
@@ -33,7 +34,9 @@ export function canonicalLight(light: Light): Light {
 }
 
 export function lightsEqual(a: Light, b: Light): boolean {
-  return JSON.stringify(canonicalLight(a)) === JSON.stringify(canonicalLight(b));
+  return (
+    JSON.stringify(canonicalLight(a)) === JSON.stringify(canonicalLight(b))
+  );
 }
 
 /** Applies a change: each top-level field it carries replaces the stored one whole. */

@@ -67,7 +67,11 @@ export interface StateStore {
    * Marks the bridge offline if `epoch` is still its current connection.
    * Returns false, changing nothing, when a newer connection took over.
    */
-  releaseConnection(bridgeId: string, epoch: number, now: Date): Promise<boolean>;
+  releaseConnection(
+    bridgeId: string,
+    epoch: number,
+    now: Date,
+  ): Promise<boolean>;
 
   /** Presence of each bridge, in the order of `bridgeIds`. */
   getPresence(bridgeIds: string[]): Promise<BridgePresenceRecord[]>;

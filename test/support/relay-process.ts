@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
+import { appendFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
@@ -26,7 +27,10 @@ export interface RelayProcess {
   output: string[];
   /** Server IDs and PIDs of the workers that reported ready, in order. */
   workers: () => { serverId: string; pid: number }[];
-  waitForLog: (match: (line: LogLine) => boolean, timeoutMs?: number) => Promise<LogLine>;
+  waitForLog: (
+    match: (line: LogLine) => boolean,
+    timeoutMs?: number,
+  ) => Promise<LogLine>;
   /** Sends `signal` and resolves with the exit code once the process has exited. */
   stop: (signal?: NodeJS.Signals) => Promise<number | null>;
   child: ChildProcess;
@@ -42,8 +46,11 @@ export interface RelayOptions {
 }
 
 /** Starts a real relay process on a free loopback port and waits until it serves. */
-export async function startRelay(options: RelayOptions = {}): Promise<RelayProcess> {
-  const workerCount = options.redisUrl === undefined ? 0 : (options.workers ?? 2);
+export async function startRelay(
+  options: RelayOptions = {},
+): Promise<RelayProcess> {
+  const workerCount =
+    options.redisUrl === undefined ? 0 : (options.workers ?? 2);
   const args = options.compiled
     ? ["dist/server/main.js"]
     : ["--import", "tsx", "server/main.ts"];
@@ -69,6 +76,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RelayProce
   const output: string[] = [];
   const waiters = new Set<(line: LogLine) => void>();
   const onLine = (text: string): void => {
+    if (process.env.RELAY_LOG_FILE) appendFileSync(process.env.RELAY_LOG_FILE, `${text}\n`);
     let line: LogLine;
     try {
       line = JSON.parse(text) as LogLine;
@@ -83,13 +91,20 @@ export async function startRelay(options: RelayOptions = {}): Promise<RelayProce
   createInterface({ input: child.stderr! }).on("line", onLine);
   const exited = once(child, "exit");
 
-  const waitForLog = (match: (line: LogLine) => boolean, timeoutMs = 10_000): Promise<LogLine> => {
+  const waitForLog = (
+    match: (line: LogLine) => boolean,
+    timeoutMs = 10_000,
+  ): Promise<LogLine> => {
     const found = logs.find(match);
     if (found !== undefined) return Promise.resolve(found);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         waiters.delete(check);
-        reject(new Error(`no matching relay log line within ${timeoutMs} ms; output: ${output.join("\n")}`));
+        reject(
+          new Error(
+            `no matching relay log line within ${timeoutMs} ms; output: ${output.join("\n")}`,
+          ),
+        );
       }, timeoutMs);
       const check = (line: LogLine): void => {
         if (!match(line)) return;
@@ -102,20 +117,34 @@ export async function startRelay(options: RelayOptions = {}): Promise<RelayProce
         if (!waiters.has(check)) return;
         clearTimeout(timer);
         waiters.delete(check);
-        reject(new Error(`relay exited before the expected log line; output: ${output.join("\n")}`));
+        reject(
+          new Error(
+            `relay exited before the expected log line; output: ${output.join("\n")}`,
+          ),
+        );
       });
     });
   };
 
   const timeoutMs = options.startTimeoutMs ?? 20_000;
-  const listening = await waitForLog((line) => typeof line.port === "number" && line.msg.startsWith("relay listening"), timeoutMs);
+  const listening = await waitForLog(
+    (line) =>
+      typeof line.port === "number" && line.msg.startsWith("relay listening"),
+    timeoutMs,
+  );
   const workers = (): { serverId: string; pid: number }[] =>
     logs
       .filter((line) => line.msg === "worker ready")
-      .map((line) => ({ serverId: String(line.serverId), pid: Number(line.pid) }));
+      .map((line) => ({
+        serverId: String(line.serverId),
+        pid: Number(line.pid),
+      }));
   const startedAt = Date.now();
   while (workers().length < workerCount) {
-    await waitForLog((line) => line.msg === "worker ready" && workers().length >= workerCount, timeoutMs - (Date.now() - startedAt));
+    await waitForLog(
+      (line) => line.msg === "worker ready" && workers().length >= workerCount,
+      timeoutMs - (Date.now() - startedAt),
+    );
   }
   const port = listening.port as number;
   return {
@@ -128,7 +157,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RelayProce
     waitForLog,
     child,
     stop: async (signal = "SIGTERM") => {
-      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      if (child.exitCode !== null || child.signalCode !== null)
+        return child.exitCode;
       child.kill(signal);
       const [code] = (await exited) as [number | null];
       return code;

@@ -1,0 +1,1029 @@
+import assert from "node:assert/strict";
+import type { Socket } from "socket.io-client";
+import type {
+  BridgePresence,
+  BridgeSnapshotEvent,
+  BridgeState,
+  Light,
+  LightSetCommand,
+  LightsChangedEvent,
+} from "../client-sdk/src/protocol.ts";
+import {
+  connect,
+  connectApp,
+  connectBridge,
+  connectError,
+  nextEvent,
+  randomBridgeId,
+  record,
+  request,
+  requestData,
+  settle,
+} from "./support/clients.ts";
+import { light, realLights } from "./support/fixtures.ts";
+import { appToken, bridgeToken, signClaims } from "./support/tokens.ts";
+import { CONTRACT_ENV, VARIANTS, type Deployment } from "./support/variants.ts";
+
+/** Answers every `light:set` by applying the change to `lights`, like real firmware. */
+function answerCommands(
+  bridge: Socket,
+  lights: Map<string, Record<string, unknown>>,
+): LightSetCommand[] {
+  const received: LightSetCommand[] = [];
+  bridge.on(
+    "light:set",
+    (command: LightSetCommand, ack: (answer: unknown) => void) => {
+      received.push(command);
+      const current = lights.get(command.lightId);
+      if (current === undefined) {
+        ack({
+          ok: false,
+          error: {
+            code: "UNKNOWN_LIGHT",
+            message: `no light ${command.lightId}`,
+          },
+        });
+        return;
+      }
+      const next = { ...current, ...command.change };
+      lights.set(command.lightId, next);
+      ack({ ok: true, data: { light: next } });
+    },
+  );
+  return received;
+}
+
+for (const variant of VARIANTS) {
+  describe(`contract: ${variant.name}`, function () {
+    let deployment: Deployment;
+    let url: string;
+    const sockets: Socket[] = [];
+
+    const track = <T extends Socket>(socket: T): T => {
+      sockets.push(socket);
+      return socket;
+    };
+    const bridgeWithLights = async (
+      bridgeId: string,
+      lights: Record<string, unknown>[],
+    ) => {
+      const bridge = track(await connectBridge(url, bridgeId));
+      const ack = await request<{ version: number }>(bridge, "state:snapshot", {
+        lights,
+      });
+      assert.equal(ack.ok, true, JSON.stringify(ack));
+      return bridge;
+    };
+    const app = async (bridges: string[], scope = "read control") =>
+      track(await connectApp(url, bridges, scope));
+
+    before(async function () {
+      this.timeout(60_000);
+      deployment = await variant.start();
+      url = deployment.relays[0]!.url;
+    });
+
+    afterEach(() => {
+      for (const socket of sockets.splice(0)) socket.close();
+    });
+
+    after(async function () {
+      this.timeout(30_000);
+      await deployment?.stop();
+    });
+
+    describe("handshake", () => {
+      it("admits a valid bridge token", async () => {
+        const bridge = track(await connectBridge(url, randomBridgeId()));
+        assert.equal(bridge.connected, true);
+      });
+
+      it("rejects a missing token", async () => {
+        const error = await connectError(url, "/bridge", { auth: {} });
+        assert.equal(error.data?.code, "UNAUTHORIZED");
+        assert.match(error.message, /^[a-z]/);
+      });
+
+      it("rejects a malformed token", async () => {
+        const error = await connectError(url, "/app", {
+          auth: { token: "not.a.jwt" },
+        });
+        assert.equal(error.data?.code, "UNAUTHORIZED");
+      });
+
+      it("rejects a token signed with another secret", async () => {
+        const token = await bridgeToken(randomBridgeId(), {
+          secret: "another-secret-of-enough-length-000000",
+        });
+        const error = await connectError(url, "/bridge", { auth: { token } });
+        assert.equal(error.data?.code, "UNAUTHORIZED");
+      });
+
+      it("rejects an expired token", async () => {
+        const exp = Math.floor(Date.now() / 1000) - 3600;
+        const token = await bridgeToken(randomBridgeId(), { exp });
+        const error = await connectError(url, "/bridge", { auth: { token } });
+        assert.equal(error.data?.code, "UNAUTHORIZED");
+        assert.match(error.message, /expired/);
+      });
+
+      it("ignores a token in the query string", async () => {
+        const token = await bridgeToken(randomBridgeId());
+        const error = await connectError(url, "/bridge", { query: { token } });
+        assert.equal(error.data?.code, "UNAUTHORIZED");
+      });
+
+      it("rejects an app token on /bridge", async () => {
+        const token = await appToken("user-1", [randomBridgeId()]);
+        const error = await connectError(url, "/bridge", { auth: { token } });
+        assert.equal(error.data?.code, "FORBIDDEN");
+      });
+
+      it("rejects a bridge token on /app", async () => {
+        const token = await bridgeToken(randomBridgeId());
+        const error = await connectError(url, "/app", { auth: { token } });
+        assert.equal(error.data?.code, "FORBIDDEN");
+      });
+
+      it("rejects a malformed bridges claim", async () => {
+        const token = await appToken("user-1", ["not-a-bridge"]);
+        const error = await connectError(url, "/app", { auth: { token } });
+        assert.equal(error.data?.code, "UNAUTHORIZED");
+      });
+
+      it("limits handshakes per identity", async () => {
+        const token = await signClaims({
+          sub: `burst-${randomBridgeId()}`,
+          role: "app",
+          scope: "read",
+        });
+        const limit = Number(CONTRACT_ENV.HANDSHAKES_PER_IDENTITY_PER_MINUTE);
+        for (let index = 0; index < limit; index += 1) {
+          (
+            await connect(url, "/app", {
+              auth: { token },
+              transports: ["websocket"],
+            })
+          ).close();
+        }
+        const error = await connectError(url, "/app", {
+          auth: { token },
+          transports: ["websocket"],
+        });
+        assert.equal(error.data?.code, "RATE_LIMITED");
+        assert.ok(
+          (error.data?.retryAfterMs ?? 0) > 0,
+          "retryAfterMs is positive",
+        );
+      });
+
+      it("disconnects a socket when its token expires", async function () {
+        this.timeout(15_000);
+        // Accepted within the 60 s clock leeway, and disconnected when that runs out.
+        const exp = Math.floor(Date.now() / 1000) - 58;
+        const token = await bridgeToken(randomBridgeId(), { exp });
+        const bridge = track(
+          await connect(url, "/bridge", { auth: { token } }),
+        );
+        const reason = await new Promise<string>((resolve) =>
+          bridge.once("disconnect", resolve),
+        );
+        assert.equal(reason, "io server disconnect");
+      });
+    });
+
+    describe("bridge state", () => {
+      it("counts versions from a snapshot", async () => {
+        const bridge = track(await connectBridge(url, randomBridgeId()));
+        const first = await requestData<{ version: number }>(
+          bridge,
+          "state:snapshot",
+          {
+            lights: [light("a"), light("b")],
+          },
+        );
+        assert.equal(first.version, 1);
+      });
+
+      it("keeps version 0 for an empty first snapshot", async () => {
+        const bridge = track(await connectBridge(url, randomBridgeId()));
+        const ack = await requestData<{ version: number }>(
+          bridge,
+          "state:snapshot",
+          { lights: [] },
+        );
+        assert.equal(ack.version, 0);
+      });
+
+      it("keeps the version for an unchanged snapshot", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [
+          light("a"),
+          light("b"),
+        ]);
+        const watcher = await app([bridgeId]);
+        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const snapshots = record(watcher, "bridge:snapshot");
+        const again = await requestData<{ version: number }>(
+          bridge,
+          "state:snapshot",
+          {
+            lights: [light("b"), light("a")],
+          },
+        );
+        assert.equal(again.version, 1);
+        await settle();
+        assert.equal(snapshots.length, 0);
+      });
+
+      it("broadcasts a changed snapshot whole", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [
+          light("a"),
+          light("b"),
+        ]);
+        const watcher = await app([bridgeId]);
+        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const snapshot = nextEvent<BridgeSnapshotEvent>(
+          watcher,
+          "bridge:snapshot",
+        );
+        const ack = await requestData<{ version: number }>(
+          bridge,
+          "state:snapshot",
+          { lights: [light("b", true)] },
+        );
+        const event = await snapshot;
+        assert.equal(ack.version, 2);
+        assert.equal(event.version, 2);
+        assert.equal(event.bridgeId, bridgeId);
+        assert.deepEqual(
+          event.lights.map((item) => item.id),
+          ["b"],
+        );
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.deepEqual(
+          state.lights.map((item) => item.id),
+          ["b"],
+          "absent light a was removed",
+        );
+      });
+
+      it("accepts real CLIP v2 documents", async () => {
+        const bridgeId = randomBridgeId();
+        const documents = realLights();
+        const bridge = await bridgeWithLights(bridgeId, documents);
+        const watcher = await app([bridgeId]);
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(state.lights.length, documents.length);
+        const first = state.lights.find((item) => item.id === documents[0]!.id);
+        assert.ok(first, "first real light is stored");
+        assert.equal(first.type, "light");
+        assert.deepEqual(Object.keys(first).sort(), [
+          "color",
+          "color_temperature",
+          "dimming",
+          "id",
+          "metadata",
+          "on",
+          "type",
+        ]);
+        assert.deepEqual(first.metadata, { name: "Light 1" });
+        assert.deepEqual(first.color, { xy: { x: 0.5974, y: 0.36 } });
+        bridge.close();
+      });
+
+      it("accepts 150 real-sized lights", async () => {
+        const template = realLights()[0]!;
+        const lights = Array.from({ length: 150 }, (_, index) => ({
+          ...template,
+          id: `light-${index}`,
+        }));
+        const bridge = track(await connectBridge(url, randomBridgeId()));
+        const ack = await request<{ version: number }>(
+          bridge,
+          "state:snapshot",
+          { lights },
+        );
+        assert.deepEqual(ack, { ok: true, data: { version: 1 } });
+      });
+
+      it("rejects 151 lights", async () => {
+        const lights = Array.from({ length: 151 }, (_, index) =>
+          light(`l${index}`),
+        );
+        const bridge = track(await connectBridge(url, randomBridgeId()));
+        const ack = await request(bridge, "state:snapshot", { lights });
+        assert.equal(ack.ok, false);
+        assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD");
+      });
+
+      it("broadcasts a change with whole documents", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [
+          light("a"),
+          light("b"),
+        ]);
+        const watcher = await app([bridgeId]);
+        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const changed = nextEvent<LightsChangedEvent>(
+          watcher,
+          "lights:changed",
+        );
+        const ack = await requestData<{ version: number }>(
+          bridge,
+          "state:changed",
+          {
+            lights: [{ id: "a", on: { on: true } }],
+          },
+        );
+        const event = await changed;
+        assert.equal(ack.version, 2);
+        assert.equal(event.version, 2);
+        assert.deepEqual(event.lights, [
+          {
+            id: "a",
+            type: "light",
+            metadata: { name: "Lamp a" },
+            on: { on: true },
+            dimming: { brightness: 50 },
+          },
+        ]);
+      });
+
+      it("keeps the version for a no-op change", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        const watcher = await app([bridgeId]);
+        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const changes = record(watcher, "lights:changed");
+        const ack = await requestData<{ version: number }>(
+          bridge,
+          "state:changed",
+          {
+            lights: [{ id: "a", on: { on: false } }],
+          },
+        );
+        assert.equal(ack.version, 1);
+        await settle();
+        assert.equal(changes.length, 0);
+      });
+
+      it("rejects a change to an unknown light whole", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        const ack = await request(bridge, "state:changed", {
+          lights: [
+            { id: "a", on: { on: true } },
+            { id: "ghost", on: { on: true } },
+          ],
+        });
+        assert.equal(!ack.ok && ack.error.code, "NOT_FOUND");
+        assert.match(!ack.ok ? ack.error.message : "", /ghost/);
+        const watcher = await app([bridgeId]);
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(state.version, 1);
+        assert.deepEqual(state.lights[0]?.on, { on: false });
+      });
+
+      it("names the invalid field", async () => {
+        const bridge = await bridgeWithLights(randomBridgeId(), [light("a")]);
+        const ack = await request(bridge, "state:changed", {
+          lights: [{ id: "a", dimming: { brightness: 101 } }],
+        });
+        assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD");
+        assert.match(
+          !ack.ok ? ack.error.message : "",
+          /lights\[0\]\.dimming\.brightness/,
+        );
+      });
+
+      it("ignores __proto__ keys", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = track(await connectBridge(url, bridgeId));
+        const payload = JSON.parse(
+          '{"lights":[{"id":"a","on":{"on":true},"__proto__":{"polluted":true},"constructor":{"x":1}}]}',
+        ) as unknown;
+        const ack = await requestData<{ version: number }>(
+          bridge,
+          "state:snapshot",
+          payload,
+        );
+        assert.equal(ack.version, 1);
+        const watcher = await app([bridgeId]);
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.deepEqual(state.lights, [
+          { id: "a", type: "light", on: { on: true } },
+        ]);
+        const info = await requestData<Record<string, unknown>>(
+          watcher,
+          "relay:info",
+          {},
+        );
+        assert.equal(info.polluted, undefined);
+      });
+
+      it("answers PAYLOAD_TOO_LARGE and stays connected", async () => {
+        const bridge = track(await connectBridge(url, randomBridgeId()));
+        const padding = "x".repeat(1024 * 1024 + 10);
+        const ack = await request(bridge, "state:snapshot", {
+          lights: [],
+          padding,
+        });
+        assert.equal(!ack.ok && ack.error.code, "PAYLOAD_TOO_LARGE");
+        assert.equal(bridge.connected, true);
+        const next = await request(bridge, "state:snapshot", { lights: [] });
+        assert.equal(next.ok, true);
+      });
+
+      it("ignores a request without a callback", async () => {
+        const bridge = track(await connectBridge(url, randomBridgeId()));
+        bridge.emit("state:snapshot", { lights: [light("a")] });
+        bridge.emit("state:changed", "garbage");
+        const ack = await requestData<{ version: number }>(
+          bridge,
+          "state:snapshot",
+          { lights: [light("a")] },
+        );
+        assert.ok(ack.version >= 0);
+        assert.equal(bridge.connected, true);
+      });
+
+      it("writes only the token's own bridge", async () => {
+        const ownId = randomBridgeId();
+        const otherId = randomBridgeId();
+        await bridgeWithLights(otherId, [light("x")]);
+        const bridge = track(await connectBridge(url, ownId));
+        await requestData(bridge, "state:snapshot", {
+          bridgeId: otherId,
+          lights: [light("y")],
+        });
+        const watcher = await app([otherId]);
+        const other = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId: otherId },
+        );
+        assert.deepEqual(
+          other.lights.map((item) => item.id),
+          ["x"],
+        );
+      });
+    });
+
+    describe("presence and takeover", () => {
+      it("reports online and offline with lastSeen", async () => {
+        const bridgeId = randomBridgeId();
+        const watcher = await app([bridgeId]);
+        const before = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(before.online, false);
+        assert.equal(before.lastSeen, null);
+        assert.equal(before.version, 0);
+        const online = nextEvent<BridgePresence>(
+          watcher,
+          "bridge:presence",
+          (event) => event.online,
+        );
+        const bridge = track(await connectBridge(url, bridgeId));
+        const up = await online;
+        assert.equal(up.bridgeId, bridgeId);
+        assert.ok(
+          !Number.isNaN(Date.parse(up.lastSeen ?? "")),
+          "lastSeen is a timestamp",
+        );
+        const offline = nextEvent<BridgePresence>(
+          watcher,
+          "bridge:presence",
+          (event) => !event.online,
+        );
+        bridge.close();
+        const down = await offline;
+        assert.ok(
+          Date.parse(down.lastSeen ?? "") >= Date.parse(up.lastSeen ?? ""),
+        );
+        const list = await requestData<{ bridges: BridgePresence[] }>(
+          watcher,
+          "bridge:list",
+          {},
+        );
+        assert.deepEqual(list.bridges, [
+          { bridgeId, online: false, lastSeen: down.lastSeen },
+        ]);
+      });
+
+      it("keeps state after the bridge leaves", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a", true)]);
+        bridge.close();
+        await settle(200);
+        const watcher = await app([bridgeId]);
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(state.online, false);
+        assert.equal(state.version, 1);
+        assert.deepEqual(state.lights[0]?.on, { on: true });
+      });
+
+      it("replaces the older connection", async () => {
+        const bridgeId = randomBridgeId();
+        const older = await bridgeWithLights(bridgeId, [light("a")]);
+        const watcher = await app([bridgeId]);
+        const first = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        const presence = record(watcher, "bridge:presence");
+        const replaced = nextEvent<{ reason: string }>(
+          older,
+          "session:replaced",
+        );
+        const disconnected = new Promise<string>((resolve) =>
+          older.once("disconnect", resolve),
+        );
+        const newer = track(await connectBridge(url, bridgeId));
+        assert.match((await replaced).reason, /newer connection/);
+        assert.equal(await disconnected, "io server disconnect");
+        await settle();
+        assert.equal(newer.connected, true);
+        assert.deepEqual(presence, [], "takeover sends no presence event");
+        const after = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(after.online, true);
+        assert.ok(
+          Date.parse(after.lastSeen ?? "") > Date.parse(first.lastSeen ?? ""),
+          "lastSeen moved",
+        );
+      });
+    });
+
+    describe("app requests", () => {
+      it("lists only the token's bridges", async () => {
+        const online = randomBridgeId();
+        const never = randomBridgeId();
+        await bridgeWithLights(online, []);
+        await bridgeWithLights(randomBridgeId(), []);
+        const watcher = await app([online.toUpperCase(), never]);
+        const { bridges } = await requestData<{ bridges: BridgePresence[] }>(
+          watcher,
+          "bridge:list",
+          {},
+        );
+        const byId = new Map(bridges.map((item) => [item.bridgeId, item]));
+        assert.equal(bridges.length, 2);
+        assert.equal(byId.get(online)?.online, true);
+        assert.deepEqual(byId.get(never), {
+          bridgeId: never,
+          online: false,
+          lastSeen: null,
+        });
+      });
+
+      it("requires the read scope", async () => {
+        const bridgeId = randomBridgeId();
+        const watcher = await app([bridgeId], "control");
+        const list = await request(watcher, "bridge:list", {});
+        const subscribe = await request(watcher, "bridge:subscribe", {
+          bridgeId,
+        });
+        assert.equal(!list.ok && list.error.code, "FORBIDDEN");
+        assert.equal(!subscribe.ok && subscribe.error.code, "FORBIDDEN");
+      });
+
+      it("rejects a bridge outside the token", async () => {
+        const watcher = await app([randomBridgeId()]);
+        const ack = await request(watcher, "bridge:subscribe", {
+          bridgeId: randomBridgeId(),
+        });
+        assert.equal(!ack.ok && ack.error.code, "FORBIDDEN");
+      });
+
+      it("accepts bridge IDs in any case", async () => {
+        const bridgeId = randomBridgeId();
+        await bridgeWithLights(bridgeId, [light("a")]);
+        const watcher = await app([bridgeId]);
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId: bridgeId.toUpperCase() },
+        );
+        assert.equal(state.bridgeId, bridgeId);
+        assert.equal(state.lights.length, 1);
+      });
+
+      it("rejects a malformed bridge ID", async () => {
+        const watcher = await app([randomBridgeId()]);
+        for (const bridgeId of [
+          "001788fffe4f3a2",
+          "001788fffe4f3a2bz",
+          "00:17:88:ff:fe:4f:3a:2b",
+          42,
+          null,
+        ]) {
+          const ack = await request(watcher, "bridge:subscribe", { bridgeId });
+          assert.equal(
+            !ack.ok && ack.error.code,
+            "INVALID_PAYLOAD",
+            `bridgeId ${String(bridgeId)}`,
+          );
+          assert.match(!ack.ok ? ack.error.message : "", /bridgeId/);
+        }
+      });
+
+      it("unsubscribes always with ok", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        const watcher = await app([bridgeId]);
+        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        assert.deepEqual(
+          await request(watcher, "bridge:unsubscribe", { bridgeId }),
+          { ok: true, data: {} },
+        );
+        assert.deepEqual(
+          await request(watcher, "bridge:unsubscribe", {
+            bridgeId: randomBridgeId(),
+          }),
+          {
+            ok: true,
+            data: {},
+          },
+        );
+        const changes = record(watcher, "lights:changed");
+        await requestData(bridge, "state:changed", {
+          lights: [{ id: "a", on: { on: true } }],
+        });
+        await settle();
+        assert.equal(changes.length, 0);
+      });
+
+      it("limits requests per socket", async () => {
+        const watcher = await app([randomBridgeId()]);
+        const limit = Number(CONTRACT_ENV.REQUESTS_PER_SOCKET_PER_10S);
+        const acks = await Promise.all(
+          Array.from({ length: limit + 5 }, () =>
+            request(watcher, "bridge:list", {}),
+          ),
+        );
+        const limited = acks.filter(
+          (ack) => !ack.ok && ack.error.code === "RATE_LIMITED",
+        );
+        assert.equal(limited.length, 5);
+        const first = limited[0];
+        assert.ok(
+          first !== undefined &&
+            !first.ok &&
+            (first.error.retryAfterMs ?? 0) > 0,
+        );
+      });
+
+      it("answers INVALID_PAYLOAD before FORBIDDEN", async () => {
+        const watcher = await app([randomBridgeId()], "read");
+        const ack = await request(watcher, "light:set", {
+          bridgeId: randomBridgeId(),
+          lightId: "a",
+          change: {},
+        });
+        assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD");
+      });
+    });
+
+    describe("commands", () => {
+      const lightsOf = (...ids: string[]) =>
+        new Map(ids.map((id) => [id, light(id)]));
+
+      it("round-trips a command", async () => {
+        const bridgeId = randomBridgeId();
+        const lights = lightsOf("a");
+        const bridge = await bridgeWithLights(bridgeId, [...lights.values()]);
+        const received = answerCommands(bridge, lights);
+        const controller = await app([bridgeId]);
+        await requestData(controller, "bridge:subscribe", { bridgeId });
+        const changed = nextEvent<LightsChangedEvent>(
+          controller,
+          "lights:changed",
+        );
+        const ack = await request<{ light: Light }>(controller, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { on: { on: true }, dimming: { brightness: 80 } },
+        });
+        assert.equal(ack.ok, true, JSON.stringify(ack));
+        assert.deepEqual(ack.ok && ack.data.light, {
+          id: "a",
+          type: "light",
+          metadata: { name: "Lamp a" },
+          on: { on: true },
+          dimming: { brightness: 80 },
+        });
+        assert.equal(received.length, 1);
+        assert.equal(
+          typeof received[0]?.commandId,
+          "string",
+          "relay made up a commandId",
+        );
+        const event = await changed;
+        assert.equal(event.version, 2);
+      });
+
+      it("requires the control scope", async () => {
+        const bridgeId = randomBridgeId();
+        await bridgeWithLights(bridgeId, [light("a")]);
+        const reader = await app([bridgeId], "read");
+        const ack = await request(reader, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { on: { on: true } },
+        });
+        assert.equal(!ack.ok && ack.error.code, "FORBIDDEN");
+      });
+
+      it("answers FORBIDDEN before BRIDGE_OFFLINE", async () => {
+        const controller = await app([randomBridgeId()]);
+        const ack = await request(controller, "light:set", {
+          bridgeId: randomBridgeId(),
+          lightId: "a",
+          change: { on: { on: true } },
+        });
+        assert.equal(!ack.ok && ack.error.code, "FORBIDDEN");
+      });
+
+      it("answers BRIDGE_OFFLINE at once", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        bridge.close();
+        await settle(200);
+        const controller = await app([bridgeId]);
+        const started = Date.now();
+        const ack = await request(controller, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { on: { on: true } },
+        });
+        assert.equal(!ack.ok && ack.error.code, "BRIDGE_OFFLINE");
+        assert.ok(
+          Date.now() - started < 500,
+          `answered in ${Date.now() - started} ms`,
+        );
+      });
+
+      it("answers NOT_FOUND for an unknown light", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        const received = answerCommands(bridge, lightsOf("a"));
+        const controller = await app([bridgeId]);
+        const ack = await request(controller, "light:set", {
+          bridgeId,
+          lightId: "b",
+          change: { on: { on: true } },
+        });
+        assert.equal(!ack.ok && ack.error.code, "NOT_FOUND");
+        assert.equal(received.length, 0);
+      });
+
+      it("answers TIMEOUT when the bridge is silent", async function () {
+        this.timeout(10_000);
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        const received: LightSetCommand[] = [];
+        bridge.on("light:set", (command: LightSetCommand) =>
+          received.push(command),
+        );
+        const controller = await app([bridgeId]);
+        const payload = {
+          bridgeId,
+          lightId: "a",
+          change: { on: { on: true } },
+          commandId: "silent-1",
+        };
+        const started = Date.now();
+        const ack = await request(controller, "light:set", payload);
+        const elapsed = Date.now() - started;
+        assert.equal(!ack.ok && ack.error.code, "TIMEOUT");
+        assert.ok(
+          elapsed >= 1400 && elapsed < 4000,
+          `answered in ${elapsed} ms`,
+        );
+        await request(controller, "light:set", payload);
+        assert.equal(received.length, 2, "a TIMEOUT is not remembered");
+      });
+
+      it("passes a bridge refusal on", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        bridge.on(
+          "light:set",
+          (_command: LightSetCommand, ack: (answer: unknown) => void) =>
+            ack({
+              ok: false,
+              error: {
+                code: "LIGHT_UNREACHABLE",
+                message: "light a does not respond",
+              },
+            }),
+        );
+        const controller = await app([bridgeId]);
+        const ack = await request(controller, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { on: { on: true } },
+        });
+        assert.equal(!ack.ok && ack.error.code, "BRIDGE_ERROR");
+        assert.deepEqual(!ack.ok && ack.error.details, {
+          code: "LIGHT_UNREACHABLE",
+          message: "light a does not respond",
+        });
+      });
+
+      it("rejects a malformed bridge answer", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [
+          light("a"),
+          light("b"),
+        ]);
+        const answers: unknown[] = [
+          { ok: true, data: { light: { id: "a", on: { on: "yes" } } } },
+          { ok: true, data: { light: light("b") } },
+          "whatever",
+        ];
+        bridge.on(
+          "light:set",
+          (_command: LightSetCommand, ack: (answer: unknown) => void) =>
+            ack(answers.shift()),
+        );
+        const controller = await app([bridgeId]);
+        for (let index = 0; index < 3; index += 1) {
+          const ack = await request(controller, "light:set", {
+            bridgeId,
+            lightId: "a",
+            change: { on: { on: true } },
+          });
+          assert.equal(
+            !ack.ok && ack.error.code,
+            "BRIDGE_ERROR",
+            `answer ${index}`,
+          );
+          assert.equal(
+            !ack.ok && ack.error.details?.code,
+            "INVALID_ANSWER",
+            `answer ${index}`,
+          );
+        }
+        const state = await requestData<BridgeState>(
+          controller,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(state.version, 1, "no invalid answer changed the state");
+      });
+
+      it("remembers answers by commandId", async () => {
+        const bridgeId = randomBridgeId();
+        const lights = lightsOf("a");
+        const bridge = await bridgeWithLights(bridgeId, [...lights.values()]);
+        const received = answerCommands(bridge, lights);
+        const controller = await app([bridgeId]);
+        const payload = {
+          bridgeId,
+          lightId: "a",
+          change: { on: { on: true } },
+          commandId: "cmd-1",
+        };
+        const first = await request(controller, "light:set", payload);
+        const second = await request(controller, "light:set", {
+          ...payload,
+          change: { on: { on: false } },
+        });
+        assert.deepEqual(second, first);
+        assert.equal(received.length, 1);
+        assert.equal(received[0]?.commandId, "cmd-1");
+      });
+
+      it("joins a repeat while in flight", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        const received: LightSetCommand[] = [];
+        bridge.on(
+          "light:set",
+          (command: LightSetCommand, ack: (answer: unknown) => void) => {
+            received.push(command);
+            setTimeout(
+              () =>
+                ack({
+                  ok: true,
+                  data: { light: { id: "a", on: { on: true } } },
+                }),
+              300,
+            );
+          },
+        );
+        const one = await app([bridgeId]);
+        const two = await app([bridgeId]);
+        const payload = {
+          bridgeId,
+          lightId: "a",
+          change: { on: { on: true } },
+          commandId: "slow-1",
+        };
+        const [first, second] = await Promise.all([
+          request(one, "light:set", payload),
+          (async () => {
+            await settle(50);
+            return request(two, "light:set", payload);
+          })(),
+        ]);
+        assert.equal(first.ok, true);
+        assert.deepEqual(second, first);
+        assert.equal(received.length, 1);
+      });
+
+      it("remembers commandIds per bridge", async () => {
+        const idOne = randomBridgeId();
+        const idTwo = randomBridgeId();
+        const one = await bridgeWithLights(idOne, [light("a")]);
+        const two = await bridgeWithLights(idTwo, [light("a")]);
+        const receivedOne = answerCommands(one, lightsOf("a"));
+        const receivedTwo = answerCommands(two, lightsOf("a"));
+        const controller = await app([idOne, idTwo]);
+        const change = { on: { on: true } };
+        await requestData(controller, "light:set", {
+          bridgeId: idOne,
+          lightId: "a",
+          change,
+          commandId: "same",
+        });
+        await requestData(controller, "light:set", {
+          bridgeId: idTwo,
+          lightId: "a",
+          change,
+          commandId: "same",
+        });
+        assert.equal(receivedOne.length, 1);
+        assert.equal(receivedTwo.length, 1);
+      });
+
+      it("rejects a commandId over 64 characters", async () => {
+        const bridgeId = randomBridgeId();
+        const controller = await app([bridgeId]);
+        const ack = await request(controller, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { on: { on: true } },
+          commandId: "c".repeat(65),
+        });
+        assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD");
+        assert.match(!ack.ok ? ack.error.message : "", /commandId/);
+      });
+
+      it("commands a real CLIP v2 light", async () => {
+        const bridgeId = randomBridgeId();
+        const documents = realLights();
+        const target = documents[1]!;
+        const bridge = await bridgeWithLights(bridgeId, documents);
+        const lights = new Map(
+          documents.map((document) => [
+            document.id,
+            document as Record<string, unknown>,
+          ]),
+        );
+        answerCommands(bridge, lights);
+        const controller = await app([bridgeId]);
+        const ack = await request<{ light: Light }>(controller, "light:set", {
+          bridgeId,
+          lightId: target.id,
+          change: { color_temperature: { mirek: 250 } },
+        });
+        assert.equal(ack.ok, true, JSON.stringify(ack));
+        assert.deepEqual(ack.ok && ack.data.light.color_temperature, {
+          mirek: 250,
+        });
+        assert.equal(ack.ok && ack.data.light.metadata?.name, "Light 2");
+      });
+    });
+  });
+}
