@@ -20,8 +20,19 @@ export interface Variant {
   start: () => Promise<Deployment>;
 }
 
-async function deploy(instances: number, workers: number): Promise<Deployment> {
-  const redis = await startRedisServer();
+/**
+ * Starts `instances` relays of `workers` workers each on one Redis: a new
+ * private one, or `shared`, which is then left running on stop.
+ */
+async function deploy(
+  instances: number,
+  workers: number,
+  shared?: RedisServer,
+): Promise<Deployment> {
+  const redis = shared ?? (await startRedisServer());
+  const stopRedis = async (): Promise<void> => {
+    if (shared === undefined) await redis.stop();
+  };
   const relays: RelayProcess[] = [];
   try {
     for (let index = 0; index < instances; index += 1) {
@@ -31,7 +42,7 @@ async function deploy(instances: number, workers: number): Promise<Deployment> {
     }
   } catch (error) {
     await Promise.all(relays.map((relay) => relay.stop()));
-    await redis.stop();
+    await stopRedis();
     throw error;
   }
   return {
@@ -39,7 +50,7 @@ async function deploy(instances: number, workers: number): Promise<Deployment> {
     redis,
     stop: async () => {
       await Promise.all(relays.map((relay) => relay.stop()));
-      await redis.stop();
+      await stopRedis();
     },
   };
 }

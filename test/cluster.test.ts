@@ -1,0 +1,387 @@
+import assert from "node:assert/strict";
+import { createClient } from "redis";
+import type { Socket } from "socket.io-client";
+import type {
+  BridgePresence,
+  BridgeState,
+  Light,
+  LightSetCommand,
+  LightsChangedEvent,
+} from "../client-sdk/src/protocol.ts";
+import {
+  connect,
+  connectApp,
+  connectBridge,
+  connectElsewhere,
+  nextEvent,
+  randomBridgeId,
+  record,
+  request,
+  requestData,
+  settle,
+} from "./support/clients.ts";
+import { light } from "./support/fixtures.ts";
+import { appToken } from "./support/tokens.ts";
+import { deploy, type Deployment } from "./support/variants.ts";
+
+/** Answers `light:set` by echoing the change applied to a stored light. */
+function echoCommands(bridge: Socket): LightSetCommand[] {
+  const received: LightSetCommand[] = [];
+  bridge.on(
+    "light:set",
+    (command: LightSetCommand, ack: (answer: unknown) => void) => {
+      received.push(command);
+      ack({
+        ok: true,
+        data: { light: { ...light(command.lightId), ...command.change } },
+      });
+    },
+  );
+  return received;
+}
+
+async function serverOf(socket: Socket): Promise<string> {
+  const { serverId } = await requestData<{ serverId: string }>(
+    socket,
+    "relay:info",
+    {},
+  );
+  return serverId;
+}
+
+/** Sends `count` changes from the bridge and returns the versions the app received. */
+async function changesInOrder(
+  bridge: Socket,
+  watcher: Socket,
+  count: number,
+): Promise<number[]> {
+  const versions: number[] = [];
+  const done = new Promise<void>((resolve) => {
+    watcher.on("lights:changed", (event: LightsChangedEvent) => {
+      versions.push(event.version);
+      if (versions.length === count) resolve();
+    });
+  });
+  const acks = [];
+  for (let index = 0; index < count; index += 1) {
+    acks.push(
+      request(bridge, "state:changed", {
+        lights: [{ id: "a", dimming: { brightness: index + 1 } }],
+      }),
+    );
+  }
+  await Promise.all(acks);
+  await Promise.race([done, settle(5000)]);
+  return versions;
+}
+
+describe("cluster: 2 workers on Redis", function () {
+  this.timeout(60_000);
+  let deployment: Deployment;
+  let url: string;
+  const sockets: Socket[] = [];
+  const track = (socket: Socket): Socket => {
+    sockets.push(socket);
+    return socket;
+  };
+
+  before(async () => {
+    deployment = await deploy(1, 2);
+    url = deployment.relays[0]!.url;
+  });
+  afterEach(() => {
+    for (const socket of sockets.splice(0)) socket.close();
+  });
+  after(async () => deployment?.stop());
+
+  it("runs two distinct workers", () => {
+    const workers = deployment.relays[0]!.workers();
+    assert.equal(workers.length, 2);
+    assert.notEqual(workers[0]!.serverId, workers[1]!.serverId);
+    assert.notEqual(workers[0]!.pid, workers[1]!.pid);
+  });
+
+  it("round-trips a command across workers", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = track(await connectBridge(url, bridgeId));
+    await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    const received = echoCommands(bridge);
+    const bridgeServer = await serverOf(bridge);
+    const { socket: app, serverId: appServer } = await connectElsewhere(
+      () => connectApp(url, [bridgeId]),
+      bridgeServer,
+    );
+    track(app);
+    assert.notEqual(
+      appServer,
+      bridgeServer,
+      "bridge and app are on different workers",
+    );
+    const ack = await request<{ light: Light }>(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: true } },
+    });
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    assert.deepEqual(ack.ok && ack.data.light.on, { on: true });
+    assert.equal(received.length, 1);
+  });
+
+  it("delivers changes across workers in order", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = track(await connectBridge(url, bridgeId));
+    await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    const { socket: app } = await connectElsewhere(
+      () => connectApp(url, [bridgeId]),
+      await serverOf(bridge),
+    );
+    track(app);
+    const state = await requestData<BridgeState>(app, "bridge:subscribe", {
+      bridgeId,
+    });
+    const versions = await changesInOrder(bridge, app, 30);
+    const expected = Array.from(
+      { length: 30 },
+      (_, index) => state.version + index + 1,
+    );
+    assert.deepEqual(versions, expected);
+  });
+
+  it("answers BRIDGE_OFFLINE across workers at once", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = track(await connectBridge(url, bridgeId));
+    await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    const { socket: app } = await connectElsewhere(
+      () => connectApp(url, [bridgeId]),
+      await serverOf(bridge),
+    );
+    track(app);
+    bridge.close();
+    await settle(200);
+    const started = Date.now();
+    const ack = await request(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: true } },
+    });
+    assert.equal(!ack.ok && ack.error.code, "BRIDGE_OFFLINE");
+    assert.ok(
+      Date.now() - started < 500,
+      `answered in ${Date.now() - started} ms`,
+    );
+  });
+
+  it("serves polling-only apps through sticky", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = track(await connectBridge(url, bridgeId));
+    await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    echoCommands(bridge);
+    const servers = new Set<string>();
+    for (let index = 0; index < 30; index += 1) {
+      const app = await connectApp(url, [bridgeId], "read control", {
+        transports: ["polling"],
+      });
+      assert.equal(app.io.engine.transport.name, "polling");
+      servers.add(await serverOf(app));
+      const state = await requestData<BridgeState>(app, "bridge:subscribe", {
+        bridgeId,
+      });
+      assert.equal(state.lights.length, 1);
+      const changed = nextEvent(app, "lights:changed");
+      await requestData(app, "light:set", {
+        bridgeId,
+        lightId: "a",
+        change: { dimming: { brightness: index } },
+      });
+      await changed;
+      app.close();
+    }
+    assert.equal(servers.size, 2, "polling sessions landed on both workers");
+  });
+
+  it("upgrades default apps to websocket", async () => {
+    const app = track(await connectApp(url, [randomBridgeId()]));
+    await new Promise<void>((resolve) => {
+      if (app.io.engine.transport.name === "websocket") resolve();
+      else app.io.engine.once("upgrade", () => resolve());
+    });
+    const list = await request(app, "bridge:list", {});
+    assert.equal(list.ok, true);
+  });
+
+  it("connects websocket bridges without loss", async () => {
+    // Sequential connections, each sending its first packet at once: the
+    // pattern that lost packets when the primary kept reading handed-off sockets.
+    const failures: string[] = [];
+    for (let index = 0; index < 300; index += 1) {
+      try {
+        (await connectBridge(url, randomBridgeId())).close();
+      } catch (error) {
+        failures.push((error as Error).message);
+      }
+    }
+    assert.deepEqual(failures, []);
+  });
+
+  it("connects polling apps in sequence", async () => {
+    let failures = 0;
+    for (let index = 0; index < 200; index += 1) {
+      try {
+        const token = await appToken(`poll-${index}`, [], "read");
+        const app = await connect(url, "/app", {
+          auth: { token },
+          transports: ["polling"],
+        });
+        await requestData(app, "bridge:list", {});
+        app.close();
+      } catch {
+        failures += 1;
+      }
+    }
+    assert.equal(failures, 0);
+  });
+});
+
+describe("cluster: two relay instances on one Redis", function () {
+  this.timeout(90_000);
+  let deployment: Deployment;
+  const sockets: Socket[] = [];
+  const track = (socket: Socket): Socket => {
+    sockets.push(socket);
+    return socket;
+  };
+
+  before(async () => {
+    deployment = await deploy(2, 2);
+  });
+  afterEach(() => {
+    for (const socket of sockets.splice(0)) socket.close();
+  });
+  after(async () => deployment?.stop());
+
+  const urls = () =>
+    deployment.relays.map((relay) => relay.url) as [string, string];
+
+  it("runs on separate ports", () => {
+    const [one, two] = urls();
+    assert.notEqual(one, two);
+  });
+
+  it("round-trips a command across instances", async () => {
+    const [one, two] = urls();
+    const bridgeId = randomBridgeId();
+    const bridge = track(await connectBridge(one, bridgeId));
+    await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    const received = echoCommands(bridge);
+    const app = track(await connectApp(two, [bridgeId]));
+    const instanceOneServers = deployment.relays[0]!.workers().map(
+      (worker) => worker.serverId,
+    );
+    assert.ok(
+      !instanceOneServers.includes(await serverOf(app)),
+      "app is on the other instance",
+    );
+    const ack = await request<{ light: Light }>(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { color: { xy: { x: 0.3, y: 0.3 } } },
+      commandId: "across-1",
+    });
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    assert.deepEqual(ack.ok && ack.data.light.color, {
+      xy: { x: 0.3, y: 0.3 },
+    });
+    const repeat = await request(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: true } },
+      commandId: "across-1",
+    });
+    assert.deepEqual(repeat, ack, "the other instance remembers the answer");
+    assert.equal(received.length, 1);
+  });
+
+  it("delivers changes across instances in order", async () => {
+    const [one, two] = urls();
+    const bridgeId = randomBridgeId();
+    const bridge = track(await connectBridge(one, bridgeId));
+    await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    const app = track(await connectApp(two, [bridgeId]));
+    const state = await requestData<BridgeState>(app, "bridge:subscribe", {
+      bridgeId,
+    });
+    const versions = await changesInOrder(bridge, app, 30);
+    assert.deepEqual(
+      versions,
+      Array.from({ length: 30 }, (_, index) => state.version + index + 1),
+    );
+  });
+
+  it("takes over a bridge from the other instance", async () => {
+    const [one, two] = urls();
+    const bridgeId = randomBridgeId();
+    const older = track(await connectBridge(one, bridgeId));
+    await requestData(older, "state:snapshot", { lights: [light("a")] });
+    const app = track(await connectApp(two, [bridgeId]));
+    await requestData(app, "bridge:subscribe", { bridgeId });
+    const presence = record<BridgePresence>(app, "bridge:presence");
+    const replaced = nextEvent<{ reason: string }>(older, "session:replaced");
+    const gone = new Promise<string>((resolve) =>
+      older.once("disconnect", resolve),
+    );
+    const newer = track(await connectBridge(two, bridgeId));
+    await replaced;
+    assert.equal(await gone, "io server disconnect");
+    const received = echoCommands(newer);
+    const ack = await request(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: true } },
+    });
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    assert.equal(
+      received.length,
+      1,
+      "the command reached the newer connection",
+    );
+    await settle();
+    assert.deepEqual(presence, [], "takeover sent no presence event");
+    const list = await requestData<{ bridges: BridgePresence[] }>(
+      app,
+      "bridge:list",
+      {},
+    );
+    assert.equal(list.bridges[0]?.online, true);
+  });
+
+  it("keeps state across a relay restart", async () => {
+    const bridgeId = randomBridgeId();
+    const [one] = urls();
+    const bridge = track(await connectBridge(one, bridgeId));
+    await requestData(bridge, "state:snapshot", {
+      lights: [light("a", true, 30)],
+    });
+    bridge.close();
+    await settle(200);
+    const client = createClient({ url: deployment.redis!.url });
+    await client.connect();
+    const keys = await client.keys(`relay:{${bridgeId}}:*`);
+    await client.close();
+    assert.deepEqual(keys.sort(), [
+      `relay:{${bridgeId}}:lights`,
+      `relay:{${bridgeId}}:meta`,
+    ]);
+    const restarted = await deploy(1, 1, deployment.redis!);
+    try {
+      const app = track(await connectApp(restarted.relays[0]!.url, [bridgeId]));
+      const state = await requestData<BridgeState>(app, "bridge:subscribe", {
+        bridgeId,
+      });
+      assert.equal(state.version, 1);
+      assert.equal(state.online, false);
+      assert.deepEqual(state.lights[0]?.dimming, { brightness: 30 });
+    } finally {
+      await restarted.stop();
+    }
+  });
+});
