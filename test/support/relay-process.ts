@@ -76,7 +76,8 @@ export async function startRelay(
   const output: string[] = [];
   const waiters = new Set<(line: LogLine) => void>();
   const onLine = (text: string): void => {
-    if (process.env.RELAY_LOG_FILE) appendFileSync(process.env.RELAY_LOG_FILE, `${text}\n`);
+    if (process.env.RELAY_LOG_FILE)
+      appendFileSync(process.env.RELAY_LOG_FILE, `${text}\n`);
     let line: LogLine;
     try {
       line = JSON.parse(text) as LogLine;
