@@ -385,3 +385,56 @@ describe("cluster: two relay instances on one Redis", function () {
     }
   });
 });
+
+describe("cluster: Redis outage", function () {
+  this.timeout(60_000);
+  let deployment: Deployment;
+
+  before(async () => {
+    deployment = await deploy(1, 2);
+  });
+  after(async () => deployment?.stop());
+
+  const readiness = async (): Promise<number> => {
+    const response = await fetch(`${deployment.relays[0]!.url}/readyz`);
+    return response.status;
+  };
+
+  it("answers UNAVAILABLE at once and recovers", async () => {
+    const url = deployment.relays[0]!.url;
+    const bridgeId = randomBridgeId();
+    const app = await connectApp(url, [bridgeId], "read control", {
+      transports: ["websocket"],
+    });
+    try {
+      assert.equal(await readiness(), 200);
+      await deployment.redis!.stop();
+      const started = Date.now();
+      const ack = await request(app, "bridge:subscribe", { bridgeId });
+      assert.equal(!ack.ok && ack.error.code, "UNAVAILABLE");
+      assert.ok(
+        Date.now() - started < 1000,
+        `answered in ${Date.now() - started} ms`,
+      );
+      assert.equal(await readiness(), 503);
+
+      await deployment.redis!.restart();
+      const deadline = Date.now() + 15_000;
+      while ((await readiness()) !== 200) {
+        assert.ok(Date.now() < deadline, "readiness came back within 15 s");
+        await settle(200);
+      }
+      const after = await request<BridgeState>(app, "bridge:subscribe", {
+        bridgeId,
+      });
+      assert.equal(after.ok, true, JSON.stringify(after));
+      assert.equal(
+        deployment.relays[0]!.child.exitCode,
+        null,
+        "the relay kept running",
+      );
+    } finally {
+      app.close();
+    }
+  });
+});

@@ -3,6 +3,7 @@ import cluster from "node:cluster";
 import { createShardedAdapter } from "@socket.io/redis-adapter";
 import { setupWorker } from "@socket.io/sticky";
 import type { RelayConfig } from "../config.ts";
+import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { RedisBus } from "../messaging/server-bus.ts";
 import { connectRedis } from "../redis/clients.ts";
@@ -57,7 +58,14 @@ export async function runWorker(
     awaitSubscriptions: async () => {
       // Commands on one connection run in order, so this PING returns after
       // any SSUBSCRIBE the adapter sent for a room just created.
-      await redis.subscriber.ping();
+      try {
+        await redis.subscriber.ping();
+      } catch {
+        throw new RelayError(
+          "UNAVAILABLE",
+          "subscriptions are unavailable, retry later",
+        );
+      }
     },
   });
   setupWorker(relay.io);

@@ -58,7 +58,14 @@ export class CommandRouter {
       });
     } catch (error) {
       this.settle(requestId, undefined);
-      throw error;
+      this.logger.warn(
+        { err: error, bridgeId: command.bridgeId, serverId },
+        "could not route a command",
+      );
+      throw new RelayError(
+        "UNAVAILABLE",
+        "could not reach the bridge's server, retry later",
+      );
     }
     return answer;
   }

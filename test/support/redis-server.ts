@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -35,6 +35,8 @@ export async function startRedisServer(): Promise<RedisServer> {
   };
   const restart = async (): Promise<void> => {
     await stopProcess(child);
+    // A server stopped with stop() has lost its folder; restart() works after it too.
+    await mkdir(dir, { recursive: true });
     child = await spawnRedis(port, dir);
   };
   return { port, url: `redis://127.0.0.1:${port}`, stop, restart };

@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import { createServer, type Server as HttpServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { Writable } from "node:stream";
+import { pino } from "pino";
+import { Server } from "socket.io";
+import { io, type Socket } from "socket.io-client";
+import { RelayError } from "../server/errors.ts";
+import { onRequest } from "../server/transport/requests.ts";
+
+/** A pino logger whose JSON lines are collected in `lines`. */
+function capturingLogger() {
+  const lines: Record<string, unknown>[] = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+      done();
+    },
+  });
+  return { logger: pino({ level: "debug" }, stream), lines };
+}
+
+describe("request handling", () => {
+  let httpServer: HttpServer;
+  let server: Server;
+  let client: Socket;
+  const { logger, lines } = capturingLogger();
+
+  before(async () => {
+    httpServer = createServer();
+    server = new Server(httpServer);
+    server.on("connection", (socket) => {
+      const options = { maxPayloadBytes: 1000, logger };
+      onRequest(
+        socket,
+        "boom",
+        async () => {
+          throw new TypeError(
+            "cannot read properties of undefined (secret detail)",
+          );
+        },
+        options,
+      );
+      onRequest(
+        socket,
+        "refuse",
+        async () => {
+          throw new RelayError("NOT_FOUND", 'light "x" not found');
+        },
+        options,
+      );
+      onRequest(socket, "echo", async (payload) => ({ payload }), options);
+    });
+    await new Promise<void>((resolve) =>
+      httpServer.listen(0, "127.0.0.1", resolve),
+    );
+    const { port } = httpServer.address() as AddressInfo;
+    client = io(`http://127.0.0.1:${port}`, { transports: ["websocket"] });
+    await new Promise<void>((resolve) =>
+      client.once("connect", () => resolve()),
+    );
+  });
+
+  after(async () => {
+    client.close();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
+  it("answers INTERNAL for a throwing handler", async () => {
+    const ack = await client.timeout(2000).emitWithAck("boom", {});
+    assert.deepEqual(ack, {
+      ok: false,
+      error: { code: "INTERNAL", message: "internal error" },
+    });
+    const logged = lines.find((line) => line.msg === "request handler failed");
+    assert.ok(logged, "the failure is logged");
+    assert.match(
+      JSON.stringify(logged.err),
+      /secret detail/,
+      "the log keeps the details",
+    );
+  });
+
+  it("keeps serving after a handler throws", async () => {
+    await client.timeout(2000).emitWithAck("boom", {});
+    const ack = await client.timeout(2000).emitWithAck("echo", { n: 1 });
+    assert.deepEqual(ack, { ok: true, data: { payload: { n: 1 } } });
+  });
+
+  it("passes a RelayError on as is", async () => {
+    const ack = await client.timeout(2000).emitWithAck("refuse", {});
+    assert.deepEqual(ack, {
+      ok: false,
+      error: { code: "NOT_FOUND", message: 'light "x" not found' },
+    });
+  });
+
+  it("answers PAYLOAD_TOO_LARGE over the limit", async () => {
+    const ack = await client
+      .timeout(2000)
+      .emitWithAck("echo", { padding: "x".repeat(1000) });
+    assert.equal(ack.ok, false);
+    assert.equal(ack.error.code, "PAYLOAD_TOO_LARGE");
+    assert.match(ack.error.message, /1000 bytes/);
+  });
+
+  it("accepts the callback as only argument", async () => {
+    const ack = await client.timeout(2000).emitWithAck("echo");
+    assert.deepEqual(ack, { ok: true, data: {} });
+  });
+
+  it("ignores and logs a request without callback", async () => {
+    const before = lines.length;
+    client.emit("boom", {});
+    const ack = await client.timeout(2000).emitWithAck("echo", { n: 2 });
+    assert.equal(ack.ok, true);
+    const ignored = lines
+      .slice(before)
+      .filter(
+        (line) =>
+          line.msg === "ignored a request without an acknowledgement callback",
+      );
+    assert.equal(ignored.length, 1);
+    assert.equal(ignored[0]?.level, 20, "logged at debug level");
+  });
+});
