@@ -1,0 +1,169 @@
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import {
+  connectApp,
+  connectBridge,
+  randomBridgeId,
+  settle,
+} from "./support/clients.ts";
+import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
+import { startRelay, type LogLine } from "./support/relay-process.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const run = promisify(execFile);
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs the relay with `env` until it exits, and returns its exit code and output. */
+async function runRelay(
+  env: Record<string, string>,
+): Promise<{ code: number; output: string }> {
+  try {
+    await run(process.execPath, ["--import", "tsx", "server/main.ts"], {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        PORT: "0",
+        HOST: "127.0.0.1",
+        REDIS_URL: "",
+        AUTH_SECRET: "",
+        ...env,
+      },
+      timeout: 15_000,
+    });
+    return { code: 0, output: "" };
+  } catch (error) {
+    const failure = error as { code: number; stdout: string; stderr: string };
+    return { code: failure.code, output: failure.stdout + failure.stderr };
+  }
+}
+
+describe("relay processes", function () {
+  this.timeout(60_000);
+  let redis: RedisServer;
+
+  before(async () => {
+    redis = await startRedisServer();
+  });
+  after(async () => redis?.stop());
+
+  it("rejects invalid configuration at start", async () => {
+    const { code, output } = await runRelay({
+      PORT: "eighty",
+      COMMAND_TIMEOUT_MS: "-5",
+    });
+    assert.equal(code, 1);
+    assert.match(output, /PORT must be a whole number/);
+    assert.match(output, /COMMAND_TIMEOUT_MS must be a whole number/);
+  });
+
+  it("requires a key in production", async () => {
+    const { code, output } = await runRelay({ NODE_ENV: "production" });
+    assert.equal(code, 1);
+    assert.match(output, /AUTH_SECRET or AUTH_PUBLIC_KEY must be set/);
+  });
+
+  it("drains the cluster on SIGTERM", async () => {
+    const relay = await startRelay({ redisUrl: redis.url, workers: 2 });
+    const workers = relay.workers();
+    const bridge = await connectBridge(relay.url, randomBridgeId());
+    const app = await connectApp(relay.url, [randomBridgeId()]);
+    const bridgeGone = new Promise<string>((resolve) =>
+      bridge.once("disconnect", resolve),
+    );
+    const appGone = new Promise<string>((resolve) =>
+      app.once("disconnect", resolve),
+    );
+    const started = Date.now();
+    const code = await relay.stop("SIGTERM");
+    assert.equal(code, 0);
+    assert.ok(
+      Date.now() - started < 6000,
+      `stopped in ${Date.now() - started} ms`,
+    );
+    assert.equal(
+      await bridgeGone,
+      "transport close",
+      "a plain close makes clients reconnect",
+    );
+    assert.equal(await appGone, "transport close");
+    for (const worker of workers)
+      assert.equal(isAlive(worker.pid), false, `worker ${worker.pid} exited`);
+    assert.ok(relay.logs.some((line) => line.msg === "primary stopped"));
+  });
+
+  it("stops the embedded relay on SIGINT", async () => {
+    const relay = await startRelay();
+    const bridge = await connectBridge(relay.url, randomBridgeId());
+    const gone = new Promise<string>((resolve) =>
+      bridge.once("disconnect", resolve),
+    );
+    assert.equal(await relay.stop("SIGINT"), 0);
+    assert.equal(await gone, "transport close");
+  });
+
+  it("restarts dying workers with growing delays", async () => {
+    const relay = await startRelay({ redisUrl: redis.url, workers: 1 });
+    try {
+      const died = (count: number) => (line: LogLine) =>
+        line.msg === "worker died, restarting" &&
+        relay.logs.filter((entry) => entry.msg === "worker died, restarting")
+          .length === count;
+      const delays: number[] = [];
+      for (let crash = 1; crash <= 3; crash += 1) {
+        const ready = relay.workers();
+        const current = ready[ready.length - 1]!;
+        process.kill(current.pid, "SIGKILL");
+        const line = await relay.waitForLog(died(crash));
+        delays.push(Number(line.restartInMs));
+        await relay.waitForLog(
+          (entry) =>
+            entry.msg === "worker ready" &&
+            relay.workers().length === crash + 1,
+          15_000,
+        );
+      }
+      assert.deepEqual(delays, [250, 500, 1000]);
+      const bridge = await connectBridge(relay.url, randomBridgeId());
+      assert.equal(bridge.connected, true, "the replacement worker serves");
+      bridge.close();
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  it("serves no connection before a worker is ready", async () => {
+    const relay = await startRelay({ redisUrl: redis.url, workers: 1 });
+    try {
+      const [worker] = relay.workers();
+      process.kill(worker!.pid, "SIGKILL");
+      await relay.waitForLog((line) => line.msg === "worker died, restarting");
+      // With no ready worker the balancer answers 503 at once instead of
+      // handing the connection to a worker that cannot serve it yet.
+      const response = await fetch(`${relay.url}/readyz`, {
+        signal: AbortSignal.timeout(3000),
+      });
+      assert.equal(response.status, 503);
+      await relay.waitForLog(
+        (line) => line.msg === "worker ready" && relay.workers().length === 2,
+        15_000,
+      );
+      await settle(100);
+      const ready = await fetch(`${relay.url}/readyz`, {
+        signal: AbortSignal.timeout(3000),
+      });
+      assert.equal(ready.status, 200);
+    } finally {
+      await relay.stop();
+    }
+  });
+});
