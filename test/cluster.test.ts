@@ -171,6 +171,48 @@ describe("cluster: 2 workers on Redis", function () {
     );
   });
 
+  it("answers BRIDGE_OFFLINE when the owner died", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = track(await connectBridge(url, bridgeId));
+    await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    const owner = await serverOf(bridge);
+    const { socket: app } = await connectElsewhere(
+      () => connectApp(url, [bridgeId]),
+      owner,
+    );
+    track(app);
+    const worker = deployment.relays[0]!.workers().find(
+      (entry) => entry.serverId === owner,
+    );
+    process.kill(worker!.pid, "SIGKILL");
+    await new Promise<void>((resolve) =>
+      bridge.once("disconnect", () => resolve()),
+    );
+    // The dead worker could not release its claim, so the store still names it.
+    const list = await requestData<{ bridges: BridgePresence[] }>(
+      app,
+      "bridge:list",
+      {},
+    );
+    assert.equal(list.bridges[0]?.online, true);
+    const started = Date.now();
+    const ack = await request(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: true } },
+    });
+    assert.equal(!ack.ok && ack.error.code, "BRIDGE_OFFLINE");
+    assert.ok(
+      Date.now() - started < 500,
+      `answered in ${Date.now() - started} ms`,
+    );
+    await deployment.relays[0]!.waitForLog(
+      (line) =>
+        line.msg === "worker ready" &&
+        deployment.relays[0]!.workers().length === 3,
+    );
+  });
+
   it("serves polling-only apps through sticky", async () => {
     const bridgeId = randomBridgeId();
     const bridge = track(await connectBridge(url, bridgeId));

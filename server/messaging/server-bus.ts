@@ -27,7 +27,8 @@ export type BusHandler = (message: BusMessage) => void;
  */
 export interface ServerBus {
   readonly serverId: string;
-  send(serverId: string, message: BusMessage): Promise<void>;
+  /** Sends `message` and returns whether a process listening as `serverId` received it. */
+  send(serverId: string, message: BusMessage): Promise<boolean>;
   listen(handler: BusHandler): Promise<void>;
   close(): Promise<void>;
 }
@@ -38,10 +39,11 @@ export class LocalBus implements ServerBus {
 
   constructor(readonly serverId: string) {}
 
-  async send(serverId: string, message: BusMessage): Promise<void> {
-    if (serverId !== this.serverId) return;
+  async send(serverId: string, message: BusMessage): Promise<boolean> {
     const handler = this.handler;
-    if (handler !== undefined) setImmediate(() => handler(message));
+    if (serverId !== this.serverId || handler === undefined) return false;
+    setImmediate(() => handler(message));
+    return true;
   }
 
   async listen(handler: BusHandler): Promise<void> {
@@ -75,11 +77,14 @@ export class RedisBus implements ServerBus {
     return `${this.keyPrefix}:server:${serverId}`;
   }
 
-  async send(serverId: string, message: BusMessage): Promise<void> {
-    await this.pubClient.sPublish(
+  async send(serverId: string, message: BusMessage): Promise<boolean> {
+    // SPUBLISH returns the number of subscribers that received the message,
+    // so 0 means no live process listens as `serverId`.
+    const receivers = await this.pubClient.sPublish(
       this.channelOf(serverId),
       JSON.stringify(message),
     );
+    return receivers > 0;
   }
 
   async listen(handler: BusHandler): Promise<void> {

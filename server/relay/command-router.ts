@@ -49,8 +49,9 @@ export class CommandRouter {
       }, this.timeoutMs);
       this.pending.set(requestId, { resolve, timer });
     });
+    let received: boolean;
     try {
-      await this.bus.send(serverId, {
+      received = await this.bus.send(serverId, {
         type: "command",
         requestId,
         origin: this.bus.serverId,
@@ -65,6 +66,15 @@ export class CommandRouter {
       throw new RelayError(
         "UNAVAILABLE",
         "could not reach the bridge's server, retry later",
+      );
+    }
+    if (!received) {
+      // The claim names a process that no longer runs (it crashed before it
+      // could release the bridge), so nobody holds the bridge's socket.
+      this.settle(requestId, undefined);
+      throw new RelayError(
+        "BRIDGE_OFFLINE",
+        `bridge ${command.bridgeId} is offline`,
       );
     }
     return answer;
