@@ -4,6 +4,7 @@ import type { AddressInfo } from "node:net";
 import { setupMaster } from "@socket.io/sticky";
 import type { RelayConfig } from "../config.ts";
 import type { Logger } from "../logger.ts";
+import { serveClusterMetrics } from "../metrics/cluster-metrics.ts";
 import { answerSessionBindings } from "./session-binding.ts";
 import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
 import { READY_MESSAGE, SHUTDOWN_MESSAGE } from "./worker.ts";
@@ -28,6 +29,10 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   setupMaster(httpServer, { loadBalancingMethod: "round-robin" });
   stopReadingBeforeHandoff(httpServer);
   answerSessionBindings();
+  const metrics = serveClusterMetrics(
+    logger,
+    () => Object.keys(cluster.workers ?? {}).length,
+  );
 
   let stopping = false;
   let recentCrashes = 0;
@@ -74,6 +79,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     startedAt.delete(worker.id);
     live.delete(worker.id);
     if (stopping) return;
+    metrics.workerRestarts.inc();
     recentCrashes = uptime >= STABLE_UPTIME_MS ? 1 : recentCrashes + 1;
     const delay = Math.min(
       RESTART_DELAY_MAX_MS,

@@ -1,5 +1,37 @@
 import express, { type Express } from "express";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import type { Logger } from "../logger.ts";
+
+/**
+ * Folder of the built dashboard that `npm run build` writes, dist/dashboard/,
+ * found from this module's place: server/http/ in the sources, or
+ * dist/server/http/ when compiled.
+ */
+const DEFAULT_DASHBOARD_DIR = fileURLToPath(
+  new URL(
+    /\/dist\/server\/http\/[^/]+$/.test(new URL(import.meta.url).pathname)
+      ? "../../dashboard/"
+      : "../../dist/dashboard/",
+    import.meta.url,
+  ),
+);
+
+/**
+ * Headers of every HTTP response. The policy lets the dashboard load
+ * scripts, styles and images from this origin only, connect only back to
+ * it (Socket.IO over polling or websocket), and be shown in no frame.
+ */
+const SECURITY_HEADERS: Record<string, string> = {
+  "Content-Security-Policy":
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; " +
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  "Referrer-Policy": "no-referrer",
+  "X-Content-Type-Options": "nosniff",
+  "X-Frame-Options": "DENY",
+  "Cross-Origin-Opener-Policy": "same-origin",
+};
 
 export interface HttpDeps {
   /** Resolves when every dependency answers (Redis when configured). */
@@ -12,6 +44,10 @@ export interface HttpDeps {
 export function createHttpApp(deps: HttpDeps): Express {
   const app = express();
   app.disable("x-powered-by");
+  app.use((_request, response, next) => {
+    response.set(SECURITY_HEADERS);
+    next();
+  });
 
   app.get("/healthz", (_request, response) => {
     response.json({ status: "ok" });
@@ -31,5 +67,33 @@ export function createHttpApp(deps: HttpDeps): Express {
     }
   });
 
+  serveDashboard(app, DEFAULT_DASHBOARD_DIR, deps.logger);
   return app;
+}
+
+/**
+ * Serves the built dashboard at `/`. When it was not built, `/` responds
+ * with 404 and the command that builds it. The check runs per request, so
+ * a build made after the start is served without a restart.
+ */
+export function serveDashboard(
+  app: Express,
+  dir: string,
+  logger: Logger,
+): void {
+  if (!existsSync(join(dir, "index.html"))) {
+    logger.warn(
+      { dir },
+      "dashboard not built: run `npm run build` to serve it at /",
+    );
+  }
+  app.use(express.static(dir, { index: "index.html", redirect: false }));
+  app.get("/", (_request, response) => {
+    response
+      .status(404)
+      .type("text/plain")
+      .send(
+        "The dashboard is not built. Run `npm run build` in the relay's folder, then reload this page.\n",
+      );
+  });
 }

@@ -1,5 +1,6 @@
 import { createClient, type RedisClientType } from "redis";
 import type { Logger } from "../logger.ts";
+import { redisErrors, redisReconnects } from "../metrics/relay-metrics.ts";
 
 export interface RedisClients {
   /** Commands and publishes. */
@@ -16,14 +17,16 @@ function watch(client: RedisClientType, role: string, logger: Logger): void {
   let failures = 0;
   client.on("error", (error: unknown) => {
     failures += 1;
+    redisErrors.inc({ role });
     // Log the first failure and then one in 50, so an outage does not flood the log.
     if (failures === 1 || failures % 50 === 0) {
       logger.error({ err: error, role, failures }, "redis connection error");
     }
   });
-  client.on("reconnecting", () =>
-    logger.debug({ role }, "reconnecting to redis"),
-  );
+  client.on("reconnecting", () => {
+    redisReconnects.inc({ role });
+    logger.debug({ role }, "reconnecting to redis");
+  });
   client.on("ready", () => {
     if (failures > 0)
       logger.info({ role, failures }, "redis connection restored");

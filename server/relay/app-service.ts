@@ -7,6 +7,7 @@ import type {
 } from "../../client-sdk/src/protocol.ts";
 import type { AppIdentity } from "../auth/identity.ts";
 import { RelayError } from "../errors.ts";
+import { observeCommand } from "../metrics/relay-metrics.ts";
 import type { StateStore } from "../state/store.ts";
 import { answerFromStored } from "./command-executor.ts";
 import type { CommandRouter } from "./command-router.ts";
@@ -69,7 +70,12 @@ export class AppService {
     };
   }
 
-  async setLight(request: SetLightRequest): Promise<Light> {
+  /** Sends a command to the bridge, recording its outcome and duration in the metrics. */
+  setLight(request: SetLightRequest): Promise<Light> {
+    return observeCommand(() => this.sendCommand(request));
+  }
+
+  private async sendCommand(request: SetLightRequest): Promise<Light> {
     const { bridgeId, lightId } = request;
     if (request.commandId !== undefined) {
       const remembered = await this.store.getCommandAnswer(

@@ -4,6 +4,7 @@ import type {
   BridgeSnapshotEvent,
   LightsChangedEvent,
 } from "../../client-sdk/src/protocol.ts";
+import { broadcasts } from "../metrics/relay-metrics.ts";
 import { bridgeRoom } from "./rooms.ts";
 
 /** Sends a bridge's state and presence events to every app subscribed to it, cluster-wide. */
@@ -15,12 +16,16 @@ export interface AppBroadcaster {
 
 /** Broadcasts through the `/app` namespace's adapter to room `bridge:<id>`. */
 export function namespaceBroadcaster(apps: Namespace): AppBroadcaster {
+  const emit = (
+    name: "lights:changed" | "bridge:snapshot" | "bridge:presence",
+    event: { bridgeId: string },
+  ): void => {
+    broadcasts.inc({ event: name });
+    apps.to(bridgeRoom(event.bridgeId)).emit(name, event);
+  };
   return {
-    lightsChanged: (event) =>
-      apps.to(bridgeRoom(event.bridgeId)).emit("lights:changed", event),
-    snapshot: (event) =>
-      apps.to(bridgeRoom(event.bridgeId)).emit("bridge:snapshot", event),
-    presence: (event) =>
-      apps.to(bridgeRoom(event.bridgeId)).emit("bridge:presence", event),
+    lightsChanged: (event) => emit("lights:changed", event),
+    snapshot: (event) => emit("bridge:snapshot", event),
+    presence: (event) => emit("bridge:presence", event),
   };
 }

@@ -1,5 +1,6 @@
 import type { Light, LightChange } from "../../client-sdk/src/protocol.ts";
 import { RelayError } from "../errors.ts";
+import { stateWrites } from "../metrics/relay-metrics.ts";
 import {
   applyChange,
   canonicalLight,
@@ -114,6 +115,10 @@ export class StateWriter {
     write: LightWrite,
   ): Promise<number> {
     const result = await this.store.writeLights(session.bridgeId, write);
+    stateWrites.inc({
+      kind: write.replaceAll ? "snapshot" : "change",
+      result: result.status,
+    });
     if (result.status === "written") return result.version;
     if (result.status === "fenced") {
       throw new RelayError(

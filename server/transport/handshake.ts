@@ -7,6 +7,7 @@ import { identityKey, type Identity } from "../auth/identity.ts";
 import { CLOCK_TOLERANCE_SECONDS, type TokenVerifier } from "../auth/verify.ts";
 import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import { handshakes } from "../metrics/relay-metrics.ts";
 import type { RateLimits } from "./rate-limits.ts";
 
 export interface HandshakeDeps {
@@ -89,9 +90,11 @@ export function handshakeMiddleware(
       }
       await deps.limits.consumeHandshakeOfIdentity(identityKey(identity));
       socket.data = { identity };
+      handshakes.inc({ namespace: role, outcome: "accepted" });
       next();
     } catch (error) {
       const rejection = toHandshakeError(error);
+      handshakes.inc({ namespace: role, outcome: rejection.data.code });
       const level = error instanceof RelayError ? "info" : "error";
       deps.logger[level](
         {

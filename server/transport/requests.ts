@@ -2,6 +2,7 @@ import type { Socket } from "socket.io";
 import type { Ack } from "../../client-sdk/src/protocol.ts";
 import { RelayError, toErrorBody } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import { outcomeOf, socketRequests } from "../metrics/relay-metrics.ts";
 
 export interface RequestContext {
   socket: Socket;
@@ -60,6 +61,7 @@ export function onRequest<T>(
       }
       const data = await handler(payload, { socket, logger });
       respond({ ok: true, data });
+      socketRequests.inc({ event, outcome: "ok" });
     } catch (error) {
       if (error instanceof RelayError) {
         logger.debug(
@@ -70,6 +72,7 @@ export function onRequest<T>(
         logger.error({ err: error }, "request handler failed");
       }
       respond({ ok: false, error: toErrorBody(error) });
+      socketRequests.inc({ event, outcome: outcomeOf(error) });
     }
   });
 }
