@@ -16,6 +16,11 @@ export const REDACTED_PATHS = [
   "headers.authorization",
   "*.headers.authorization",
   "req.headers.authorization",
+  "authorization",
+  "*.authorization",
+  "headers.cookie",
+  "*.headers.cookie",
+  "req.headers.cookie",
   "secret",
   "*.secret",
 ];

@@ -33,7 +33,10 @@ async function main(): Promise<void> {
       ? "primary"
       : "embedded"
     : "worker";
-  const logger = createLogger(config, { role });
+  const logger = createLogger(
+    config,
+    cluster.isWorker ? { role, worker: cluster.worker?.id } : { role },
+  );
   installCrashLogging(logger);
   const { secret, file, generated } = resolveSecret(config);
   if (cluster.isPrimary && file !== undefined) {

@@ -1,10 +1,10 @@
 import { randomBytes } from "node:crypto";
-import cluster from "node:cluster";
 import { createShardedAdapter } from "@socket.io/redis-adapter";
 import { setupWorker } from "@socket.io/sticky";
 import type { RelayConfig } from "../config.ts";
 import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import { clusterMetricsClient } from "../metrics/cluster-metrics.ts";
 import { RedisBus } from "../messaging/server-bus.ts";
 import { connectRedis } from "../redis/clients.ts";
 import { createRelay, type Relay } from "../relay/create-relay.ts";
@@ -31,7 +31,8 @@ export async function runWorker(
   if (redisUrl === undefined)
     throw new Error("a cluster worker needs REDIS_URL");
   const serverId = randomBytes(6).toString("hex");
-  const log = logger.child({ serverId, worker: cluster.worker?.id });
+  // The process logger already carries the worker's cluster ID.
+  const log = logger.child({ serverId });
   const redis = await connectRedis(redisUrl, log);
   const store = guardStore(
     new RedisStore(redis.main, { keyPrefix: config.redisKeyPrefix }),
@@ -51,6 +52,7 @@ export async function runWorker(
     bus,
     secret,
     redis: redis.main,
+    scrapeMetrics: clusterMetricsClient(),
     adapter: createShardedAdapter(redis.main, redis.subscriber, {
       channelPrefix: `${config.redisKeyPrefix}:sio`,
       subscriptionMode: "dynamic",

@@ -3,6 +3,13 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "../logger.ts";
+import { API_BASE_PATH, createApiRouter, type ApiDeps } from "./api.ts";
+import { metricsHandler } from "./metrics-route.ts";
+import {
+  relayServerHeader,
+  requestLogging,
+  requestMetrics,
+} from "./request-logging.ts";
 
 /**
  * Folder of the built dashboard that `npm run build` writes, dist/dashboard/,
@@ -38,6 +45,12 @@ export interface HttpDeps {
   checkDependencies: () => Promise<void>;
   isDraining: () => boolean;
   logger: Logger;
+  api: ApiDeps;
+  /** Returns the Prometheus text of the whole machine. */
+  scrapeMetrics: () => Promise<string>;
+  /** Sent in `X-Relay-Server` outside production, to show which process responded. */
+  serverId: string;
+  production: boolean;
 }
 
 /** Creates the Express app served beside Socket.IO on the same port. */
@@ -48,11 +61,14 @@ export function createHttpApp(deps: HttpDeps): Express {
     response.set(SECURITY_HEADERS);
     next();
   });
+  app.use(requestLogging(deps.logger), requestMetrics());
+  if (!deps.production) app.use(relayServerHeader(deps.serverId));
 
   app.get("/healthz", (_request, response) => {
     response.json({ status: "ok" });
   });
 
+  let failedChecks = 0;
   app.get("/readyz", async (_request, response) => {
     if (deps.isDraining()) {
       response.status(503).json({ status: "draining" });
@@ -60,12 +76,26 @@ export function createHttpApp(deps: HttpDeps): Express {
     }
     try {
       await deps.checkDependencies();
+      if (failedChecks > 0) {
+        deps.logger.info({ failedChecks }, "readiness check passes again");
+        failedChecks = 0;
+      }
       response.json({ status: "ready" });
     } catch (error) {
-      deps.logger.warn({ err: error }, "readiness check failed");
+      // Log the first failure of an outage, then one in 20, with the count.
+      failedChecks += 1;
+      if (failedChecks === 1 || failedChecks % 20 === 0) {
+        deps.logger.warn(
+          { err: error, failedChecks },
+          "readiness check failed",
+        );
+      }
       response.status(503).json({ status: "unavailable" });
     }
   });
+
+  app.get("/metrics", metricsHandler(deps.scrapeMetrics, deps.logger));
+  app.use(API_BASE_PATH, createApiRouter(deps.api));
 
   serveDashboard(app, DEFAULT_DASHBOARD_DIR, deps.logger);
   return app;

@@ -10,6 +10,7 @@ import type { RelayConfig } from "../config.ts";
 import { createHttpApp } from "../http/app.ts";
 import type { Logger } from "../logger.ts";
 import type { ServerBus } from "../messaging/server-bus.ts";
+import { relayRegistry, trackConnections } from "../metrics/relay-metrics.ts";
 import type { StateStore } from "../state/store.ts";
 import { attachAppNamespace } from "../transport/app-namespace.ts";
 import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
@@ -37,6 +38,12 @@ export interface RelayOptions {
   /** Redis client for shared rate limits; memory limits when absent. */
   redis?: RedisClientType;
   awaitSubscriptions?: () => Promise<void>;
+  /**
+   * Returns the Prometheus text served at `/metrics`: the whole machine's,
+   * fetched from the cluster primary in a worker. Defaults to this
+   * process's own registry.
+   */
+  scrapeMetrics?: () => Promise<string>;
 }
 
 export interface Relay {
@@ -58,13 +65,9 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   let draining = false;
   const isDraining = (): boolean => draining;
 
-  const app = createHttpApp({
-    checkDependencies: () => store.ping(),
-    isDraining,
-    logger,
-  });
-  const httpServer = createServer(app);
-  const io = new Server(httpServer, {
+  // Socket.IO is attached to the HTTP server at the end, once the Express
+  // app exists, because the app's API routes need the relay's services.
+  const io = new Server({
     // The transport limit sits well above MAX_PAYLOAD_BYTES so that an oversized
     // payload reaches the relay and gets PAYLOAD_TOO_LARGE instead of a disconnect.
     maxHttpBufferSize: config.maxPayloadBytes * 2 + 64 * 1024,
@@ -95,6 +98,10 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     logger,
   );
   const service = new AppService(store, router);
+  const untrackConnections = trackConnections({
+    bridges: () => sessions.count,
+    apps: () => io.of(APP_NAMESPACE).sockets.size,
+  });
   const serverInfo: ServerInfo = config.production
     ? { serverId: bus.serverId }
     : { serverId: bus.serverId, pid: process.pid };
@@ -124,6 +131,24 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     awaitSubscriptions: options.awaitSubscriptions ?? (async () => undefined),
   });
 
+  const app = createHttpApp({
+    checkDependencies: () => store.ping(),
+    isDraining,
+    logger,
+    api: {
+      service,
+      verifier,
+      limits,
+      maxPayloadBytes: config.maxPayloadBytes,
+      logger,
+    },
+    scrapeMetrics: options.scrapeMetrics ?? (() => relayRegistry.metrics()),
+    serverId: bus.serverId,
+    production: config.production,
+  });
+  const httpServer = createServer(app);
+  io.attach(httpServer);
+
   return {
     serverId: bus.serverId,
     httpServer,
@@ -134,6 +159,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     close: async () => {
       draining = true;
       router.close();
+      untrackConnections();
       await new Promise<void>((resolve) => io.close(() => resolve()));
       await bus.close();
     },

@@ -1,0 +1,102 @@
+import type { ErrorRequestHandler, Response } from "express";
+import type { ErrorCode } from "../../client-sdk/src/protocol.ts";
+import { RelayError, toErrorBody } from "../errors.ts";
+import type { Logger } from "../logger.ts";
+
+/** HTTP status of each error code of the contract. */
+export const STATUS_BY_CODE: Record<ErrorCode, number> = {
+  INVALID_PAYLOAD: 400,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
+  NOT_FOUND: 404,
+  BRIDGE_OFFLINE: 409,
+  PAYLOAD_TOO_LARGE: 413,
+  RATE_LIMITED: 429,
+  INTERNAL: 500,
+  BRIDGE_ERROR: 502,
+  UNAVAILABLE: 503,
+  TIMEOUT: 504,
+};
+
+/**
+ * Sends `{ error: { code, message, ... } }` with the code's status. A
+ * `RATE_LIMITED` response also gets `Retry-After` in whole seconds, rounded
+ * up. Errors other than RelayError become `INTERNAL` and are logged in
+ * full, because their message may carry internal details.
+ */
+export function sendError(
+  response: Response,
+  error: unknown,
+  logger: Logger,
+): void {
+  const body = toErrorBody(error);
+  if (error instanceof RelayError) {
+    logger.debug(
+      { code: body.code, reason: body.message },
+      "http request rejected",
+    );
+  } else {
+    logger.error({ err: error }, "http request handler failed");
+  }
+  if (body.retryAfterMs !== undefined) {
+    response.set("Retry-After", String(Math.ceil(body.retryAfterMs / 1000)));
+  }
+  if (body.code === "UNAUTHORIZED") response.set("WWW-Authenticate", "Bearer");
+  // Logged on the request's completion line.
+  response.locals.errorCode = body.code;
+  response.status(STATUS_BY_CODE[body.code]).json({ error: body });
+}
+
+/** Error raised by body-parser (express.json), which carries a `type` and a `status`. */
+interface BodyParserError {
+  type: string;
+  status: number;
+}
+
+function isBodyParserError(error: unknown): error is BodyParserError {
+  return (
+    typeof error === "object" &&
+    error !== null &&
+    typeof (error as BodyParserError).type === "string" &&
+    typeof (error as BodyParserError).status === "number"
+  );
+}
+
+/**
+ * Turns body-parser's errors into the contract's codes: a body over the
+ * limit is `PAYLOAD_TOO_LARGE`, and malformed JSON, an unsupported charset
+ * or encoding, or an aborted upload is `INVALID_PAYLOAD`.
+ */
+export function toBodyError(error: unknown, maxBytes: number): unknown {
+  if (!isBodyParserError(error)) return error;
+  if (error.type === "entity.too.large") {
+    return new RelayError(
+      "PAYLOAD_TOO_LARGE",
+      `request body is over the limit of ${maxBytes} bytes`,
+    );
+  }
+  if (error.type === "entity.parse.failed") {
+    return new RelayError("INVALID_PAYLOAD", "request body is not valid JSON");
+  }
+  if (error.status >= 400 && error.status < 500) {
+    return new RelayError(
+      "INVALID_PAYLOAD",
+      `request body could not be read (${error.type})`,
+    );
+  }
+  return error;
+}
+
+/** Express error handler of the API: every error leaves as the contract's JSON body. */
+export function apiErrorHandler(
+  maxBytes: number,
+  logger: Logger,
+): ErrorRequestHandler {
+  return (error: unknown, request, response, next) => {
+    if (response.headersSent) {
+      next(error);
+      return;
+    }
+    sendError(response, toBodyError(error, maxBytes), request.log ?? logger);
+  };
+}

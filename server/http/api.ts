@@ -1,0 +1,161 @@
+import express, { type RequestHandler, type Router } from "express";
+import { z } from "zod";
+import type { AppIdentity } from "../auth/identity.ts";
+import type { TokenVerifier } from "../auth/verify.ts";
+import { RelayError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
+import {
+  bridgeIdSchema,
+  commandIdSchema,
+  lightIdSchema,
+  lightPatchSchema,
+} from "../protocol/schemas.ts";
+import { parsePayload } from "../protocol/validate.ts";
+import { authorize, type AppService } from "../relay/app-service.ts";
+import type { RateLimits } from "../transport/rate-limits.ts";
+import { apiErrorHandler } from "./api-errors.ts";
+import { authenticateApp } from "./bearer-auth.ts";
+import { openApiDocument } from "./openapi.ts";
+
+/** Path under which the API router is mounted. */
+export const API_BASE_PATH = "/api/v1";
+
+export interface ApiDeps {
+  service: AppService;
+  verifier: TokenVerifier;
+  limits: RateLimits;
+  /** Largest request body, in bytes (`MAX_PAYLOAD_BYTES`). */
+  maxPayloadBytes: number;
+  logger: Logger;
+}
+
+const bridgePathSchema = z.object({ bridgeId: bridgeIdSchema });
+const lightPathSchema = z.object({
+  bridgeId: bridgeIdSchema,
+  lightId: lightIdSchema,
+});
+const idempotencyKeySchema = z.object({
+  "Idempotency-Key": commandIdSchema.optional(),
+});
+
+/** Response locals set by `authenticate`. */
+interface ApiLocals {
+  identity: AppIdentity;
+  /** Logged on the request's completion line. */
+  userId: string;
+}
+
+/**
+ * Creates the HTTP API router, to be mounted at `API_BASE_PATH`. Each
+ * route runs the checks of its Socket.IO event, in the contract's order
+ * (payload schema, grants and scope, rate limit, then the service's
+ * presence and light checks), through the same schemas, `authorize` and
+ * `AppService`. Authentication comes first, and the request body is read
+ * only after it succeeds.
+ */
+export function createApiRouter(deps: ApiDeps): Router {
+  const router = express.Router();
+  const { service } = deps;
+  const authenticate = authenticateWith(deps.verifier);
+  const limitRate = rateLimitPerUser(deps.limits);
+
+  router.get("/openapi.json", (_request, response) => {
+    response.json(openApiDocument);
+  });
+
+  router.get("/bridges", authenticate, async (_request, response) => {
+    const { identity } = response.locals as ApiLocals;
+    authorize(identity, "read");
+    await limitRate(identity);
+    response.json({ bridges: await service.listBridges(identity) });
+  });
+
+  router.get("/bridges/:bridgeId", authenticate, async (request, response) => {
+    const { identity } = response.locals as ApiLocals;
+    const { bridgeId } = parsePayload(bridgePathSchema, request.params);
+    authorize(identity, "read", bridgeId);
+    await limitRate(identity);
+    response.json(await service.getBridge(bridgeId));
+  });
+
+  router.put(
+    "/bridges/:bridgeId/lights/:lightId",
+    authenticate,
+    express.json({ limit: deps.maxPayloadBytes }),
+    async (request, response) => {
+      const { identity } = response.locals as ApiLocals;
+      const { bridgeId, lightId } = parsePayload(
+        lightPathSchema,
+        request.params,
+      );
+      const change = parsePayload(lightPatchSchema, jsonBody(request.body));
+      const { "Idempotency-Key": commandId } = parsePayload(
+        idempotencyKeySchema,
+        { "Idempotency-Key": request.get("idempotency-key") },
+      );
+      authorize(identity, "control", bridgeId);
+      await limitRate(identity);
+      const light = await service.setLight({
+        bridgeId,
+        lightId,
+        change,
+        commandId,
+      });
+      response.json({ light });
+    },
+  );
+
+  router.use((request) => {
+    throw new RelayError(
+      "NOT_FOUND",
+      `no route ${request.method} ${API_BASE_PATH}${request.path}`,
+    );
+  });
+  router.use(apiErrorHandler(deps.maxPayloadBytes, deps.logger));
+  return router;
+}
+
+/** Verifies the bearer token and stores the identity in `response.locals`. */
+function authenticateWith(verifier: TokenVerifier): RequestHandler {
+  return async (request, response, next) => {
+    const identity = await authenticateApp(request, verifier);
+    const locals = response.locals as ApiLocals;
+    locals.identity = identity;
+    locals.userId = identity.userId;
+    next();
+  };
+}
+
+/**
+ * Counts a request against the user's budget, keyed `http:<userId>`, so
+ * every token of one user shares it. It reuses the per-socket request
+ * limiter (`REQUESTS_PER_SOCKET_PER_10S`), which counts in the memory of
+ * each process: a cluster of N workers admits up to N times the limit.
+ */
+function rateLimitPerUser(
+  limits: RateLimits,
+): (identity: AppIdentity) => Promise<void> {
+  return async (identity) => {
+    try {
+      await limits.consumeRequest(`http:${identity.userId}`);
+    } catch (error) {
+      if (!(error instanceof RelayError) || error.code !== "RATE_LIMITED")
+        throw error;
+      // Replaces the limiter's message, which names a socket connection.
+      throw new RelayError("RATE_LIMITED", "too many requests for this user", {
+        retryAfterMs: error.retryAfterMs ?? 1000,
+      });
+    }
+  };
+}
+
+/** Returns the parsed JSON body, or throws when the request carried none. */
+function jsonBody(body: unknown): unknown {
+  if (body === undefined) {
+    throw new RelayError(
+      "INVALID_PAYLOAD",
+      "missing JSON body: send a light change with Content-Type: application/json",
+    );
+  }
+  return body;
+}
