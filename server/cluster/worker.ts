@@ -70,6 +70,16 @@ export async function runWorker(
       }
     },
   });
+  // Any later "ready" is a reconnect after an outage, and Redis may have
+  // come back empty: check that this worker's bridge claims survived.
+  redis.main.on("ready", () => {
+    relay.revalidateBridges().catch((error: unknown) => {
+      log.warn(
+        { err: error },
+        "could not revalidate bridge claims after a Redis reconnect",
+      );
+    });
+  });
   setupWorker(relay.io);
   bindSessionsBeforeHandshake(relay.io);
   installShutdown(relay, config, log, async () => redis.close());

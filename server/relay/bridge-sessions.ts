@@ -12,6 +12,11 @@ export interface BridgeSession {
 }
 
 export const REPLACED_REASON = "a newer connection of this bridge took over";
+export const RESYNC_REASON =
+  "the relay lost its copy of this bridge's state; send a snapshot";
+
+/** Claims checked per store round trip when revalidating after a Redis reconnect. */
+const REVALIDATE_BATCH = 500;
 
 /**
  * Tracks the bridge sockets of this process and their claims in the shared
@@ -21,6 +26,7 @@ export const REPLACED_REASON = "a newer connection of this bridge took over";
  */
 export class BridgeSessions {
   private readonly sessions = new Map<string, BridgeSession>();
+  private readonly releasing = new Set<Promise<void>>();
 
   constructor(
     private readonly store: StateStore,
@@ -62,7 +68,21 @@ export class BridgeSessions {
   }
 
   /** Releases the claim when `session` is still current, and reports the bridge offline. */
-  async release(session: BridgeSession): Promise<void> {
+  release(session: BridgeSession): Promise<void> {
+    const releasing = this.releaseNow(session);
+    this.releasing.add(releasing);
+    void releasing
+      .catch(() => undefined)
+      .finally(() => this.releasing.delete(releasing));
+    return releasing;
+  }
+
+  /** Resolves once every release in flight has finished (before Redis is closed on shutdown). */
+  async settleReleases(): Promise<void> {
+    await Promise.allSettled([...this.releasing]);
+  }
+
+  private async releaseNow(session: BridgeSession): Promise<void> {
     if (this.sessions.get(session.bridgeId) === session) {
       this.sessions.delete(session.bridgeId);
     }
@@ -79,6 +99,61 @@ export class BridgeSessions {
         lastSeen: now.toISOString(),
       });
     }
+  }
+
+  /**
+   * Checks every local bridge's claim against the store, after Redis came
+   * back from an outage. A lost claim (Redis restarted empty) is made
+   * again and the bridge is sent `state:resync`, so it resends its lights.
+   * A claim taken by another socket meanwhile disconnects the local one.
+   */
+  async revalidate(): Promise<void> {
+    const sessions = [...this.sessions.values()];
+    for (let start = 0; start < sessions.length; start += REVALIDATE_BATCH) {
+      const batch = sessions.slice(start, start + REVALIDATE_BATCH);
+      const records = await this.store.getPresence(
+        batch.map((session) => session.bridgeId),
+      );
+      await Promise.all(
+        batch.map((session, index) =>
+          this.revalidateOne(session, records[index]?.connection ?? null),
+        ),
+      );
+    }
+  }
+
+  private async revalidateOne(
+    session: BridgeSession,
+    stored: { socketId: string; epoch: number } | null,
+  ): Promise<void> {
+    if (this.sessions.get(session.bridgeId) !== session) return;
+    if (
+      stored?.socketId === session.socket.id &&
+      stored.epoch === session.epoch
+    )
+      return;
+    if (stored !== null) {
+      this.disconnectReplaced(session.bridgeId, session.socket.id);
+      return;
+    }
+    const now = new Date();
+    const { epoch } = await this.store.claimConnection(
+      session.bridgeId,
+      this.bus.serverId,
+      session.socket.id,
+      now,
+    );
+    session.epoch = epoch;
+    this.broadcaster.presence({
+      bridgeId: session.bridgeId,
+      online: true,
+      lastSeen: now.toISOString(),
+    });
+    this.logger.info(
+      { bridgeId: session.bridgeId, epoch },
+      "bridge claim was lost, asking for a snapshot",
+    );
+    session.socket.emit("state:resync", { reason: RESYNC_REASON });
   }
 
   /** Disconnects a local socket that a newer connection replaced. */

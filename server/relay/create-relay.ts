@@ -14,6 +14,7 @@ import { relayRegistry, trackConnections } from "../metrics/relay-metrics.ts";
 import type { StateStore } from "../state/store.ts";
 import { attachAppNamespace } from "../transport/app-namespace.ts";
 import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
+import { HandshakeError } from "../transport/handshake.ts";
 import { RateLimits } from "../transport/rate-limits.ts";
 import type { RedisClientType } from "redis";
 import { AppService } from "./app-service.ts";
@@ -52,7 +53,23 @@ export interface Relay {
   readonly io: Server;
   /** Stops admitting connections and fails readiness, before `close()`. */
   drain(): void;
+  /** Re-checks the claims of this process's bridges after a Redis outage. */
+  revalidateBridges(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** Rejects handshakes to the main namespace `/`, which serves nothing. */
+function rejectMainNamespace(io: Server): void {
+  io.of("/").use((_socket, next) => {
+    next(
+      new HandshakeError(
+        "namespace / is not served, connect to /bridge or /app",
+        {
+          code: "FORBIDDEN",
+        },
+      ),
+    );
+  });
 }
 
 /**
@@ -124,6 +141,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     maxPayloadBytes: config.maxPayloadBytes,
     serverInfo,
   };
+  rejectMainNamespace(io);
   attachBridgeNamespace(bridges, { ...common, sessions, writer });
   attachAppNamespace(io.of(APP_NAMESPACE), {
     ...common,
@@ -156,11 +174,15 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     drain: () => {
       draining = true;
     },
+    revalidateBridges: () => sessions.revalidate(),
     close: async () => {
       draining = true;
       router.close();
       untrackConnections();
       await new Promise<void>((resolve) => io.close(() => resolve()));
+      // Closing the sockets released their claims and broadcast the bridges'
+      // offline presence. Both need Redis, so wait for them before it closes.
+      await sessions.settleReleases();
       await bus.close();
     },
   };

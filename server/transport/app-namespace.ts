@@ -15,7 +15,7 @@ import {
   type HandshakeDeps,
 } from "./handshake.ts";
 import type { RateLimits } from "./rate-limits.ts";
-import { onRequest } from "./requests.ts";
+import { onRequest, rejectUnknownEvents } from "./requests.ts";
 
 export interface AppNamespaceDeps extends HandshakeDeps {
   service: AppService;
@@ -47,6 +47,7 @@ function serveApp(socket: Socket, deps: AppNamespaceDeps): void {
   });
   const cancelExpiry = disconnectOnExpiry(socket, identity.exp, logger);
   const options = { maxPayloadBytes: deps.maxPayloadBytes, logger };
+  rejectUnknownEvents(socket, logger);
   const { service, limits } = deps;
 
   onRequest(
@@ -120,6 +121,8 @@ async function subscribe(
   deps: AppNamespaceDeps,
 ) {
   const room = bridgeRoom(bridgeId);
+  // Fail fast while Redis is down, before a join makes the adapter subscribe.
+  await deps.awaitSubscriptions();
   await socket.join(room);
   try {
     await deps.awaitSubscriptions();

@@ -6,7 +6,6 @@ import type {
 import { bridgeRoom } from "../relay/rooms.ts";
 import type { StateWriter } from "../relay/state-writer.ts";
 import type { ServerInfo } from "../../client-sdk/src/protocol.ts";
-import type { Logger } from "../logger.ts";
 import { parsePayload } from "../protocol/validate.ts";
 import {
   changedPayloadSchema,
@@ -17,10 +16,11 @@ import {
   disconnectOnExpiry,
   handshakeMiddleware,
   socketIdentity,
+  toHandshakeError,
   type HandshakeDeps,
 } from "./handshake.ts";
 import type { RateLimits } from "./rate-limits.ts";
-import { onRequest } from "./requests.ts";
+import { onRequest, rejectUnknownEvents } from "./requests.ts";
 
 export interface BridgeNamespaceDeps extends HandshakeDeps {
   sessions: BridgeSessions;
@@ -32,23 +32,83 @@ export interface BridgeNamespaceDeps extends HandshakeDeps {
 
 /**
  * Serves bridge firmware on `/bridge`: claims the bridge for the newest
- * socket, keeps it in room `bridge:<id>`, and applies its state reports.
- * The bridge's identity comes from its token, never from a payload.
+ * socket during the handshake, keeps it in room `bridge:<id>`, and applies
+ * its state reports. The bridge's identity comes from its token, never
+ * from a payload.
  */
 export function attachBridgeNamespace(
   bridges: Namespace,
   deps: BridgeNamespaceDeps,
 ): void {
   bridges.use(handshakeMiddleware("bridge", deps));
+  bridges.use(claimMiddleware(deps));
   bridges.on("connection", (socket) => serveBridge(socket, deps));
 }
 
+function socketSession(socket: Socket): BridgeSession {
+  const session = (socket.data as { session?: BridgeSession }).session;
+  if (session === undefined)
+    throw new Error(`socket ${socket.id} has no bridge session`);
+  return session;
+}
+
+/**
+ * Claims the bridge in the shared store before the connection completes,
+ * so a bridge that cannot be claimed (Redis down) gets `connect_error`
+ * with `UNAVAILABLE` rather than a connection that is dropped at once.
+ */
+function claimMiddleware(deps: BridgeNamespaceDeps) {
+  return async (
+    socket: Socket,
+    next: (error?: Error) => void,
+  ): Promise<void> => {
+    const { bridgeId } = socketIdentity(socket, "bridge");
+    let session: BridgeSession;
+    try {
+      session = await deps.sessions.claim(bridgeId, socket);
+    } catch (error) {
+      const rejection = toHandshakeError(error);
+      deps.logger.warn(
+        {
+          err: error,
+          bridgeId,
+          socketId: socket.id,
+          code: rejection.data.code,
+        },
+        "could not claim the bridge, handshake rejected",
+      );
+      next(rejection);
+      return;
+    }
+    if (socket.conn.readyState !== "open") {
+      // The client left during the claim, so Socket.IO will drop this socket
+      // without a disconnect event: release the claim here.
+      void deps.sessions.release(session).catch((error: unknown) => {
+        deps.logger.warn(
+          { err: error, bridgeId },
+          "could not release an abandoned claim",
+        );
+      });
+      next(new Error("connection closed during the handshake"));
+      return;
+    }
+    (socket.data as { session?: BridgeSession }).session = session;
+    next();
+  };
+}
+
 function serveBridge(socket: Socket, deps: BridgeNamespaceDeps): void {
-  const { bridgeId, exp } = socketIdentity(socket, "bridge");
-  const logger = deps.logger.child({ socketId: socket.id, bridgeId });
-  const claimed = claim(socket, bridgeId, deps, logger);
+  const { exp } = socketIdentity(socket, "bridge");
+  const session = socketSession(socket);
+  const logger = deps.logger.child({
+    socketId: socket.id,
+    bridgeId: session.bridgeId,
+  });
   const cancelExpiry = disconnectOnExpiry(socket, exp, logger);
   const options = { maxPayloadBytes: deps.maxPayloadBytes, logger };
+  rejectUnknownEvents(socket, logger);
+  void socket.join(bridgeRoom(session.bridgeId));
+  logger.info({ epoch: session.epoch }, "bridge connected");
 
   onRequest(
     socket,
@@ -56,7 +116,7 @@ function serveBridge(socket: Socket, deps: BridgeNamespaceDeps): void {
     async (payload) => {
       const { lights } = parsePayload(snapshotPayloadSchema, payload);
       await deps.limits.consumeRequest(socket.id);
-      const version = await deps.writer.applySnapshot(await claimed, lights);
+      const version = await deps.writer.applySnapshot(session, lights);
       return { version };
     },
     options,
@@ -68,7 +128,7 @@ function serveBridge(socket: Socket, deps: BridgeNamespaceDeps): void {
     async (payload) => {
       const { lights } = parsePayload(changedPayloadSchema, payload);
       await deps.limits.consumeRequest(socket.id);
-      const { version } = await deps.writer.applyChanges(await claimed, lights);
+      const { version } = await deps.writer.applyChanges(session, lights);
       return { version };
     },
     options,
@@ -88,32 +148,8 @@ function serveBridge(socket: Socket, deps: BridgeNamespaceDeps): void {
     cancelExpiry();
     deps.limits.forgetSocket(socket.id);
     logger.info({ reason }, "bridge disconnected");
-    claimed
-      .then((session) => deps.sessions.release(session))
-      .catch((error: unknown) =>
-        logger.warn({ err: error }, "could not release the bridge's claim"),
-      );
+    deps.sessions.release(session).catch((error: unknown) => {
+      logger.warn({ err: error }, "could not release the bridge's claim");
+    });
   });
-}
-
-function claim(
-  socket: Socket,
-  bridgeId: string,
-  deps: BridgeNamespaceDeps,
-  logger: Logger,
-): Promise<BridgeSession> {
-  const claimed = deps.sessions.claim(bridgeId, socket).then(
-    async (session) => {
-      await socket.join(bridgeRoom(bridgeId));
-      logger.info({ epoch: session.epoch }, "bridge connected");
-      return session;
-    },
-    (error: unknown) => {
-      logger.error({ err: error }, "could not claim the bridge, disconnecting");
-      socket.disconnect(true);
-      throw error;
-    },
-  );
-  claimed.catch(() => undefined);
-  return claimed;
 }

@@ -26,7 +26,7 @@ const HANDSHAKE_CODES = new Set<string>([
 ]);
 
 /** Error passed to `next()`: Socket.IO sends `message` and `data` to the client's `connect_error`. */
-class HandshakeError extends Error {
+export class HandshakeError extends Error {
   constructor(
     message: string,
     readonly data: HandshakeErrorData,
@@ -35,7 +35,8 @@ class HandshakeError extends Error {
   }
 }
 
-function toHandshakeError(error: unknown): HandshakeError {
+/** Converts any failure into the error a rejected handshake reports to the client. */
+export function toHandshakeError(error: unknown): HandshakeError {
   if (error instanceof RelayError && HANDSHAKE_CODES.has(error.code)) {
     const data: HandshakeErrorData = { code: error.code as HandshakeErrorCode };
     if (error.retryAfterMs !== undefined)
@@ -85,7 +86,7 @@ export function handshakeMiddleware(
       if (identity.role !== role) {
         throw new RelayError(
           "FORBIDDEN",
-          `a ${identity.role} token cannot connect to /${role}`,
+          `${identity.role === "app" ? "an app" : "a bridge"} token cannot connect to /${role}`,
         );
       }
       await deps.limits.consumeHandshakeOfIdentity(identityKey(identity));
