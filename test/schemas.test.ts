@@ -4,7 +4,8 @@ import type { z } from "zod";
 import { RelayError } from "../server/errors.ts";
 import {
   appLightSetPayloadSchema,
-  bridgeAnswerSchema,
+  bridgeRefusalAnswerSchema,
+  bridgeSuccessAnswerSchema,
   bridgeIdPayloadSchema,
   changedPayloadSchema,
   snapshotPayloadSchema,
@@ -672,21 +673,29 @@ describe("bridge id schema", () => {
   }
 });
 
-describe("bridge answer schema", () => {
+describe("bridge answer schemas", () => {
   it("trims light of success answer", () => {
-    const answer = parsePayload(bridgeAnswerSchema, {
+    const answer = parsePayload(bridgeSuccessAnswerSchema, {
       ok: true,
       data: { light: realLight(FIRST_REAL_LIGHT_ID) },
     });
-    assert.equal(answer.ok, true);
-    assert.deepEqual(
-      answer.ok ? answer.data.light : undefined,
-      FIRST_REAL_LIGHT_TRIMMED,
-    );
+    const { type: _type, ...expected } = FIRST_REAL_LIGHT_TRIMMED;
+    assert.deepEqual(answer.data.light, expected);
+  });
+
+  it("accepts a partial success light", () => {
+    const answer = parsePayload(bridgeSuccessAnswerSchema, {
+      ok: true,
+      data: { light: { id: "lamp", dimming: { brightness: 42 } } },
+    });
+    assert.deepEqual(answer.data.light, {
+      id: "lamp",
+      dimming: { brightness: 42 },
+    });
   });
 
   it("accepts refusal with code", () => {
-    const answer = parsePayload(bridgeAnswerSchema, {
+    const answer = parsePayload(bridgeRefusalAnswerSchema, {
       ok: false,
       error: { code: "LIGHT_UNREACHABLE", message: "light is unreachable" },
     });
@@ -696,23 +705,36 @@ describe("bridge answer schema", () => {
     });
   });
 
-  const malformed: [string, unknown][] = [
+  const malformedSuccess: [string, unknown][] = [
     ["answer without ok", { data: { light: minimalLight("lamp") } }],
     ["success without light", { ok: true, data: {} }],
     [
       "success with invalid light",
       { ok: true, data: { light: minimalLight("lamp", { dimming: {} }) } },
     ],
+    [
+      "success light without fields",
+      { ok: true, data: { light: { id: "lamp" } } },
+    ],
+    ["non-object answer", "ok"],
+  ];
+  for (const [label, answer] of malformedSuccess) {
+    it(`rejects ${label}`, () => {
+      const error = parseFailure(bridgeSuccessAnswerSchema, answer);
+      assert.equal(error.code, "INVALID_PAYLOAD");
+    });
+  }
+
+  const malformedRefusal: [string, unknown][] = [
     ["refusal without error", { ok: false }],
     [
       "refusal with empty code",
       { ok: false, error: { code: "", message: "" } },
     ],
-    ["non-object answer", "ok"],
   ];
-  for (const [label, answer] of malformed) {
+  for (const [label, answer] of malformedRefusal) {
     it(`rejects ${label}`, () => {
-      const error = parseFailure(bridgeAnswerSchema, answer);
+      const error = parseFailure(bridgeRefusalAnswerSchema, answer);
       assert.equal(error.code, "INVALID_PAYLOAD");
     });
   }

@@ -149,20 +149,23 @@ export const appLightSetPayloadSchema = z.object({
   commandId: commandIdSchema.optional(),
 });
 
-/** The answer a bridge returns for `light:set`. */
-export const bridgeAnswerSchema = z.union([
-  z.object({
-    ok: z.literal(true),
-    data: z.object({ light: lightSchema }),
+/**
+ * A bridge's successful answer to `light:set`. Its light is applied as a
+ * state change, so it may be the whole document or only the changed fields.
+ */
+export const bridgeSuccessAnswerSchema = z.object({
+  ok: z.literal(true),
+  data: z.object({ light: lightChangeSchema }),
+});
+
+/** A bridge's refusal of `light:set`, with its own error code. */
+export const bridgeRefusalAnswerSchema = z.object({
+  ok: z.literal(false),
+  error: z.object({
+    code: z.string().min(1).max(64),
+    message: z.string().max(500),
   }),
-  z.object({
-    ok: z.literal(false),
-    error: z.object({
-      code: z.string().min(1).max(64),
-      message: z.string().max(500),
-    }),
-  }),
-]);
+});
 
 export type ParsedLight = z.output<typeof lightSchema>;
 export type ParsedLightChange = z.output<typeof lightChangeSchema>;

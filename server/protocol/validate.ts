@@ -10,6 +10,14 @@ function formatPath(path: readonly PropertyKey[]): string {
   return text === "" ? "payload" : text;
 }
 
+/** Describes the first issue of a failed parse, naming its field, e.g. `invalid lights[2].on: ...`. */
+export function describeFirstIssue(error: z.ZodError): string {
+  const issue = error.issues[0];
+  const field = issue ? formatPath(issue.path) : "payload";
+  const reason = issue?.message ?? "is invalid";
+  return `invalid ${field}: ${reason}`;
+}
+
 /**
  * Parses `input` with `schema`, or throws an `INVALID_PAYLOAD` error whose
  * message names the first offending field, e.g. `lights[2].dimming.brightness`.
@@ -20,8 +28,5 @@ export function parsePayload<S extends z.ZodType>(
 ): z.output<S> {
   const result = schema.safeParse(input);
   if (result.success) return result.data;
-  const issue = result.error.issues[0];
-  const field = issue ? formatPath(issue.path) : "payload";
-  const reason = issue?.message ?? "is invalid";
-  throw new RelayError("INVALID_PAYLOAD", `invalid ${field}: ${reason}`);
+  throw new RelayError("INVALID_PAYLOAD", describeFirstIssue(result.error));
 }

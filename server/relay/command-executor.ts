@@ -4,7 +4,11 @@ import type {
 } from "../../client-sdk/src/protocol.ts";
 import { RelayError, toErrorBody } from "../errors.ts";
 import type { Logger } from "../logger.ts";
-import { bridgeAnswerSchema } from "../protocol/schemas.ts";
+import {
+  bridgeRefusalAnswerSchema,
+  bridgeSuccessAnswerSchema,
+} from "../protocol/schemas.ts";
+import { describeFirstIssue } from "../protocol/validate.ts";
 import type { StateStore, StoredCommandAnswer } from "../state/store.ts";
 import type { BridgeSession, BridgeSessions } from "./bridge-sessions.ts";
 import type { CommandAnswer, RoutedCommand } from "./command-router.ts";
@@ -137,12 +141,20 @@ export class CommandExecutor {
     command: RoutedCommand,
     raw: unknown,
   ): Promise<StoredCommandAnswer> {
-    const parsed = bridgeAnswerSchema.safeParse(raw);
-    if (!parsed.success) {
-      return invalidAnswer(`malformed answer to command ${command.commandId}`);
+    const ok = (raw as { ok?: unknown } | null)?.ok;
+    if (ok === false) {
+      const refusal = bridgeRefusalAnswerSchema.safeParse(raw);
+      if (!refusal.success)
+        return invalidAnswer(describeFirstIssue(refusal.error));
+      return { ok: false, details: refusal.data.error };
     }
-    if (!parsed.data.ok) {
-      return { ok: false, details: parsed.data.error };
+    const parsed = bridgeSuccessAnswerSchema.safeParse(raw);
+    if (!parsed.success) {
+      const reason =
+        ok === true
+          ? describeFirstIssue(parsed.error)
+          : "invalid ok: must be true or false";
+      return invalidAnswer(reason);
     }
     const light = parsed.data.data.light;
     if (light.id !== command.lightId) {
@@ -150,8 +162,7 @@ export class CommandExecutor {
         `answer names light ${JSON.stringify(light.id)} instead of ${JSON.stringify(command.lightId)}`,
       );
     }
-    const { type: _type, ...change } = light;
-    const result = await this.writer.applyChanges(session, [change]);
+    const result = await this.writer.applyChanges(session, [light]);
     const stored = result.lights[0];
     if (stored === undefined) throw new Error("state writer returned no light");
     return { ok: true, light: stored };

@@ -19,13 +19,57 @@ export interface RequestOptions {
   logger: Logger;
 }
 
-function payloadBytes(payload: unknown): number {
-  if (payload === undefined) return 0;
+/** Throws `PAYLOAD_TOO_LARGE` when `payload`, measured as JSON, is over `maxBytes`. */
+function checkPayloadSize(payload: unknown, maxBytes: number): void {
+  if (payload === undefined) return;
+  let bytes: number;
   try {
-    return Buffer.byteLength(JSON.stringify(payload) ?? "", "utf8");
+    bytes = Buffer.byteLength(JSON.stringify(payload) ?? "", "utf8");
   } catch {
-    return Number.POSITIVE_INFINITY;
+    // JSON.stringify overflows the stack on very deep nesting, which no
+    // payload of the contract has.
+    throw new RelayError(
+      "INVALID_PAYLOAD",
+      "invalid payload: nested too deeply",
+    );
   }
+  if (bytes > maxBytes) {
+    throw new RelayError(
+      "PAYLOAD_TOO_LARGE",
+      `payload is over the limit of ${maxBytes} bytes`,
+    );
+  }
+}
+
+/**
+ * Splits an event's arguments into the payload (the first argument) and
+ * the acknowledgement callback, which Socket.IO always passes last.
+ */
+function splitArguments(args: unknown[]): { payload: unknown; ack: unknown } {
+  const last = args[args.length - 1];
+  if (typeof last !== "function") return { payload: args[0], ack: undefined };
+  return { payload: args.length > 1 ? args[0] : undefined, ack: last };
+}
+
+/**
+ * Answers a request for an event that `socket`'s namespace does not serve
+ * with `INVALID_PAYLOAD`, so a client with a callback is not left waiting.
+ */
+export function rejectUnknownEvents(socket: Socket, logger: Logger): void {
+  socket.onAny((event: string, ...args: unknown[]) => {
+    if (socket.listenerCount(event) > 0) return;
+    const { ack } = splitArguments(args);
+    logger.debug({ event, socketId: socket.id }, "rejected an unknown event");
+    if (typeof ack !== "function") return;
+    const error = new RelayError(
+      "INVALID_PAYLOAD",
+      `unknown event ${JSON.stringify(String(event).slice(0, 64))} on ${socket.nsp.name}`,
+    );
+    (ack as (response: Ack<never>) => void)({
+      ok: false,
+      error: error.toBody(),
+    });
+  });
 }
 
 /**
@@ -41,11 +85,7 @@ export function onRequest<T>(
   options: RequestOptions,
 ): void {
   socket.on(event, async (...args: unknown[]) => {
-    let [payload, ack] = args;
-    if (ack === undefined && typeof payload === "function") {
-      ack = payload;
-      payload = undefined;
-    }
+    const { payload, ack } = splitArguments(args);
     const logger = options.logger.child({ event });
     if (typeof ack !== "function") {
       logger.debug("ignored a request without an acknowledgement callback");
@@ -53,12 +93,7 @@ export function onRequest<T>(
     }
     const respond = ack as (response: Ack<T>) => void;
     try {
-      if (payloadBytes(payload) > options.maxPayloadBytes) {
-        throw new RelayError(
-          "PAYLOAD_TOO_LARGE",
-          `payload is over the limit of ${options.maxPayloadBytes} bytes`,
-        );
-      }
+      checkPayloadSize(payload, options.maxPayloadBytes);
       const data = await handler(payload, { socket, logger });
       respond({ ok: true, data });
       socketRequests.inc({ event, outcome: "ok" });
