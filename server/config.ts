@@ -14,10 +14,24 @@ const wholeNumber = (name: string) =>
     .regex(/^\d+$/, `${name} must be a whole number of decimal digits`)
     .transform(Number);
 
-const positiveInt = (name: string, fallback: number) =>
+const positiveInt = (
+  name: string,
+  fallback: number,
+  max = Number.MAX_SAFE_INTEGER,
+) =>
   wholeNumber(name)
-    .pipe(z.number().positive(`${name} must be greater than 0`))
+    .pipe(
+      z
+        .number()
+        .positive(`${name} must be greater than 0`)
+        .max(max, `${name} must be at most ${max}`),
+    )
     .default(fallback);
+
+/** Highest MAX_PAYLOAD_BYTES: the transport buffers twice the limit per message. */
+const MAX_PAYLOAD_LIMIT = 64 * 1024 * 1024;
+/** Highest WORKERS: more processes than this on one machine is a typo, not a plan. */
+const MAX_WORKERS = 256;
 
 const optionalText = z
   .string()
@@ -32,7 +46,7 @@ const envSchema = z.object({
     .pipe(z.number().max(65535, "PORT must be between 0 and 65535"))
     .default(8080),
   HOST: z.string().min(1).default("0.0.0.0"),
-  WORKERS: positiveInt("WORKERS", os.availableParallelism()),
+  WORKERS: positiveInt("WORKERS", os.availableParallelism(), MAX_WORKERS),
   REDIS_URL: optionalText.pipe(
     z
       .string()
@@ -63,7 +77,11 @@ const envSchema = z.object({
   AUTH_AUDIENCE: optionalText,
   AUTH_SECRET_FILE: z.string().min(1).default(".data/auth-secret"),
   COMMAND_TIMEOUT_MS: positiveInt("COMMAND_TIMEOUT_MS", 5000),
-  MAX_PAYLOAD_BYTES: positiveInt("MAX_PAYLOAD_BYTES", 1024 * 1024),
+  MAX_PAYLOAD_BYTES: positiveInt(
+    "MAX_PAYLOAD_BYTES",
+    1024 * 1024,
+    MAX_PAYLOAD_LIMIT,
+  ),
   HANDSHAKES_PER_ADDRESS_PER_MINUTE: positiveInt(
     "HANDSHAKES_PER_ADDRESS_PER_MINUTE",
     1200,

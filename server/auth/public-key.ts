@@ -14,6 +14,11 @@ const MIN_RSA_BITS = 2048;
  * Error saying what is wrong with any other key.
  */
 export function parsePublicKey(pem: string): PublicKeyChoice {
+  if (pem.includes("PRIVATE KEY")) {
+    throw new Error(
+      "AUTH_PUBLIC_KEY contains a private key: give the public key only",
+    );
+  }
   let key: KeyObject;
   try {
     key = createPublicKey(pem);

@@ -73,8 +73,11 @@ export class TokenVerifier {
 
   /** Verifies `token`, or throws an `UNAUTHORIZED` RelayError saying why. */
   async verify(token: unknown): Promise<Identity> {
-    if (typeof token !== "string" || token.length === 0) {
+    if (token === undefined || token === null || token === "") {
       throw new RelayError("UNAUTHORIZED", "missing token");
+    }
+    if (typeof token !== "string") {
+      throw new RelayError("UNAUTHORIZED", "malformed token: must be a string");
     }
     if (token.length > MAX_TOKEN_LENGTH) {
       throw new RelayError("UNAUTHORIZED", "token is too long");

@@ -88,7 +88,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     logger.error(
       {
         workerId: worker.id,
-        pid: worker.process.pid,
+        workerPid: worker.process.pid,
         code,
         signal,
         uptimeMs: uptime,

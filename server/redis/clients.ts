@@ -20,16 +20,19 @@ function watch(client: RedisClientType, role: string, logger: Logger): void {
     redisErrors.inc({ role });
     // Log the first failure and then one in 50, so an outage does not flood the log.
     if (failures === 1 || failures % 50 === 0) {
-      logger.error({ err: error, role, failures }, "redis connection error");
+      logger.error(
+        { err: error, connection: role, failures },
+        "redis connection error",
+      );
     }
   });
   client.on("reconnecting", () => {
     redisReconnects.inc({ role });
-    logger.debug({ role }, "reconnecting to redis");
+    logger.debug({ connection: role }, "reconnecting to redis");
   });
   client.on("ready", () => {
     if (failures > 0)
-      logger.info({ role, failures }, "redis connection restored");
+      logger.info({ connection: role, failures }, "redis connection restored");
     failures = 0;
   });
 }
