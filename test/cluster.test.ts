@@ -11,6 +11,7 @@ import type {
 import {
   connect,
   connectApp,
+  connectError,
   connectBridge,
   connectElsewhere,
   nextEvent,
@@ -21,7 +22,7 @@ import {
   settle,
 } from "./support/clients.ts";
 import { light } from "./support/fixtures.ts";
-import { appToken } from "./support/tokens.ts";
+import { appToken, bridgeToken } from "./support/tokens.ts";
 import { deploy, type Deployment } from "./support/variants.ts";
 
 /** Answers `light:set` by echoing the change applied to a stored light. */
@@ -396,6 +397,37 @@ describe("cluster: two relay instances on one Redis", function () {
     assert.equal(list.bridges[0]?.online, true);
   });
 
+  it("reports bridges offline when an instance stops", async () => {
+    const [one] = urls();
+    const leaving = await deploy(1, 1, deployment.redis!);
+    const bridgeIds = Array.from({ length: 20 }, () => randomBridgeId());
+    const bridges = await Promise.all(
+      bridgeIds.map((bridgeId) =>
+        connectBridge(leaving.relays[0]!.url, bridgeId),
+      ),
+    );
+    const app = track(
+      await connectApp(one, bridgeIds, "read", { transports: ["websocket"] }),
+    );
+    for (const bridgeId of bridgeIds)
+      await requestData(app, "bridge:subscribe", { bridgeId });
+    const offline = new Set<string>();
+    const allOffline = new Promise<void>((resolve) => {
+      app.on("bridge:presence", (event: BridgePresence) => {
+        if (!event.online) offline.add(event.bridgeId);
+        if (offline.size === bridgeIds.length) resolve();
+      });
+    });
+    assert.equal(await leaving.relays[0]!.stop("SIGTERM"), 0);
+    await Promise.race([allOffline, settle(5000)]);
+    for (const bridge of bridges) bridge.close();
+    assert.equal(
+      offline.size,
+      bridgeIds.length,
+      "every bridge of the stopped instance was reported offline",
+    );
+  });
+
   it("keeps state across a relay restart", async () => {
     const bridgeId = randomBridgeId();
     const [one] = urls();
@@ -476,6 +508,83 @@ describe("cluster: Redis outage", function () {
         "the relay kept running",
       );
     } finally {
+      app.close();
+    }
+  });
+
+  it("rejects bridge handshakes while Redis is down", async () => {
+    const url = deployment.relays[0]!.url;
+    await deployment.redis!.stop();
+    try {
+      const token = await bridgeToken(randomBridgeId());
+      const error = await connectError(url, "/bridge", { auth: { token } });
+      assert.equal(error.data?.code, "UNAVAILABLE");
+    } finally {
+      await deployment.redis!.restart();
+    }
+    const deadline = Date.now() + 15_000;
+    while ((await readiness()) !== 200) {
+      assert.ok(Date.now() < deadline, "readiness came back within 15 s");
+      await settle(200);
+    }
+  });
+
+  it("asks bridges to resync after Redis lost data", async () => {
+    const url = deployment.relays[0]!.url;
+    const bridgeId = randomBridgeId();
+    const bridge = await connectBridge(url, bridgeId);
+    const app = await connectApp(url, [bridgeId], "read control", {
+      transports: ["websocket"],
+    });
+    try {
+      await requestData(bridge, "state:snapshot", {
+        lights: [light("a", true)],
+      });
+      await requestData(app, "bridge:subscribe", { bridgeId });
+      const resync = nextEvent<{ reason: string }>(
+        bridge,
+        "state:resync",
+        () => true,
+        20_000,
+      );
+      const online = nextEvent<BridgePresence>(
+        app,
+        "bridge:presence",
+        (event) => event.online,
+        20_000,
+      );
+      await deployment.redis!.restart();
+      assert.match((await resync).reason, /lost its copy/);
+      assert.equal((await online).bridgeId, bridgeId);
+      const snapshot = nextEvent<{ version: number }>(
+        app,
+        "bridge:snapshot",
+        () => true,
+        10_000,
+      );
+      const ack = await requestData<{ version: number }>(
+        bridge,
+        "state:snapshot",
+        { lights: [light("a", true)] },
+      );
+      assert.equal(
+        ack.version,
+        1,
+        "the empty Redis started the bridge again at version 0",
+      );
+      assert.equal(
+        (await snapshot).version,
+        1,
+        "subscribed apps got the fresh snapshot",
+      );
+      const command = await request(app, "light:set", {
+        bridgeId,
+        lightId: "a",
+        change: { on: { on: false } },
+      });
+      assert.notEqual(!command.ok && command.error.code, "BRIDGE_OFFLINE");
+    } finally {
+      bridge.close();
       app.close();
     }
   });

@@ -145,6 +145,15 @@ for (const variant of VARIANTS) {
         assert.equal(error.data?.code, "FORBIDDEN");
       });
 
+      it("rejects the main namespace", async () => {
+        const token = await bridgeToken(randomBridgeId());
+        const error = await connectError(url, "/" as "/app", {
+          auth: { token },
+        });
+        assert.equal(error.data?.code, "FORBIDDEN");
+        assert.match(error.message, /connect to \/bridge or \/app/);
+      });
+
       it("rejects a malformed bridges claim", async () => {
         const token = await appToken("user-1", ["not-a-bridge"]);
         const error = await connectError(url, "/app", { auth: { token } });
@@ -462,6 +471,53 @@ for (const variant of VARIANTS) {
           { lights: [light("a")] },
         );
         assert.ok(ack.version >= 0);
+        assert.equal(bridge.connected, true);
+      });
+
+      it("answers despite extra arguments", async () => {
+        const bridge = track(await connectBridge(url, randomBridgeId()));
+        const ack = (await bridge
+          .timeout(5000)
+          .emitWithAck("state:snapshot", { lights: [] }, 1, 2, 3)) as {
+          ok: boolean;
+        };
+        assert.equal(ack.ok, true);
+      });
+
+      it("rejects an unknown event", async () => {
+        const bridge = track(await connectBridge(url, randomBridgeId()));
+        const ack = await request(bridge, "bridge:list", {});
+        assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD");
+        assert.match(
+          !ack.ok ? ack.error.message : "",
+          /unknown event "bridge:list" on \/bridge/,
+        );
+      });
+
+      it("rejects a deeply nested payload", async () => {
+        const bridge = track(await connectBridge(url, randomBridgeId()));
+        const depth = 20_000;
+        // Written as a raw packet, because the client's own JSON encoder
+        // cannot serialise this depth either.
+        const answer = new Promise<string>((resolve) => {
+          bridge.io.engine.on(
+            "packet",
+            (packet: { type: string; data?: unknown }) => {
+              if (
+                typeof packet.data === "string" &&
+                packet.data.startsWith("3/bridge,991")
+              )
+                resolve(packet.data);
+            },
+          );
+        });
+        const nested = "[".repeat(depth) + "]".repeat(depth);
+        bridge.io.engine.write(
+          `2/bridge,991["state:snapshot",{"lights":[],"deep":${nested}}]`,
+        );
+        const raw = await answer;
+        assert.match(raw, /INVALID_PAYLOAD/);
+        assert.match(raw, /nested too deeply/);
         assert.equal(bridge.connected, true);
       });
 
@@ -900,6 +956,35 @@ for (const variant of VARIANTS) {
           { bridgeId },
         );
         assert.equal(state.version, 1, "no invalid answer changed the state");
+      });
+
+      it("accepts a partial light in an answer", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        bridge.on(
+          "light:set",
+          (command: LightSetCommand, ack: (answer: unknown) => void) =>
+            ack({
+              ok: true,
+              data: {
+                light: { id: command.lightId, dimming: { brightness: 42 } },
+              },
+            }),
+        );
+        const controller = await app([bridgeId]);
+        const ack = await request<{ light: Light }>(controller, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { dimming: { brightness: 42 } },
+        });
+        assert.equal(ack.ok, true, JSON.stringify(ack));
+        assert.deepEqual(ack.ok && ack.data.light, {
+          id: "a",
+          type: "light",
+          metadata: { name: "Lamp a" },
+          on: { on: false },
+          dimming: { brightness: 42 },
+        });
       });
 
       it("remembers answers by commandId", async () => {
