@@ -151,6 +151,7 @@ describe("loadConfig", () => {
       ["WORKERS", "1.5"],
       ["WORKERS", "many"],
       ["WORKERS", "Infinity"],
+      ["WORKERS", "257"],
       ["REDIS_URL", "http://127.0.0.1:6379"],
       ["REDIS_URL", "127.0.0.1:6379"],
       ["REDIS_KEY_PREFIX", "has space"],
@@ -163,6 +164,13 @@ describe("loadConfig", () => {
       ["COMMAND_TIMEOUT_MS", "five"],
       ["MAX_PAYLOAD_BYTES", "-1"],
       ["MAX_PAYLOAD_BYTES", "1MB"],
+      ["MAX_PAYLOAD_BYTES", "999999999999"],
+      [
+        "AUTH_PUBLIC_KEY",
+        generateKeyPairSync("ec", { namedCurve: "P-256" })
+          .privateKey.export({ type: "pkcs8", format: "pem" })
+          .toString(),
+      ],
       ["HANDSHAKES_PER_ADDRESS_PER_MINUTE", "0"],
       ["HANDSHAKES_PER_IDENTITY_PER_MINUTE", "2.5"],
       ["REQUESTS_PER_SOCKET_PER_10S", "x"],
