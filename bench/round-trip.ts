@@ -126,9 +126,17 @@ async function main(): Promise<void> {
   try {
     const embedded = await startRelay({ env: BENCH_ENV });
     started.push(embedded);
-    const one = await startRelay({ redisUrl: redis.url, workers: 2, env: BENCH_ENV });
+    const one = await startRelay({
+      redisUrl: redis.url,
+      workers: 2,
+      env: BENCH_ENV,
+    });
     started.push(one);
-    const two = await startRelay({ redisUrl: redis.url, workers: 2, env: BENCH_ENV });
+    const two = await startRelay({
+      redisUrl: redis.url,
+      workers: 2,
+      env: BENCH_ENV,
+    });
     started.push(two);
     const placements: Placement[] = [
       {
