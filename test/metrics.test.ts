@@ -324,7 +324,18 @@ describe("metrics: 2 workers on Redis", function () {
         line.msg === "worker ready" && relay.workers().length > readyBefore,
       15_000,
     );
-    const after = (await scrape(url)).samples;
+    // The primary admits the new worker when its ready message arrives,
+    // which may be just after the worker's log line.
+    const deadline = Date.now() + 5000;
+    let after = (await scrape(url)).samples;
+    while (valueOf(after, "relay_workers_ready") < 2) {
+      assert.ok(
+        Date.now() < deadline,
+        "the new worker was admitted within 5 s",
+      );
+      await settle(100);
+      after = (await scrape(url)).samples;
+    }
     assert.equal(valueOf(after, "relay_worker_restarts_total"), 1);
     assert.equal(valueOf(after, "relay_workers_ready"), 2);
   });

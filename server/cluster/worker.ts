@@ -86,7 +86,9 @@ export async function runWorker(
   process.on("message", (message) => {
     if (message === SHUTDOWN_MESSAGE) process.emit("SIGTERM");
   });
-  log.info("worker ready");
+  // Tell the primary first, so that a reader of the log who connects on
+  // seeing "worker ready" finds the worker already admitted by the balancer.
   process.send?.(READY_MESSAGE);
+  log.info("worker ready");
   return relay;
 }
