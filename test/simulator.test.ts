@@ -66,8 +66,11 @@ describe("simulator and token tool", function () {
 
   after(async () => {
     if (simulator.exitCode === null) {
+      const exited = once(simulator, "exit");
       simulator.kill("SIGTERM");
-      await once(simulator, "exit");
+      const forced = setTimeout(() => simulator.kill("SIGKILL"), 5000);
+      await exited;
+      clearTimeout(forced);
     }
     await relay.stop();
   });
