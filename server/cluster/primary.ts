@@ -16,10 +16,11 @@ const RESTART_DELAY_MAX_MS = 30_000;
 const STABLE_UPTIME_MS = 60_000;
 
 /**
- * Runs the cluster primary: it owns the listening socket, hands each
- * connection to a worker with @socket.io/sticky (round-robin, since
- * least-connection piles bursts onto one worker), restarts workers that
- * die with a growing delay, and drains all workers on SIGTERM or SIGINT.
+ * Runs the cluster primary, which owns the listening socket and hands each
+ * connection to a worker with @socket.io/sticky. It balances round-robin,
+ * because least-connection piles a burst onto one worker. It restarts
+ * workers that die with a growing delay, and drains them all on SIGTERM
+ * or SIGINT.
  */
 export function runPrimary(config: RelayConfig, logger: Logger): void {
   // Sticky passes sockets and buffers to workers over IPC, which needs the

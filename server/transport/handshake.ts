@@ -111,7 +111,7 @@ export function handshakeMiddleware(
   };
 }
 
-/** Longest delay setTimeout accepts, in ms. */
+/** Maximum delay setTimeout accepts, in ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**

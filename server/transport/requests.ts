@@ -52,7 +52,7 @@ function splitArguments(args: unknown[]): { payload: unknown; ack: unknown } {
 }
 
 /**
- * Answers a request for an event that `socket`'s namespace does not serve
+ * Rejects a request for an event that `socket`'s namespace does not serve
  * with `INVALID_PAYLOAD`, so a client with a callback is not left waiting.
  */
 export function rejectUnknownEvents(socket: Socket, logger: Logger): void {
