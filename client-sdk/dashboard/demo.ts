@@ -28,13 +28,12 @@ import { createLogger } from "../../server/logger.ts";
 import { LocalBus } from "../../server/messaging/server-bus.ts";
 import { createRelay, type Relay } from "../../server/relay/create-relay.ts";
 import { MemoryStore } from "../../server/state/memory-store.ts";
+import { startBridge, type RunningBridge } from "../simulator/fleet.ts";
 import {
-  SimulatedBridge,
   createRandom,
   loadFixtureLights,
   simulatedBridgeId,
 } from "../simulator/simulated-bridge.ts";
-import { BridgeClient } from "../src/bridge-client.ts";
 import { buildDashboard } from "./build.ts";
 
 const USAGE = `Usage: npm run demo -- [options]
@@ -58,11 +57,6 @@ const APP_TOKEN_LIFETIME = "12h";
 interface DemoOptions {
   bridges: number;
   changeIntervalMs: number;
-}
-
-interface DemoBridge {
-  client: BridgeClient;
-  stopWallSwitch: () => void;
 }
 
 /** A command-line mistake; printed with a pointer to --help. */
@@ -147,51 +141,6 @@ async function startRelay(
   return { relay, store };
 }
 
-/** Connects one simulated bridge and, unless the interval is 0, toggles its lights now and then. */
-async function startBridge(
-  index: number,
-  secret: string,
-  url: string,
-  changeIntervalMs: number,
-): Promise<DemoBridge> {
-  const bridgeId = simulatedBridgeId(index);
-  const bridge = new SimulatedBridge(bridgeId, loadFixtureLights());
-  const client = new BridgeClient({
-    url,
-    token: await signBridgeToken(secret, bridgeId),
-    getLights: () => bridge.documents(),
-    onCommand: (command) => bridge.applyCommand(command),
-  });
-  client.on("error", ({ operation, error }) => {
-    console.error(`bridge ${bridgeId}: ${operation} failed: ${error.message}`);
-  });
-  client.connect().catch((error: unknown) => {
-    console.error(`bridge ${bridgeId} stopped: ${(error as Error).message}`);
-  });
-  if (changeIntervalMs === 0)
-    return { client, stopWallSwitch: () => undefined };
-  const random = createRandom(index + 1);
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const schedule = (): void => {
-    timer = setTimeout(
-      () => {
-        const change = bridge.toggleRandomLight(random);
-        client
-          .reportChanges([change])
-          .catch((error: unknown) => {
-            console.error(
-              `bridge ${bridgeId}: report failed: ${(error as Error).message}`,
-            );
-          })
-          .finally(schedule);
-      },
-      changeIntervalMs * (0.5 + random()),
-    );
-  };
-  schedule();
-  return { client, stopWallSwitch: () => clearTimeout(timer) };
-}
-
 async function run(argv: string[]): Promise<number> {
   let options: DemoOptions | "help";
   try {
@@ -228,11 +177,23 @@ async function run(argv: string[]): Promise<number> {
   const url = `http://${host}:${port}`;
 
   const bridgeIds: string[] = [];
-  const bridges: DemoBridge[] = [];
+  const bridges: RunningBridge[] = [];
+  const lights = loadFixtureLights();
   for (let index = 0; index < options.bridges; index += 1) {
     bridgeIds.push(simulatedBridgeId(index));
     bridges.push(
-      await startBridge(index, secret, url, options.changeIntervalMs),
+      startBridge(index, {
+        url,
+        token: await signBridgeToken(secret, bridgeIds[index]!),
+        lights,
+        changeIntervalMs: options.changeIntervalMs,
+        random: createRandom(index + 1),
+        // The demo prints only failures, so its link stays visible.
+        log: (bridgeId, message, level) => {
+          if (level === "error")
+            console.error(`bridge ${bridgeId}: ${message}`);
+        },
+      }),
     );
   }
   const appToken = await signAppToken(secret, "demo-user", {
@@ -252,7 +213,7 @@ async function run(argv: string[]): Promise<number> {
 /** Resolves with 0 once SIGINT or SIGTERM has closed the bridges and the relay. */
 function waitForSignal(
   { relay, store }: DemoRelay,
-  bridges: DemoBridge[],
+  bridges: RunningBridge[],
 ): Promise<number> {
   return new Promise((resolve) => {
     const stop = (signal: NodeJS.Signals): void => {

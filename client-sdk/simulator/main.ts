@@ -14,16 +14,14 @@ import {
   signBridgeToken,
   type TokenIssuerOptions,
 } from "../../server/auth/token-signing.ts";
-import { BridgeClient } from "../src/bridge-client.ts";
+import type { BridgeClient } from "../src/bridge-client.ts";
 import { isFinalState } from "../src/connection.ts";
-import { RelayClientError } from "../src/errors.ts";
+import { describeError, startBridge, type RunningBridge } from "./fleet.ts";
 import {
   MAX_SIMULATED_BRIDGES,
-  SimulatedBridge,
   createRandom,
   loadFixtureLights,
   simulatedBridgeId,
-  type LightDocument,
 } from "./simulated-bridge.ts";
 
 const USAGE = `Usage: npm run simulate -- [options]
@@ -49,11 +47,6 @@ interface SimulatorOptions {
   bridges: number;
   changeIntervalMs: number;
   seed: number;
-}
-
-interface RunningBridge {
-  client: BridgeClient;
-  stopWallSwitch: () => void;
 }
 
 /** A command-line mistake; printed with a pointer to --help. */
@@ -127,12 +120,6 @@ function log(bridgeId: string, message: string): void {
   console.log(`${new Date().toISOString()} ${bridgeId} ${message}`);
 }
 
-function describeError(error: unknown): string {
-  if (error instanceof RelayClientError)
-    return `${error.code}: ${error.message}`;
-  return error instanceof Error ? error.message : String(error);
-}
-
 /** Loads the relay's signing secret and claims, or throws a ConfigError. */
 function loadSigning(): { secret: string; issuer: TokenIssuerOptions } {
   const config = loadConfig();
@@ -200,85 +187,6 @@ function logClientEvents(client: BridgeClient, bridgeId: string): void {
   });
 }
 
-function startBridge(
-  index: number,
-  options: SimulatorOptions,
-  lights: LightDocument[],
-  token: string,
-): RunningBridge {
-  const bridgeId = simulatedBridgeId(index);
-  const bridge = new SimulatedBridge(bridgeId, lights);
-  const client = new BridgeClient({
-    url: options.url,
-    token,
-    getLights: () => bridge.documents(),
-    onCommand: (command) => {
-      log(
-        bridgeId,
-        `light:set ${command.commandId} for ${command.lightId}: ${JSON.stringify(command.change)}`,
-      );
-      const answer = bridge.applyCommand(command);
-      const outcome = answer.ok
-        ? "ok"
-        : `${answer.error.code}: ${answer.error.message}`;
-      log(bridgeId, `answered ${command.commandId}: ${outcome}`);
-      return answer;
-    },
-  });
-  logClientEvents(client, bridgeId);
-  const random = createRandom(options.seed + index);
-  const stopWallSwitch = startWallSwitch(
-    bridge,
-    client,
-    options.changeIntervalMs,
-    random,
-  );
-  // connect() rejects only when the client stops for good, which the state listener logs.
-  client.connect().catch(() => undefined);
-  return { client, stopWallSwitch };
-}
-
-/** Toggles a random light now and then and reports it; returns a function that stops it. */
-function startWallSwitch(
-  bridge: SimulatedBridge,
-  client: BridgeClient,
-  meanIntervalMs: number,
-  random: () => number,
-): () => void {
-  if (meanIntervalMs === 0) return () => undefined;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const schedule = () => {
-    const delayMs = meanIntervalMs * (0.5 + random());
-    timer = setTimeout(() => {
-      void switchLight(bridge, client, random).finally(schedule);
-    }, delayMs);
-  };
-  schedule();
-  return () => clearTimeout(timer);
-}
-
-async function switchLight(
-  bridge: SimulatedBridge,
-  client: BridgeClient,
-  random: () => number,
-): Promise<void> {
-  if (isFinalState(client.state)) return;
-  const change = bridge.toggleRandomLight(random);
-  const onOff = change.on?.on ? "on" : "off";
-  try {
-    const { version } = await client.reportChanges([change]);
-    log(
-      bridge.bridgeId,
-      `switched ${change.id} ${onOff}, reported at version ${version}`,
-    );
-  } catch (error) {
-    log(
-      bridge.bridgeId,
-      `switched ${change.id} ${onOff}, report failed (${describeError(error)}); the next snapshot carries it`,
-    );
-  }
-}
-
 async function run(argv: string[]): Promise<number> {
   let options: SimulatorOptions | "help";
   try {
@@ -300,7 +208,17 @@ async function run(argv: string[]): Promise<number> {
   const running: RunningBridge[] = [];
   for (const [index, bridgeId] of bridgeIds.entries()) {
     const token = await signBridgeToken(secret, bridgeId, issuer);
-    running.push(startBridge(index, options, lights, token));
+    running.push(
+      startBridge(index, {
+        url: options.url,
+        token,
+        lights,
+        changeIntervalMs: options.changeIntervalMs,
+        random: createRandom(options.seed + index),
+        log,
+      }),
+    );
+    logClientEvents(running[running.length - 1]!.client, bridgeId);
   }
   return waitForEnd(running);
 }
