@@ -297,6 +297,16 @@ describe("http api: 2 workers on Redis", function () {
         message: /not valid JSON/,
       },
       {
+        name: "undecodable gzip body",
+        target: lightUrl(bridgeId, "a"),
+        body: "not-compressed",
+        headers: {
+          "Content-Type": "application/json",
+          "Content-Encoding": "gzip",
+        },
+        message: /could not be read/,
+      },
+      {
         name: "no JSON content type",
         target: lightUrl(bridgeId, "a"),
         body: JSON.stringify({ on: { on: true } }),

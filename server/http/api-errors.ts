@@ -57,7 +57,6 @@ function isBodyParserError(error: unknown): error is BodyParserError {
   return (
     typeof error === "object" &&
     error !== null &&
-    typeof (error as BodyParserError).type === "string" &&
     typeof (error as BodyParserError).status === "number"
   );
 }
@@ -79,9 +78,15 @@ export function toBodyError(error: unknown, maxBytes: number): unknown {
     return new RelayError("INVALID_PAYLOAD", "request body is not valid JSON");
   }
   if (error.status >= 400 && error.status < 500) {
+    // A body whose Content-Encoding does not decode fails in zlib, whose
+    // errors carry status 400 but no body-parser type.
+    const reason =
+      typeof error.type === "string"
+        ? error.type
+        : "undecodable content encoding";
     return new RelayError(
       "INVALID_PAYLOAD",
-      `request body could not be read (${error.type})`,
+      `request body could not be read (${reason})`,
     );
   }
   return error;

@@ -64,8 +64,13 @@ export function requestLogging(logger: Logger): RequestHandler {
       return props;
     },
     customLogLevel: (request, response, error) => {
-      if (error !== undefined || response.statusCode >= 500) return "error";
+      // Probes fail together during an outage; their failures are counted
+      // by their own handlers, so they stay at debug here.
       if (PROBE_PATHS.has(pathOf(request.url))) return "debug";
+      // 502, 503 and 504 report a bridge or Redis problem that the contract
+      // defines (BRIDGE_ERROR, UNAVAILABLE, TIMEOUT), not a relay fault.
+      if ([502, 503, 504].includes(response.statusCode)) return "warn";
+      if (error !== undefined || response.statusCode >= 500) return "error";
       return "info";
     },
   });

@@ -150,7 +150,7 @@ export class BridgeSessions {
       lastSeen: now.toISOString(),
     });
     this.logger.info(
-      { bridgeId: session.bridgeId, epoch },
+      { bridgeId: session.bridgeId, socketId: session.socket.id, epoch },
       "bridge claim was lost, asking for a snapshot",
     );
     session.socket.emit("state:resync", { reason: RESYNC_REASON });

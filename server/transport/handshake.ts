@@ -9,6 +9,7 @@ import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { handshakes } from "../metrics/relay-metrics.ts";
 import type { RateLimits } from "./rate-limits.ts";
+import { RepeatLimiter } from "../logging/repeat-limiter.ts";
 
 export interface HandshakeDeps {
   verifier: TokenVerifier;
@@ -59,6 +60,9 @@ export function socketIdentity<R extends Identity["role"]>(
   return identity as Extract<Identity, { role: R }>;
 }
 
+/** Rate of the "handshake rejected" log line, per namespace and code. */
+const rejectionLog = new RepeatLimiter(1000);
+
 /**
  * Socket.IO middleware admitting only verified tokens of `role`. Checks, in
  * order: draining, the per-address limit, the token, the role, and the
@@ -96,16 +100,25 @@ export function handshakeMiddleware(
     } catch (error) {
       const rejection = toHandshakeError(error);
       handshakes.inc({ namespace: role, outcome: rejection.data.code });
-      const level = error instanceof RelayError ? "info" : "error";
-      deps.logger[level](
-        {
-          err: error instanceof RelayError ? undefined : error,
-          address,
-          code: rejection.data.code,
-          namespace: role,
-        },
-        `handshake rejected: ${rejection.message}`,
-      );
+      const expected = error instanceof RelayError;
+      // Expected rejections are logged once per second per namespace and
+      // code, with the count of those left out; unexpected errors always.
+      const suppressed = expected
+        ? rejectionLog.admit(`${role}:${rejection.data.code}`)
+        : 0;
+      if (suppressed !== null) {
+        deps.logger[expected ? "info" : "error"](
+          {
+            err: expected ? undefined : error,
+            address,
+            socketId: socket.id,
+            code: rejection.data.code,
+            namespace: role,
+            suppressed,
+          },
+          `handshake rejected: ${rejection.message}`,
+        );
+      }
       next(rejection);
     }
   };
