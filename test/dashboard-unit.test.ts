@@ -19,6 +19,7 @@ import {
   CommandThrottle,
   type ThrottleClock,
 } from "../client-sdk/dashboard/command-throttle.ts";
+import { tokenGrantsControl } from "../client-sdk/dashboard/token-scope.ts";
 import { describeCommandError } from "../client-sdk/dashboard/light-card.ts";
 import { OptimisticLight } from "../client-sdk/dashboard/optimistic-light.ts";
 import { formatRelativeTime } from "../client-sdk/dashboard/relative-time.ts";
@@ -618,5 +619,31 @@ describe("dashboard static serving", () => {
     } finally {
       await server.stop();
     }
+  });
+});
+
+describe("dashboard token scope", () => {
+  const tokenWith = (claims: object): string =>
+    `e30.${Buffer.from(JSON.stringify(claims)).toString("base64url")}.sig`;
+
+  it("grants control with the scope", () => {
+    assert.equal(
+      tokenGrantsControl(tokenWith({ scope: "read control" })),
+      true,
+    );
+  });
+
+  it("denies control without the scope", () => {
+    assert.equal(tokenGrantsControl(tokenWith({ scope: "read" })), false);
+    assert.equal(tokenGrantsControl(tokenWith({})), false);
+    assert.equal(
+      tokenGrantsControl(tokenWith({ scope: "readcontrol" })),
+      false,
+    );
+  });
+
+  it("denies control for a malformed token", () => {
+    assert.equal(tokenGrantsControl("not-a-jwt"), false);
+    assert.equal(tokenGrantsControl("a.%%%.c"), false);
   });
 });

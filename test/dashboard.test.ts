@@ -237,6 +237,7 @@ describe("dashboard in Chromium", function () {
   async function openDashboard(
     bridgeIds: string[],
     viewport = { width: 1280, height: 900 },
+    scope = "read control",
   ): Promise<Page> {
     context = await browser.newContext({ viewport });
     const page = await context.newPage();
@@ -247,7 +248,7 @@ describe("dashboard in Chromium", function () {
     await page.addInitScript(() => {
       window.__RELAY_DASHBOARD_DEBUG__ = true;
     });
-    const token = await appToken("dashboard-user", bridgeIds);
+    const token = await appToken("dashboard-user", bridgeIds, scope);
     await page.goto(`${url}/#token=${token}`);
     await bannerState(page, "live");
     for (const bridge of bridges.filter((entry) =>
@@ -555,6 +556,23 @@ describe("dashboard in Chromium", function () {
       );
     });
     assert.equal(bridge.lights.get("desk")?.on.on, true);
+  });
+
+  it("disables controls without control scope", async () => {
+    const bridge = await startBridge(simpleLights());
+    const page = await openDashboard(
+      [bridge.bridgeId],
+      { width: 1280, height: 900 },
+      "read",
+    );
+    const card = lightCard(page, bridge.bridgeId, "desk");
+    assert.equal(await card.getByRole("switch").isDisabled(), true);
+    assert.match(
+      (await bridgeCard(page, bridge.bridgeId)
+        .locator(".bridge-status")
+        .textContent()) ?? "",
+      /lacks the control scope/,
+    );
   });
 
   it("throttles a slider drag", async () => {

@@ -34,10 +34,15 @@ export class BridgeCard {
   private connectionLive = false;
   private loaded = false;
 
+  /**
+   * @param readOnly - true when the token lacks the `control` scope: the
+   * controls stay disabled and a note says why.
+   */
   constructor(
     readonly bridgeId: string,
     presence: BridgePresence,
     private readonly setLight: SetBridgeLight,
+    private readonly readOnly = false,
   ) {
     this.presence = presence;
     const headingId = `bridge-${bridgeId}-name`;
@@ -167,11 +172,14 @@ export class BridgeCard {
     const { online } = this.presence;
     this.element.dataset.online = String(online);
     this.presenceText.textContent = online ? "Online" : "Offline";
-    this.lightGrid.disabled = !(online && this.connectionLive);
+    this.lightGrid.disabled = this.readOnly || !(online && this.connectionLive);
     this.refreshTimes();
     if (!this.loaded) this.status.textContent = "Loading lights…";
     else if (this.lights.size === 0)
       this.status.textContent = "No lights reported.";
+    else if (this.readOnly)
+      this.status.textContent =
+        "Read only: this token lacks the control scope.";
     else this.status.textContent = "";
     this.status.hidden = this.status.textContent === "";
   }

@@ -5,6 +5,7 @@ import {
   type ServerInfo,
   type StateChangeEvent,
 } from "../src/index.ts";
+import { tokenGrantsControl } from "./token-scope.ts";
 import { bannerStateOf, type ConnectionBanner } from "./banner.ts";
 import { BridgeCard } from "./bridge-card.ts";
 
@@ -168,6 +169,7 @@ export class Dashboard {
         presence,
         (bridgeId, lightId, patch) =>
           this.client.setLight(bridgeId, lightId, patch),
+        !tokenGrantsControl(this.options.token),
       );
       card.setConnectionLive(this.client.state === "connected");
       this.cards.set(presence.bridgeId, card);
