@@ -2,26 +2,22 @@ import type { RequestHandler } from "express";
 import type { Logger } from "../logger.ts";
 import { relayRegistry } from "../metrics/relay-metrics.ts";
 
-/** How long one scrape's text answers further scrapes, in ms. */
-const SCRAPE_CACHE_MS = 1000;
-
 /**
- * Shares one scrape among all requests within `SCRAPE_CACHE_MS`, so a flood
- * of scrapes costs one round of IPC to the primary and its workers per
- * second rather than one per request. A failed scrape is not cached.
+ * Shares one scrape among all requests that arrive while it runs, so a
+ * flood of concurrent scrapes costs one round of messages to the primary
+ * and its workers rather than one per request. A scrape that starts after
+ * the previous one finished gets fresh figures.
  */
 function shareScrape(scrape: () => Promise<string>): () => Promise<string> {
-  let cached: { text: Promise<string>; at: number } | undefined;
+  let running: Promise<string> | undefined;
   return () => {
-    const now = Date.now();
-    if (cached !== undefined && now - cached.at < SCRAPE_CACHE_MS)
-      return cached.text;
+    if (running !== undefined) return running;
     const text = scrape();
-    const entry = { text, at: now };
-    cached = entry;
-    text.catch(() => {
-      if (cached === entry) cached = undefined;
-    });
+    running = text;
+    const clear = (): void => {
+      if (running === text) running = undefined;
+    };
+    text.then(clear, clear);
     return text;
   };
 }
