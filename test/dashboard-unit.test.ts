@@ -19,6 +19,7 @@ import {
   CommandThrottle,
   type ThrottleClock,
 } from "../client-sdk/dashboard/command-throttle.ts";
+import { compareSortKeys } from "../client-sdk/dashboard/name-order.ts";
 import { tokenGrantsControl } from "../client-sdk/dashboard/token-scope.ts";
 import { describeCommandError } from "../client-sdk/dashboard/light-card.ts";
 import { OptimisticLight } from "../client-sdk/dashboard/optimistic-light.ts";
@@ -645,5 +646,17 @@ describe("dashboard token scope", () => {
   it("denies control for a malformed token", () => {
     assert.equal(tokenGrantsControl("not-a-jwt"), false);
     assert.equal(tokenGrantsControl("a.%%%.c"), false);
+  });
+});
+
+describe("dashboard light order", () => {
+  it("sorts numbers in names numerically", () => {
+    const names = ["lamp 10", "lamp 2", "lamp 1", "hall"];
+    assert.deepEqual(names.sort(compareSortKeys), [
+      "hall",
+      "lamp 1",
+      "lamp 2",
+      "lamp 10",
+    ]);
   });
 });

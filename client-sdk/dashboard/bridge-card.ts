@@ -6,6 +6,7 @@ import type {
 } from "../src/index.ts";
 import { element } from "./dom.ts";
 import { LightCard } from "./light-card.ts";
+import { compareSortKeys } from "./name-order.ts";
 import { formatRelativeTime } from "./relative-time.ts";
 
 /** Sends a light command to one bridge; see AppClient.setLight. */
@@ -190,7 +191,7 @@ export class BridgeCard {
    */
   private orderLights(): void {
     const sorted = [...this.lights.values()].sort((a, b) =>
-      a.sortKey.localeCompare(b.sortKey),
+      compareSortKeys(a.sortKey, b.sortKey),
     );
     let previous: Element | null = this.lightGrid.querySelector("legend");
     for (const card of sorted) {
