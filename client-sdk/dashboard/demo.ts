@@ -35,6 +35,7 @@ import {
   simulatedBridgeId,
 } from "../simulator/simulated-bridge.ts";
 import { buildDashboard } from "./build.ts";
+import { parseInteger } from "../simulator/command-line.ts";
 
 const USAGE = `Usage: npm run demo -- [options]
 
@@ -59,9 +60,6 @@ interface DemoOptions {
   changeIntervalMs: number;
 }
 
-/** A command-line mistake; printed with a pointer to --help. */
-class UsageError extends Error {}
-
 function parseOptions(argv: string[]): DemoOptions | "help" {
   const { values } = parseArgs({
     args: argv,
@@ -81,21 +79,6 @@ function parseOptions(argv: string[]): DemoOptions | "help" {
       24 * 60 * 60 * 1000,
     ),
   };
-}
-
-function parseInteger(
-  flag: string,
-  value: string,
-  min: number,
-  max: number,
-): number {
-  const number = /^\d+$/.test(value) ? Number(value) : Number.NaN;
-  if (!Number.isSafeInteger(number) || number < min || number > max) {
-    throw new UsageError(
-      `invalid ${flag} ${JSON.stringify(value)}: expected a whole number from ${min} to ${max}`,
-    );
-  }
-  return number;
 }
 
 /** Loads the relay configuration with the demo's defaults: loopback, quiet logs, no Redis. */

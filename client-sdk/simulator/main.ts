@@ -23,6 +23,7 @@ import {
   loadFixtureLights,
   simulatedBridgeId,
 } from "./simulated-bridge.ts";
+import { parseInteger, UsageError } from "./command-line.ts";
 
 const USAGE = `Usage: npm run simulate -- [options]
 
@@ -48,9 +49,6 @@ interface SimulatorOptions {
   changeIntervalMs: number;
   seed: number;
 }
-
-/** A command-line mistake; printed with a pointer to --help. */
-class UsageError extends Error {}
 
 function parseOptions(argv: string[]): SimulatorOptions | "help" {
   const { values } = parseArgs({
@@ -99,21 +97,6 @@ function parseUrl(value: string): string {
     );
   }
   return url.origin;
-}
-
-function parseInteger(
-  flag: string,
-  value: string,
-  min: number,
-  max: number,
-): number {
-  const number = /^\d+$/.test(value) ? Number(value) : Number.NaN;
-  if (!Number.isSafeInteger(number) || number < min || number > max) {
-    throw new UsageError(
-      `invalid ${flag} ${JSON.stringify(value)}: expected a whole number from ${min} to ${max}`,
-    );
-  }
-  return number;
 }
 
 function log(bridgeId: string, message: string): void {
