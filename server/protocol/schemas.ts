@@ -166,7 +166,3 @@ export const bridgeRefusalAnswerSchema = z.object({
     message: z.string().max(500),
   }),
 });
-
-export type ParsedLight = z.output<typeof lightSchema>;
-export type ParsedLightChange = z.output<typeof lightChangeSchema>;
-export type ParsedLightPatch = z.output<typeof lightPatchSchema>;

@@ -25,7 +25,9 @@ export interface ChangeResult {
 }
 
 function byId(a: Light, b: Light): number {
-  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+  if (a.id < b.id) return -1;
+  if (a.id > b.id) return 1;
+  return 0;
 }
 
 /**
