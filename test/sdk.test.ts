@@ -16,7 +16,7 @@ import { deploy, type Deployment } from "./support/variants.ts";
 
 const FAST_RECONNECT = { minDelayMs: 100, maxDelayMs: 1000 };
 
-/** Any of the SDK's typed emitters; `waitFor` is told the payload type instead. */
+/** Any of the SDK's typed emitters; `waitFor` takes the payload type as a type argument instead. */
 interface Listenable {
   on(event: never, listener: never): unknown;
   off(event: never, listener: never): unknown;

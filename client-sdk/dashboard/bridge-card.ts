@@ -37,7 +37,7 @@ export class BridgeCard {
 
   /**
    * @param readOnly - true when the token lacks the `control` scope: the
-   * controls stay disabled and a note says why.
+   * controls stay disabled and a note explains why.
    */
   constructor(
     readonly bridgeId: string,

@@ -71,7 +71,7 @@ export function startBridge(
     log(bridgeId, `${operation} failed: ${describeError(error)}`, "error");
   });
   const stopWallSwitch = startWallSwitch(bridge, client, options);
-  // connect() rejects only when the client stops for good; its state event says why.
+  // connect() rejects only when the client stops for good; its state event reports why.
   client.connect().catch(() => undefined);
   return { client, stopWallSwitch };
 }

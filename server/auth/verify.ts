@@ -8,7 +8,7 @@ import { parsePublicKey } from "./public-key.ts";
 
 /** Clock leeway for `exp` and `nbf`, in seconds. */
 export const CLOCK_TOLERANCE_SECONDS = 60;
-/** Longest token accepted, so a huge `bridges` claim cannot exhaust memory. */
+/** Maximum token length accepted, so a huge `bridges` claim cannot exhaust memory. */
 export const MAX_TOKEN_LENGTH = 64 * 1024;
 
 export interface VerifierOptions {

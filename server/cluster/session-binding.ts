@@ -1,7 +1,7 @@
 import cluster from "node:cluster";
 import type { Server } from "socket.io";
 
-/** Longest wait for the primary to confirm a session binding, in ms. */
+/** Maximum wait for the primary to confirm a session binding, in ms. */
 const BIND_TIMEOUT_MS = 1000;
 
 interface BindMessage {

@@ -1,7 +1,7 @@
 /**
  * Lets the first event of each key through per time window and counts the
- * rest, so a flood of identical log lines (a client retrying a bad token in
- * a loop) becomes one line per window with the number it stands for.
+ * rest. A client retrying a bad token in a loop then produces one log line
+ * per window, with the count of the lines left out.
  */
 export class RepeatLimiter {
   private readonly windows = new Map<

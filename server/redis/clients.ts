@@ -10,7 +10,7 @@ export interface RedisClients {
   close(): Promise<void>;
 }
 
-/** Longest wait between reconnection attempts, in ms. */
+/** Maximum wait between reconnection attempts, in ms. */
 const MAX_RECONNECT_DELAY_MS = 5000;
 
 function watch(client: RedisClientType, role: string, logger: Logger): void {

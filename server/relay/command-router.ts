@@ -70,7 +70,7 @@ export class CommandRouter {
     }
     if (!received) {
       // The claim names a process that no longer runs (it crashed before it
-      // could release the bridge), so nobody holds the bridge's socket.
+      // could release the bridge), so no process has the bridge's socket.
       this.settle(requestId, undefined);
       throw new RelayError(
         "BRIDGE_OFFLINE",

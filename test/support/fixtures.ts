@@ -6,7 +6,7 @@ interface Resource {
   [field: string]: unknown;
 }
 
-/** The `light` resources of the real Hue CLIP v2 dump, as a bridge sends them. */
+/** Returns the `light` resources of the real Hue CLIP v2 dump, as a bridge sends them. */
 export function realLights(): Resource[] {
   const path = new URL(
     "../../client-sdk/fixtures/hue-clip-v2-resources.json",
@@ -16,7 +16,7 @@ export function realLights(): Resource[] {
   return resources.filter((resource) => resource.type === "light");
 }
 
-/** A small valid light document. */
+/** Returns a small valid light document. */
 export function light(
   id: string,
   on = false,
