@@ -77,6 +77,9 @@ const envSchema = z.object({
   AUTH_AUDIENCE: optionalText,
   AUTH_SECRET_FILE: z.string().min(1).default(".data/auth-secret"),
   COMMAND_TIMEOUT_MS: positiveInt("COMMAND_TIMEOUT_MS", 5000),
+  PRESENCE_HEARTBEAT_MS: positiveInt("PRESENCE_HEARTBEAT_MS", 5000).pipe(
+    z.number().min(100, "PRESENCE_HEARTBEAT_MS must be at least 100"),
+  ),
   MAX_PAYLOAD_BYTES: positiveInt(
     "MAX_PAYLOAD_BYTES",
     1024 * 1024,
@@ -120,6 +123,8 @@ export interface RelayConfig {
     secretFile: string;
   };
   commandTimeoutMs: number;
+  /** Interval of presence lease renewals; a lease lives twice as long. */
+  presenceHeartbeatMs: number;
   maxPayloadBytes: number;
   limits: {
     handshakesPerAddressPerMinute: number;
@@ -176,6 +181,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
       secretFile: parsed.AUTH_SECRET_FILE,
     },
     commandTimeoutMs: parsed.COMMAND_TIMEOUT_MS,
+    presenceHeartbeatMs: parsed.PRESENCE_HEARTBEAT_MS,
     maxPayloadBytes: parsed.MAX_PAYLOAD_BYTES,
     limits: {
       handshakesPerAddressPerMinute: parsed.HANDSHAKES_PER_ADDRESS_PER_MINUTE,

@@ -9,6 +9,7 @@ import { RedisBus } from "../messaging/server-bus.ts";
 import { connectRedis } from "../redis/clients.ts";
 import { createRelay, type Relay } from "../relay/create-relay.ts";
 import { guardStore } from "../state/guarded-store.ts";
+import { RedisLeaseTable } from "../state/lease-table.ts";
 import { RedisStore } from "../state/redis-store.ts";
 import { bindSessionsBeforeHandshake } from "./session-binding.ts";
 import { installShutdown } from "./shutdown.ts";
@@ -52,6 +53,7 @@ export async function runWorker(
     bus,
     secret,
     redis: redis.main,
+    leaseTable: new RedisLeaseTable(redis.main, config.redisKeyPrefix),
     scrapeMetrics: clusterMetricsClient(),
     adapter: createShardedAdapter(redis.main, redis.subscriber, {
       channelPrefix: `${config.redisKeyPrefix}:sio`,

@@ -19,6 +19,15 @@ export const RESYNC_REASON =
 const REVALIDATE_BATCH = 500;
 
 /**
+ * The set of bridges this process may hold, which a sweep goes through
+ * when this process's presence lease expires. Absent in a single process.
+ */
+export interface ConnectionIndex {
+  track(bridgeIds: string[]): Promise<void>;
+  untrack(bridgeId: string): Promise<void>;
+}
+
+/**
  * Tracks the bridge sockets of this process and their claims in the shared
  * store. The newest connection of a bridge wins anywhere in the cluster:
  * claiming tells the previous holder, local or on another process, to send
@@ -27,6 +36,11 @@ const REVALIDATE_BATCH = 500;
 export class BridgeSessions {
   private readonly sessions = new Map<string, BridgeSession>();
   private readonly releasing = new Set<Promise<void>>();
+  /** Claims in flight per bridge ID, so a release does not untrack a bridge being claimed again. */
+  private readonly claiming = new Map<string, number>();
+  /** Sessions whose release failed (Redis down), retried on the next revalidation. */
+  private readonly unreleased = new Map<string, BridgeSession>();
+  private revalidation: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly store: StateStore,
@@ -34,6 +48,7 @@ export class BridgeSessions {
     private readonly broadcaster: AppBroadcaster,
     private readonly bridges: Namespace,
     private readonly logger: Logger,
+    private readonly index?: ConnectionIndex,
   ) {}
 
   get(bridgeId: string): BridgeSession | undefined {
@@ -44,8 +59,35 @@ export class BridgeSessions {
     return this.sessions.size;
   }
 
+  /** True when this process holds no bridge and owes no release. */
+  get idle(): boolean {
+    return (
+      this.sessions.size === 0 &&
+      this.claiming.size === 0 &&
+      this.unreleased.size === 0
+    );
+  }
+
   /** Claims the bridge for `socket`, replacing any older connection. */
   async claim(bridgeId: string, socket: Socket): Promise<BridgeSession> {
+    this.claiming.set(bridgeId, (this.claiming.get(bridgeId) ?? 0) + 1);
+    try {
+      return await this.claimTracked(bridgeId, socket);
+    } finally {
+      const remaining = (this.claiming.get(bridgeId) ?? 1) - 1;
+      if (remaining === 0) this.claiming.delete(bridgeId);
+      else this.claiming.set(bridgeId, remaining);
+    }
+  }
+
+  private async claimTracked(
+    bridgeId: string,
+    socket: Socket,
+  ): Promise<BridgeSession> {
+    // Tracked before the claim, so that if this process dies right after
+    // claiming, the sweep of its lease still finds the bridge.
+    await this.index?.track([bridgeId]);
+    this.unreleased.delete(bridgeId);
     const now = new Date();
     const { epoch, previous } = await this.store.claimConnection(
       bridgeId,
@@ -87,11 +129,28 @@ export class BridgeSessions {
       this.sessions.delete(session.bridgeId);
     }
     const now = new Date();
-    const released = await this.store.releaseConnection(
-      session.bridgeId,
-      session.epoch,
-      now,
-    );
+    let released: boolean;
+    try {
+      released = await this.store.releaseConnection(
+        session.bridgeId,
+        session.epoch,
+        now,
+      );
+    } catch (error) {
+      // The bridge would stay online in the store, under a live lease, so
+      // the release is retried once Redis is back.
+      if (!this.isLocal(session.bridgeId)) {
+        this.unreleased.set(session.bridgeId, session);
+      }
+      throw error;
+    }
+    // Untracked whether or not this release won: a bridge taken over by
+    // another process is that process's to track. A bridge claimed again
+    // here meanwhile stays tracked, and the index commands go out in call
+    // order on one Redis connection, so a later claim's track follows this.
+    if (!this.isLocal(session.bridgeId)) {
+      await this.index?.untrack(session.bridgeId);
+    }
     if (released) {
       this.broadcaster.presence({
         bridgeId: session.bridgeId,
@@ -107,7 +166,27 @@ export class BridgeSessions {
    * again and the bridge is sent `state:resync`, so it resends its lights.
    * A claim taken by another socket meanwhile disconnects the local one.
    */
-  async revalidate(): Promise<void> {
+  revalidate(): Promise<void> {
+    // Runs one at a time, because a reconnect and a restored lease can ask at once.
+    const next = this.revalidation.then(() => this.revalidateAll());
+    this.revalidation = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Adds every local bridge to the connection index again, after the index was lost. */
+  async retrack(): Promise<void> {
+    const bridgeIds = [...this.sessions.keys()];
+    for (let start = 0; start < bridgeIds.length; start += REVALIDATE_BATCH) {
+      await this.index?.track(bridgeIds.slice(start, start + REVALIDATE_BATCH));
+    }
+  }
+
+  private isLocal(bridgeId: string): boolean {
+    return this.sessions.has(bridgeId) || this.claiming.has(bridgeId);
+  }
+
+  private async revalidateAll(): Promise<void> {
+    await this.retryReleases();
     const sessions = [...this.sessions.values()];
     for (let start = 0; start < sessions.length; start += REVALIDATE_BATCH) {
       const batch = sessions.slice(start, start + REVALIDATE_BATCH);
@@ -118,6 +197,23 @@ export class BridgeSessions {
         batch.map((session, index) =>
           this.revalidateOne(session, records[index]?.connection ?? null),
         ),
+      );
+    }
+  }
+
+  private async retryReleases(): Promise<void> {
+    const pending = [...this.unreleased.values()];
+    this.unreleased.clear();
+    const results = await Promise.allSettled(
+      pending.map((session) => this.releaseNow(session)),
+    );
+    const failed = results.filter(
+      (result) => result.status === "rejected",
+    ).length;
+    if (pending.length > 0) {
+      this.logger.info(
+        { retried: pending.length, failed },
+        "retried bridge releases that failed while Redis was down",
       );
     }
   }

@@ -11,6 +11,7 @@ import { createHttpApp } from "../http/app.ts";
 import type { Logger } from "../logger.ts";
 import type { ServerBus } from "../messaging/server-bus.ts";
 import { relayRegistry, trackConnections } from "../metrics/relay-metrics.ts";
+import type { RedisLeaseTable } from "../state/lease-table.ts";
 import type { StateStore } from "../state/store.ts";
 import { attachAppNamespace } from "../transport/app-namespace.ts";
 import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
@@ -22,6 +23,7 @@ import { namespaceBroadcaster } from "./broadcaster.ts";
 import { BridgeSessions } from "./bridge-sessions.ts";
 import { CommandExecutor } from "./command-executor.ts";
 import { CommandRouter } from "./command-router.ts";
+import { PresenceLease } from "./presence-lease.ts";
 import { StateWriter } from "./state-writer.ts";
 
 /** Extra time a command's origin waits beyond the bridge's own timeout, for the hops between processes. */
@@ -39,6 +41,12 @@ export interface RelayOptions {
   /** Redis client for shared rate limits; memory limits when absent. */
   redis?: RedisClientType;
   awaitSubscriptions?: () => Promise<void>;
+  /**
+   * Presence leases shared by the processes of a cluster, so that the
+   * bridges of a process that dies without closing them go offline. A single
+   * process needs none: its bridges go down with it.
+   */
+  leaseTable?: RedisLeaseTable;
   /**
    * Returns the Prometheus text served at `/metrics`: the whole machine's,
    * fetched from the cluster primary in a worker. Defaults to this
@@ -99,7 +107,26 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const limits = new RateLimits(config, options.redis);
   const broadcaster = namespaceBroadcaster(io.of(APP_NAMESPACE));
   const bridges = io.of(BRIDGE_NAMESPACE);
-  const sessions = new BridgeSessions(store, bus, broadcaster, bridges, logger);
+  const leaseTable = options.leaseTable;
+  const sessions = new BridgeSessions(
+    store,
+    bus,
+    broadcaster,
+    bridges,
+    logger,
+    leaseTable && PresenceLease.connectionIndex(leaseTable, bus.serverId),
+  );
+  const lease =
+    leaseTable &&
+    new PresenceLease({
+      table: leaseTable,
+      serverId: bus.serverId,
+      heartbeatMs: config.presenceHeartbeatMs,
+      store,
+      sessions,
+      broadcaster,
+      logger,
+    });
   const writer = new StateWriter(store, broadcaster);
   const executor = new CommandExecutor(
     sessions,
@@ -123,6 +150,8 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     ? { serverId: bus.serverId }
     : { serverId: bus.serverId, pid: process.pid };
 
+  // The lease exists before the first claim, so no claim can outlive it unseen.
+  await lease?.start();
   await bus.listen((message) => {
     if (message.type === "replace") {
       sessions.disconnectReplaced(message.bridgeId, message.socketId);
@@ -183,6 +212,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       // Closing the sockets released their claims and broadcast the bridges'
       // offline presence. Both need Redis, so wait for them before it closes.
       await sessions.settleReleases();
+      await lease?.stop();
       await bus.close();
     },
   };

@@ -1,0 +1,220 @@
+import type { Logger } from "../logger.ts";
+import { RepeatLimiter } from "../logging/repeat-limiter.ts";
+import type { RedisLeaseTable, RenewResult } from "../state/lease-table.ts";
+import type { StateStore } from "../state/store.ts";
+import type { BridgeSessions, ConnectionIndex } from "./bridge-sessions.ts";
+import type { AppBroadcaster } from "./broadcaster.ts";
+
+/** Bridges read and released per store round trip during a sweep. */
+const SWEEP_BATCH = 500;
+/** Expired servers looked at per sweep check. */
+const EXPIRED_PER_CHECK = 10;
+/** Minimum time a sweep lock is held; a sweep that outlives it may run twice, harmlessly. */
+const MIN_SWEEP_LOCK_MS = 30_000;
+
+export interface PresenceLeaseOptions {
+  table: RedisLeaseTable;
+  serverId: string;
+  /** Renewal interval in ms; the lease TTL is twice this, so one missed renewal is survived. */
+  heartbeatMs: number;
+  store: StateStore;
+  sessions: BridgeSessions;
+  broadcaster: AppBroadcaster;
+  logger: Logger;
+}
+
+/**
+ * Keeps this process's presence lease alive and sweeps the bridges of
+ * processes whose lease expired. Expired leases are looked for four times
+ * per heartbeat, so a dead process's bridges are reported offline within
+ * 2.25 heartbeats of its last renewal, plus the sweep's own time. A
+ * process that was cut off from Redis waits one TTL before sweeping.
+ */
+export class PresenceLease {
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly logLimiter = new RepeatLimiter(10_000);
+  private stopped = false;
+  private sweeping: Promise<void> = Promise.resolve();
+  /**
+   * `performance.now()` of the first renewal since the last failed one, or
+   * null while renewals fail. After an outage every process needs a
+   * heartbeat to renew its lease, so sweeping waits a whole TTL: otherwise
+   * live processes would be swept for the outage's gap.
+   */
+  private renewingSince: number | null = null;
+
+  constructor(private readonly options: PresenceLeaseOptions) {}
+
+  /** Index of this process's bridges in the lease table, for BridgeSessions. */
+  static connectionIndex(
+    table: RedisLeaseTable,
+    serverId: string,
+  ): ConnectionIndex {
+    return {
+      track: (bridgeIds) => table.track(serverId, bridgeIds),
+      untrack: (bridgeId) => table.untrack(serverId, bridgeId),
+    };
+  }
+
+  get ttlMs(): number {
+    return this.options.heartbeatMs * 2;
+  }
+
+  /** Takes the lease, then renews it and checks for expired ones on timers. */
+  async start(): Promise<void> {
+    await this.renew();
+    const { heartbeatMs } = this.options;
+    this.repeat("renew", heartbeatMs, () => this.renew());
+    this.repeat("sweep", Math.max(1, Math.floor(heartbeatMs / 4)), () =>
+      this.sweepExpired(),
+    );
+  }
+
+  /**
+   * Stops renewing. The lease is dropped when every bridge was released;
+   * otherwise it is left to expire, so that a sweep releases the rest.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const timer of this.timers) clearTimeout(timer);
+    await this.sweeping.catch(() => undefined);
+    const { table, serverId, sessions, logger } = this.options;
+    if (!sessions.idle) return;
+    try {
+      await table.drop(serverId);
+    } catch (error) {
+      logger.warn(
+        { err: error, serverId },
+        "could not drop the presence lease, leaving it to expire",
+      );
+    }
+  }
+
+  private async renew(): Promise<void> {
+    const { table, serverId, sessions, logger } = this.options;
+    let result: RenewResult;
+    try {
+      result = await table.renew(serverId, this.ttlMs);
+    } catch (error) {
+      this.renewingSince = null;
+      throw error;
+    }
+    this.renewingSince ??= performance.now();
+    if (result === "renewed") return;
+    if (result === "sweeping") {
+      logger.warn(
+        { serverId },
+        "presence lease expired and another server is sweeping this server's bridges; renewing after the sweep",
+      );
+      return;
+    }
+    if (sessions.count > 0) {
+      logger.warn(
+        { serverId, bridges: sessions.count },
+        "presence lease was lost, checking every bridge claim again",
+      );
+    }
+    await sessions.retrack();
+    await sessions.revalidate();
+  }
+
+  private async sweepExpired(): Promise<void> {
+    const { table, serverId } = this.options;
+    if (
+      this.renewingSince === null ||
+      performance.now() - this.renewingSince < this.ttlMs
+    ) {
+      return;
+    }
+    const expired = await table.listExpired(EXPIRED_PER_CHECK);
+    for (const deadServerId of expired) {
+      if (deadServerId === serverId || this.stopped) continue;
+      this.sweeping = this.sweep(deadServerId);
+      await this.sweeping;
+    }
+  }
+
+  private async sweep(deadServerId: string): Promise<void> {
+    const { table, logger } = this.options;
+    const lockMs = Math.max(MIN_SWEEP_LOCK_MS, this.ttlMs * 4);
+    if (!(await table.beginSweep(deadServerId, lockMs))) return;
+    const startedAt = performance.now();
+    let cursor = "0";
+    let released = 0;
+    do {
+      const page = await table.scanTracked(deadServerId, cursor, SWEEP_BATCH);
+      cursor = page.cursor;
+      released += await this.releaseHeldBy(deadServerId, page.bridgeIds);
+    } while (cursor !== "0");
+    await table.endSweep(deadServerId);
+    logger.info(
+      {
+        deadServerId,
+        released,
+        durationMs: Math.round(performance.now() - startedAt),
+      },
+      "presence lease expired, bridges of that server marked offline",
+    );
+  }
+
+  /** Releases each bridge still held by `deadServerId`; returns how many were released. */
+  private async releaseHeldBy(
+    deadServerId: string,
+    bridgeIds: string[],
+  ): Promise<number> {
+    const { store, broadcaster } = this.options;
+    if (bridgeIds.length === 0) return 0;
+    const records = await store.getPresence(bridgeIds);
+    const now = new Date();
+    const results = await Promise.all(
+      records.map(async ({ bridgeId, connection }) => {
+        if (connection?.serverId !== deadServerId) return false;
+        // The epoch fences the release: a bridge that reconnected since the
+        // read keeps its new connection.
+        const released = await store.releaseConnection(
+          bridgeId,
+          connection.epoch,
+          now,
+        );
+        if (released) {
+          broadcaster.presence({
+            bridgeId,
+            online: false,
+            lastSeen: now.toISOString(),
+          });
+        }
+        return released;
+      }),
+    );
+    return results.filter(Boolean).length;
+  }
+
+  /** Runs `task` every `intervalMs`, never overlapping, logging failures (counted per 10 s). */
+  private repeat(
+    name: string,
+    intervalMs: number,
+    task: () => Promise<void>,
+  ): void {
+    const index = this.timers.length;
+    const run = (): void => {
+      task()
+        .catch((error: unknown) => {
+          const suppressed = this.logLimiter.admit(name);
+          if (suppressed === null) return;
+          this.options.logger.warn(
+            { err: error, task: name, suppressed },
+            "presence lease task failed",
+          );
+        })
+        .finally(() => {
+          if (this.stopped) return;
+          const timer = setTimeout(run, intervalMs);
+          timer.unref();
+          this.timers[index] = timer;
+        });
+    };
+    const timer = setTimeout(run, intervalMs);
+    timer.unref();
+    this.timers.push(timer);
+  }
+}
