@@ -151,3 +151,16 @@ export const httpDuration = new Histogram({
   buckets: COMMAND_BUCKETS,
   registers: [relayRegistry],
 });
+
+export const presenceLeaseRenewals = new Counter({
+  name: "relay_presence_lease_renewals_total",
+  help: "Presence lease renewals by result: renewed, restored (the lease had lapsed), sweeping or failed.",
+  labelNames: ["result"] as const,
+  registers: [relayRegistry],
+});
+
+export const presenceSweptBridges = new Counter({
+  name: "relay_presence_swept_bridges_total",
+  help: "Bridges released because the lease of the process holding them expired.",
+  registers: [relayRegistry],
+});

@@ -1,4 +1,8 @@
 import type { Logger } from "../logger.ts";
+import {
+  presenceLeaseRenewals,
+  presenceSweptBridges,
+} from "../metrics/relay-metrics.ts";
 import { RepeatLimiter } from "../logging/repeat-limiter.ts";
 import type { RedisLeaseTable, RenewResult } from "../state/lease-table.ts";
 import type { StateStore } from "../state/store.ts";
@@ -97,8 +101,10 @@ export class PresenceLease {
       result = await table.renew(serverId, this.ttlMs);
     } catch (error) {
       this.renewingSince = null;
+      presenceLeaseRenewals.inc({ result: "failed" });
       throw error;
     }
+    presenceLeaseRenewals.inc({ result });
     this.renewingSince ??= performance.now();
     if (result === "renewed") return;
     if (result === "sweeping") {
@@ -147,6 +153,7 @@ export class PresenceLease {
       released += await this.releaseHeldBy(deadServerId, page.bridgeIds);
     } while (cursor !== "0");
     await table.endSweep(deadServerId);
+    presenceSweptBridges.inc(released);
     logger.info(
       {
         deadServerId,

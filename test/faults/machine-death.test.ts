@@ -134,6 +134,8 @@ describe("fault: a whole machine dies", function () {
       (event) => comeBack.includes(event.bridgeId) && !event.online,
     );
     assert.deepEqual(flapped, []);
+    const metrics = await (await fetch(`${survivor.url}/metrics`)).text();
+    assert.match(metrics, /^relay_presence_swept_bridges_total 6$/m);
   });
 
   it("ignores a late write of a fenced connection", async () => {
