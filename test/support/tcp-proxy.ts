@@ -1,0 +1,60 @@
+import { once } from "node:events";
+import { connect, createServer, type Socket } from "node:net";
+
+/** A loopback TCP proxy that can cut and restore the path to a server. */
+export interface TcpProxy {
+  port: number;
+  /** `redis://127.0.0.1:<port>`, for a proxy in front of Redis. */
+  redisUrl: string;
+  /** Stops listening and destroys every open connection. */
+  cut: () => Promise<void>;
+  /** Listens again on the same port. */
+  restore: () => Promise<void>;
+  close: () => Promise<void>;
+}
+
+/** Starts a proxy on a free loopback port that forwards to `targetPort`. */
+export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
+  const sockets = new Set<Socket>();
+  const track = (socket: Socket): void => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  };
+  const forward = (client: Socket): void => {
+    const upstream = connect({ host: "127.0.0.1", port: targetPort });
+    track(client);
+    track(upstream);
+    client.on("error", () => upstream.destroy());
+    upstream.on("error", () => client.destroy());
+    client.once("close", () => upstream.destroy());
+    upstream.once("close", () => client.destroy());
+    client.pipe(upstream);
+    upstream.pipe(client);
+  };
+  let server = createServer(forward);
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const address = server.address();
+  if (typeof address !== "object" || address === null)
+    throw new Error("the TCP proxy has no port");
+  const port = address.port;
+  const stopListening = async (): Promise<void> => {
+    if (!server.listening) return;
+    const closed = once(server, "close");
+    server.close();
+    for (const socket of sockets) socket.destroy();
+    await closed;
+  };
+  return {
+    port,
+    redisUrl: `redis://127.0.0.1:${port}`,
+    cut: stopListening,
+    restore: async () => {
+      if (server.listening) return;
+      server = createServer(forward);
+      server.listen(port, "127.0.0.1");
+      await once(server, "listening");
+    },
+    close: stopListening,
+  };
+}
