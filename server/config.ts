@@ -95,6 +95,7 @@ const envSchema = z.object({
   ),
   REQUESTS_PER_SOCKET_PER_10S: positiveInt("REQUESTS_PER_SOCKET_PER_10S", 300),
   SHUTDOWN_TIMEOUT_MS: positiveInt("SHUTDOWN_TIMEOUT_MS", 10000),
+  DRAIN_WINDOW_MS: wholeNumber("DRAIN_WINDOW_MS").optional(),
   LOG_LEVEL: z
     .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
       error:
@@ -132,6 +133,8 @@ export interface RelayConfig {
     requestsPerSocketPer10s: number;
   };
   shutdownTimeoutMs: number;
+  /** Time over which a draining process spreads the closing of its connections, in ms. */
+  drainWindowMs: number;
   logLevel: Env["LOG_LEVEL"];
   logFormat: "json" | "pretty";
 }
@@ -148,6 +151,29 @@ function withoutBlanks(env: NodeJS.ProcessEnv): Record<string, string> {
       entry[1] !== undefined && entry[1].trim() !== "",
   );
   return Object.fromEntries(entries);
+}
+
+/** DRAIN_WINDOW_MS when unset, unless half of SHUTDOWN_TIMEOUT_MS is less. */
+const DEFAULT_DRAIN_WINDOW_MS = 3000;
+
+/**
+ * Returns the drain window: `value`, or the default when unset. Throws a
+ * ConfigError unless the window ends before the shutdown deadline, because
+ * connections still open at the deadline are cut.
+ */
+function drainWindow(
+  value: number | undefined,
+  shutdownTimeoutMs: number,
+): number {
+  if (value === undefined)
+    return Math.min(DEFAULT_DRAIN_WINDOW_MS, Math.floor(shutdownTimeoutMs / 2));
+  if (value >= shutdownTimeoutMs) {
+    throw new ConfigError(
+      `invalid configuration:\n  DRAIN_WINDOW_MS: ${value} must be less than SHUTDOWN_TIMEOUT_MS (${shutdownTimeoutMs}), ` +
+        "because connections still open at the shutdown deadline are cut. Lower DRAIN_WINDOW_MS or raise SHUTDOWN_TIMEOUT_MS",
+    );
+  }
+  return value;
 }
 
 /** Parses and validates the relay's configuration from `env`. */
@@ -189,6 +215,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
       requestsPerSocketPer10s: parsed.REQUESTS_PER_SOCKET_PER_10S,
     },
     shutdownTimeoutMs: parsed.SHUTDOWN_TIMEOUT_MS,
+    drainWindowMs: drainWindow(
+      parsed.DRAIN_WINDOW_MS,
+      parsed.SHUTDOWN_TIMEOUT_MS,
+    ),
     logLevel: parsed.LOG_LEVEL,
     logFormat: parsed.LOG_FORMAT ?? (production ? "json" : "pretty"),
   };

@@ -44,6 +44,7 @@ const DEFAULT_CONFIG: RelayConfig = {
     requestsPerSocketPer10s: 300,
   },
   shutdownTimeoutMs: 10000,
+  drainWindowMs: 3000,
   logLevel: "info",
   logFormat: "pretty",
 };
@@ -96,6 +97,7 @@ describe("loadConfig", () => {
       HANDSHAKES_PER_IDENTITY_PER_MINUTE: "10",
       REQUESTS_PER_SOCKET_PER_10S: "50",
       SHUTDOWN_TIMEOUT_MS: "1500",
+      DRAIN_WINDOW_MS: "700",
       LOG_LEVEL: "debug",
       LOG_FORMAT: "pretty",
     });
@@ -122,6 +124,7 @@ describe("loadConfig", () => {
         requestsPerSocketPer10s: 50,
       },
       shutdownTimeoutMs: 1500,
+      drainWindowMs: 700,
       logLevel: "debug",
       logFormat: "pretty",
     });
@@ -180,6 +183,9 @@ describe("loadConfig", () => {
       ["HANDSHAKES_PER_IDENTITY_PER_MINUTE", "2.5"],
       ["REQUESTS_PER_SOCKET_PER_10S", "x"],
       ["SHUTDOWN_TIMEOUT_MS", "-5"],
+      ["DRAIN_WINDOW_MS", "-1"],
+      ["DRAIN_WINDOW_MS", "soon"],
+      ["DRAIN_WINDOW_MS", "10000"],
       ["LOG_LEVEL", "verbose"],
       ["LOG_LEVEL", "INFO"],
       ["LOG_FORMAT", "xml"],
@@ -223,6 +229,7 @@ describe("loadConfig", () => {
       "HANDSHAKES_PER_IDENTITY_PER_MINUTE",
       "REQUESTS_PER_SOCKET_PER_10S",
       "SHUTDOWN_TIMEOUT_MS",
+      "DRAIN_WINDOW_MS",
       "LOG_LEVEL",
       "LOG_FORMAT",
     ];
@@ -231,6 +238,27 @@ describe("loadConfig", () => {
         assert.deepEqual(loadConfig({ [variable]: "" }), DEFAULT_CONFIG);
       });
     }
+  });
+
+  describe("drain window", () => {
+    it("defaults to half a short shutdown timeout", () => {
+      const config = loadConfig({ SHUTDOWN_TIMEOUT_MS: "4000" });
+      assert.equal(config.drainWindowMs, 2000);
+    });
+
+    it("accepts 0 to close at once", () => {
+      const config = loadConfig({ DRAIN_WINDOW_MS: "0" });
+      assert.equal(config.drainWindowMs, 0);
+    });
+
+    it("rejects a window reaching the deadline", () => {
+      const error = configFailure({
+        SHUTDOWN_TIMEOUT_MS: "4000",
+        DRAIN_WINDOW_MS: "4000",
+      });
+      assert.match(error.message, linePattern("DRAIN_WINDOW_MS"));
+      assert.match(error.message, /less than SHUTDOWN_TIMEOUT_MS \(4000\)/);
+    });
   });
 
   describe("production authentication", () => {

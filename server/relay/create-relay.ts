@@ -23,11 +23,14 @@ import { namespaceBroadcaster } from "./broadcaster.ts";
 import { BridgeSessions } from "./bridge-sessions.ts";
 import { CommandExecutor } from "./command-executor.ts";
 import { CommandRouter } from "./command-router.ts";
+import { ConnectionDrain } from "./drain.ts";
 import { PresenceLease } from "./presence-lease.ts";
 import { StateWriter } from "./state-writer.ts";
 
 /** Extra time a command's origin waits beyond the bridge's own timeout, for the hops between processes. */
 const ROUTING_MARGIN_MS = 1000;
+/** Time kept after the drain, before the shutdown deadline, to release claims and close Redis, in ms. */
+const CLOSE_MARGIN_MS = 1000;
 
 export interface RelayOptions {
   config: RelayConfig;
@@ -63,6 +66,10 @@ export interface Relay {
   drain(): void;
   /** Re-checks the claims of this process's bridges after a Redis outage. */
   revalidateBridges(): Promise<void>;
+  /**
+   * Closes the sockets in batches over `DRAIN_WINDOW_MS`, each once its
+   * work in flight is acknowledged, then the bus and the presence lease.
+   */
   close(): Promise<void>;
 }
 
@@ -128,6 +135,10 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       logger,
     });
   const writer = new StateWriter(store, broadcaster);
+  const drain = new ConnectionDrain({
+    windowMs: config.drainWindowMs,
+    forceAfterMs: config.shutdownTimeoutMs - CLOSE_MARGIN_MS,
+  });
   const executor = new CommandExecutor(
     sessions,
     store,
@@ -137,7 +148,10 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   );
   const router = new CommandRouter(
     bus,
-    executor.execute,
+    drain.guardCommands(
+      executor.execute,
+      (bridgeId) => sessions.get(bridgeId)?.socket.id,
+    ),
     config.commandTimeoutMs + ROUTING_MARGIN_MS,
     logger,
   );
@@ -157,9 +171,11 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       sessions.disconnectReplaced(message.bridgeId, message.socketId);
       return;
     }
-    router.handle(message).catch((error: unknown) => {
+    const handling = router.handle(message).catch((error: unknown) => {
       logger.error({ err: error }, "could not handle a bus message");
     });
+    // A command's reply must be published before Redis closes on shutdown.
+    drain.track(handling);
   });
 
   const common = {
@@ -177,6 +193,8 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     service,
     awaitSubscriptions: options.awaitSubscriptions ?? (async () => undefined),
   });
+  drain.watchNamespace(bridges);
+  drain.watchNamespace(io.of(APP_NAMESPACE));
 
   const app = createHttpApp({
     checkDependencies: () => store.ping(),
@@ -195,6 +213,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   });
   const httpServer = createServer(app);
   io.attach(httpServer);
+  drain.watchHttp(httpServer);
 
   return {
     serverId: bus.serverId,
@@ -206,6 +225,15 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     revalidateBridges: () => sessions.revalidate(),
     close: async () => {
       draining = true;
+      const summary = await drain.run([
+        ...bridges.sockets.values(),
+        ...io.of(APP_NAMESPACE).sockets.values(),
+      ]);
+      logger[summary.forced > 0 ? "warn" : "info"](
+        { ...summary, windowMs: config.drainWindowMs },
+        "connections drained",
+      );
+      // Requests still waiting for another server now get UNAVAILABLE.
       router.close();
       untrackConnections();
       await new Promise<void>((resolve) => io.close(() => resolve()));
