@@ -48,10 +48,25 @@ export const apps = [
     },
 
     // On stop, PM2 sends SIGINT (its default kill signal) to the process
-    // tree, and SIGKILL after kill_timeout. Each worker exits within
-    // SHUTDOWN_TIMEOUT_MS, and the primary kills any worker left 1 s later,
-    // so PM2 waits 5 s beyond SHUTDOWN_TIMEOUT_MS.
+    // tree, and SIGKILL after kill_timeout. Each worker drains its
+    // connections over DRAIN_WINDOW_MS and exits within SHUTDOWN_TIMEOUT_MS,
+    // and the primary kills any worker left 1 s later, so PM2 waits 5 s
+    // beyond SHUTDOWN_TIMEOUT_MS.
+    //
+    // `pm2 reload` of a fork-mode process is a stop followed by a start
+    // (PM2 7.0.4), so this machine refuses connections between the old
+    // primary closing its port and the new one listening. To replace the workers
+    // one at a time without that gap, send the primary SIGUSR2:
+    // `pm2 sendSignal SIGUSR2 bridge-relay`. It loads the new code into the
+    // workers but keeps the running primary.
     kill_timeout: shutdownTimeoutMs + 5000,
+
+    // The primary sends "ready" once it listens, which is after its first
+    // worker is ready. So `pm2 start`, `pm2 reload` and `pm2 restart`
+    // return once the relay serves, or after listen_timeout if it never
+    // does, as when no worker can reach Redis.
+    wait_ready: true,
+    listen_timeout: 30_000,
 
     // Restart after a crash with a growing delay: in PM2 7.0.4 it starts at
     // 100 ms, grows 1.5 times per restart up to 15 s, and resets after 30 s

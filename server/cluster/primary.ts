@@ -6,6 +6,7 @@ import type { RelayConfig } from "../config.ts";
 import type { Logger } from "../logger.ts";
 import { serveClusterMetrics } from "../metrics/cluster-metrics.ts";
 import { answerSessionBindings } from "./session-binding.ts";
+import { DRAINING_MESSAGE, setShutdownHandler } from "./shutdown.ts";
 import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
 import { READY_MESSAGE, SHUTDOWN_MESSAGE } from "./worker.ts";
 
@@ -14,13 +15,83 @@ const RESTART_DELAY_MIN_MS = 250;
 const RESTART_DELAY_MAX_MS = 30_000;
 /** A worker that lived this long resets the crash count. */
 const STABLE_UPTIME_MS = 60_000;
+/** Time the primary gives a worker to exit after its own shutdown deadline, in ms. */
+const EXIT_GRACE_MS = 1000;
+/**
+ * Time a rolling restart waits for a replacement worker to report ready,
+ * in ms. NOTE: a guess that covers loading the code and connecting to
+ * Redis; a slower start aborts the restart and leaves the old workers.
+ */
+const WORKER_START_TIMEOUT_MS = 30_000;
+/** Message PM2 waits for with `wait_ready`: the process serves. */
+const PROCESS_MANAGER_READY = "ready";
+
+/**
+ * Admits `worker` to the balancer, which hands new connections to the
+ * workers listed in `cluster.workers`.
+ * NOTE: this edits Node's own map, in which Node only adds and deletes entries.
+ */
+function admitToBalancer(worker: Worker): void {
+  if (cluster.workers !== undefined) cluster.workers[worker.id] = worker;
+}
+
+/**
+ * Stops handing new connections to `worker` but keeps routing its existing
+ * Engine.IO sessions to it. @socket.io/sticky 2.0.1 picks a worker for a
+ * new connection from `Object.keys(cluster.workers)` and looks a known
+ * session's worker up by ID, so a non-enumerable entry gets only the latter.
+ */
+function hideFromBalancer(worker: Worker): void {
+  const workers = cluster.workers;
+  if (workers?.[worker.id] === undefined) return;
+  Object.defineProperty(workers, worker.id, {
+    value: worker,
+    enumerable: false,
+    configurable: true,
+    writable: true,
+  });
+}
+
+/** Resolves true when `worker` reports ready, false when it exits or the timeout passes first. */
+function waitForReady(worker: Worker, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const finish = (ready: boolean): void => {
+      clearTimeout(timer);
+      worker.off("message", onMessage);
+      worker.off("exit", onExit);
+      resolve(ready);
+    };
+    const onMessage = (message: unknown): void => {
+      if (message === READY_MESSAGE) finish(true);
+    };
+    const onExit = (): void => finish(false);
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    worker.on("message", onMessage);
+    worker.on("exit", onExit);
+  });
+}
+
+/** Resolves with the exit code or signal of `worker`, at once if it has exited. */
+function waitForExit(
+  worker: Worker,
+): Promise<{ code: number | null; signal: string | null }> {
+  const { exitCode, signalCode } = worker.process;
+  if (exitCode !== null || signalCode !== null) {
+    return Promise.resolve({ code: exitCode, signal: signalCode });
+  }
+  return new Promise((resolve) => {
+    worker.once("exit", (code: number | null, signal: string | null) =>
+      resolve({ code, signal }),
+    );
+  });
+}
 
 /**
  * Runs the cluster primary, which owns the listening socket and hands each
  * connection to a worker with @socket.io/sticky. It balances round-robin,
  * because least-connection piles a burst onto one worker. It restarts
- * workers that die with a growing delay, and drains them all on SIGTERM
- * or SIGINT.
+ * workers that die with a growing delay, replaces its workers one at a
+ * time on SIGUSR2, and drains them all on SIGTERM or SIGINT.
  */
 export function runPrimary(config: RelayConfig, logger: Logger): void {
   // Sticky passes sockets and buffers to workers over IPC, which needs the
@@ -36,10 +107,15 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   );
 
   let stopping = false;
+  let restarting = false;
   let recentCrashes = 0;
   const startedAt = new Map<number, number>();
   /** Every live worker, ready or not (cluster.workers lists only ready ones). */
   const live = new Map<number, Worker>();
+  /** Workers that drain: they get no new connections, and no second admission. */
+  const draining = new Set<number>();
+  /** Workers whose exit is planned, so that it does not count as a crash. */
+  const plannedExits = new Set<number>();
 
   let listening = false;
   const listen = (): void => {
@@ -55,6 +131,9 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
         },
         `relay listening on http://${config.host}:${port} with ${config.workers} workers`,
       );
+      // Only a process manager that started the primary with an IPC
+      // channel (PM2) receives this.
+      process.send?.(PROCESS_MANAGER_READY);
     });
   };
 
@@ -65,21 +144,124 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     // Sticky hands connections to every entry of cluster.workers, and a worker
     // that has not set up its relay yet leaves them unanswered. So a worker is
     // kept out of that map until it reports ready.
-    // NOTE: this edits Node's own map; Node only adds and deletes entries in it.
     delete cluster.workers?.[worker.id];
     worker.on("message", (message: unknown) => {
+      if (message === DRAINING_MESSAGE) {
+        draining.add(worker.id);
+        hideFromBalancer(worker);
+        return;
+      }
       if (message !== READY_MESSAGE || !worker.isConnected()) return;
-      if (cluster.workers !== undefined) cluster.workers[worker.id] = worker;
+      if (draining.has(worker.id)) return;
+      admitToBalancer(worker);
       if (!listening && !stopping) listen();
     });
     return worker;
+  };
+
+  /** Drains `worker` and resolves once it has exited, killing it after the shutdown deadline. */
+  const retire = async (worker: Worker): Promise<void> => {
+    plannedExits.add(worker.id);
+    draining.add(worker.id);
+    hideFromBalancer(worker);
+    if (worker.isConnected()) worker.send(SHUTDOWN_MESSAGE);
+    else worker.kill("SIGTERM");
+    const started = Date.now();
+    const killTimer = setTimeout(() => {
+      logger.error(
+        { workerId: worker.id, workerPid: worker.process.pid },
+        "worker did not exit by the shutdown deadline, killing it",
+      );
+      worker.kill("SIGKILL");
+    }, config.shutdownTimeoutMs + EXIT_GRACE_MS);
+    const { code, signal } = await waitForExit(worker);
+    clearTimeout(killTimer);
+    logger.info(
+      {
+        workerId: worker.id,
+        workerPid: worker.process.pid,
+        code,
+        signal,
+        drainMs: Date.now() - started,
+      },
+      "rolling restart: old worker exited",
+    );
+  };
+
+  /**
+   * Replaces the live workers one at a time: starts a new worker, waits
+   * for it to report ready, then drains the old one and waits for its
+   * exit. A replacement that fails to start stops the restart, and the
+   * remaining old workers keep serving.
+   */
+  const rollingRestart = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    if (restarting) {
+      logger.warn(
+        { signal },
+        "rolling restart already in progress, signal ignored",
+      );
+      return;
+    }
+    restarting = true;
+    const started = Date.now();
+    const previous = [...live.values()].filter(
+      (worker) => !draining.has(worker.id),
+    );
+    logger.info(
+      { signal, workers: previous.length },
+      "rolling restart started",
+    );
+    try {
+      for (const old of previous) {
+        if (stopping) return;
+        // A worker that died meanwhile was already replaced by the crash restart.
+        if (!live.has(old.id)) continue;
+        const replacement = fork();
+        // Until it is ready, the replacement's exit stops the restart
+        // instead of restarting it.
+        plannedExits.add(replacement.id);
+        logger.info(
+          { workerId: replacement.id, replaces: old.id },
+          "rolling restart: replacement worker started",
+        );
+        const ready = await waitForReady(replacement, WORKER_START_TIMEOUT_MS);
+        if (stopping) return;
+        if (!ready) {
+          replacement.kill("SIGKILL");
+          logger.error(
+            {
+              workerId: replacement.id,
+              timeoutMs: WORKER_START_TIMEOUT_MS,
+              remaining: previous.filter((worker) => live.has(worker.id))
+                .length,
+            },
+            "rolling restart stopped: the replacement worker exited or did not report ready, old workers keep serving",
+          );
+          return;
+        }
+        plannedExits.delete(replacement.id);
+        logger.info(
+          { workerId: replacement.id, oldWorkerId: old.id },
+          "rolling restart: replacement ready, draining the old worker",
+        );
+        await retire(old);
+      }
+      logger.info(
+        { durationMs: Date.now() - started, workers: live.size },
+        "rolling restart finished",
+      );
+    } finally {
+      restarting = false;
+    }
   };
 
   cluster.on("exit", (worker, code, signal) => {
     const uptime = Date.now() - (startedAt.get(worker.id) ?? Date.now());
     startedAt.delete(worker.id);
     live.delete(worker.id);
-    if (stopping) return;
+    draining.delete(worker.id);
+    if (plannedExits.delete(worker.id) || stopping) return;
     metrics.workerRestarts.inc();
     recentCrashes = uptime >= STABLE_UPTIME_MS ? 1 : recentCrashes + 1;
     const delay = Math.min(
@@ -104,10 +286,10 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
 
   for (let index = 0; index < config.workers; index += 1) fork();
 
-  const stop = (signal: string): void => {
+  const stop = (reason: string, exitCode: number): void => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, "primary shutting down, draining workers");
+    logger.info({ reason }, "primary shutting down, draining workers");
     httpServer.close();
     for (const worker of live.values()) {
       if (worker.isConnected()) worker.send(SHUTDOWN_MESSAGE);
@@ -115,20 +297,28 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     }
     const deadline = setTimeout(() => {
       logger.error("workers did not exit by the deadline, killing them");
-      for (const worker of Object.values(cluster.workers ?? {}))
-        worker?.kill("SIGKILL");
+      for (const worker of live.values()) worker.kill("SIGKILL");
+      logger.flush?.();
       process.exit(1);
-    }, config.shutdownTimeoutMs + 1000);
+    }, config.shutdownTimeoutMs + EXIT_GRACE_MS);
     deadline.unref();
     const exitWhenDone = (): void => {
       if (live.size === 0) {
-        logger.info("primary stopped");
-        process.exit(0);
+        logger.info({ exitCode }, "primary stopped");
+        logger.flush?.();
+        process.exit(exitCode);
       }
     };
     cluster.on("exit", exitWhenDone);
     exitWhenDone();
   };
-  process.on("SIGTERM", () => stop("SIGTERM"));
-  process.on("SIGINT", () => stop("SIGINT"));
+  setShutdownHandler(stop);
+  process.on("SIGTERM", () => stop("SIGTERM", 0));
+  process.on("SIGINT", () => stop("SIGINT", 0));
+  process.on("SIGUSR2", () => {
+    rollingRestart("SIGUSR2").catch((error: unknown) => {
+      restarting = false;
+      logger.error({ err: error }, "rolling restart failed");
+    });
+  });
 }
