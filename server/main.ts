@@ -4,18 +4,8 @@ import { ConfigError, loadConfig } from "./config.ts";
 import { runPrimary } from "./cluster/primary.ts";
 import { runWorker } from "./cluster/worker.ts";
 import { runEmbedded } from "./embedded.ts";
-import { createLogger, type Logger } from "./logger.ts";
-
-function installCrashLogging(logger: Logger): void {
-  process.on("unhandledRejection", (reason) => {
-    logger.error({ err: reason }, "unhandled promise rejection");
-  });
-  process.on("uncaughtException", (error) => {
-    logger.fatal({ err: error }, "uncaught exception, exiting");
-    logger.flush?.();
-    process.exit(1);
-  });
-}
+import { installCrashHandlers } from "./crash-handlers.ts";
+import { createLogger } from "./logger.ts";
 
 async function main(): Promise<void> {
   let config;
@@ -37,7 +27,7 @@ async function main(): Promise<void> {
     config,
     cluster.isWorker ? { role, worker: cluster.worker?.id } : { role },
   );
-  installCrashLogging(logger);
+  installCrashHandlers(logger);
   const { secret, file, generated } = resolveSecret(config);
   if (cluster.isPrimary && file !== undefined) {
     logger.warn(
@@ -49,6 +39,8 @@ async function main(): Promise<void> {
   }
   if (config.redisUrl === undefined) {
     await runEmbedded(config, secret, logger);
+    // PM2 with `wait_ready` waits for this; without an IPC channel it is a no-op.
+    process.send?.("ready");
   } else if (cluster.isPrimary) {
     runPrimary(config, logger);
   } else {
