@@ -68,6 +68,8 @@ export async function startRelay(
       REDIS_URL: options.redisUrl ?? "",
       COMMAND_TIMEOUT_MS: "1500",
       SHUTDOWN_TIMEOUT_MS: "4000",
+      // Tests that stop a relay with clients connected need no herd protection.
+      DRAIN_WINDOW_MS: "200",
       ...options.env,
     },
     stdio: ["ignore", "pipe", "pipe"],
