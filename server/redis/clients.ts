@@ -1,6 +1,7 @@
 import { createClient, type RedisClientType } from "redis";
 import type { Logger } from "../logger.ts";
 import { redisErrors, redisReconnects } from "../metrics/relay-metrics.ts";
+import { retryShardedSubscriptions } from "./sharded-subscriptions.ts";
 
 export interface RedisClients {
   /** Commands and publishes. */
@@ -57,6 +58,7 @@ export async function connectRedis(
   const subscriber = main.duplicate();
   watch(main, "main", logger);
   watch(subscriber, "subscriber", logger);
+  retryShardedSubscriptions(subscriber, logger);
   await Promise.all([main.connect(), subscriber.connect()]);
   return {
     main,

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { isDeepStrictEqual } from "node:util";
+import { pino } from "pino";
 import { createClient } from "redis";
 import type { BridgeState } from "../../client-sdk/src/index.ts";
+import { connectRedis, type RedisClients } from "../../server/redis/clients.ts";
 import {
   startAppView,
   startAppViewOnEachWorker,
@@ -450,11 +452,119 @@ describe("fault: Redis outage", function () {
     assert.deepEqual(staleAfter.get(60_000), []);
   });
 
+  it("forgets rooms left during an outage", async function () {
+    this.timeout(60_000);
+    // Rooms whose only member leaves while Redis is down: an app's room of
+    // a bridge no other app watches, and a bridge's own room.
+    const watchedId = randomBridgeId();
+    const leaving = await startAppView({ url, bridgeIds: [watchedId] });
+    await leaving.subscribe([watchedId]);
+    const leavingBridgeId = randomBridgeId();
+    const leavingBridge = await startFakeBridge({
+      url,
+      bridgeId: leavingBridgeId,
+    });
+    const rooms = [
+      `${KEY_PREFIX}:sio#/app#bridge:${watchedId}#`,
+      `${KEY_PREFIX}:sio#/bridge#bridge:${leavingBridgeId}#`,
+    ];
+    const subscribers = async (): Promise<number[]> => {
+      const client = createClient({ url: redis.url });
+      client.on("error", () => undefined);
+      await client.connect();
+      try {
+        const counts = await client.pubSubShardNumSub(rooms);
+        return rooms.map((room) => Number(counts[room] ?? 0));
+      } finally {
+        await client.close();
+      }
+    };
+    assert.deepEqual(await subscribers(), [1, 1], "rooms before the outage");
+
+    await redis.stop();
+    leaving.close();
+    leavingBridge.close();
+    await sleep(2000);
+    await redis.restart();
+    await waitForReadiness(url, serverIds, 200, RECOVERY_TIMEOUT_MS);
+    await waitUntil(
+      "every expected shard channel subscribed again",
+      async () => (await missingChannels()).length === 0,
+      RECOVERY_TIMEOUT_MS,
+      50,
+    );
+    await sleep(500);
+    assert.deepEqual(await subscribers(), [0, 0], "rooms after the outage");
+    const response = await send(`${url}/api/v1/bridges/${leavingBridgeId}`, {
+      headers: bearer(await appToken("room-reader", [leavingBridgeId], "read")),
+    });
+    assert.equal((response.body as BridgeState).online, false);
+  });
+
   it("logs no unhandled promise rejection", () => {
     assert.deepEqual(
       relay.logs.filter((line) => line.msg === "unhandled promise rejection"),
       [],
     );
+  });
+});
+
+describe("fault: Redis outage under the relay's clients", function () {
+  this.timeout(30_000);
+  let redis: RedisServer;
+  let clients: RedisClients;
+
+  before(async () => {
+    redis = await startRedisServer();
+    clients = await connectRedis(redis.url, pino({ level: "silent" }));
+  });
+  after(async () => {
+    await clients?.close();
+    await redis?.stop();
+  });
+
+  it("repeats failed sharded requests", async () => {
+    const { subscriber } = clients;
+    const listener = (): void => undefined;
+    await subscriber.sSubscribe(["test:kept", "test:left"], listener);
+
+    // Requests sent without awaiting, as the Socket.IO adapter sends them,
+    // fail once the client's next connection attempt is refused.
+    await redis.stop();
+    const results = await Promise.allSettled([
+      subscriber.sSubscribe("test:joined", listener),
+      subscriber.sUnsubscribe("test:left"),
+    ]);
+    assert.deepEqual(
+      results.map((result) => result.status),
+      ["rejected", "rejected"],
+    );
+
+    await redis.restart();
+    const expected = { "test:kept": 1, "test:joined": 1, "test:left": 0 };
+    const counts = async () => {
+      const probe = createClient({ url: redis.url });
+      probe.on("error", () => undefined);
+      await probe.connect();
+      try {
+        const found = await probe.pubSubShardNumSub(Object.keys(expected));
+        return Object.fromEntries(
+          Object.entries(found).map(([channel, count]) => [
+            channel,
+            Number(count),
+          ]),
+        );
+      } finally {
+        await probe.close();
+      }
+    };
+    await waitUntil(
+      "the subscriber's channels as last requested",
+      async () => isDeepStrictEqual(await counts(), expected),
+      RECOVERY_TIMEOUT_MS,
+      50,
+    ).catch(() => undefined);
+    assert.deepEqual(await counts(), expected);
   });
 });
 
