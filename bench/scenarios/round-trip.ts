@@ -2,27 +2,26 @@
  * Measures the command round trip (app -> relay -> bridge -> relay -> app)
  * with the bridge and the app on the same worker, on different workers of
  * one instance, and on two instances sharing Redis, plus the embedded mode.
- * Commands are sent one at a time, so the figures are latency, not load.
+ * Commands are sent one at a time, so the figures are latency, not load,
+ * and the clients run in this process.
  *
  *   npm run bench:round-trip -- [--commands 1000]
  */
-import { mkdirSync, writeFileSync } from "node:fs";
-import os from "node:os";
-import { parseArgs } from "node:util";
 import type { Socket } from "socket.io-client";
-import type { LightSetCommand } from "../client-sdk/src/protocol.ts";
+import type { LightSetCommand } from "../../client-sdk/src/protocol.ts";
 import {
   connectApp,
   connectBridge,
   randomBridgeId,
   requestData,
-} from "../test/support/clients.ts";
-import { light } from "../test/support/fixtures.ts";
-import { startRedisServer } from "../test/support/redis-server.ts";
-import {
-  startRelay,
-  type RelayProcess,
-} from "../test/support/relay-process.ts";
+} from "../../test/support/clients.ts";
+import { light } from "../../test/support/fixtures.ts";
+import { startRedisServer } from "../../test/support/redis-server.ts";
+import { integerOption, parseBenchArgs } from "../lib/cli.ts";
+import { printTable } from "../lib/results.ts";
+import { runScenario } from "../lib/scenario.ts";
+import { startBenchRelay } from "../lib/servers.ts";
+import { summarizeLatencies } from "../lib/stats.ts";
 
 interface Placement {
   name: string;
@@ -41,22 +40,20 @@ interface Result {
   maxMs: number;
 }
 
-const { values } = parseArgs({
-  options: { commands: { type: "string", default: "1000" } },
-});
-const COMMANDS = Number(values.commands);
-if (!Number.isInteger(COMMANDS) || COMMANDS < 10) {
-  console.error("--commands must be a whole number of at least 10");
-  process.exit(2);
-}
+const USAGE = `Command round trip, one command at a time, by placement.
 
-function percentile(sorted: number[], fraction: number): number {
-  const index = Math.min(
-    sorted.length - 1,
-    Math.ceil(fraction * sorted.length) - 1,
-  );
-  return Number(sorted[Math.max(0, index)]!.toFixed(2));
-}
+  npm run bench:round-trip -- [--commands 1000]
+
+  --commands N   timed commands per placement, after the warm-up (default 1000)`;
+
+const values = parseBenchArgs(USAGE, { commands: { type: "string" } });
+const COMMANDS = integerOption(
+  values.commands ?? (values.smoke ? "20" : "1000"),
+  "commands",
+  10,
+);
+/** Commands per placement that warm up the JIT and connections and are not timed. */
+const WARMUP_COMMANDS = values.smoke ? 5 : 50;
 
 async function serverOf(socket: Socket): Promise<string> {
   return (await requestData<{ serverId: string }>(socket, "relay:info", {}))
@@ -93,94 +90,85 @@ async function measure(placement: Placement): Promise<Result> {
   );
   const app = await placeApp(placement, bridgeId, await serverOf(bridge));
   const timings: number[] = [];
-  for (let index = 0; index < COMMANDS + 50; index += 1) {
+  for (let index = 0; index < COMMANDS + WARMUP_COMMANDS; index += 1) {
     const started = process.hrtime.bigint();
     await requestData(app, "light:set", {
       bridgeId,
       lightId: "a",
       change: { dimming: { brightness: index % 101 } },
     });
-    // The first 50 commands warm up the JIT and connections and are not counted.
-    if (index >= 50)
+    if (index >= WARMUP_COMMANDS)
       timings.push(Number(process.hrtime.bigint() - started) / 1e6);
   }
   bridge.close();
   app.close();
-  timings.sort((a, b) => a - b);
-  return {
-    placement: placement.name,
-    commands: COMMANDS,
-    p50Ms: percentile(timings, 0.5),
-    p90Ms: percentile(timings, 0.9),
-    p99Ms: percentile(timings, 0.99),
-    maxMs: percentile(timings, 1),
-  };
+  const { count: _count, ...latency } = summarizeLatencies(timings);
+  return { placement: placement.name, commands: COMMANDS, ...latency };
 }
 
-/** The per-socket request limit would stop a single benchmark socket. */
-const BENCH_ENV = { REQUESTS_PER_SOCKET_PER_10S: "100000000" };
-
-async function main(): Promise<void> {
-  const redis = await startRedisServer();
-  const started: RelayProcess[] = [];
-  try {
-    const embedded = await startRelay({ env: BENCH_ENV });
-    started.push(embedded);
-    const one = await startRelay({
-      redisUrl: redis.url,
-      workers: 2,
-      env: BENCH_ENV,
-    });
-    started.push(one);
-    const two = await startRelay({
-      redisUrl: redis.url,
-      workers: 2,
-      env: BENCH_ENV,
-    });
-    started.push(two);
+await runScenario(
+  {
+    name: "round-trip",
+    smoke: values.smoke,
+    outDir: values.out,
+    settings: { commands: COMMANDS, warmupCommands: WARMUP_COMMANDS },
+  },
+  async (cleanup) => {
+    const redis = cleanup.add(await startRedisServer(), (server) =>
+      server.stop(),
+    );
+    const [embedded, one, two] = await Promise.all([
+      startBenchRelay(undefined),
+      startBenchRelay(redis.url, 2),
+      startBenchRelay(redis.url, 2),
+    ]);
+    for (const relay of [embedded, one, two]) {
+      cleanup.add(relay, (started) => started.stop());
+    }
     const placements: Placement[] = [
       {
         name: "embedded (one process)",
-        bridgeUrl: embedded.url,
-        appUrl: embedded.url,
+        bridgeUrl: embedded.urls[0]!,
+        appUrl: embedded.urls[0]!,
         sameWorker: null,
       },
       {
         name: "redis, same worker",
-        bridgeUrl: one.url,
-        appUrl: one.url,
+        bridgeUrl: one.urls[0]!,
+        appUrl: one.urls[0]!,
         sameWorker: true,
       },
       {
         name: "redis, other worker",
-        bridgeUrl: one.url,
-        appUrl: one.url,
+        bridgeUrl: one.urls[0]!,
+        appUrl: one.urls[0]!,
         sameWorker: false,
       },
       {
         name: "redis, other instance",
-        bridgeUrl: one.url,
-        appUrl: two.url,
+        bridgeUrl: one.urls[0]!,
+        appUrl: two.urls[0]!,
         sameWorker: false,
       },
     ];
     const results: Result[] = [];
     for (const placement of placements) results.push(await measure(placement));
-    console.table(results);
-    const machine = {
-      cpus: os.cpus()[0]?.model,
-      cores: os.availableParallelism(),
-      node: process.version,
+    printTable(
+      "Round trip, one command at a time",
+      results.map((result) => ({
+        placement: result.placement,
+        commands: result.commands,
+        "p50 ms": result.p50Ms,
+        "p90 ms": result.p90Ms,
+        "p99 ms": result.p99Ms,
+        "max ms": result.maxMs,
+      })),
+    );
+    return {
+      results,
+      summary: Object.fromEntries(
+        results.map((result) => [result.placement, result.p50Ms]),
+      ),
     };
-    console.log(machine);
-    mkdirSync("bench/results", { recursive: true });
-    const file = `bench/results/round-trip-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
-    writeFileSync(file, JSON.stringify({ machine, results }, null, 2));
-    console.log(`wrote ${file}`);
-  } finally {
-    await Promise.all(started.map((relay) => relay.stop()));
-    await redis.stop();
-  }
-}
-
-await main();
+  },
+);
