@@ -30,6 +30,11 @@ export interface ServerBus {
   /** Sends `message` and returns whether a process listening as `serverId` received it. */
   send(serverId: string, message: BusMessage): Promise<boolean>;
   listen(handler: BusHandler): Promise<void>;
+  /**
+   * Calls `listener` each time this process's subscription goes down.
+   * Messages sent to the process are lost until it is back.
+   */
+  onReceivingLost(listener: () => void): void;
   close(): Promise<void>;
 }
 
@@ -49,6 +54,9 @@ export class LocalBus implements ServerBus {
   async listen(handler: BusHandler): Promise<void> {
     this.handler = handler;
   }
+
+  /** Does nothing: messages within one process are never lost. */
+  onReceivingLost(): void {}
 
   async close(): Promise<void> {
     this.handler = undefined;
@@ -98,6 +106,12 @@ export class RedisBus implements ServerBus {
       }
       handler(message);
     });
+  }
+
+  onReceivingLost(listener: () => void): void {
+    // node-redis 6.4 emits "reconnecting" when a ready connection drops,
+    // and again before each later attempt.
+    this.subClient.on("reconnecting", listener);
   }
 
   async close(): Promise<void> {

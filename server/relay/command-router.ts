@@ -36,7 +36,20 @@ export class CommandRouter {
     private readonly execute: CommandExecutor,
     private readonly timeoutMs: number,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    // Replies published while the subscription is down are lost, so the
+    // requests waiting for them cannot succeed.
+    bus.onReceivingLost(() => {
+      if (this.pending.size === 0) return;
+      this.logger.warn(
+        { requests: this.pending.size },
+        "lost the subscription that carries command replies, answering waiting commands UNAVAILABLE",
+      );
+      this.answerPending(
+        "lost the connection to the bridge's server, retry later",
+      );
+    });
+  }
 
   /** Sends `command` to `serverId`; answers `TIMEOUT` if no reply comes within the timeout. */
   async send(serverId: string, command: RoutedCommand): Promise<CommandAnswer> {
@@ -113,15 +126,17 @@ export class CommandRouter {
 
   /** Answers every pending request with `UNAVAILABLE` (on shutdown). */
   close(): void {
+    this.answerPending("the relay is shutting down, retry");
+  }
+
+  /** Resolves every pending request with an `UNAVAILABLE` answer carrying `message`. */
+  private answerPending(message: string): void {
     for (const [requestId, request] of this.pending) {
       this.pending.delete(requestId);
       clearTimeout(request.timer);
       request.resolve({
         ok: false,
-        error: new RelayError(
-          "UNAVAILABLE",
-          "the relay is shutting down, retry",
-        ).toBody(),
+        error: new RelayError("UNAVAILABLE", message).toBody(),
       });
     }
   }

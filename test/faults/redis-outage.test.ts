@@ -452,6 +452,59 @@ describe("fault: Redis outage", function () {
     assert.deepEqual(staleAfter.get(60_000), []);
   });
 
+  it("answers routed commands at once", async function () {
+    this.timeout(60_000);
+    // A command waits on another worker's bridge, which holds its answer,
+    // when Redis goes away: the reply can no longer reach the app's worker.
+    const bridge = bridges.find(
+      (candidate) => ownerOf.get(candidate.bridgeId) === serverIds[0],
+    )!;
+    const app = views.find((view) => view.serverId !== serverIds[0])!;
+    bridge.withholdAnswers();
+    const received = bridge.commands.length;
+    const sentAt = Date.now();
+    const command = outcomeOf(
+      app.client.setLight(
+        bridge.bridgeId,
+        "a",
+        { on: { on: true } },
+        { timeoutMs: 15_000 },
+      ),
+      sentAt,
+    );
+    await waitUntil(
+      "the command reaching its bridge",
+      () => bridge.commands.length > received,
+      5000,
+    );
+
+    await redis.stop();
+    const stoppedAt = Date.now();
+    const outcome = await command;
+    const answeredAfterStopMs = Math.max(
+      0,
+      sentAt + outcome.elapsedMs - stoppedAt,
+    );
+    bridge.answerCommands();
+    assert.equal(outcome.code, "UNAVAILABLE", "routed command in flight");
+    assert.ok(
+      answeredAfterStopMs < UNAVAILABLE_BOUND_MS,
+      `answered ${answeredAfterStopMs} ms after Redis stopped`,
+    );
+
+    await redis.restart();
+    await waitForReadiness(url, serverIds, 200, RECOVERY_TIMEOUT_MS);
+    await waitUntil(
+      "every expected shard channel subscribed again",
+      async () => (await missingChannels()).length === 0,
+      RECOVERY_TIMEOUT_MS,
+      50,
+    );
+    printFigure(
+      `redis outage: a command routed to another worker answered UNAVAILABLE ${answeredAfterStopMs} ms after Redis stopped`,
+    );
+  });
+
   it("forgets rooms left during an outage", async function () {
     this.timeout(60_000);
     // Rooms whose only member leaves while Redis is down: an app's room of
