@@ -93,6 +93,10 @@ const envSchema = z.object({
     "HANDSHAKES_PER_IDENTITY_PER_MINUTE",
     30,
   ),
+  HANDSHAKES_PER_WORKER_PER_SECOND: positiveInt(
+    "HANDSHAKES_PER_WORKER_PER_SECOND",
+    200,
+  ),
   REQUESTS_PER_SOCKET_PER_10S: positiveInt("REQUESTS_PER_SOCKET_PER_10S", 300),
   SHUTDOWN_TIMEOUT_MS: positiveInt("SHUTDOWN_TIMEOUT_MS", 10000),
   DRAIN_WINDOW_MS: wholeNumber("DRAIN_WINDOW_MS").optional(),
@@ -130,6 +134,8 @@ export interface RelayConfig {
   limits: {
     handshakesPerAddressPerMinute: number;
     handshakesPerIdentityPerMinute: number;
+    /** Handshakes one process admits per second, checked before any other work. */
+    handshakesPerWorkerPerSecond: number;
     requestsPerSocketPer10s: number;
   };
   shutdownTimeoutMs: number;
@@ -212,6 +218,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
     limits: {
       handshakesPerAddressPerMinute: parsed.HANDSHAKES_PER_ADDRESS_PER_MINUTE,
       handshakesPerIdentityPerMinute: parsed.HANDSHAKES_PER_IDENTITY_PER_MINUTE,
+      handshakesPerWorkerPerSecond: parsed.HANDSHAKES_PER_WORKER_PER_SECOND,
       requestsPerSocketPer10s: parsed.REQUESTS_PER_SOCKET_PER_10S,
     },
     shutdownTimeoutMs: parsed.SHUTDOWN_TIMEOUT_MS,

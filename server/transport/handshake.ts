@@ -65,8 +65,10 @@ const rejectionLog = new RepeatLimiter(1000);
 
 /**
  * Socket.IO middleware admitting only verified tokens of `role`. Checks, in
- * order: draining, the per-address limit, the token, the role, and the
- * per-identity limit.
+ * order: draining, this process's handshake rate, the per-address limit,
+ * the token, the role, and the per-identity limit. The process's rate comes
+ * first because it is counted in memory, so in a reconnect storm the
+ * handshakes beyond it cost no token check and no Redis call.
  */
 export function handshakeMiddleware(
   role: Identity["role"],
@@ -84,6 +86,7 @@ export function handshakeMiddleware(
           "the relay is shutting down, connect again",
         );
       }
+      deps.limits.admitHandshakeOnProcess();
       await deps.limits.consumeHandshakeFromAddress(address);
       const auth = socket.handshake.auth as { token?: unknown } | undefined;
       const identity = await deps.verifier.verify(auth?.token);

@@ -5,8 +5,17 @@ import {
   type RateLimiterAbstract,
 } from "rate-limiter-flexible";
 import type { RedisClientType } from "redis";
+import { Counter } from "prom-client";
 import type { RelayConfig } from "../config.ts";
 import { RelayError } from "../errors.ts";
+import { relayRegistry } from "../metrics/relay-metrics.ts";
+
+const handshakesRateLimited = new Counter({
+  name: "relay_handshakes_rate_limited_total",
+  help: "Handshakes rejected with RATE_LIMITED, by the limit that rejected them (worker, address, identity).",
+  labelNames: ["limit"] as const,
+  registers: [relayRegistry],
+});
 
 interface LimiterSpec {
   keyPrefix: string;
@@ -14,19 +23,102 @@ interface LimiterSpec {
   duration: number;
 }
 
+/** Largest `retryAfterMs` sent with a handshake that this process rejects. */
+const MAX_HANDSHAKE_RETRY_AFTER_MS = 60_000;
+
 /**
- * The relay's rate limits. Handshake limits are shared by every process
- * through Redis when it is configured (a memory limiter stands in while
- * Redis is down); the per-socket request limit is local, since a socket
- * lives on one process.
+ * Token bucket: refills at `perSecond` tokens a second up to `capacity`,
+ * so tokens left unused in a quiet moment serve the next burst. The fixed
+ * windows of `RateLimiterMemory` lose them, which slowed a 5,000-bridge
+ * reconnect storm by about a quarter.
+ */
+class TokenBucket {
+  private tokens: number;
+  private updatedAt: number;
+
+  constructor(
+    private readonly perSecond: number,
+    private readonly capacity: number,
+    private readonly now: () => number,
+  ) {
+    this.tokens = capacity;
+    this.updatedAt = now();
+  }
+
+  /** Takes one token and returns 0, or returns the ms until one is available. */
+  take(): number {
+    const now = this.now();
+    const refill = ((now - this.updatedAt) * this.perSecond) / 1000;
+    this.tokens = Math.min(this.capacity, this.tokens + refill);
+    this.updatedAt = now;
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return 0;
+    }
+    return ((1 - this.tokens) * 1000) / this.perSecond;
+  }
+}
+
+/**
+ * Admits at most `perSecond` handshakes per second on this process, after
+ * a burst of up to one second's worth. It counts in memory and at once, so
+ * a rejection costs no token check and no Redis call. Each rejected client
+ * gets a retry time one admission interval (1/perSecond s) after that of
+ * the client rejected before it, so the retries of a reconnect storm come
+ * back at about the admitted rate instead of all at once.
+ */
+export class HandshakeAdmission {
+  private readonly bucket: TokenBucket;
+  private readonly intervalMs: number;
+  /** Retry time (ms since the epoch) sent to the last rejected handshake. */
+  private lastRetryAt = 0;
+
+  constructor(
+    perSecond: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.bucket = new TokenBucket(perSecond, perSecond, now);
+    this.intervalMs = 1000 / perSecond;
+  }
+
+  /** Returns when admitted; throws `RATE_LIMITED` with a retry time otherwise. */
+  admit(): void {
+    const waitMs = this.bucket.take();
+    if (waitMs === 0) return;
+    const now = this.now();
+    // A retry time in the past is forgotten, so a quiet spell frees the schedule.
+    const retryAt = Math.min(
+      Math.max(this.lastRetryAt + this.intervalMs, now + waitMs),
+      now + MAX_HANDSHAKE_RETRY_AFTER_MS,
+    );
+    this.lastRetryAt = retryAt;
+    handshakesRateLimited.inc({ limit: "worker" });
+    throw new RelayError(
+      "RATE_LIMITED",
+      "too many connection attempts on this server",
+      { retryAfterMs: Math.max(1, Math.ceil(retryAt - now)) },
+    );
+  }
+}
+
+/**
+ * The relay's rate limits. Handshake limits per address and identity are
+ * shared by every process through Redis when it is configured, and counted
+ * in memory while Redis is down. The per-process handshake admission and
+ * the per-socket request limit are local, since they protect one process
+ * and a socket lives on one process.
  */
 export class RateLimits {
+  private readonly perProcess: HandshakeAdmission;
   private readonly perAddress: RateLimiterAbstract;
   private readonly perIdentity: RateLimiterAbstract;
   private readonly perSocket: RateLimiterMemory;
 
   constructor(config: RelayConfig, redis: RedisClientType | undefined) {
     const { limits, redisKeyPrefix } = config;
+    this.perProcess = new HandshakeAdmission(
+      limits.handshakesPerWorkerPerSecond,
+    );
     this.perAddress = createLimiter(redis, {
       keyPrefix: `${redisKeyPrefix}:rl:address`,
       points: limits.handshakesPerAddressPerMinute,
@@ -43,20 +135,35 @@ export class RateLimits {
     });
   }
 
-  consumeHandshakeFromAddress(address: string): Promise<void> {
-    return consume(
-      this.perAddress,
-      address,
-      "too many connection attempts from this address",
-    );
+  /** Throws `RATE_LIMITED` when this process admits no more handshakes this moment. */
+  admitHandshakeOnProcess(): void {
+    this.perProcess.admit();
   }
 
-  consumeHandshakeOfIdentity(identityKey: string): Promise<void> {
-    return consume(
-      this.perIdentity,
-      identityKey,
-      "too many connection attempts for this identity",
-    );
+  async consumeHandshakeFromAddress(address: string): Promise<void> {
+    try {
+      await consume(
+        this.perAddress,
+        address,
+        "too many connection attempts from this address",
+      );
+    } catch (error) {
+      countRateLimited(error, "address");
+      throw error;
+    }
+  }
+
+  async consumeHandshakeOfIdentity(identityKey: string): Promise<void> {
+    try {
+      await consume(
+        this.perIdentity,
+        identityKey,
+        "too many connection attempts for this identity",
+      );
+    } catch (error) {
+      countRateLimited(error, "identity");
+      throw error;
+    }
   }
 
   consumeRequest(socketId: string): Promise<void> {
@@ -69,6 +176,12 @@ export class RateLimits {
 
   forgetSocket(socketId: string): void {
     void this.perSocket.delete(socketId);
+  }
+}
+
+function countRateLimited(error: unknown, limit: "address" | "identity") {
+  if (error instanceof RelayError && error.code === "RATE_LIMITED") {
+    handshakesRateLimited.inc({ limit });
   }
 }
 
