@@ -240,8 +240,8 @@ export class RelayConnection<
       this.close("unauthorized", failure);
       return;
     }
-    const minimumMs = code === "RATE_LIMITED" ? (data?.retryAfterMs ?? 0) : 0;
-    this.scheduleRetry(failure, minimumMs);
+    const retryAfterMs = code === "RATE_LIMITED" ? data?.retryAfterMs : 0;
+    this.scheduleRetry(failure, retryAfterMs ?? 0);
   }
 
   private onDisconnect(reason: Socket.DisconnectReason): void {
@@ -255,10 +255,20 @@ export class RelayConnection<
     this.scheduleRetry(error, 0);
   }
 
-  private scheduleRetry(error: RelayClientError, minimumMs: number): void {
+  /**
+   * Schedules the next connect attempt after the backoff delay, or, when
+   * the relay sent `retryAfterMs`, after that wait plus a random 0 to
+   * `minDelayMs`. The relay may send many clients the same `retryAfterMs`,
+   * and the random part keeps them from returning together. The random part
+   * does not grow with the attempt, because `retryAfterMs` already says when
+   * the relay expects to have room.
+   */
+  private scheduleRetry(error: RelayClientError, retryAfterMs: number): void {
     this.attempt += 1;
-    const jittered = backoffDelay(this.attempt, this.backoff, this.random);
-    const delayMs = Math.max(minimumMs, jittered);
+    const delayMs =
+      retryAfterMs > 0
+        ? retryAfterMs + this.random() * this.backoff.minDelayMs
+        : backoffDelay(this.attempt, this.backoff, this.random);
     debug("retry %d in %d ms", this.attempt, Math.round(delayMs));
     this.setState("reconnecting", error);
     this.emit("retry", { attempt: this.attempt, delayMs, error });
