@@ -32,6 +32,11 @@ const positiveInt = (
 const MAX_PAYLOAD_LIMIT = 64 * 1024 * 1024;
 /** Highest WORKERS: more processes than this on one machine is a typo, not a plan. */
 const MAX_WORKERS = 256;
+/**
+ * Lowest APP_MAX_BUFFERED_BYTES. One full bridge state of 150 lights is up
+ * to about 55 KB of JSON, and a backlog of one such event is normal.
+ */
+const MIN_APP_BUFFERED_BYTES = 64 * 1024;
 
 const optionalText = z
   .string()
@@ -97,6 +102,17 @@ const envSchema = z.object({
     "HANDSHAKES_PER_WORKER_PER_SECOND",
     200,
   ),
+  APP_MAX_BUFFERED_BYTES: positiveInt(
+    "APP_MAX_BUFFERED_BYTES",
+    1024 * 1024,
+  ).pipe(
+    z
+      .number()
+      .min(
+        MIN_APP_BUFFERED_BYTES,
+        `APP_MAX_BUFFERED_BYTES must be at least ${MIN_APP_BUFFERED_BYTES}`,
+      ),
+  ),
   REQUESTS_PER_SOCKET_PER_10S: positiveInt("REQUESTS_PER_SOCKET_PER_10S", 300),
   SHUTDOWN_TIMEOUT_MS: positiveInt("SHUTDOWN_TIMEOUT_MS", 10000),
   DRAIN_WINDOW_MS: wholeNumber("DRAIN_WINDOW_MS").optional(),
@@ -137,6 +153,8 @@ export interface RelayConfig {
     /** Handshakes one process admits per second, checked before any other work. */
     handshakesPerWorkerPerSecond: number;
     requestsPerSocketPer10s: number;
+    /** Bytes waiting to be sent to one app connection before the relay closes it. */
+    appMaxBufferedBytes: number;
   };
   shutdownTimeoutMs: number;
   /** Time over which a draining process spreads the closing of its connections, in ms. */
@@ -220,6 +238,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
       handshakesPerIdentityPerMinute: parsed.HANDSHAKES_PER_IDENTITY_PER_MINUTE,
       handshakesPerWorkerPerSecond: parsed.HANDSHAKES_PER_WORKER_PER_SECOND,
       requestsPerSocketPer10s: parsed.REQUESTS_PER_SOCKET_PER_10S,
+      appMaxBufferedBytes: parsed.APP_MAX_BUFFERED_BYTES,
     },
     shutdownTimeoutMs: parsed.SHUTDOWN_TIMEOUT_MS,
     drainWindowMs: drainWindow(

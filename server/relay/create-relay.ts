@@ -192,6 +192,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     ...common,
     service,
     awaitSubscriptions: options.awaitSubscriptions ?? (async () => undefined),
+    maxBufferedBytes: config.limits.appMaxBufferedBytes,
   });
   drain.watchNamespace(bridges);
   drain.watchNamespace(io.of(APP_NAMESPACE));

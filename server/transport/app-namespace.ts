@@ -16,11 +16,14 @@ import {
 } from "./handshake.ts";
 import type { RateLimits } from "./rate-limits.ts";
 import { onRequest, rejectUnknownEvents } from "./requests.ts";
+import { closeWhenBacklogged } from "./slow-consumers.ts";
 
 export interface AppNamespaceDeps extends HandshakeDeps {
   service: AppService;
   limits: RateLimits;
   maxPayloadBytes: number;
+  /** Bytes waiting to be sent to one connection before the relay closes it. */
+  maxBufferedBytes: number;
   serverInfo: ServerInfo;
   /**
    * Resolves once this process receives the broadcasts of rooms it just
@@ -46,6 +49,7 @@ function serveApp(socket: Socket, deps: AppNamespaceDeps): void {
     userId: identity.userId,
   });
   const cancelExpiry = disconnectOnExpiry(socket, identity.exp, logger);
+  closeWhenBacklogged(socket, deps.maxBufferedBytes, logger);
   const options = { maxPayloadBytes: deps.maxPayloadBytes, logger };
   rejectUnknownEvents(socket, logger);
   const { service, limits } = deps;
