@@ -18,6 +18,7 @@ import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
 import { HandshakeError } from "../transport/handshake.ts";
 import { RateLimits } from "../transport/rate-limits.ts";
 import type { RedisClientType } from "redis";
+import { refreshSubscribedApps } from "./app-refresh.ts";
 import { AppService } from "./app-service.ts";
 import { namespaceBroadcaster } from "./broadcaster.ts";
 import { BridgeSessions } from "./bridge-sessions.ts";
@@ -66,6 +67,8 @@ export interface Relay {
   drain(): void;
   /** Re-checks the claims of this process's bridges after a Redis outage. */
   revalidateBridges(): Promise<void>;
+  /** Resends stored state to this process's subscribed apps after a subscriber reconnect. */
+  refreshApps(): Promise<void>;
   /**
    * Closes the sockets in batches over `DRAIN_WINDOW_MS`, each once its
    * work in flight is acknowledged, then the bus and the presence lease.
@@ -198,7 +201,12 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   drain.watchNamespace(io.of(APP_NAMESPACE));
 
   const app = createHttpApp({
-    checkDependencies: () => store.ping(),
+    // Both connections: a worker whose subscriber is down misses broadcasts
+    // and the replies of routed commands.
+    checkDependencies: async () => {
+      await store.ping();
+      await options.awaitSubscriptions?.();
+    },
     isDraining,
     logger,
     api: {
@@ -224,6 +232,10 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       draining = true;
     },
     revalidateBridges: () => sessions.revalidate(),
+    refreshApps: async () => {
+      await options.awaitSubscriptions?.();
+      await refreshSubscribedApps(io.of(APP_NAMESPACE), store, logger);
+    },
     close: async () => {
       draining = true;
       const summary = await drain.run([

@@ -434,11 +434,7 @@ describe("fault: Redis outage", function () {
     staleAfter.set(5_000, staleCopies);
   });
 
-  // TODO: enable once a worker resends its subscribed bridges' state to its
-  // apps when its Redis subscriber reconnects. Until then an app misses the
-  // resync snapshot of a bridge on another worker whose connection came back
-  // first, and keeps the old lights (seen in about 1 run in 3).
-  it.skip("updates apps on every worker after 5 s", () => {
+  it("updates apps on every worker after 5 s", () => {
     assert.deepEqual(staleAfter.get(5_000), []);
   });
 
@@ -448,7 +444,7 @@ describe("fault: Redis outage", function () {
     staleAfter.set(60_000, staleCopies);
   });
 
-  it.skip("updates apps on every worker after 60 s", () => {
+  it("updates apps on every worker after 60 s", () => {
     assert.deepEqual(staleAfter.get(60_000), []);
   });
 
@@ -643,9 +639,7 @@ describe("fault: Redis back for one relay before another", function () {
     await redis?.stop();
   });
 
-  // TODO: enable with the fix of the stale copies above. This case fails
-  // every time: the cut-off relay's app keeps the lights from before.
-  it.skip("updates apps of the later relay", async () => {
+  it("updates apps of the later relay", async () => {
     const bridgeId = randomBridgeId();
     const bridge = await startFakeBridge({ url: direct.url, bridgeId });
     clients.push(bridge);
