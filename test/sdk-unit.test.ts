@@ -601,6 +601,40 @@ describe("clients against a stub Socket.IO server", () => {
     assert.deepEqual(await resynced, { version: 2, trigger: "resync" });
   });
 
+  it("bridge drops answers of an ended connection", async () => {
+    let connections = 0;
+    const secondAnswer = new Promise<unknown>((resolve) => {
+      io.of("/bridge").on("connection", (socket) => {
+        connections += 1;
+        const commandId = `c${connections}`;
+        // Ack IDs count per namespace, per server process. The second
+        // connection stands for one to another worker, whose count also
+        // starts at 0, so both commands get ack ID 0.
+        (io.of("/bridge") as unknown as { _ids: number })._ids = 0;
+        socket
+          .timeout(2000)
+          .emit(
+            "light:set",
+            { commandId, lightId: commandId, change: { on: { on: true } } },
+            (_error: unknown, answer: unknown) => {
+              if (commandId === "c2") resolve(answer);
+            },
+          );
+        // The first connection ends while its command is still running.
+        if (connections === 1) setTimeout(() => socket.disconnect(true), 20);
+      });
+    });
+    bridgeClient({
+      onCommand: async (command) => {
+        const delayMs = command.commandId === "c1" ? 300 : 600;
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+        return { ok: true, data: { light: light(command.lightId, true) } };
+      },
+    }).connect();
+    const answer = (await secondAnswer) as { data?: { light?: Light } };
+    assert.equal(answer.data?.light?.id, "c2");
+  });
+
   it("bridge answers a throwing handler with HANDLER_FAILED", async () => {
     const answered = new Promise<unknown>((resolve) => {
       io.of("/bridge").on("connection", (socket) => {

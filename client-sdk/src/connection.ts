@@ -181,7 +181,38 @@ export class RelayConnection<
   ): void {
     // The socket is untyped inside this class, and `ListenEvents` types
     // the listener for callers.
-    this.socket.on(event, listener as never);
+    const forward = listener as unknown as (...received: unknown[]) => void;
+    this.socket.on(event, ((...args: unknown[]) => {
+      const last = args.length - 1;
+      const ack = args[last];
+      if (typeof ack === "function") {
+        args[last] = this.ackOnThisConnection(
+          event,
+          ack as (...answer: unknown[]) => void,
+        );
+      }
+      forward(...args);
+    }) as never);
+  }
+
+  /**
+   * Wraps an acknowledgement so that it is dropped once the connection it
+   * belongs to has ended. Socket.IO would send a late one on the next
+   * connection, where its ID may match another pending request of the
+   * relay, so an answer could reach the wrong command.
+   */
+  private ackOnThisConnection(
+    event: string,
+    ack: (...answer: unknown[]) => void,
+  ): (...answer: unknown[]) => void {
+    const socketId = this.socket.id;
+    return (...answer) => {
+      if (!this.socket.connected || this.socket.id !== socketId) {
+        debug("dropped the answer to %s from an ended connection", event);
+        return;
+      }
+      ack(...answer);
+    };
   }
 
   /**
