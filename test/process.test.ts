@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import {
@@ -99,6 +100,23 @@ describe("relay processes", function () {
     for (const worker of workers)
       assert.equal(isAlive(worker.pid), false, `worker ${worker.pid} exited`);
     assert.ok(relay.logs.some((line) => line.msg === "primary stopped"));
+  });
+
+  it("listens with a deep accept backlog", async () => {
+    const relay = await startRelay({ redisUrl: redis.url, workers: 1 });
+    try {
+      // For a listening socket, ss reports the backlog in the Send-Q column.
+      const output = execFileSync("ss", ["-ltnH", `sport = :${relay.port}`], {
+        encoding: "utf8",
+      });
+      const backlog = Number(output.trim().split(/\s+/)[2]);
+      const somaxconn = Number(
+        readFileSync("/proc/sys/net/core/somaxconn", "utf8"),
+      );
+      assert.equal(backlog, Math.min(4096, somaxconn));
+    } finally {
+      await relay.stop();
+    }
   });
 
   it("stops the embedded relay on SIGINT", async () => {

@@ -15,6 +15,14 @@ const RESTART_DELAY_MIN_MS = 250;
 const RESTART_DELAY_MAX_MS = 30_000;
 /** A worker that lived this long resets the crash count. */
 const STABLE_UPTIME_MS = 60_000;
+/**
+ * Pending-connection queue of the listening socket. Node's default of 511
+ * overflowed in a reconnect storm of 5,000 bridges, so the kernel dropped
+ * connection attempts and even `/healthz` waited seconds. Linux caps this
+ * at `net.core.somaxconn` (4096 by default since kernel 5.4).
+ */
+const LISTEN_BACKLOG = 4096;
+
 /** Time the primary gives a worker to exit after its own shutdown deadline, in ms. */
 const EXIT_GRACE_MS = 1000;
 /**
@@ -120,21 +128,24 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   let listening = false;
   const listen = (): void => {
     listening = true;
-    httpServer.listen(config.port, config.host, () => {
-      const { port } = httpServer.address() as AddressInfo;
-      logger.info(
-        {
-          port,
-          host: config.host,
-          workers: config.workers,
-          redis: "configured",
-        },
-        `relay listening on http://${config.host}:${port} with ${config.workers} workers`,
-      );
-      // Only a process manager that started the primary with an IPC
-      // channel (PM2) receives this.
-      process.send?.(PROCESS_MANAGER_READY);
-    });
+    httpServer.listen(
+      { port: config.port, host: config.host, backlog: LISTEN_BACKLOG },
+      () => {
+        const { port } = httpServer.address() as AddressInfo;
+        logger.info(
+          {
+            port,
+            host: config.host,
+            workers: config.workers,
+            redis: "configured",
+          },
+          `relay listening on http://${config.host}:${port} with ${config.workers} workers`,
+        );
+        // Only a process manager that started the primary with an IPC
+        // channel (PM2) receives this.
+        process.send?.(PROCESS_MANAGER_READY);
+      },
+    );
   };
 
   const fork = (): Worker => {
