@@ -2,7 +2,7 @@
  * Draws the benchmark plots as SVG from the newest full (not --smoke)
  * result of each scenario: command latency against offered load, fan-out
  * latency against deliveries per second, and server memory against idle
- * bridge connections.
+ * bridge connections. Prints each scenario's tables as Markdown.
  *
  *   npm run bench:plot -- [--results bench/results] [--svg-dir docs/benchmarks]
  */
@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { DEFAULT_RESULTS_DIR, ROOT, type BenchResult } from "../lib/results.ts";
 import { lineChart } from "./svg.ts";
+import { scenarioTables } from "./tables.ts";
 
 const { values } = parseArgs({
   options: {
@@ -148,4 +149,21 @@ if (memory === undefined) {
       })),
     }),
   );
+}
+
+for (const scenario of [
+  "round-trip",
+  "command-rate",
+  "command-scale",
+  "mqtt",
+  "fanout",
+  "idle-memory",
+  "reconnect-storm",
+]) {
+  const result = latestResult(scenario);
+  if (result === undefined) continue;
+  console.log(
+    `\n### ${scenario} (${result.startedAt}, load average ${result.machine.loadAverage1m})\n`,
+  );
+  console.log(scenarioTables(result));
 }
