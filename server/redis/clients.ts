@@ -14,6 +14,17 @@ export interface RedisClients {
 /** Maximum wait between reconnection attempts, in ms. */
 const MAX_RECONNECT_DELAY_MS = 5000;
 
+/**
+ * Returns the wait before reconnection attempt `retries` (from 0), in ms:
+ * 100 ms doubling up to 5 s, of which a random half is taken off. Without
+ * the random part every connection of every process retried at the same
+ * moment, loading a Redis that had just come back.
+ */
+export function reconnectDelay(retries: number, random = Math.random): number {
+  const ceiling = Math.min(100 * 2 ** retries, MAX_RECONNECT_DELAY_MS);
+  return Math.round(ceiling / 2 + (random() * ceiling) / 2);
+}
+
 function watch(client: RedisClientType, role: string, logger: Logger): void {
   let failures = 0;
   client.on("error", (error: unknown) => {
@@ -51,8 +62,7 @@ export async function connectRedis(
     url,
     disableOfflineQueue: true,
     socket: {
-      reconnectStrategy: (retries: number) =>
-        Math.min(100 * 2 ** retries, MAX_RECONNECT_DELAY_MS),
+      reconnectStrategy: (retries: number) => reconnectDelay(retries),
     },
   });
   const subscriber = main.duplicate();
