@@ -30,6 +30,8 @@ export class LoadAgent {
   >();
   private nextId = 1;
   private readonly exited: Promise<void>;
+  /** How the process ended, once it has. */
+  private exitStatus: string | undefined;
 
   constructor(readonly name: string) {
     this.child = fork(AGENT_SCRIPT, [], {
@@ -38,6 +40,7 @@ export class LoadAgent {
     });
     this.exited = new Promise((resolve) => {
       this.child.once("exit", (code, signal) => {
+        this.exitStatus = `code ${code}, signal ${signal}`;
         for (const { reject } of this.pending.values()) {
           reject(
             new Error(
@@ -48,6 +51,10 @@ export class LoadAgent {
         this.pending.clear();
         resolve();
       });
+    });
+    // A send after the process has exited fails here and in call().
+    this.child.on("error", (error) => {
+      console.error(`load agent ${name}: ${error.message}`);
     });
     this.child.on("message", (response: RpcResponse) => {
       const call = this.pending.get(response.id);
@@ -68,6 +75,13 @@ export class LoadAgent {
 
   /** Calls `method` in the agent and resolves with its result. */
   call<T>(method: string, params: unknown = {}): Promise<T> {
+    if (this.exitStatus !== undefined || !this.child.connected) {
+      return Promise.reject(
+        new Error(
+          `load agent ${this.name} cannot take ${method}: it has exited (${this.exitStatus ?? "channel closed"})`,
+        ),
+      );
+    }
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, {
