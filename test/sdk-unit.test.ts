@@ -905,6 +905,30 @@ describe("clients against a stub Socket.IO server", () => {
     assert.equal(connections, 2);
   });
 
+  it("app resubscribes on bridge:resync", async () => {
+    let subscribes = 0;
+    io.of("/app").on("connection", (socket) => {
+      socket.on("bridge:subscribe", (_payload, ack) => {
+        subscribes += 1;
+        ack({ ok: true, data: bridgeState(subscribes) });
+        if (subscribes > 1) return;
+        // Once the subscription has settled, as after a relay reconnect.
+        setTimeout(() => {
+          const other = "0".repeat(16);
+          socket.emit("bridge:resync", { bridgeId: other, reason: "test" });
+          socket.emit("bridge:resync", { bridgeId: BRIDGE_ID, reason: "test" });
+        }, 50);
+      });
+    });
+    const client = appClient();
+    const resynced = nextEvent(client, "resynced");
+    await client.connect();
+    await client.subscribe(BRIDGE_ID);
+    const event = await resynced;
+    assert.equal(event.state.version, 2);
+    assert.equal(subscribes, 2);
+  });
+
   it("app subscribes anew after unsubscribe", async () => {
     let subscribes = 0;
     const connected = new Promise<ServerSocket>((resolve) => {

@@ -257,6 +257,11 @@ export class AppClient extends TypedEmitter<AppClientEvents> {
     this.connection.listen("bridge:snapshot", (event) =>
       this.onVersioned({ name: "bridge:snapshot", event }),
     );
+    this.connection.listen("bridge:resync", ({ bridgeId, reason }) => {
+      if (!this.tracker.has(bridgeId)) return;
+      debug("relay asked to resubscribe to %s: %s", bridgeId, reason);
+      this.resync(bridgeId, 1);
+    });
     this.connection.listen("bridge:presence", (event) => {
       // NOTE: presence has no version, so one that arrives while a subscribe
       // is in flight may be older or newer than the acknowledged `online`.

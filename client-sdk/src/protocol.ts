@@ -189,10 +189,17 @@ export interface AppToRelayEvents {
   "relay:info": (payload: object, ack: AckCallback<ServerInfo>) => void;
 }
 
+/** Relay to app: events of this bridge may have been missed; subscribe again. */
+export interface BridgeResyncEvent {
+  bridgeId: string;
+  reason: string;
+}
+
 export interface RelayToAppEvents {
   "lights:changed": (event: LightsChangedEvent) => void;
   "bridge:snapshot": (event: BridgeSnapshotEvent) => void;
   "bridge:presence": (event: BridgePresence) => void;
+  "bridge:resync": (event: BridgeResyncEvent) => void;
 }
 
 /** Pattern of a bridge ID in its canonical (lowercase) form. */

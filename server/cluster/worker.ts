@@ -73,25 +73,15 @@ export async function runWorker(
     },
   });
   // Broadcasts published while the subscriber was down are lost, so local
-  // apps then get the stored state of their bridges. That read needs the
-  // main connection too, so a refresh that failed is tried again when it
-  // comes back.
-  let refreshPending = false;
-  const refreshApps = (): void => {
-    refreshPending = true;
-    relay
-      .refreshApps()
-      .then(() => {
-        refreshPending = false;
-      })
-      .catch((error: unknown) => {
-        log.warn(
-          { err: error },
-          "could not refresh subscribed apps after a Redis reconnect",
-        );
-      });
-  };
-  redis.subscriber.on("ready", refreshApps);
+  // apps are asked to subscribe again once it is back.
+  redis.subscriber.on("ready", () => {
+    relay.refreshApps().catch((error: unknown) => {
+      log.warn(
+        { err: error },
+        "could not ask apps to subscribe again after a Redis reconnect",
+      );
+    });
+  });
   // Any later "ready" is a reconnect after an outage, and Redis may have
   // come back empty: check that this worker's bridge claims survived.
   redis.main.on("ready", () => {
@@ -101,7 +91,6 @@ export async function runWorker(
         "could not revalidate bridge claims after a Redis reconnect",
       );
     });
-    if (refreshPending) refreshApps();
   });
   setupWorker(relay.io);
   bindSessionsBeforeHandshake(relay.io);

@@ -18,7 +18,7 @@ import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
 import { HandshakeError } from "../transport/handshake.ts";
 import { RateLimits } from "../transport/rate-limits.ts";
 import type { RedisClientType } from "redis";
-import { refreshSubscribedApps } from "./app-refresh.ts";
+import { askAppsToResubscribe } from "./app-refresh.ts";
 import { AppService } from "./app-service.ts";
 import { namespaceBroadcaster } from "./broadcaster.ts";
 import { BridgeSessions } from "./bridge-sessions.ts";
@@ -67,7 +67,7 @@ export interface Relay {
   drain(): void;
   /** Re-checks the claims of this process's bridges after a Redis outage. */
   revalidateBridges(): Promise<void>;
-  /** Resends stored state to this process's subscribed apps after a subscriber reconnect. */
+  /** Asks this process's apps to subscribe again, after a subscriber reconnect. */
   refreshApps(): Promise<void>;
   /**
    * Closes the sockets in batches over `DRAIN_WINDOW_MS`, each once its
@@ -234,7 +234,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     revalidateBridges: () => sessions.revalidate(),
     refreshApps: async () => {
       await options.awaitSubscriptions?.();
-      await refreshSubscribedApps(io.of(APP_NAMESPACE), store, logger);
+      askAppsToResubscribe(io.of(APP_NAMESPACE), logger);
     },
     close: async () => {
       draining = true;
