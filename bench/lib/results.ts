@@ -1,4 +1,4 @@
-import { execFileSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -37,15 +37,13 @@ export interface BenchResult {
   skipped: string[];
 }
 
+/** Returns the first line a command prints, or null when it cannot run. */
 function commandVersion(command: string, args: string[]): string | null {
-  try {
-    const output = execFileSync(command, args, {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    return output.toString().split("\n")[0]!.trim();
-  } catch {
-    return null;
-  }
+  // `mosquitto -h` prints its version but exits with status 3, so the status is not checked.
+  const run = spawnSync(command, args, { stdio: ["ignore", "pipe", "pipe"] });
+  if (run.error !== undefined) return null;
+  const output = `${run.stdout.toString()}${run.stderr.toString()}`.trim();
+  return output === "" ? null : output.split("\n")[0]!.trim();
 }
 
 function cpuModel(): string {

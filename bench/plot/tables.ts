@@ -85,25 +85,29 @@ export function scenarioTables(result: BenchResult): string {
       return markdownTable(steps) + maxima;
     }
     case "command-scale": {
+      interface FixedRateRun {
+        step: CommandStepRow;
+        redisCommandsPerCommand: number;
+      }
       const rows = result.results as {
         system: string;
         processes: number;
         maxSustainedRate: number;
-        redisCommandsPerCommand: number;
-        redisCommandsByName: Record<string, number>;
-        halfRate: CommandStepRow;
+        cost: FixedRateRun;
+        halfRate: FixedRateRun;
       }[];
       return markdownTable(
         rows.map((row) => ({
           system: row.system,
           processes: row.processes,
+          [`Redis cmds/cmd at ${row.cost.step.rate}/s`]:
+            row.cost.redisCommandsPerCommand,
+          "server CPU ms/cmd": row.cost.step.serverCpuMsPerCommand,
+          "Redis CPU ms/cmd": row.cost.step.redisCpuMsPerCommand,
           "max sustained/s": row.maxSustainedRate,
-          "half rate/s": row.halfRate.rate,
-          "p50 ms": row.halfRate.p50Ms,
-          "p99 ms": row.halfRate.p99Ms,
-          "Redis cmds/cmd": row.redisCommandsPerCommand,
-          "server CPU ms/cmd": row.halfRate.serverCpuMsPerCommand,
-          "Redis CPU ms/cmd": row.halfRate.redisCpuMsPerCommand,
+          "half rate/s": row.halfRate.step.rate,
+          "p50 ms at half": row.halfRate.step.p50Ms,
+          "p99 ms at half": row.halfRate.step.p99Ms,
         })),
       );
     }

@@ -38,18 +38,20 @@ import { LoadAgent } from "../load/rpc.ts";
 
 const USAGE = `Command cost against the number of server processes.
 
-  npm run bench:command-scale -- [--processes 2,4] [--pairs 20] [--step-ms 5000] [--measure-ms 10000]
+  npm run bench:command-scale -- [--processes 2,4] [--cost-rate 500] [--pairs 20] [--step-ms 5000] [--measure-ms 10000]
 
   --processes LIST  numbers of server processes to compare (default 2,4)
+  --cost-rate N     commands per second of the run that measures cost, the same for all (default 500)
   --pairs N         bridge and app pairs that share the load (default 20)
   --step-ms MS      length of each step of the search for the maximum rate (default 5000)
-  --measure-ms MS   length of the run at half the maximum rate (default 10000)
+  --measure-ms MS   length of the runs at the cost rate and at half the maximum rate (default 10000)
   --rates LIST      offered rates to climb, in commands per second`;
 
 const P99_TARGET_MS = 100;
 
 const values = parseBenchArgs(USAGE, {
   processes: { type: "string" },
+  "cost-rate": { type: "string" },
   pairs: { type: "string" },
   "step-ms": { type: "string" },
   "measure-ms": { type: "string" },
@@ -60,6 +62,11 @@ const processCounts = integerListOption(
   values.processes ?? "2,4",
   "processes",
   2,
+);
+const costRate = integerOption(
+  values["cost-rate"] ?? (smoke ? "40" : "500"),
+  "cost-rate",
+  1,
 );
 const pairs = integerOption(values.pairs ?? (smoke ? "4" : "20"), "pairs", 1);
 const stepMs = integerOption(
@@ -88,16 +95,23 @@ const ladder: LadderSettings = {
 /** Length of the window that measures background Redis traffic (presence heartbeats), in ms. */
 const idleMs = smoke ? 200 : 3000;
 
+/** A fixed-rate run and the Redis commands it caused. */
+interface FixedRateRun {
+  step: CommandStep;
+  /** Redis commands per light command, background traffic subtracted, calls inside Lua scripts included. */
+  redisCommandsPerCommand: number;
+  /** The same by Redis command name. */
+  redisCommandsByName: Record<string, number>;
+}
+
 interface ScaleResult {
   system: "relay" | "bare-adapter";
   processes: number;
   maxSustainedRate: number;
+  /** The run at the cost rate, the same for every system and process count. */
+  cost: FixedRateRun;
   /** The run at half the maximum sustained rate. */
-  halfRate: CommandStep;
-  /** Redis commands per light command at half rate, background traffic subtracted. */
-  redisCommandsPerCommand: number;
-  /** The same by Redis command name. */
-  redisCommandsByName: Record<string, number>;
+  halfRate: FixedRateRun;
   ladder: CommandStep[];
 }
 
@@ -113,27 +127,25 @@ function perCommand(
   );
 }
 
-/** Runs at half of the maximum rate and counts the Redis commands it caused. */
-async function measureHalfRate(
+/**
+ * Runs commands at `rate` for the measuring time and counts the Redis
+ * commands they caused, less the background traffic of an idle window.
+ */
+async function measureFixedRate(
   agent: LoadAgent,
   target: CommandTarget,
   redisStats: RedisStats,
-  maxRate: number,
-): Promise<
-  Pick<
-    ScaleResult,
-    "halfRate" | "redisCommandsPerCommand" | "redisCommandsByName"
-  >
-> {
-  const rate = Math.max(1, Math.floor(maxRate / 2));
+  rate: number,
+): Promise<FixedRateRun> {
   await agent.call("commands.setup", target.setup);
   await measureCommandStep(agent, target, rate, ladder.warmupMs, P99_TARGET_MS);
   const idleStart = await redisStats.commandCounts();
   await new Promise((resolve) => setTimeout(resolve, idleMs));
   const idle = countsBetween(idleStart, await redisStats.commandCounts());
+
   const before = await redisStats.commandCounts();
   const started = performance.now();
-  const halfRate = await measureCommandStep(
+  const step = await measureCommandStep(
     agent,
     target,
     rate,
@@ -143,6 +155,7 @@ async function measureHalfRate(
   const elapsedMs = performance.now() - started;
   const during = countsBetween(before, await redisStats.commandCounts());
   await agent.call("commands.close");
+
   // Subtract the background traffic, scaled from the idle window to the run.
   const net: CommandCounts = {};
   for (const [name, calls] of Object.entries(during.byCommand)) {
@@ -150,9 +163,9 @@ async function measureHalfRate(
     net[name] = Math.max(0, calls - background);
   }
   const total = Object.values(net).reduce((sum, calls) => sum + calls, 0);
-  const commands = Math.max(1, halfRate.succeeded);
+  const commands = Math.max(1, step.succeeded);
   return {
-    halfRate,
+    step,
     redisCommandsPerCommand: round(total / commands, 3),
     redisCommandsByName: perCommand(net, commands),
   };
@@ -203,19 +216,21 @@ async function measureSystem(
       redisPid,
     };
   }
+  const cost = await measureFixedRate(agent, target, redisStats, costRate);
   const search = await measureTarget(agent, target, ladder);
-  const half = await measureHalfRate(
+  const halfRate = await measureFixedRate(
     agent,
     target,
     redisStats,
-    search.maxSustainedRate,
+    Math.max(1, Math.floor(search.maxSustainedRate / 2)),
   );
   await group.stop();
   return {
     system,
     processes,
     maxSustainedRate: search.maxSustainedRate,
-    ...half,
+    cost,
+    halfRate,
     ladder: search.steps,
   };
 }
@@ -238,6 +253,7 @@ await runScenario(
     outDir: values.out,
     settings: {
       processCounts,
+      costRate,
       pairs,
       stepMs,
       measureMs,
@@ -279,41 +295,52 @@ await runScenario(
       ),
     );
     printTable(
+      `Cost at ${costRate} commands per second`,
+      results.map((result) => ({
+        system: result.system,
+        processes: result.processes,
+        "p50 ms": result.cost.step.p50Ms,
+        "p99 ms": result.cost.step.p99Ms,
+        "redis cmds/cmd": result.cost.redisCommandsPerCommand,
+        "server cpu ms/cmd": result.cost.step.serverCpuMsPerCommand,
+        "redis cpu ms/cmd": result.cost.step.redisCpuMsPerCommand,
+      })),
+    );
+    printTable(
       "At half the maximum sustained rate",
       results.map((result) => ({
         system: result.system,
         processes: result.processes,
         "max/s": result.maxSustainedRate,
-        "rate/s": result.halfRate.rate,
-        "p50 ms": result.halfRate.p50Ms,
-        "p99 ms": result.halfRate.p99Ms,
-        "redis cmds/cmd": result.redisCommandsPerCommand,
-        "server cpu ms/cmd": result.halfRate.serverCpuMsPerCommand,
-        "redis cpu ms/cmd": result.halfRate.redisCpuMsPerCommand,
+        "rate/s": result.halfRate.step.rate,
+        "p50 ms": result.halfRate.step.p50Ms,
+        "p99 ms": result.halfRate.step.p99Ms,
+        "p99 < 100 ms": result.halfRate.step.p99Ms < P99_TARGET_MS,
       })),
     );
     return {
       results,
       summary: {
+        costRate,
         relayRedisCommandsGrowth: growth(
           results,
           "relay",
-          (r) => r.redisCommandsPerCommand,
+          (r) => r.cost.redisCommandsPerCommand,
         ),
         relayServerCpuGrowth: growth(
           results,
           "relay",
-          (r) => r.halfRate.serverCpuMsPerCommand,
+          (r) => r.cost.step.serverCpuMsPerCommand,
         ),
         bareRedisCommandsGrowth: growth(
           results,
           "bare-adapter",
-          (r) => r.redisCommandsPerCommand,
+          (r) => r.cost.redisCommandsPerCommand,
         ),
         bareServerCpuGrowth: growth(
           results,
           "bare-adapter",
-          (r) => r.halfRate.serverCpuMsPerCommand,
+          (r) => r.cost.step.serverCpuMsPerCommand,
         ),
       },
     };
