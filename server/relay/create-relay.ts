@@ -26,8 +26,11 @@ import { CommandExecutor } from "./command-executor.ts";
 import { CommandRouter } from "./command-router.ts";
 import { ConnectionDrain } from "./drain.ts";
 import { PresenceLease } from "./presence-lease.ts";
+import { ResyncScheduler } from "./resync-scheduler.ts";
 import { StateWriter } from "./state-writer.ts";
 
+/** Interval at which a bridge whose write the store rejected is asked for a snapshot, in ms. */
+const RESYNC_INTERVAL_MS = 2000;
 /** Extra time a command's origin waits beyond the bridge's own timeout, for the hops between processes. */
 const ROUTING_MARGIN_MS = 1000;
 /** Time kept after the drain, before the shutdown deadline, to release claims and close Redis, in ms. */
@@ -137,7 +140,12 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       broadcaster,
       logger,
     });
-  const writer = new StateWriter(store, broadcaster);
+  const resyncs = new ResyncScheduler(
+    (bridgeId) => sessions.get(bridgeId),
+    RESYNC_INTERVAL_MS,
+    logger,
+  );
+  const writer = new StateWriter(store, broadcaster, resyncs);
   const drain = new ConnectionDrain({
     windowMs: config.drainWindowMs,
     forceAfterMs: config.shutdownTimeoutMs - CLOSE_MARGIN_MS,
@@ -238,6 +246,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     },
     close: async () => {
       draining = true;
+      resyncs.close();
       const summary = await drain.run([
         ...bridges.sockets.values(),
         ...io.of(APP_NAMESPACE).sockets.values(),

@@ -18,6 +18,12 @@ export interface WriterSession {
   epoch: number;
 }
 
+/** Told of writes that the store rejected, and of snapshots it stored. */
+export interface WriteListener {
+  writeFailed(session: WriterSession): void;
+  snapshotStored(session: WriterSession): void;
+}
+
 export interface ChangeResult {
   version: number;
   /** The stored documents of the lights named by the change, after the write. */
@@ -42,12 +48,13 @@ export class StateWriter {
   constructor(
     private readonly store: StateStore,
     private readonly broadcaster: AppBroadcaster,
+    private readonly listener?: WriteListener,
   ) {}
 
   /** Replaces all of a bridge's lights; returns the version after the write. */
   applySnapshot(session: WriterSession, lights: Light[]): Promise<number> {
     const next = lights.map(canonicalLight).sort(byId);
-    return this.queue.run(session.bridgeId, () =>
+    const stored = this.queue.run(session.bridgeId, () =>
       this.retry(async () => {
         const current = await this.store.getState(session.bridgeId);
         if (!snapshotDiffers(current.lights, next)) return current.version;
@@ -65,6 +72,7 @@ export class StateWriter {
         return version;
       }),
     );
+    return this.tellListener(session, stored, true);
   }
 
   /** Applies changes whole or not at all; an unknown light is `NOT_FOUND`. */
@@ -72,9 +80,36 @@ export class StateWriter {
     session: WriterSession,
     changes: LightChange[],
   ): Promise<ChangeResult> {
-    return this.queue.run(session.bridgeId, () =>
+    const result = this.queue.run(session.bridgeId, () =>
       this.retry(() => this.applyChangesNow(session, changes)),
     );
+    return this.tellListener(session, result, false);
+  }
+
+  /**
+   * Reports a write the store rejected, so that the bridge is asked for a
+   * snapshot later. A fenced write, an unknown light or a stale epoch is
+   * not a store failure, and the state stays right without one.
+   */
+  private async tellListener<T>(
+    session: WriterSession,
+    write: Promise<T>,
+    snapshot: boolean,
+  ): Promise<T> {
+    try {
+      const result = await write;
+      if (snapshot) this.listener?.snapshotStored(session);
+      return result;
+    } catch (error) {
+      if (
+        error instanceof RelayError &&
+        error.code === "UNAVAILABLE" &&
+        !(error instanceof FencedWrite)
+      ) {
+        this.listener?.writeFailed(session);
+      }
+      throw error;
+    }
   }
 
   private async applyChangesNow(
@@ -123,7 +158,7 @@ export class StateWriter {
     });
     if (result.status === "written") return result.version;
     if (result.status === "fenced") {
-      throw new RelayError(
+      throw new FencedWrite(
         "UNAVAILABLE",
         `bridge ${session.bridgeId} has a newer connection; this write was ignored`,
       );
@@ -152,3 +187,6 @@ export class StateWriter {
 }
 
 class WriteConflict extends Error {}
+
+/** A write of a connection that a newer one replaced. */
+class FencedWrite extends RelayError {}

@@ -307,8 +307,15 @@ export class RedisStore implements StateStore {
     );
   }
 
+  /**
+   * Writes a short-lived key rather than sending PING, so that a Redis that
+   * answers but rejects writes (out of memory, a read-only replica) fails
+   * the check as well.
+   */
   async ping(): Promise<void> {
-    await this.client.ping();
+    await this.client.set(`${this.keyPrefix}:health`, "1", {
+      expiration: { type: "PX", value: 60_000 },
+    });
   }
 
   /** Does nothing: the store owns no resource, and the caller quits the client. */

@@ -1,0 +1,89 @@
+import assert from "node:assert/strict";
+import { isDeepStrictEqual } from "node:util";
+import { createClient, type RedisClientType } from "redis";
+import { startAppView, type AppView } from "../support/app-view.ts";
+import { randomBridgeId } from "../support/clients.ts";
+import { startFakeBridge, type FakeBridge } from "../support/fake-bridge.ts";
+import { outcomeOf, printFigure, waitUntil } from "../support/faults.ts";
+import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
+import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+
+async function readiness(url: string): Promise<number> {
+  return (await fetch(`${url}/readyz`)).status;
+}
+
+describe("fault: Redis rejects writes while reachable", function () {
+  this.timeout(60_000);
+  let redis: RedisServer;
+  let admin: RedisClientType;
+  let relay: RelayProcess;
+  const clients: { close(): void }[] = [];
+
+  before(async () => {
+    redis = await startRedisServer();
+    admin = createClient({ url: redis.url });
+    admin.on("error", () => undefined);
+    await admin.connect();
+    relay = await startRelay({ redisUrl: redis.url, workers: 1 });
+  });
+
+  after(async () => {
+    for (const client of clients) client.close();
+    await relay?.stop();
+    await admin?.close();
+    await redis?.stop();
+  });
+
+  it("resyncs the bridge once writes work again", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge: FakeBridge = await startFakeBridge({
+      url: relay.url,
+      bridgeId,
+    });
+    const app: AppView = await startAppView({
+      url: relay.url,
+      bridgeIds: [bridgeId],
+    });
+    clients.push(bridge, app);
+    await app.subscribe([bridgeId]);
+
+    // Out of memory with no eviction: Redis answers reads, rejects writes.
+    await admin.configSet("maxmemory-policy", "noeviction");
+    await admin.configSet("maxmemory", "1");
+    const report = await outcomeOf(
+      bridge.switchLight({ id: "a", on: { on: true } }),
+    );
+    assert.equal(report.code, "UNAVAILABLE", "a report while writes fail");
+    assert.equal(
+      await readiness(relay.url),
+      503,
+      "readiness while writes fail",
+    );
+
+    await admin.configSet("maxmemory", "0");
+    const restoredAt = Date.now();
+    await waitUntil(
+      "readiness back",
+      async () => (await readiness(relay.url)) === 200,
+      5000,
+    );
+    const syncedMs = await waitUntil(
+      "the bridge's lost report stored through a snapshot",
+      () =>
+        bridge.syncs.some(
+          (sync) => sync.trigger === "resync" && sync.at > restoredAt,
+        ),
+      10_000,
+    );
+    const currentMs = await waitUntil(
+      "the app's copy current",
+      () =>
+        isDeepStrictEqual(app.sortedLights(bridgeId), bridge.sortedLights()),
+      5000,
+    );
+    assert.equal(app.sortedLights(bridgeId)[0]?.on.on, true);
+    printFigure(
+      `redis rejects writes: the lost report stored ${syncedMs} ms after writes worked again, the app current ${currentMs} ms later`,
+    );
+  });
+});
