@@ -30,6 +30,12 @@ const positiveInt = (
 
 /** Highest MAX_PAYLOAD_BYTES: the transport buffers twice the limit per message. */
 const MAX_PAYLOAD_LIMIT = 64 * 1024 * 1024;
+/**
+ * Highest duration setting, one day in ms. Node runs a timer of 2^31 ms
+ * or more after 1 ms instead, so a larger value would turn a timeout
+ * into an immediate one.
+ */
+const MAX_DURATION_MS = 86_400_000;
 /** Highest WORKERS: more processes than this on one machine is a typo, not a plan. */
 const MAX_WORKERS = 256;
 /**
@@ -81,10 +87,12 @@ const envSchema = z.object({
   AUTH_ISSUER: optionalText,
   AUTH_AUDIENCE: optionalText,
   AUTH_SECRET_FILE: z.string().min(1).default(".data/auth-secret"),
-  COMMAND_TIMEOUT_MS: positiveInt("COMMAND_TIMEOUT_MS", 5000),
-  PRESENCE_HEARTBEAT_MS: positiveInt("PRESENCE_HEARTBEAT_MS", 5000).pipe(
-    z.number().min(100, "PRESENCE_HEARTBEAT_MS must be at least 100"),
-  ),
+  COMMAND_TIMEOUT_MS: positiveInt("COMMAND_TIMEOUT_MS", 5000, MAX_DURATION_MS),
+  PRESENCE_HEARTBEAT_MS: positiveInt(
+    "PRESENCE_HEARTBEAT_MS",
+    5000,
+    MAX_DURATION_MS,
+  ).pipe(z.number().min(100, "PRESENCE_HEARTBEAT_MS must be at least 100")),
   MAX_PAYLOAD_BYTES: positiveInt(
     "MAX_PAYLOAD_BYTES",
     1024 * 1024,
@@ -114,7 +122,11 @@ const envSchema = z.object({
       ),
   ),
   REQUESTS_PER_SOCKET_PER_10S: positiveInt("REQUESTS_PER_SOCKET_PER_10S", 300),
-  SHUTDOWN_TIMEOUT_MS: positiveInt("SHUTDOWN_TIMEOUT_MS", 10000),
+  SHUTDOWN_TIMEOUT_MS: positiveInt(
+    "SHUTDOWN_TIMEOUT_MS",
+    10000,
+    MAX_DURATION_MS,
+  ),
   DRAIN_WINDOW_MS: wholeNumber("DRAIN_WINDOW_MS").optional(),
   LOG_LEVEL: z
     .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
