@@ -3,7 +3,6 @@ import type {
   BridgeSessions,
   BridgeSession,
 } from "../relay/bridge-sessions.ts";
-import { bridgeRoom } from "../relay/rooms.ts";
 import type { StateWriter } from "../relay/state-writer.ts";
 import type { ServerInfo } from "../../client-sdk/src/protocol.ts";
 import { parsePayload } from "../protocol/validate.ts";
@@ -107,7 +106,6 @@ function serveBridge(socket: Socket, deps: BridgeNamespaceDeps): void {
   const cancelExpiry = disconnectOnExpiry(socket, exp, logger);
   const options = { maxPayloadBytes: deps.maxPayloadBytes, logger };
   rejectUnknownEvents(socket, logger);
-  void socket.join(bridgeRoom(session.bridgeId));
   logger.info({ epoch: session.epoch }, "bridge connected");
 
   onRequest(
