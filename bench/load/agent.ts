@@ -44,6 +44,7 @@ const methods: Record<string, (params: never) => unknown> = {
     durationMs: number;
     drainMs: number;
   }) => changes.run(params),
+  "changes.close": () => changes.close(),
 };
 
 function reply(response: RpcResponse): void {

@@ -53,7 +53,9 @@ const stepMs = integerOption(
 );
 const rates = integerListOption(
   values.rates ??
-    (smoke ? "40" : "250,500,1000,1500,2000,3000,4000,6000,8000,12000"),
+    (smoke
+      ? "40"
+      : "250,500,1000,1500,2000,3000,4000,6000,8000,12000,16000,24000"),
   "rates",
   1,
 );

@@ -80,7 +80,8 @@ const measureMs = integerOption(
   100,
 );
 const rates = integerListOption(
-  values.rates ?? (smoke ? "40" : "250,500,1000,1500,2000,3000,4000,6000,8000"),
+  values.rates ??
+    (smoke ? "40" : "250,500,1000,1500,2000,3000,4000,6000,8000,12000,16000"),
   "rates",
   1,
 );

@@ -219,9 +219,10 @@ async function measureTarget(
       steps: ladder.steps,
     };
   } finally {
+    // The agents stay up for the next target; only their clients close.
     await Promise.all([
-      source.stop(),
-      ...receivers.map((agent) => agent.stop()),
+      source.call("changes.close"),
+      ...receivers.map((agent) => agent.call("dashboards.close")),
     ]);
   }
 }
