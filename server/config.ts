@@ -122,6 +122,11 @@ const envSchema = z.object({
       ),
   ),
   REQUESTS_PER_SOCKET_PER_10S: positiveInt("REQUESTS_PER_SOCKET_PER_10S", 300),
+  WORKER_UNRESPONSIVE_MS: positiveInt(
+    "WORKER_UNRESPONSIVE_MS",
+    5000,
+    MAX_DURATION_MS,
+  ).pipe(z.number().min(100, "WORKER_UNRESPONSIVE_MS must be at least 100")),
   SHUTDOWN_TIMEOUT_MS: positiveInt(
     "SHUTDOWN_TIMEOUT_MS",
     10000,
@@ -168,6 +173,8 @@ export interface RelayConfig {
     /** Bytes waiting to be sent to one app connection before the relay closes it. */
     appMaxBufferedBytes: number;
   };
+  /** Time a worker may leave the primary's ping unanswered before it gets no new connections. */
+  workerUnresponsiveMs: number;
   shutdownTimeoutMs: number;
   /** Time over which a draining process spreads the closing of its connections, in ms. */
   drainWindowMs: number;
@@ -252,6 +259,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
       requestsPerSocketPer10s: parsed.REQUESTS_PER_SOCKET_PER_10S,
       appMaxBufferedBytes: parsed.APP_MAX_BUFFERED_BYTES,
     },
+    workerUnresponsiveMs: parsed.WORKER_UNRESPONSIVE_MS,
     shutdownTimeoutMs: parsed.SHUTDOWN_TIMEOUT_MS,
     drainWindowMs: drainWindow(
       parsed.DRAIN_WINDOW_MS,

@@ -8,6 +8,7 @@ import { serveClusterMetrics } from "../metrics/cluster-metrics.ts";
 import { answerSessionBindings } from "./session-binding.ts";
 import { DRAINING_MESSAGE, setShutdownHandler } from "./shutdown.ts";
 import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
+import { watchWorkers } from "./worker-watchdog.ts";
 import { READY_MESSAGE, SHUTDOWN_MESSAGE } from "./worker.ts";
 
 /** Restart delays after a worker dies: doubled per recent crash, up to the maximum. */
@@ -120,6 +121,8 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   const startedAt = new Map<number, number>();
   /** Every live worker, ready or not (cluster.workers lists only ready ones). */
   const live = new Map<number, Worker>();
+  /** Workers that reported ready. */
+  const ready = new Set<number>();
   /** Workers that drain: they get no new connections, and no second admission. */
   const draining = new Set<number>();
   /** Workers whose exit is planned, so that it does not count as a crash. */
@@ -164,6 +167,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
       }
       if (message !== READY_MESSAGE || !worker.isConnected()) return;
       if (draining.has(worker.id)) return;
+      ready.add(worker.id);
       admitToBalancer(worker);
       if (!listening && !stopping) listen();
     });
@@ -272,6 +276,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     startedAt.delete(worker.id);
     live.delete(worker.id);
     draining.delete(worker.id);
+    ready.delete(worker.id);
     if (plannedExits.delete(worker.id) || stopping) return;
     metrics.workerRestarts.inc();
     recentCrashes = uptime >= STABLE_UPTIME_MS ? 1 : recentCrashes + 1;
@@ -297,9 +302,23 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
 
   for (let index = 0; index < config.workers; index += 1) fork();
 
+  /** Workers in the balancer or hidden only by the watchdog: ready, not draining. */
+  const serving = (): Worker[] =>
+    [...live.values()].filter(
+      (worker) => ready.has(worker.id) && !draining.has(worker.id),
+    );
+  const stopWatchdog = watchWorkers({
+    unresponsiveMs: config.workerUnresponsiveMs,
+    serving,
+    hide: hideFromBalancer,
+    admit: admitToBalancer,
+    logger,
+  });
+
   const stop = (reason: string, exitCode: number): void => {
     if (stopping) return;
     stopping = true;
+    stopWatchdog();
     logger.info({ reason }, "primary shutting down, draining workers");
     httpServer.close();
     for (const worker of live.values()) {

@@ -13,6 +13,7 @@ import { RedisLeaseTable } from "../state/lease-table.ts";
 import { RedisStore } from "../state/redis-store.ts";
 import { bindSessionsBeforeHandshake } from "./session-binding.ts";
 import { installShutdown } from "./shutdown.ts";
+import { PING_MESSAGE, PONG_MESSAGE } from "./worker-watchdog.ts";
 
 /** Message from the primary asking a worker to drain and exit. */
 export const SHUTDOWN_MESSAGE = "relay:shutdown";
@@ -96,6 +97,7 @@ export async function runWorker(
   bindSessionsBeforeHandshake(relay.io);
   installShutdown(relay, config, log, async () => redis.close());
   process.on("message", (message) => {
+    if (message === PING_MESSAGE) process.send?.(PONG_MESSAGE);
     if (message === SHUTDOWN_MESSAGE) process.emit("SIGTERM");
   });
   // Tell the primary first, so that a reader of the log who connects on

@@ -1,0 +1,85 @@
+import type { Worker } from "node:cluster";
+import type { Logger } from "../logger.ts";
+
+/** Message from the primary that a worker answers at once with `PONG_MESSAGE`. */
+export const PING_MESSAGE = "relay:ping";
+export const PONG_MESSAGE = "relay:pong";
+
+/** A worker unresponsive for this many times the threshold is killed. */
+const KILL_AFTER_THRESHOLDS = 6;
+/** Pings per threshold. */
+const PINGS_PER_THRESHOLD = 5;
+
+export interface WatchdogOptions {
+  /** Time without an answer after which a worker gets no new connections, in ms. */
+  unresponsiveMs: number;
+  /** Workers that serve now: ready and not draining. */
+  serving: () => Iterable<Worker>;
+  hide: (worker: Worker) => void;
+  admit: (worker: Worker) => void;
+  logger: Logger;
+}
+
+/**
+ * Pings every serving worker over IPC. A worker whose event loop is stuck
+ * (a busy loop, a frozen process) answers nothing, and sticky would keep
+ * handing it new connections that hang. Such a worker is taken out of the
+ * balancer after `unresponsiveMs`, admitted again if it answers, and
+ * killed after six times that, so that the primary replaces it.
+ * Returns a function that stops the watchdog.
+ */
+export function watchWorkers(options: WatchdogOptions): () => void {
+  const { unresponsiveMs, logger } = options;
+  const lastAnswer = new Map<number, number>();
+  const hidden = new Set<number>();
+  const listening = new WeakSet<Worker>();
+
+  const listen = (worker: Worker): void => {
+    if (listening.has(worker)) return;
+    listening.add(worker);
+    lastAnswer.set(worker.id, Date.now());
+    worker.on("message", (message: unknown) => {
+      if (message !== PONG_MESSAGE) return;
+      lastAnswer.set(worker.id, Date.now());
+      if (!hidden.delete(worker.id)) return;
+      options.admit(worker);
+      logger.info(
+        { workerId: worker.id, workerPid: worker.process.pid },
+        "worker answers again, admitted to the balancer",
+      );
+    });
+    worker.once("exit", () => {
+      lastAnswer.delete(worker.id);
+      hidden.delete(worker.id);
+    });
+  };
+
+  const check = (worker: Worker): void => {
+    listen(worker);
+    const silentMs = Date.now() - (lastAnswer.get(worker.id) ?? Date.now());
+    const ids = { workerId: worker.id, workerPid: worker.process.pid };
+    if (silentMs >= unresponsiveMs * KILL_AFTER_THRESHOLDS) {
+      logger.error({ ...ids, silentMs }, "worker unresponsive, killing it");
+      worker.kill("SIGKILL");
+      return;
+    }
+    if (silentMs >= unresponsiveMs && !hidden.has(worker.id)) {
+      hidden.add(worker.id);
+      options.hide(worker);
+      logger.warn(
+        { ...ids, silentMs },
+        "worker unresponsive, taken out of the balancer",
+      );
+    }
+    if (worker.isConnected()) worker.send(PING_MESSAGE);
+  };
+
+  const timer = setInterval(
+    () => {
+      for (const worker of options.serving()) check(worker);
+    },
+    Math.max(1, Math.floor(unresponsiveMs / PINGS_PER_THRESHOLD)),
+  );
+  timer.unref();
+  return () => clearInterval(timer);
+}

@@ -1,0 +1,96 @@
+import assert from "node:assert/strict";
+import { printFigure, sleep, waitUntil } from "../support/faults.ts";
+import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
+import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+
+const UNRESPONSIVE_MS = 500;
+
+/** Sends `count` readiness probes, each on a new connection, and returns how many answered within 1 s. */
+async function answeredProbes(url: string, count: number): Promise<number> {
+  const results = await Promise.all(
+    Array.from({ length: count }, async () => {
+      try {
+        const response = await fetch(`${url}/readyz`, {
+          signal: AbortSignal.timeout(1000),
+          headers: { connection: "close" },
+        });
+        return response.status === 200;
+      } catch {
+        return false;
+      }
+    }),
+  );
+  return results.filter(Boolean).length;
+}
+
+describe("fault: a worker freezes", function () {
+  this.timeout(60_000);
+  let redis: RedisServer;
+  let relay: RelayProcess;
+
+  before(async () => {
+    redis = await startRedisServer();
+    relay = await startRelay({
+      redisUrl: redis.url,
+      workers: 2,
+      env: { WORKER_UNRESPONSIVE_MS: String(UNRESPONSIVE_MS) },
+    });
+  });
+
+  after(async () => {
+    for (const { pid } of relay.workers()) {
+      try {
+        process.kill(pid, "SIGCONT");
+      } catch {
+        // Already gone.
+      }
+    }
+    await relay?.stop();
+    await redis?.stop();
+  });
+
+  it("keeps new connections off it, then admits it again", async () => {
+    const [frozen] = relay.workers();
+    process.kill(frozen!.pid, "SIGSTOP");
+    const stoppedAt = Date.now();
+    const hiddenMs = await waitUntil(
+      "the frozen worker taken out of the balancer",
+      () =>
+        relay.logs.some(
+          (line) =>
+            line.msg === "worker unresponsive, taken out of the balancer",
+        ),
+      5000,
+    );
+    assert.equal(await answeredProbes(relay.url, 10), 10);
+    process.kill(frozen!.pid, "SIGCONT");
+    await relay.waitForLog(
+      (line) => line.msg === "worker answers again, admitted to the balancer",
+      5000,
+    );
+    assert.ok(Date.now() - stoppedAt < UNRESPONSIVE_MS * 6);
+    assert.equal(await answeredProbes(relay.url, 10), 10);
+    printFigure(
+      `frozen worker: out of the balancer ${hiddenMs} ms after SIGSTOP (threshold ${UNRESPONSIVE_MS} ms)`,
+    );
+  });
+
+  it("kills a worker that stays frozen", async () => {
+    const before = relay.workers().map((worker) => worker.pid);
+    const frozen = before[0]!;
+    process.kill(frozen, "SIGSTOP");
+    await relay.waitForLog(
+      (line) =>
+        line.msg === "worker unresponsive, killing it" &&
+        line.workerPid === frozen,
+      UNRESPONSIVE_MS * 6 + 5000,
+    );
+    await waitUntil(
+      "a replacement worker ready",
+      () => relay.workers().length > before.length,
+      20_000,
+    );
+    await sleep(200);
+    assert.equal(await answeredProbes(relay.url, 10), 10);
+  });
+});
