@@ -13,7 +13,11 @@ import { RedisLeaseTable } from "../state/lease-table.ts";
 import { RedisStore } from "../state/redis-store.ts";
 import { bindSessionsBeforeHandshake } from "./session-binding.ts";
 import { installShutdown } from "./shutdown.ts";
+import { closeStalledConnections } from "./stalled-connections.ts";
 import { PING_MESSAGE, PONG_MESSAGE } from "./worker-watchdog.ts";
+
+/** Time a connection has to send its first request's header, in ms. */
+const HEADERS_TIMEOUT_MS = 10_000;
 
 /** Message from the primary asking a worker to drain and exit. */
 export const SHUTDOWN_MESSAGE = "relay:shutdown";
@@ -94,6 +98,7 @@ export async function runWorker(
     });
   });
   setupWorker(relay.io);
+  closeStalledConnections(relay.httpServer, HEADERS_TIMEOUT_MS);
   bindSessionsBeforeHandshake(relay.io);
   installShutdown(relay, config, log, async () => redis.close());
   process.on("message", (message) => {
