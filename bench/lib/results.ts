@@ -20,6 +20,8 @@ export interface MachineInfo {
   mosquitto: string | null;
   /** 1-minute load average when the run started: above 0.5 per core, the figures are noisy. */
   loadAverage1m: number;
+  /** Commit of the measured code, with `+changes` when the working tree differed from it. */
+  revision: string | null;
 }
 
 /** Fields every result file has; `results` and `summary` depend on the scenario. */
@@ -57,6 +59,21 @@ function cpuModel(): string {
   return os.cpus()[0]?.model ?? "unknown";
 }
 
+function revision(): string | null {
+  const head = commandVersion("git", [
+    "-C",
+    ROOT,
+    "rev-parse",
+    "--short",
+    "HEAD",
+  ]);
+  if (head === null || head.includes(" ")) return null;
+  const status = spawnSync("git", ["-C", ROOT, "status", "--porcelain"], {
+    stdio: ["ignore", "pipe", "ignore"],
+  });
+  return status.stdout.toString().trim() === "" ? head : `${head}+changes`;
+}
+
 /** Returns the description of this machine and its tools. */
 export function machineInfo(): MachineInfo {
   return {
@@ -67,6 +84,7 @@ export function machineInfo(): MachineInfo {
     redisServer: commandVersion("redis-server", ["--version"]),
     mosquitto: commandVersion("mosquitto", ["-h"]),
     loadAverage1m: Number(os.loadavg()[0]!.toFixed(2)),
+    revision: revision(),
   };
 }
 

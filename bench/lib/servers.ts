@@ -170,7 +170,7 @@ export function mosquittoMissing(): string | null {
   });
   return found.status === 0
     ? null
-    : "mosquitto is not on PATH (Debian package mosquitto), so the MQTT baseline was skipped";
+    : "mosquitto is not on PATH: install the Debian package mosquitto to measure the MQTT baseline";
 }
 
 function waitForPort(port: number, timeoutMs: number): Promise<void> {
