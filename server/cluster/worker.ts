@@ -77,26 +77,34 @@ export async function runWorker(
       }
     },
   });
-  // Broadcasts published while the subscriber was down are lost, so local
-  // apps are asked to subscribe again once it is back.
-  redis.subscriber.on("ready", () => {
-    relay.refreshApps().catch((error: unknown) => {
-      log.warn(
-        { err: error },
-        "could not ask apps to subscribe again after a Redis reconnect",
-      );
-    });
+  // After an outage, recovery waits for both connections: a bridge claimed
+  // again before the subscriber is back would be announced online while
+  // commands to it cannot arrive. Any later "ready" is a reconnect.
+  // - Redis may have come back empty: check that this worker's bridge
+  //   claims survived.
+  // - Broadcasts published while the subscriber was down are lost, so
+  //   local apps are asked to subscribe again.
+  let subscriberLost = false;
+  redis.subscriber.on("error", () => {
+    subscriberLost = true;
   });
-  // Any later "ready" is a reconnect after an outage, and Redis may have
-  // come back empty: check that this worker's bridge claims survived.
-  redis.main.on("ready", () => {
-    relay.revalidateBridges().catch((error: unknown) => {
-      log.warn(
-        { err: error },
-        "could not revalidate bridge claims after a Redis reconnect",
-      );
+  const recover = async (): Promise<void> => {
+    if (!redis.main.isReady || !redis.subscriber.isReady) return;
+    // Commands on one connection run in order, so this PING returns after
+    // the subscriptions that the client sent again on reconnecting.
+    await redis.subscriber.ping();
+    await relay.revalidateBridges();
+    if (!subscriberLost) return;
+    subscriberLost = false;
+    await relay.refreshApps();
+  };
+  const recoverAndLog = (): void => {
+    recover().catch((error: unknown) => {
+      log.warn({ err: error }, "could not recover after a Redis reconnect");
     });
-  });
+  };
+  redis.main.on("ready", recoverAndLog);
+  redis.subscriber.on("ready", recoverAndLog);
   setupWorker(relay.io);
   closeStalledConnections(relay.httpServer, HEADERS_TIMEOUT_MS);
   bindSessionsBeforeHandshake(relay.io);
