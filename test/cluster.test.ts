@@ -128,6 +128,33 @@ describe("cluster: 2 workers on Redis", function () {
     assert.equal(received.length, 1);
   });
 
+  it("remembers answers only for caller IDs", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = track(await connectBridge(url, bridgeId));
+    await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    echoCommands(bridge);
+    const app = track(await connectApp(url, [bridgeId]));
+    const change = { on: { on: true } };
+    await requestData(app, "light:set", { bridgeId, lightId: "a", change });
+    await requestData(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change,
+      commandId: "caller-id",
+    });
+    const client = createClient({ url: deployment.redis!.url });
+    await client.connect();
+    try {
+      const keys = await client.keys(`*{${bridgeId}}:cmd:*`);
+      assert.deepEqual(
+        keys.map((key) => key.split(":cmd:")[1]),
+        ["caller-id"],
+      );
+    } finally {
+      await client.close();
+    }
+  });
+
   it("delivers changes across workers in order", async () => {
     const bridgeId = randomBridgeId();
     const bridge = track(await connectBridge(url, bridgeId));

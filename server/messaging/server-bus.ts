@@ -12,6 +12,7 @@ export type BusMessage =
       commandId: string;
       lightId: string;
       change: LightPatch;
+      idempotent?: boolean;
     }
   | { type: "reply"; requestId: string; answer: Ack<{ light: Light }> }
   | { type: "replace"; bridgeId: string; socketId: string };

@@ -104,6 +104,7 @@ export class AppService {
       lightId,
       change: request.change,
       commandId: request.commandId ?? randomUUID(),
+      idempotent: request.commandId !== undefined,
     });
     return unwrap(answer);
   }

@@ -73,10 +73,10 @@ export class CommandExecutor {
   };
 
   private async run(command: RoutedCommand): Promise<CommandAnswer> {
-    const remembered = await this.store.getCommandAnswer(
-      command.bridgeId,
-      command.commandId,
-    );
+    const idempotent = command.idempotent ?? true;
+    const remembered = idempotent
+      ? await this.store.getCommandAnswer(command.bridgeId, command.commandId)
+      : null;
     if (remembered !== null)
       return answerFromStored(command.bridgeId, remembered);
     const session = this.sessions.get(command.bridgeId);
@@ -92,12 +92,14 @@ export class CommandExecutor {
       change: command.change,
     });
     const stored = await this.interpret(session, command, raw);
-    await this.store.putCommandAnswer(
-      command.bridgeId,
-      command.commandId,
-      stored,
-      COMMAND_ANSWER_TTL_MS,
-    );
+    if (idempotent) {
+      await this.store.putCommandAnswer(
+        command.bridgeId,
+        command.commandId,
+        stored,
+        COMMAND_ANSWER_TTL_MS,
+      );
+    }
     return answerFromStored(command.bridgeId, stored);
   }
 

@@ -9,6 +9,12 @@ export interface RoutedCommand {
   commandId: string;
   lightId: string;
   change: LightPatch;
+  /**
+   * False when the relay made `commandId` up because the caller sent none:
+   * no repeat can name it, so its answer is neither looked up nor stored.
+   * A message from an older relay lacks the field and is treated as true.
+   */
+  idempotent?: boolean;
 }
 
 export type CommandAnswer = Ack<{ light: Light }>;
