@@ -51,6 +51,19 @@ export async function runWorker(
     config.redisKeyPrefix,
     log,
   );
+  const awaitSubscriptions = async (): Promise<void> => {
+    // Commands on one connection run in order, so this PING returns after
+    // any SSUBSCRIBE sent before it: one the adapter sent for a room just
+    // created, or those the client sent again on reconnecting.
+    try {
+      await redis.subscriber.ping();
+    } catch {
+      throw new RelayError(
+        "UNAVAILABLE",
+        "subscriptions are unavailable, retry later",
+      );
+    }
+  };
   const relay = await createRelay({
     config,
     logger: log,
@@ -64,18 +77,7 @@ export async function runWorker(
       channelPrefix: `${config.redisKeyPrefix}:sio`,
       subscriptionMode: "dynamic",
     }),
-    awaitSubscriptions: async () => {
-      // Commands on one connection run in order, so this PING returns after
-      // any SSUBSCRIBE the adapter sent for a room just created.
-      try {
-        await redis.subscriber.ping();
-      } catch {
-        throw new RelayError(
-          "UNAVAILABLE",
-          "subscriptions are unavailable, retry later",
-        );
-      }
-    },
+    awaitSubscriptions,
   });
   // After an outage, recovery waits for both connections: a bridge claimed
   // again before the subscriber is back would be announced online while
@@ -85,18 +87,16 @@ export async function runWorker(
   // - Broadcasts published while the subscriber was down are lost, so
   //   local apps are asked to subscribe again.
   let subscriberLost = false;
-  redis.subscriber.on("error", () => {
+  bus.onReceivingLost(() => {
     subscriberLost = true;
   });
   const recover = async (): Promise<void> => {
     if (!redis.main.isReady || !redis.subscriber.isReady) return;
-    // Commands on one connection run in order, so this PING returns after
-    // the subscriptions that the client sent again on reconnecting.
-    await redis.subscriber.ping();
+    await awaitSubscriptions();
     await relay.revalidateBridges();
     if (!subscriberLost) return;
     subscriberLost = false;
-    await relay.refreshApps();
+    relay.refreshApps();
   };
   const recoverAndLog = (): void => {
     recover().catch((error: unknown) => {

@@ -71,7 +71,7 @@ export interface Relay {
   /** Re-checks the claims of this process's bridges after a Redis outage. */
   revalidateBridges(): Promise<void>;
   /** Asks this process's apps to subscribe again, after a subscriber reconnect. */
-  refreshApps(): Promise<void>;
+  refreshApps(): void;
   /**
    * Closes the sockets in batches over `DRAIN_WINDOW_MS`, each once its
    * work in flight is acknowledged, then the bus and the presence lease.
@@ -240,8 +240,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       draining = true;
     },
     revalidateBridges: () => sessions.revalidate(),
-    refreshApps: async () => {
-      await options.awaitSubscriptions?.();
+    refreshApps: () => {
       askAppsToResubscribe(io.of(APP_NAMESPACE), logger);
     },
     close: async () => {
