@@ -1,13 +1,10 @@
 import assert from "node:assert/strict";
 import { createClient, type RedisClientType } from "redis";
 import { RedisLeaseTable } from "../server/state/lease-table.ts";
+import { sleep } from "./support/faults.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
 
 const TTL_MS = 200;
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 describe("presence lease table", () => {
   let redis: RedisServer;
