@@ -30,7 +30,7 @@ export class LoadAgent {
   >();
   private nextId = 1;
   private readonly exited: Promise<void>;
-  /** How the process ended, once it has. */
+  /** Exit code or signal of the process, once it has ended. */
   private exitStatus: string | undefined;
 
   constructor(readonly name: string) {

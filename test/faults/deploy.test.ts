@@ -607,7 +607,8 @@ describe("deploys", function () {
     const sockets: Socket[] = [];
     try {
       const [draining, staying] = relay.workers();
-      assert.ok(draining && staying);
+      assert.ok(draining, "a worker to drain");
+      assert.ok(staying, "a worker that stays");
       // Bridges on the draining worker go first in its drain, so the
       // polling app below stays connected for most of the window.
       let bridgesThere = 0;
