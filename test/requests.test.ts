@@ -3,10 +3,10 @@ import { createServer, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Writable } from "node:stream";
 import { pino } from "pino";
-import { Server } from "socket.io";
+import { Server, type Socket as ServerSocket } from "socket.io";
 import { io, type Socket } from "socket.io-client";
 import { RelayError } from "../server/errors.ts";
-import { onRequest } from "../server/transport/requests.ts";
+import { requestListener } from "../server/transport/requests.ts";
 
 /** A pino logger whose JSON lines are collected in `lines`. */
 function capturingLogger() {
@@ -24,38 +24,38 @@ describe("request handling", () => {
   let httpServer: HttpServer;
   let server: Server;
   let client: Socket;
+  let url: string;
+  const serverSockets: ServerSocket[] = [];
   const { logger, lines } = capturingLogger();
 
   before(async () => {
     httpServer = createServer();
     server = new Server(httpServer);
-    server.on("connection", (socket) => {
-      const options = { maxPayloadBytes: 1000, logger };
-      onRequest(
-        socket,
-        "boom",
-        async () => {
+    const requests = requestListener(
+      {
+        boom: async () => {
           throw new TypeError(
             "cannot read properties of undefined (secret detail)",
           );
         },
-        options,
-      );
-      onRequest(
-        socket,
-        "refuse",
-        async () => {
+        refuse: async () => {
           throw new RelayError("NOT_FOUND", 'light "x" not found');
         },
-        options,
-      );
-      onRequest(socket, "echo", async (payload) => ({ payload }), options);
+        echo: async (payload) => ({ payload }),
+        whoami: async (_payload, socket) => ({ socketId: socket.id }),
+      },
+      { maxPayloadBytes: 1000, logger },
+    );
+    server.on("connection", (socket) => {
+      socket.onAny(requests);
+      serverSockets.push(socket);
     });
     await new Promise<void>((resolve) =>
       httpServer.listen(0, "127.0.0.1", resolve),
     );
     const { port } = httpServer.address() as AddressInfo;
-    client = io(`http://127.0.0.1:${port}`, { transports: ["websocket"] });
+    url = `http://127.0.0.1:${port}`;
+    client = io(url, { transports: ["websocket"] });
     await new Promise<void>((resolve) =>
       client.once("connect", () => resolve()),
     );
@@ -122,5 +122,38 @@ describe("request handling", () => {
       );
     assert.equal(ignored.length, 1);
     assert.equal(ignored[0]?.level, 20, "logged at debug level");
+  });
+
+  it("answers INVALID_PAYLOAD for an unknown event", async () => {
+    for (const event of ["light:fly", "constructor", "__proto__"]) {
+      const ack = await client.timeout(2000).emitWithAck(event, {});
+      assert.equal(ack.ok, false, event);
+      assert.equal(ack.error.code, "INVALID_PAYLOAD", event);
+      assert.match(ack.error.message, /unknown event/, event);
+    }
+  });
+
+  it("passes each handler its own socket", async () => {
+    const second = io(url, { transports: ["websocket"] });
+    await new Promise<void>((resolve) =>
+      second.once("connect", () => resolve()),
+    );
+    try {
+      const [first, other] = await Promise.all([
+        client.timeout(2000).emitWithAck("whoami", {}),
+        second.timeout(2000).emitWithAck("whoami", {}),
+      ]);
+      assert.deepEqual(first, { ok: true, data: { socketId: client.id } });
+      assert.deepEqual(other, { ok: true, data: { socketId: second.id } });
+    } finally {
+      second.close();
+    }
+  });
+
+  it("shares one listener among sockets", () => {
+    assert.ok(serverSockets.length >= 2, "two sockets connected");
+    const listeners = serverSockets.map((socket) => socket.listenersAny());
+    for (const registered of listeners) assert.equal(registered.length, 1);
+    assert.equal(listeners[0]?.[0], listeners[1]?.[0]);
   });
 });

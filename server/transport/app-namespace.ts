@@ -9,13 +9,19 @@ import {
   emptyPayloadSchema,
 } from "../protocol/schemas.ts";
 import {
+  cancelExpiry,
   disconnectOnExpiry,
   handshakeMiddleware,
   socketIdentity,
+  socketLogFields,
   type HandshakeDeps,
 } from "./handshake.ts";
 import type { RateLimits } from "./rate-limits.ts";
-import { onRequest, rejectUnknownEvents } from "./requests.ts";
+import {
+  requestListener,
+  type RequestHandler,
+  type RequestListener,
+} from "./requests.ts";
 import { closeWhenBacklogged } from "./slow-consumers.ts";
 
 export interface AppNamespaceDeps extends HandshakeDeps {
@@ -39,84 +45,75 @@ export function attachAppNamespace(
   deps: AppNamespaceDeps,
 ): void {
   apps.use(handshakeMiddleware("app", deps));
-  apps.on("connection", (socket) => serveApp(socket, deps));
+  const requests = requestListener(appRequests(deps), {
+    maxPayloadBytes: deps.maxPayloadBytes,
+    logger: deps.logger,
+    logFields: socketLogFields,
+  });
+  const onDisconnect = disconnectListener(deps);
+  apps.on("connection", (socket) =>
+    serveApp(socket, deps, requests, onDisconnect),
+  );
 }
 
-function serveApp(socket: Socket, deps: AppNamespaceDeps): void {
-  const identity = socketIdentity(socket, "app");
-  const logger = deps.logger.child({
-    socketId: socket.id,
-    userId: identity.userId,
-  });
-  const cancelExpiry = disconnectOnExpiry(socket, identity.exp, logger);
-  closeWhenBacklogged(socket, deps.maxBufferedBytes, logger);
-  const options = { maxPayloadBytes: deps.maxPayloadBytes, logger };
-  rejectUnknownEvents(socket, logger);
-  const { service, limits } = deps;
+/** Starts serving a connected app with the listeners shared by all app sockets. */
+function serveApp(
+  socket: Socket,
+  deps: AppNamespaceDeps,
+  requests: RequestListener,
+  onDisconnect: DisconnectListener,
+): void {
+  const { exp } = socketIdentity(socket, "app");
+  disconnectOnExpiry(socket, exp, deps.logger);
+  closeWhenBacklogged(socket, deps.maxBufferedBytes, deps.logger);
+  socket.onAny(requests);
+  socket.on("disconnect", onDisconnect);
+}
 
-  onRequest(
-    socket,
-    "bridge:list",
-    async (payload) => {
+function appRequests(deps: AppNamespaceDeps): Record<string, RequestHandler> {
+  const { service, limits } = deps;
+  return {
+    "bridge:list": async (payload, socket) => {
       parsePayload(emptyPayloadSchema, payload);
+      const identity = socketIdentity(socket, "app");
       authorize(identity, "read");
       await limits.consumeRequest(socket.id);
       return { bridges: await service.listBridges(identity) };
     },
-    options,
-  );
-
-  onRequest(
-    socket,
-    "bridge:subscribe",
-    async (payload) => {
+    "bridge:subscribe": async (payload, socket) => {
       const { bridgeId } = parsePayload(bridgeIdPayloadSchema, payload);
-      authorize(identity, "read", bridgeId);
+      authorize(socketIdentity(socket, "app"), "read", bridgeId);
       await limits.consumeRequest(socket.id);
       return subscribe(socket, bridgeId, deps);
     },
-    options,
-  );
-
-  onRequest(
-    socket,
-    "bridge:unsubscribe",
-    async (payload) => {
+    "bridge:unsubscribe": async (payload, socket) => {
       const { bridgeId } = parsePayload(bridgeIdPayloadSchema, payload);
       await socket.leave(bridgeRoom(bridgeId));
       return {};
     },
-    options,
-  );
-
-  onRequest(
-    socket,
-    "light:set",
-    async (payload) => {
+    "light:set": async (payload, socket) => {
       const request = parsePayload(appLightSetPayloadSchema, payload);
-      authorize(identity, "control", request.bridgeId);
+      authorize(socketIdentity(socket, "app"), "control", request.bridgeId);
       await limits.consumeRequest(socket.id);
       const light = await service.setLight(request);
       return { light };
     },
-    options,
-  );
-
-  onRequest(
-    socket,
-    "relay:info",
-    async (payload) => {
+    "relay:info": async (payload) => {
       parsePayload(emptyPayloadSchema, payload);
       return deps.serverInfo;
     },
-    options,
-  );
+  };
+}
 
-  socket.on("disconnect", (reason) => {
-    cancelExpiry();
-    limits.forgetSocket(socket.id);
-    logger.debug({ reason }, "app disconnected");
-  });
+/** Listener of an app socket's `disconnect`, called with the socket as `this`. */
+type DisconnectListener = (this: Socket, reason: string) => void;
+
+function disconnectListener(deps: AppNamespaceDeps): DisconnectListener {
+  return function onDisconnect(this: Socket, reason) {
+    cancelExpiry(this);
+    deps.limits.forgetSocket(this.id);
+    deps.logger.debug({ ...socketLogFields(this), reason }, "app disconnected");
+  };
 }
 
 async function subscribe(

@@ -12,14 +12,20 @@ import {
   snapshotPayloadSchema,
 } from "../protocol/schemas.ts";
 import {
+  cancelExpiry,
   disconnectOnExpiry,
   handshakeMiddleware,
   socketIdentity,
+  socketLogFields,
   toHandshakeError,
   type HandshakeDeps,
 } from "./handshake.ts";
 import type { RateLimits } from "./rate-limits.ts";
-import { onRequest, rejectUnknownEvents } from "./requests.ts";
+import {
+  requestListener,
+  type RequestHandler,
+  type RequestListener,
+} from "./requests.ts";
 
 export interface BridgeNamespaceDeps extends HandshakeDeps {
   sessions: BridgeSessions;
@@ -41,7 +47,15 @@ export function attachBridgeNamespace(
 ): void {
   bridges.use(handshakeMiddleware("bridge", deps));
   bridges.use(claimMiddleware(deps));
-  bridges.on("connection", (socket) => serveBridge(socket, deps));
+  const requests = requestListener(bridgeRequests(deps), {
+    maxPayloadBytes: deps.maxPayloadBytes,
+    logger: deps.logger,
+    logFields: socketLogFields,
+  });
+  const onDisconnect = disconnectListener(deps);
+  bridges.on("connection", (socket) =>
+    serveBridge(socket, deps, requests, onDisconnect),
+  );
 }
 
 function socketSession(socket: Socket): BridgeSession {
@@ -96,58 +110,69 @@ function claimMiddleware(deps: BridgeNamespaceDeps) {
   };
 }
 
-function serveBridge(socket: Socket, deps: BridgeNamespaceDeps): void {
+/**
+ * Starts serving a connected bridge. The request and disconnect listeners
+ * are shared by all bridge sockets, so an idle bridge costs the socket,
+ * its session and its expiry timer, and no closures.
+ */
+function serveBridge(
+  socket: Socket,
+  deps: BridgeNamespaceDeps,
+  requests: RequestListener,
+  onDisconnect: DisconnectListener,
+): void {
   const { exp } = socketIdentity(socket, "bridge");
-  const session = socketSession(socket);
-  const logger = deps.logger.child({
-    socketId: socket.id,
-    bridgeId: session.bridgeId,
-  });
-  const cancelExpiry = disconnectOnExpiry(socket, exp, logger);
-  const options = { maxPayloadBytes: deps.maxPayloadBytes, logger };
-  rejectUnknownEvents(socket, logger);
-  logger.info({ epoch: session.epoch }, "bridge connected");
+  const { epoch } = socketSession(socket);
+  disconnectOnExpiry(socket, exp, deps.logger);
+  socket.onAny(requests);
+  socket.on("disconnect", onDisconnect);
+  deps.logger.info({ ...socketLogFields(socket), epoch }, "bridge connected");
+}
 
-  onRequest(
-    socket,
-    "state:snapshot",
-    async (payload) => {
+function bridgeRequests(
+  deps: BridgeNamespaceDeps,
+): Record<string, RequestHandler> {
+  return {
+    "state:snapshot": async (payload, socket) => {
       const { lights } = parsePayload(snapshotPayloadSchema, payload);
       await deps.limits.consumeRequest(socket.id);
-      const version = await deps.writer.applySnapshot(session, lights);
+      const version = await deps.writer.applySnapshot(
+        socketSession(socket),
+        lights,
+      );
       return { version };
     },
-    options,
-  );
-
-  onRequest(
-    socket,
-    "state:changed",
-    async (payload) => {
+    "state:changed": async (payload, socket) => {
       const { lights } = parsePayload(changedPayloadSchema, payload);
       await deps.limits.consumeRequest(socket.id);
-      const { version } = await deps.writer.applyChanges(session, lights);
+      const { version } = await deps.writer.applyChanges(
+        socketSession(socket),
+        lights,
+      );
       return { version };
     },
-    options,
-  );
-
-  onRequest(
-    socket,
-    "relay:info",
-    async (payload) => {
+    "relay:info": async (payload) => {
       parsePayload(emptyPayloadSchema, payload);
       return deps.serverInfo;
     },
-    options,
-  );
+  };
+}
 
-  socket.on("disconnect", (reason) => {
-    cancelExpiry();
-    deps.limits.forgetSocket(socket.id);
-    logger.info({ reason }, "bridge disconnected");
+/** Listener of a bridge socket's `disconnect`, called with the socket as `this`. */
+type DisconnectListener = (this: Socket, reason: string) => void;
+
+function disconnectListener(deps: BridgeNamespaceDeps): DisconnectListener {
+  return function onDisconnect(this: Socket, reason) {
+    const session = socketSession(this);
+    const fields = socketLogFields(this);
+    cancelExpiry(this);
+    deps.limits.forgetSocket(this.id);
+    deps.logger.info({ ...fields, reason }, "bridge disconnected");
     deps.sessions.release(session).catch((error: unknown) => {
-      logger.warn({ err: error }, "could not release the bridge's claim");
+      deps.logger.warn(
+        { ...fields, err: error },
+        "could not release the bridge's claim",
+      );
     });
-  });
+  };
 }

@@ -130,27 +130,48 @@ export function handshakeMiddleware(
 /** Maximum delay setTimeout accepts, in ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+interface ExpiryData {
+  expiryTimer?: NodeJS.Timeout;
+}
+
+/** IDs for log lines about `socket`: its own, and its bridge's or user's. */
+export function socketLogFields(socket: Socket): Record<string, unknown> {
+  const identity = (socket.data as { identity?: Identity }).identity;
+  if (identity?.role === "bridge") {
+    return { socketId: socket.id, bridgeId: identity.bridgeId };
+  }
+  return { socketId: socket.id, userId: identity?.userId };
+}
+
 /**
  * Disconnects `socket` when its token's `exp` passes, with the same clock
- * leeway as the handshake check; returns a function cancelling that.
+ * leeway as the handshake check. The timer gets its arguments rather than
+ * a closure, so a socket costs one timer and no function of its own.
  */
 export function disconnectOnExpiry(
   socket: Socket,
   exp: number | undefined,
   logger: Logger,
-): () => void {
-  if (exp === undefined) return () => undefined;
-  let timer: NodeJS.Timeout | undefined;
-  const arm = (): void => {
-    const remaining = (exp + CLOCK_TOLERANCE_SECONDS) * 1000 - Date.now();
-    if (remaining <= 0) {
-      logger.info("token expired, disconnecting");
-      socket.disconnect(true);
-      return;
-    }
-    timer = setTimeout(arm, Math.min(remaining, MAX_TIMER_MS));
-    timer.unref();
-  };
-  arm();
-  return () => clearTimeout(timer);
+): void {
+  if (exp === undefined) return;
+  const remaining = (exp + CLOCK_TOLERANCE_SECONDS) * 1000 - Date.now();
+  if (remaining <= 0) {
+    logger.info(socketLogFields(socket), "token expired, disconnecting");
+    socket.disconnect(true);
+    return;
+  }
+  const timer = setTimeout(
+    disconnectOnExpiry,
+    Math.min(remaining, MAX_TIMER_MS),
+    socket,
+    exp,
+    logger,
+  );
+  timer.unref();
+  (socket.data as ExpiryData).expiryTimer = timer;
+}
+
+/** Stops the expiry timer that `disconnectOnExpiry` set on `socket`. */
+export function cancelExpiry(socket: Socket): void {
+  clearTimeout((socket.data as ExpiryData).expiryTimer);
 }

@@ -4,20 +4,29 @@ import { RelayError, toErrorBody } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { outcomeOf, socketRequests } from "../metrics/relay-metrics.ts";
 
-export interface RequestContext {
-  socket: Socket;
-  logger: Logger;
-}
-
-export type RequestHandler<T> = (
+/** Serves one request event for `socket`; resolves with the answer's `data`. */
+export type RequestHandler = (
   payload: unknown,
-  context: RequestContext,
-) => Promise<T>;
+  socket: Socket,
+) => Promise<unknown>;
 
 export interface RequestOptions {
   maxPayloadBytes: number;
   logger: Logger;
+  /** IDs that log lines about a socket's requests carry; the socket ID alone by default. */
+  logFields?: (socket: Socket) => Record<string, unknown>;
 }
+
+/**
+ * Listener for `socket.onAny`. Socket.IO calls it with the socket that
+ * received the event as `this`, so one listener can serve every socket of
+ * a namespace.
+ */
+export type RequestListener = (
+  this: Socket,
+  event: string,
+  ...args: unknown[]
+) => void;
 
 /** Throws `PAYLOAD_TOO_LARGE` when `payload`, measured as JSON, is over `maxBytes`. */
 function checkPayloadSize(payload: unknown, maxBytes: number): void {
@@ -51,63 +60,99 @@ function splitArguments(args: unknown[]): { payload: unknown; ack: unknown } {
   return { payload: args.length > 1 ? args[0] : undefined, ack: last };
 }
 
-/**
- * Rejects a request for an event that `socket`'s namespace does not serve
- * with `INVALID_PAYLOAD`, so a client with a callback is not left waiting.
- */
-export function rejectUnknownEvents(socket: Socket, logger: Logger): void {
-  socket.onAny((event: string, ...args: unknown[]) => {
-    if (socket.listenerCount(event) > 0) return;
-    const { ack } = splitArguments(args);
-    logger.debug({ event, socketId: socket.id }, "rejected an unknown event");
-    if (typeof ack !== "function") return;
-    const error = new RelayError(
-      "INVALID_PAYLOAD",
-      `unknown event ${JSON.stringify(String(event).slice(0, 64))} on ${socket.nsp.name}`,
-    );
-    (ack as (response: Ack<never>) => void)({
-      ok: false,
-      error: error.toBody(),
-    });
-  });
+function socketIdField(socket: Socket): Record<string, unknown> {
+  return { socketId: socket.id };
 }
 
 /**
- * Wraps a request handler in the contract's acknowledgement rules: a request
- * without a callback is ignored, the callback is called exactly once, an
- * oversized payload is `PAYLOAD_TOO_LARGE`, and an unexpected error is
- * logged in full but answered only as `INTERNAL`.
+ * Returns the one listener that serves the request events of a namespace
+ * for all its sockets, with the contract's acknowledgement rules:
+ * - a request without a callback is ignored;
+ * - the callback is called exactly once;
+ * - an oversized payload is `PAYLOAD_TOO_LARGE`;
+ * - an event missing from `handlers` is `INVALID_PAYLOAD`;
+ * - an unexpected error is logged in full but answered only as `INTERNAL`.
+ *
+ * Registering it with `socket.onAny` costs a socket one array entry,
+ * where a listener per event and socket cost closures for each.
  */
-export function onRequest<T>(
-  socket: Socket,
-  event: string,
-  handler: RequestHandler<T>,
+export function requestListener(
+  handlers: Readonly<Record<string, RequestHandler>>,
   options: RequestOptions,
-): void {
-  socket.on(event, async (...args: unknown[]) => {
+): RequestListener {
+  // A Map, so an event named like an Object.prototype key finds no handler.
+  const table = new Map(Object.entries(handlers));
+  const logFields = options.logFields ?? socketIdField;
+  return function serveRequest(this: Socket, event, ...args) {
     const { payload, ack } = splitArguments(args);
-    const logger = options.logger.child({ event });
+    const handler = table.get(event);
     if (typeof ack !== "function") {
-      logger.debug("ignored a request without an acknowledgement callback");
+      options.logger.debug(
+        { ...logFields(this), event },
+        "ignored a request without an acknowledgement callback",
+      );
       return;
     }
-    const respond = ack as (response: Ack<T>) => void;
-    try {
-      checkPayloadSize(payload, options.maxPayloadBytes);
-      const data = await handler(payload, { socket, logger });
-      respond({ ok: true, data });
-      socketRequests.inc({ event, outcome: "ok" });
-    } catch (error) {
-      if (error instanceof RelayError) {
-        logger.debug(
-          { code: error.code, reason: error.message },
-          "request rejected",
-        );
-      } else {
-        logger.error({ err: error }, "request handler failed");
-      }
-      respond({ ok: false, error: toErrorBody(error) });
-      socketRequests.inc({ event, outcome: outcomeOf(error) });
+    const respond = ack as (response: Ack<unknown>) => void;
+    if (handler === undefined) {
+      rejectUnknownEvent(this, event, respond, options.logger, logFields);
+      return;
     }
-  });
+    void answer(this, event, payload, handler, respond, options, logFields);
+  };
+}
+
+function rejectUnknownEvent(
+  socket: Socket,
+  event: string,
+  respond: (response: Ack<unknown>) => void,
+  logger: Logger,
+  logFields: (socket: Socket) => Record<string, unknown>,
+): void {
+  const name = JSON.stringify(String(event).slice(0, 64));
+  logger.debug(
+    { ...logFields(socket), event: name },
+    "rejected an unknown event",
+  );
+  const error = new RelayError(
+    "INVALID_PAYLOAD",
+    `unknown event ${name} on ${socket.nsp.name}`,
+  );
+  respond({ ok: false, error: error.toBody() });
+}
+
+async function answer(
+  socket: Socket,
+  event: string,
+  payload: unknown,
+  handler: RequestHandler,
+  respond: (response: Ack<unknown>) => void,
+  options: RequestOptions,
+  logFields: (socket: Socket) => Record<string, unknown>,
+): Promise<void> {
+  try {
+    checkPayloadSize(payload, options.maxPayloadBytes);
+    const data = await handler(payload, socket);
+    respond({ ok: true, data });
+    socketRequests.inc({ event, outcome: "ok" });
+  } catch (error) {
+    if (error instanceof RelayError) {
+      options.logger.debug(
+        {
+          ...logFields(socket),
+          event,
+          code: error.code,
+          reason: error.message,
+        },
+        "request rejected",
+      );
+    } else {
+      options.logger.error(
+        { ...logFields(socket), event, err: error },
+        "request handler failed",
+      );
+    }
+    respond({ ok: false, error: toErrorBody(error) });
+    socketRequests.inc({ event, outcome: outcomeOf(error) });
+  }
 }

@@ -3,6 +3,7 @@ import type { Socket } from "socket.io";
 import type { Logger } from "../logger.ts";
 import { RepeatLimiter } from "../logging/repeat-limiter.ts";
 import { relayRegistry } from "../metrics/relay-metrics.ts";
+import { socketLogFields } from "./handshake.ts";
 
 const slowAppDisconnects = new Counter({
   name: "relay_slow_app_disconnects_total",
@@ -80,6 +81,7 @@ export function closeWhenBacklogged(
     if (suppressed !== null) {
       logger.warn(
         {
+          ...socketLogFields(socket),
           bufferedBytes: backlog,
           maxBufferedBytes,
           transport: conn.transport.name,

@@ -17,7 +17,7 @@ import type {
   LightSetCommand,
 } from "../../client-sdk/src/protocol.ts";
 import { RelayError } from "../../server/errors.ts";
-import { onRequest } from "../../server/transport/requests.ts";
+import { requestListener } from "../../server/transport/requests.ts";
 import {
   connectApp,
   connectBridge,
@@ -453,34 +453,24 @@ describe("crash isolation", function () {
       const logger = pino({ level: "debug" }, stream);
       httpServer = createServer();
       ioServer = new Server(httpServer);
-      const options = { maxPayloadBytes: 1024, logger };
-      ioServer.on("connection", (socket: ServerSocket) => {
-        onRequest(
-          socket,
-          "test:throw-async",
-          async () => {
+      const requests = requestListener(
+        {
+          "test:throw-async": async () => {
             throw new TypeError("async handler bug");
           },
-          options,
-        );
-        onRequest(
-          socket,
-          "test:throw-sync",
           // Not an async function, so it throws before returning a promise.
-          (() => {
+          "test:throw-sync": (() => {
             throw new RangeError("sync handler bug");
           }) as () => Promise<never>,
-          options,
-        );
-        onRequest(
-          socket,
-          "test:reject-contract",
-          async () => {
+          "test:reject-contract": async () => {
             throw new RelayError("NOT_FOUND", "no light lamp-9");
           },
-          options,
-        );
-        onRequest(socket, "test:echo", async (payload) => payload, options);
+          "test:echo": async (payload) => payload,
+        },
+        { maxPayloadBytes: 1024, logger },
+      );
+      ioServer.on("connection", (socket: ServerSocket) => {
+        socket.onAny(requests);
       });
       await new Promise<void>((resolve) =>
         httpServer.listen(0, "127.0.0.1", resolve),
