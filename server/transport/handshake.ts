@@ -60,6 +60,18 @@ export function socketIdentity<R extends Identity["role"]>(
   return identity as Extract<Identity, { role: R }>;
 }
 
+/**
+ * Lets go of what an admitted socket no longer needs. The token then stays
+ * in memory only as the verified identity. Engine.IO's reference to the
+ * HTTP request that opened the connection would keep its raw headers and
+ * parser state for the connection's life; `socket.handshake` keeps the
+ * parsed headers, URL and address.
+ */
+function dropHandshakeReferences(socket: Socket): void {
+  socket.handshake.auth = {};
+  (socket.conn as { request?: unknown }).request = undefined;
+}
+
 /** Rate of the "handshake rejected" log line, per namespace and code. */
 const rejectionLog = new RepeatLimiter(1000);
 
@@ -98,6 +110,7 @@ export function handshakeMiddleware(
       }
       await deps.limits.consumeHandshakeOfIdentity(identityKey(identity));
       socket.data = { identity };
+      dropHandshakeReferences(socket);
       handshakes.inc({ namespace: role, outcome: "accepted" });
       next();
     } catch (error) {
