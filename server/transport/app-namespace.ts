@@ -18,9 +18,10 @@ import {
 } from "./handshake.ts";
 import type { RateLimits } from "./rate-limits.ts";
 import {
-  requestListener,
+  requestListeners,
+  serveRequests,
   type RequestHandler,
-  type RequestListener,
+  type RequestListeners,
 } from "./requests.ts";
 import { closeWhenBacklogged } from "./slow-consumers.ts";
 
@@ -45,7 +46,7 @@ export function attachAppNamespace(
   deps: AppNamespaceDeps,
 ): void {
   apps.use(handshakeMiddleware("app", deps));
-  const requests = requestListener(appRequests(deps), {
+  const requests = requestListeners(appRequests(deps), {
     maxPayloadBytes: deps.maxPayloadBytes,
     logger: deps.logger,
     logFields: socketLogFields,
@@ -60,13 +61,13 @@ export function attachAppNamespace(
 function serveApp(
   socket: Socket,
   deps: AppNamespaceDeps,
-  requests: RequestListener,
+  requests: RequestListeners,
   onDisconnect: DisconnectListener,
 ): void {
   const { exp } = socketIdentity(socket, "app");
   disconnectOnExpiry(socket, exp, deps.logger);
   closeWhenBacklogged(socket, deps.maxBufferedBytes, deps.logger);
-  socket.onAny(requests);
+  serveRequests(socket, requests);
   socket.on("disconnect", onDisconnect);
 }
 

@@ -22,9 +22,10 @@ import {
 } from "./handshake.ts";
 import type { RateLimits } from "./rate-limits.ts";
 import {
-  requestListener,
+  requestListeners,
+  serveRequests,
   type RequestHandler,
-  type RequestListener,
+  type RequestListeners,
 } from "./requests.ts";
 
 export interface BridgeNamespaceDeps extends HandshakeDeps {
@@ -47,7 +48,7 @@ export function attachBridgeNamespace(
 ): void {
   bridges.use(handshakeMiddleware("bridge", deps));
   bridges.use(claimMiddleware(deps));
-  const requests = requestListener(bridgeRequests(deps), {
+  const requests = requestListeners(bridgeRequests(deps), {
     maxPayloadBytes: deps.maxPayloadBytes,
     logger: deps.logger,
     logFields: socketLogFields,
@@ -118,13 +119,13 @@ function claimMiddleware(deps: BridgeNamespaceDeps) {
 function serveBridge(
   socket: Socket,
   deps: BridgeNamespaceDeps,
-  requests: RequestListener,
+  requests: RequestListeners,
   onDisconnect: DisconnectListener,
 ): void {
   const { exp } = socketIdentity(socket, "bridge");
   const { epoch } = socketSession(socket);
   disconnectOnExpiry(socket, exp, deps.logger);
-  socket.onAny(requests);
+  serveRequests(socket, requests);
   socket.on("disconnect", onDisconnect);
   deps.logger.info({ ...socketLogFields(socket), epoch }, "bridge connected");
 }

@@ -18,15 +18,19 @@ export interface RequestOptions {
 }
 
 /**
- * Listener for `socket.onAny`. Socket.IO calls it with the socket that
- * received the event as `this`, so one listener can serve every socket of
- * a namespace.
+ * A listener shared by the sockets of a namespace. Node's EventEmitter and
+ * Socket.IO's `onAny` call it with the socket that received the event as
+ * `this`, so one function serves every socket.
  */
-export type RequestListener = (
-  this: Socket,
-  event: string,
-  ...args: unknown[]
-) => void;
+type SharedListener = (this: Socket, ...args: unknown[]) => void;
+
+/** The listeners that serve a namespace's request events, built once per namespace. */
+export interface RequestListeners {
+  /** One listener per request event, registered with `socket.on`. */
+  readonly byEvent: ReadonlyMap<string, SharedListener>;
+  /** Listener for events that no handler serves, registered with `socket.onAny`. */
+  readonly unknown: SharedListener;
+}
 
 /** Throws `PAYLOAD_TOO_LARGE` when `payload`, measured as JSON, is over `maxBytes`. */
 function checkPayloadSize(payload: unknown, maxBytes: number): void {
@@ -65,46 +69,72 @@ function socketIdField(socket: Socket): Record<string, unknown> {
 }
 
 /**
- * Returns the one listener that serves the request events of a namespace
- * for all its sockets, with the contract's acknowledgement rules:
+ * Returns the listeners that serve the request events of a namespace for
+ * all its sockets, with the contract's acknowledgement rules:
  * - a request without a callback is ignored;
  * - the callback is called exactly once;
  * - an oversized payload is `PAYLOAD_TOO_LARGE`;
  * - an event missing from `handlers` is `INVALID_PAYLOAD`;
  * - an unexpected error is logged in full but answered only as `INTERNAL`.
  *
- * Registering it with `socket.onAny` costs a socket one array entry,
- * where a listener per event and socket cost closures for each.
+ * The listeners are registered per event, not behind one `onAny`, because
+ * Socket.IO runs socket middleware (the drain's) only before the listeners
+ * of an event, and calls `onAny` listeners before any middleware.
  */
-export function requestListener(
+export function requestListeners(
   handlers: Readonly<Record<string, RequestHandler>>,
   options: RequestOptions,
-): RequestListener {
-  // A Map, so an event named like an Object.prototype key finds no handler.
-  const table = new Map(Object.entries(handlers));
+): RequestListeners {
   const logFields = options.logFields ?? socketIdField;
-  return function serveRequest(this: Socket, event, ...args) {
-    const { payload, ack } = splitArguments(args);
-    const handler = table.get(event);
-    if (typeof ack !== "function") {
-      options.logger.debug(
-        { ...logFields(this), event },
-        "ignored a request without an acknowledgement callback",
-      );
-      return;
-    }
-    const respond = ack as (response: Ack<unknown>) => void;
-    if (handler === undefined) {
-      rejectUnknownEvent(this, event, respond, options.logger, logFields);
-      return;
-    }
-    void answer(this, event, payload, handler, respond, options, logFields);
+  const byEvent = new Map<string, SharedListener>();
+  for (const [event, handler] of Object.entries(handlers)) {
+    byEvent.set(event, function serveRequest(this: Socket, ...args) {
+      const { payload, ack } = splitArguments(args);
+      if (typeof ack !== "function") {
+        options.logger.debug(
+          { ...logFields(this), event },
+          "ignored a request without an acknowledgement callback",
+        );
+        return;
+      }
+      const respond = ack as (response: Ack<unknown>) => void;
+      void answer(this, event, payload, handler, respond, options, logFields);
+    });
+  }
+  const unknown: SharedListener = function rejectUnknown(
+    this: Socket,
+    event,
+    ...args
+  ) {
+    // A Map, so an event named like an Object.prototype key is unknown.
+    if (typeof event === "string" && byEvent.has(event)) return;
+    const { ack } = splitArguments(args);
+    if (typeof ack !== "function") return;
+    rejectUnknownEvent(
+      this,
+      event,
+      ack as (response: Ack<unknown>) => void,
+      options.logger,
+      logFields,
+    );
   };
+  return { byEvent, unknown };
+}
+
+/** Registers a namespace's shared request listeners on `socket`. */
+export function serveRequests(
+  socket: Socket,
+  listeners: RequestListeners,
+): void {
+  for (const [event, listener] of listeners.byEvent) {
+    socket.on(event, listener);
+  }
+  socket.onAny(listeners.unknown);
 }
 
 function rejectUnknownEvent(
   socket: Socket,
-  event: string,
+  event: unknown,
   respond: (response: Ack<unknown>) => void,
   logger: Logger,
   logFields: (socket: Socket) => Record<string, unknown>,

@@ -17,7 +17,10 @@ import type {
   LightSetCommand,
 } from "../../client-sdk/src/protocol.ts";
 import { RelayError } from "../../server/errors.ts";
-import { requestListener } from "../../server/transport/requests.ts";
+import {
+  requestListeners,
+  serveRequests,
+} from "../../server/transport/requests.ts";
 import {
   connectApp,
   connectBridge,
@@ -453,7 +456,7 @@ describe("crash isolation", function () {
       const logger = pino({ level: "debug" }, stream);
       httpServer = createServer();
       ioServer = new Server(httpServer);
-      const requests = requestListener(
+      const requests = requestListeners(
         {
           "test:throw-async": async () => {
             throw new TypeError("async handler bug");
@@ -470,7 +473,7 @@ describe("crash isolation", function () {
         { maxPayloadBytes: 1024, logger },
       );
       ioServer.on("connection", (socket: ServerSocket) => {
-        socket.onAny(requests);
+        serveRequests(socket, requests);
       });
       await new Promise<void>((resolve) =>
         httpServer.listen(0, "127.0.0.1", resolve),

@@ -1,0 +1,78 @@
+import assert from "node:assert/strict";
+import { createServer, type Server as HttpServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { pino } from "pino";
+import { Server, type Socket as ServerSocket } from "socket.io";
+import { io, type Socket } from "socket.io-client";
+import { ConnectionDrain } from "../server/relay/drain.ts";
+import {
+  requestListeners,
+  serveRequests,
+} from "../server/transport/requests.ts";
+
+describe("connection drain with shared request listeners", () => {
+  let httpServer: HttpServer;
+  let server: Server;
+  let client: Socket;
+  let admitted: ServerSocket;
+  let finishSlow: () => void = () => undefined;
+  const drain = new ConnectionDrain({ windowMs: 0, forceAfterMs: 5000 });
+
+  before(async () => {
+    httpServer = createServer();
+    server = new Server(httpServer);
+    const requests = requestListeners(
+      {
+        slow: () =>
+          new Promise((resolve) => {
+            finishSlow = () => resolve({ finished: true });
+          }),
+        echo: async (payload) => payload,
+      },
+      { maxPayloadBytes: 1000, logger: pino({ level: "silent" }) },
+    );
+    drain.watchNamespace(server.of("/"));
+    const connected = new Promise<ServerSocket>((resolve) => {
+      server.on("connection", (socket) => {
+        serveRequests(socket, requests);
+        resolve(socket);
+      });
+    });
+    await new Promise<void>((resolve) =>
+      httpServer.listen(0, "127.0.0.1", resolve),
+    );
+    const { port } = httpServer.address() as AddressInfo;
+    client = io(`http://127.0.0.1:${port}`, {
+      transports: ["websocket"],
+      reconnection: false,
+    });
+    admitted = await connected;
+  });
+
+  after(async () => {
+    client.close();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
+  it("waits for a request, then refuses new ones", async () => {
+    const slow = client.timeout(5000).emitWithAck("slow", {});
+    // The slow request reaches its handler before the drain starts.
+    await client.timeout(2000).emitWithAck("echo", { n: 1 });
+    const drained = drain.run([admitted]);
+
+    const refused = await client.timeout(2000).emitWithAck("echo", { n: 2 });
+    assert.equal(refused.ok, false);
+    assert.equal(refused.error.code, "UNAVAILABLE");
+    assert.equal(client.connected, true, "closed with a request in flight");
+
+    const disconnected = new Promise((resolve) =>
+      client.once("disconnect", resolve),
+    );
+    finishSlow();
+    assert.deepEqual(await slow, { ok: true, data: { finished: true } });
+    const summary = await drained;
+    assert.equal(summary.waited, 1);
+    assert.equal(summary.forced, 0);
+    assert.equal(await disconnected, "transport close");
+  });
+});
