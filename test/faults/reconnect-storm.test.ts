@@ -9,7 +9,7 @@ import {
 import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
 import { startRelay, type RelayProcess } from "../support/relay-process.ts";
 
-const BRIDGES = 3000;
+const BRIDGES = 5000;
 const FLEET_PROCESSES = 2;
 const WORKERS = 2;
 /**
@@ -17,7 +17,7 @@ const WORKERS = 2;
  * the storm. This 2-core VM serves about 250 bridge handshakes a second
  * with the fleets on the same cores, which left the default limit untested.
  */
-const HANDSHAKES_PER_WORKER_PER_SECOND = 60;
+const HANDSHAKES_PER_WORKER_PER_SECOND = 75;
 /** Time the admission rate alone needs to let every bridge in. */
 const ADMISSION_MS =
   (BRIDGES / (WORKERS * HANDSHAKES_PER_WORKER_PER_SECOND)) * 1000;
