@@ -13,20 +13,22 @@ const BRIDGES = 5000;
 const FLEET_PROCESSES = 2;
 const WORKERS = 2;
 /**
- * Below the default of 200, so that admission, not CPU, sets the pace of
- * the storm. This 2-core VM serves about 250 bridge handshakes a second
- * with the fleets on the same cores, which left the default limit untested.
+ * Well below the default of 200, so that admission, not CPU, sets the pace
+ * of the storm. This 2-core VM served 100 to 250 bridge handshakes a
+ * second with the fleets on the same cores, varying from run to run.
  */
-const HANDSHAKES_PER_WORKER_PER_SECOND = 75;
+const HANDSHAKES_PER_WORKER_PER_SECOND = 50;
 /** Time the admission rate alone needs to let every bridge in. */
 const ADMISSION_MS =
   (BRIDGES / (WORKERS * HANDSHAKES_PER_WORKER_PER_SECOND)) * 1000;
 /**
  * Upper bound on the time from the first connect, or from the cut, until
  * every bridge's snapshot is acknowledged: the admission time plus the
- * time the retry hints and the SDK's jitter leave unused.
+ * time the retry hints and the SDK's jitter leave unused. A client whose
+ * retry lands on a worker with no token left is sent to the end of that
+ * worker's schedule, so some bridges wait for more than one pass.
  */
-const STORM_BOUND_MS = ADMISSION_MS * 2.4;
+const STORM_BOUND_MS = ADMISSION_MS * 3;
 /** Upper bound on a worker's RSS, measured at 250 to 300 MiB with 2500 bridges each. */
 const WORKER_RSS_BOUND_BYTES = 512 * MIB;
 
@@ -118,7 +120,7 @@ describe("fault: reconnect storm", function () {
     );
     const rateLimited = afterStorm.rateLimited - beforeCut.rateLimited;
     console.log(
-      `      fault figure: reconnect storm, ${BRIDGES} bridges: all back in ${(stormMs / 1000).toFixed(1)} s, ${rateLimited} RATE_LIMITED, max worker RSS ${(maxRss / MIB).toFixed(0)} MiB`,
+      `      fault figure: reconnect storm, ${BRIDGES} bridges: all back in ${(stormMs / 1000).toFixed(1)} s (${(ADMISSION_MS / 1000).toFixed(1)} s from the rate alone), ${rateLimited} RATE_LIMITED, max retryAfterMs ${afterStorm.maxRetryAfterMs}, max worker RSS ${(maxRss / MIB).toFixed(0)} MiB`,
     );
 
     assert.equal(afterStorm.connectionsCut, BRIDGES, "connections cut");
