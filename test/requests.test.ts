@@ -138,6 +138,21 @@ describe("request handling", () => {
     }
   });
 
+  it("logs an unknown event without callback", async () => {
+    const before = lines.length;
+    client.emit("light:fly", {});
+    await client.timeout(2000).emitWithAck("echo", { n: 3 });
+    const ignored = lines
+      .slice(before)
+      .filter(
+        (line) =>
+          line.msg ===
+          "ignored an unknown event without an acknowledgement callback",
+      );
+    assert.equal(ignored.length, 1);
+    assert.equal(ignored[0]?.event, '"light:fly"');
+  });
+
   it("passes each handler its own socket", async () => {
     const second = io(url, { transports: ["websocket"] });
     await new Promise<void>((resolve) =>

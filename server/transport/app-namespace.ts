@@ -65,10 +65,11 @@ function serveApp(
   onDisconnect: DisconnectListener,
 ): void {
   const { exp } = socketIdentity(socket, "app");
-  disconnectOnExpiry(socket, exp, deps.logger);
   closeWhenBacklogged(socket, deps.maxBufferedBytes, deps.logger);
   serveRequests(socket, requests);
   socket.on("disconnect", onDisconnect);
+  // Last, so that a socket it disconnects at once still runs the listeners.
+  disconnectOnExpiry(socket, exp, deps.logger);
 }
 
 function appRequests(deps: AppNamespaceDeps): Record<string, RequestHandler> {

@@ -124,10 +124,12 @@ function serveBridge(
 ): void {
   const { exp } = socketIdentity(socket, "bridge");
   const { epoch } = socketSession(socket);
-  disconnectOnExpiry(socket, exp, deps.logger);
   serveRequests(socket, requests);
   socket.on("disconnect", onDisconnect);
   deps.logger.info({ ...socketLogFields(socket), epoch }, "bridge connected");
+  // Last, because a token that expired during the claim disconnects the
+  // socket at once, and the disconnect listener must release the claim.
+  disconnectOnExpiry(socket, exp, deps.logger);
 }
 
 function bridgeRequests(

@@ -109,7 +109,13 @@ export function requestListeners(
     // A Map, so an event named like an Object.prototype key is unknown.
     if (typeof event === "string" && byEvent.has(event)) return;
     const { ack } = splitArguments(args);
-    if (typeof ack !== "function") return;
+    if (typeof ack !== "function") {
+      options.logger.debug(
+        { ...logFields(this), event: quotedEventName(event) },
+        "ignored an unknown event without an acknowledgement callback",
+      );
+      return;
+    }
     rejectUnknownEvent(
       this,
       event,
@@ -132,6 +138,11 @@ export function serveRequests(
   socket.onAny(listeners.unknown);
 }
 
+/** Returns an event name for logs and errors: quoted, at most 64 characters. */
+function quotedEventName(event: unknown): string {
+  return JSON.stringify(String(event).slice(0, 64));
+}
+
 function rejectUnknownEvent(
   socket: Socket,
   event: unknown,
@@ -139,7 +150,7 @@ function rejectUnknownEvent(
   logger: Logger,
   logFields: (socket: Socket) => Record<string, unknown>,
 ): void {
-  const name = JSON.stringify(String(event).slice(0, 64));
+  const name = quotedEventName(event);
   logger.debug(
     { ...logFields(socket), event: name },
     "rejected an unknown event",
