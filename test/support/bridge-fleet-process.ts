@@ -27,7 +27,10 @@ const LIGHTS: Light[] = [
 const PROGRESS_INTERVAL_MS = 1000;
 
 function send(report: FleetReport): void {
-  process.send?.(report);
+  if (!process.connected) return;
+  // A report sent while the parent stops the fleet fails with EPIPE. The
+  // callback takes that error, which would otherwise end the process.
+  process.send?.(report, undefined, {}, () => undefined);
 }
 
 class Fleet {

@@ -73,9 +73,10 @@ export class BridgeFleet {
       const timer = setTimeout(() => {
         this.syncWaiters.delete(phase);
         const pending = this.lastProgress?.pending ?? "unknown";
+        const stats = this.lastProgress?.stats;
         reject(
           new Error(
-            `fleet phase ${phase} timed out after ${timeoutMs} ms with ${pending} bridges not synced; failures: ${this.failures.slice(0, 5).join("; ")}`,
+            `fleet phase ${phase} timed out after ${timeoutMs} ms with ${pending} bridges not synced; retries by code ${JSON.stringify(stats?.retries)}, max retryAfterMs ${stats?.maxRetryAfterMs}; failures: ${this.failures.slice(0, 5).join("; ")}`,
           ),
         );
       }, timeoutMs);
