@@ -54,7 +54,7 @@ describe("connection drain with shared request listeners", () => {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
 
-  it("waits for a request, then refuses new ones", async () => {
+  it("waits for a request, rejects new ones", async () => {
     const slow = client.timeout(5000).emitWithAck("slow", {});
     // The slow request reaches its handler before the drain starts.
     await client.timeout(2000).emitWithAck("echo", { n: 1 });

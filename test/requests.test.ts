@@ -173,7 +173,8 @@ describe("request handling", () => {
   it("shares its listeners among sockets", () => {
     assert.ok(serverSockets.length >= 2, "two sockets connected");
     const [first, second] = serverSockets;
-    assert.ok(first !== undefined && second !== undefined);
+    assert.ok(first !== undefined);
+    assert.ok(second !== undefined);
     assert.equal(first.listeners("echo").length, 1);
     assert.equal(first.listeners("echo")[0], second.listeners("echo")[0]);
     assert.equal(first.listenersAny().length, 1);

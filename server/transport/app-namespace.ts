@@ -22,6 +22,7 @@ import {
   serveRequests,
   type RequestHandler,
   type RequestListeners,
+  type SocketListener,
 } from "./requests.ts";
 import { closeWhenBacklogged } from "./slow-consumers.ts";
 
@@ -49,7 +50,6 @@ export function attachAppNamespace(
   const requests = requestListeners(appRequests(deps), {
     maxPayloadBytes: deps.maxPayloadBytes,
     logger: deps.logger,
-    logFields: socketLogFields,
   });
   const onDisconnect = disconnectListener(deps);
   apps.on("connection", (socket) =>
@@ -62,7 +62,7 @@ function serveApp(
   socket: Socket,
   deps: AppNamespaceDeps,
   requests: RequestListeners,
-  onDisconnect: DisconnectListener,
+  onDisconnect: SocketListener<[reason: string]>,
 ): void {
   const { exp } = socketIdentity(socket, "app");
   closeWhenBacklogged(socket, deps.maxBufferedBytes, deps.logger);
@@ -107,10 +107,9 @@ function appRequests(deps: AppNamespaceDeps): Record<string, RequestHandler> {
   };
 }
 
-/** Listener of an app socket's `disconnect`, called with the socket as `this`. */
-type DisconnectListener = (this: Socket, reason: string) => void;
-
-function disconnectListener(deps: AppNamespaceDeps): DisconnectListener {
+function disconnectListener(
+  deps: AppNamespaceDeps,
+): SocketListener<[reason: string]> {
   return function onDisconnect(this: Socket, reason) {
     cancelExpiry(this);
     deps.limits.forgetSocket(this.id);

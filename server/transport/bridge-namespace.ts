@@ -26,6 +26,7 @@ import {
   serveRequests,
   type RequestHandler,
   type RequestListeners,
+  type SocketListener,
 } from "./requests.ts";
 
 export interface BridgeNamespaceDeps extends HandshakeDeps {
@@ -51,7 +52,6 @@ export function attachBridgeNamespace(
   const requests = requestListeners(bridgeRequests(deps), {
     maxPayloadBytes: deps.maxPayloadBytes,
     logger: deps.logger,
-    logFields: socketLogFields,
   });
   const onDisconnect = disconnectListener(deps);
   bridges.on("connection", (socket) =>
@@ -120,7 +120,7 @@ function serveBridge(
   socket: Socket,
   deps: BridgeNamespaceDeps,
   requests: RequestListeners,
-  onDisconnect: DisconnectListener,
+  onDisconnect: SocketListener<[reason: string]>,
 ): void {
   const { exp } = socketIdentity(socket, "bridge");
   const { epoch } = socketSession(socket);
@@ -161,10 +161,9 @@ function bridgeRequests(
   };
 }
 
-/** Listener of a bridge socket's `disconnect`, called with the socket as `this`. */
-type DisconnectListener = (this: Socket, reason: string) => void;
-
-function disconnectListener(deps: BridgeNamespaceDeps): DisconnectListener {
+function disconnectListener(
+  deps: BridgeNamespaceDeps,
+): SocketListener<[reason: string]> {
   return function onDisconnect(this: Socket, reason) {
     const session = socketSession(this);
     const fields = socketLogFields(this);

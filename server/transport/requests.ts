@@ -3,8 +3,9 @@ import type { Ack } from "../../client-sdk/src/protocol.ts";
 import { RelayError, toErrorBody } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { outcomeOf, socketRequests } from "../metrics/relay-metrics.ts";
+import { socketLogFields } from "./handshake.ts";
 
-/** Serves one request event for `socket`; resolves with the answer's `data`. */
+/** Serves one request event for `socket` and resolves with the acknowledgement's `data`. */
 export type RequestHandler = (
   payload: unknown,
   socket: Socket,
@@ -13,8 +14,6 @@ export type RequestHandler = (
 export interface RequestOptions {
   maxPayloadBytes: number;
   logger: Logger;
-  /** IDs that log lines about a socket's requests carry; the socket ID alone by default. */
-  logFields?: (socket: Socket) => Record<string, unknown>;
 }
 
 /**
@@ -22,14 +21,17 @@ export interface RequestOptions {
  * Socket.IO's `onAny` call it with the socket that received the event as
  * `this`, so one function serves every socket.
  */
-type SharedListener = (this: Socket, ...args: unknown[]) => void;
+export type SocketListener<Args extends unknown[] = unknown[]> = (
+  this: Socket,
+  ...args: Args
+) => void;
 
 /** The listeners that serve a namespace's request events, built once per namespace. */
 export interface RequestListeners {
   /** One listener per request event, registered with `socket.on`. */
-  readonly byEvent: ReadonlyMap<string, SharedListener>;
+  readonly byEvent: ReadonlyMap<string, SocketListener>;
   /** Listener for events that no handler serves, registered with `socket.onAny`. */
-  readonly unknown: SharedListener;
+  readonly unknown: SocketListener;
 }
 
 /** Throws `PAYLOAD_TOO_LARGE` when `payload`, measured as JSON, is over `maxBytes`. */
@@ -64,18 +66,14 @@ function splitArguments(args: unknown[]): { payload: unknown; ack: unknown } {
   return { payload: args.length > 1 ? args[0] : undefined, ack: last };
 }
 
-function socketIdField(socket: Socket): Record<string, unknown> {
-  return { socketId: socket.id };
-}
-
 /**
  * Returns the listeners that serve the request events of a namespace for
  * all its sockets, with the contract's acknowledgement rules:
  * - a request without a callback is ignored;
- * - the callback is called exactly once;
+ * - the callback is called once, on every path;
  * - an oversized payload is `PAYLOAD_TOO_LARGE`;
  * - an event missing from `handlers` is `INVALID_PAYLOAD`;
- * - an unexpected error is logged in full but answered only as `INTERNAL`.
+ * - an unexpected error is logged in full, and the client gets only `INTERNAL`.
  *
  * The listeners are registered per event, not behind one `onAny`, because
  * Socket.IO runs socket middleware (the drain's) only before the listeners
@@ -85,23 +83,22 @@ export function requestListeners(
   handlers: Readonly<Record<string, RequestHandler>>,
   options: RequestOptions,
 ): RequestListeners {
-  const logFields = options.logFields ?? socketIdField;
-  const byEvent = new Map<string, SharedListener>();
+  const byEvent = new Map<string, SocketListener>();
   for (const [event, handler] of Object.entries(handlers)) {
     byEvent.set(event, function serveRequest(this: Socket, ...args) {
       const { payload, ack } = splitArguments(args);
       if (typeof ack !== "function") {
         options.logger.debug(
-          { ...logFields(this), event },
+          { ...socketLogFields(this), event },
           "ignored a request without an acknowledgement callback",
         );
         return;
       }
       const respond = ack as (response: Ack<unknown>) => void;
-      void answer(this, event, payload, handler, respond, options, logFields);
+      void answer(this, event, payload, handler, respond, options);
     });
   }
-  const unknown: SharedListener = function rejectUnknown(
+  const unknown: SocketListener = function rejectUnknown(
     this: Socket,
     event,
     ...args
@@ -111,7 +108,7 @@ export function requestListeners(
     const { ack } = splitArguments(args);
     if (typeof ack !== "function") {
       options.logger.debug(
-        { ...logFields(this), event: quotedEventName(event) },
+        { ...socketLogFields(this), event: quotedEventName(event) },
         "ignored an unknown event without an acknowledgement callback",
       );
       return;
@@ -121,7 +118,6 @@ export function requestListeners(
       event,
       ack as (response: Ack<unknown>) => void,
       options.logger,
-      logFields,
     );
   };
   return { byEvent, unknown };
@@ -148,11 +144,10 @@ function rejectUnknownEvent(
   event: unknown,
   respond: (response: Ack<unknown>) => void,
   logger: Logger,
-  logFields: (socket: Socket) => Record<string, unknown>,
 ): void {
   const name = quotedEventName(event);
   logger.debug(
-    { ...logFields(socket), event: name },
+    { ...socketLogFields(socket), event: name },
     "rejected an unknown event",
   );
   const error = new RelayError(
@@ -169,7 +164,6 @@ async function answer(
   handler: RequestHandler,
   respond: (response: Ack<unknown>) => void,
   options: RequestOptions,
-  logFields: (socket: Socket) => Record<string, unknown>,
 ): Promise<void> {
   try {
     checkPayloadSize(payload, options.maxPayloadBytes);
@@ -180,7 +174,7 @@ async function answer(
     if (error instanceof RelayError) {
       options.logger.debug(
         {
-          ...logFields(socket),
+          ...socketLogFields(socket),
           event,
           code: error.code,
           reason: error.message,
@@ -189,7 +183,7 @@ async function answer(
       );
     } else {
       options.logger.error(
-        { ...logFields(socket), event, err: error },
+        { ...socketLogFields(socket), event, err: error },
         "request handler failed",
       );
     }
