@@ -37,11 +37,19 @@ const PROCESS_MANAGER_READY = "ready";
 
 /**
  * Admits `worker` to the balancer, which hands new connections to the
- * workers listed in `cluster.workers`.
+ * workers listed in `cluster.workers`. The entry is defined, not assigned,
+ * because an assignment keeps a hidden entry non-enumerable, which left a
+ * worker the watchdog had hidden out of the balancer for good.
  * NOTE: this edits Node's own map, in which Node only adds and deletes entries.
  */
 function admitToBalancer(worker: Worker): void {
-  if (cluster.workers !== undefined) cluster.workers[worker.id] = worker;
+  if (cluster.workers === undefined) return;
+  Object.defineProperty(cluster.workers, worker.id, {
+    value: worker,
+    enumerable: true,
+    configurable: true,
+    writable: true,
+  });
 }
 
 /**

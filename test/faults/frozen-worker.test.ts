@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { printFigure, sleep, waitUntil } from "../support/faults.ts";
+import {
+  printFigure,
+  readinessByWorker,
+  sleep,
+  waitUntil,
+  workersReadyGauge,
+} from "../support/faults.ts";
 import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
 import { startRelay, type RelayProcess } from "../support/relay-process.ts";
 
@@ -70,6 +76,14 @@ describe("fault: a worker freezes", function () {
     );
     assert.ok(Date.now() - stoppedAt < UNRESPONSIVE_MS * 6);
     assert.equal(await answeredProbes(relay.url, 10), 10);
+    // New connections reach the admitted worker again.
+    const serverIds = relay.workers().map((worker) => worker.serverId);
+    const served = await readinessByWorker(relay.url, serverIds);
+    assert.deepEqual(
+      serverIds.map((serverId) => served.get(serverId)),
+      [200, 200],
+    );
+    assert.equal(await workersReadyGauge(relay.url), 2);
     printFigure(
       `frozen worker: out of the balancer ${hiddenMs} ms after SIGSTOP (threshold ${UNRESPONSIVE_MS} ms)`,
     );
