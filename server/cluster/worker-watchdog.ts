@@ -24,15 +24,36 @@ export interface WatchdogOptions {
  * Pings every serving worker over IPC. A worker whose event loop is stuck
  * (a busy loop, a frozen process) answers nothing, and sticky would keep
  * handing it new connections that hang. Such a worker is taken out of the
- * balancer after `unresponsiveMs`, admitted again if it answers, and
- * killed after six times that, so that the primary replaces it.
+ * balancer after `unresponsiveMs` while another worker answers, admitted
+ * again if it answers, and killed after six times that, so that the
+ * primary replaces it. When every worker is slow, as in a reconnect storm,
+ * they all stay in the balancer.
  * Returns a function that stops the watchdog.
  */
 export function watchWorkers(options: WatchdogOptions): () => void {
   const { unresponsiveMs, logger } = options;
   const lastAnswer = new Map<number, number>();
   const hidden = new Set<number>();
+  /** Silent workers left in the balancer because no other worker answered. */
+  const kept = new Set<number>();
   const listening = new WeakSet<Worker>();
+
+  /**
+   * True when a serving worker other than `worker` is in the balancer and
+   * answers. Hiding the last such worker would not move connections
+   * elsewhere: the balancer would refuse them all with 503.
+   */
+  const othersAnswering = (worker: Worker): boolean => {
+    const now = Date.now();
+    for (const other of options.serving()) {
+      if (other.id === worker.id || hidden.has(other.id)) continue;
+      const answeredAt = lastAnswer.get(other.id);
+      if (answeredAt !== undefined && now - answeredAt < unresponsiveMs) {
+        return true;
+      }
+    }
+    return false;
+  };
 
   const listen = (worker: Worker): void => {
     if (listening.has(worker)) return;
@@ -41,6 +62,7 @@ export function watchWorkers(options: WatchdogOptions): () => void {
     worker.on("message", (message: unknown) => {
       if (message !== PONG_MESSAGE) return;
       lastAnswer.set(worker.id, Date.now());
+      kept.delete(worker.id);
       if (!hidden.delete(worker.id)) return;
       options.admit(worker);
       logger.info(
@@ -51,6 +73,7 @@ export function watchWorkers(options: WatchdogOptions): () => void {
     worker.once("exit", () => {
       lastAnswer.delete(worker.id);
       hidden.delete(worker.id);
+      kept.delete(worker.id);
     });
   };
 
@@ -64,12 +87,21 @@ export function watchWorkers(options: WatchdogOptions): () => void {
       return;
     }
     if (silentMs >= unresponsiveMs && !hidden.has(worker.id)) {
-      hidden.add(worker.id);
-      options.hide(worker);
-      logger.warn(
-        { ...ids, silentMs },
-        "worker unresponsive, taken out of the balancer",
-      );
+      if (othersAnswering(worker)) {
+        kept.delete(worker.id);
+        hidden.add(worker.id);
+        options.hide(worker);
+        logger.warn(
+          { ...ids, silentMs },
+          "worker unresponsive, taken out of the balancer",
+        );
+      } else if (!kept.has(worker.id)) {
+        kept.add(worker.id);
+        logger.warn(
+          { ...ids, silentMs },
+          "worker unresponsive, kept in the balancer because no other worker answers",
+        );
+      }
     }
     if (worker.isConnected()) worker.send(PING_MESSAGE);
   };

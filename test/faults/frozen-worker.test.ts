@@ -89,6 +89,42 @@ describe("fault: a worker freezes", function () {
     );
   });
 
+  it("keeps the last answering worker in the balancer", async () => {
+    const pids = relay.workers().map((worker) => worker.pid);
+    assert.equal(pids.length, 2);
+    const logsBefore = relay.logs.length;
+    for (const pid of pids) process.kill(pid, "SIGSTOP");
+    await relay.waitForLog(
+      (line) =>
+        line.msg ===
+        "worker unresponsive, kept in the balancer because no other worker answers",
+      5000,
+    );
+    // The first worker found silent may still see the other's recent
+    // answer and leave the balancer; the second never does.
+    const hidden = relay.logs
+      .slice(logsBefore)
+      .filter(
+        (line) => line.msg === "worker unresponsive, taken out of the balancer",
+      );
+    assert.ok(hidden.length < 2, "every worker taken out of the balancer");
+    // With every worker slow, a new connection waits for the one left in
+    // the balancer instead of getting 503 from an empty balancer.
+    const probe = fetch(`${relay.url}/readyz`, {
+      signal: AbortSignal.timeout(5000),
+      headers: { connection: "close" },
+    });
+    await sleep(300);
+    for (const pid of pids) process.kill(pid, "SIGCONT");
+    const response = await probe;
+    assert.equal(response.status, 200, await response.text());
+    await waitUntil(
+      "both workers answering probes",
+      async () => (await answeredProbes(relay.url, 10)) === 10,
+      5000,
+    );
+  });
+
   it("kills a worker that stays frozen", async () => {
     const before = relay.workers().map((worker) => worker.pid);
     const frozen = before[0]!;
