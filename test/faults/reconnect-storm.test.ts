@@ -68,11 +68,12 @@ function printRelayWarnings(relay: RelayProcess): void {
 
 describe("fault: reconnect storm", function () {
   this.timeout(STORM_BOUND_MS * 2 + 30_000);
-  // NOTE: in some full-suite runs on a 2-core VM, a subset of bridges failed
-  // to connect over and over with UNAVAILABLE. The relay's warnings showed
-  // workers stalled for over 5 s, taken out of the balancer by the
-  // watchdog. A failed run prints those warnings, and the test runs once
-  // more, on a new Redis and relay.
+  // NOTE: in some full-suite runs on a 2-core VM, every worker went more
+  // than 5 s without answering the watchdog, which hid them all, so the
+  // balancer refused bridges with 503 until the phase timed out. The
+  // watchdog now keeps the last answering worker. The test still runs once
+  // more, on a new Redis and relay, when an attempt fails on a VM this
+  // loaded, and each attempt prints its error and the relay's warnings.
   this.retries(1);
   let redis: RedisServer;
   let relay: RelayProcess;
@@ -90,9 +91,6 @@ describe("fault: reconnect storm", function () {
         HANDSHAKES_PER_WORKER_PER_SECOND: String(
           HANDSHAKES_PER_WORKER_PER_SECOND,
         ),
-        // NOTE: the default of 5 s took workers busy with the storm out of
-        // the balancer. The watchdog's threshold under load is not settled.
-        WORKER_UNRESPONSIVE_MS: "30000",
       },
     });
   });
@@ -105,6 +103,14 @@ describe("fault: reconnect storm", function () {
   });
 
   it(`readmits ${BRIDGES} bridges at a bounded rate`, async () => {
+    // Mocha reports only the last attempt's error, so each one is printed.
+    await stormOnce().catch((error: unknown) => {
+      console.log(`      attempt failed: ${String(error)}`);
+      throw error;
+    });
+  });
+
+  async function stormOnce(): Promise<void> {
     const workerPids = relay.workers().map((worker) => worker.pid);
     assert.equal(workerPids.length, WORKERS);
     const perFleet = BRIDGES / FLEET_PROCESSES;
@@ -141,6 +147,7 @@ describe("fault: reconnect storm", function () {
       throw error;
     });
     const stormMs = Math.max(...backAt) - cutAt;
+    printRelayWarnings(relay);
     const maxRss = rss.stop();
     const afterStorm = sumStats(
       await Promise.all(fleets.map((fleet) => fleet.stats())),
@@ -208,5 +215,5 @@ describe("fault: reconnect storm", function () {
       [],
       "fleet failures",
     );
-  });
+  }
 });
