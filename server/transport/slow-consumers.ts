@@ -1,3 +1,4 @@
+import { Socket as NetSocket } from "node:net";
 import { Counter } from "prom-client";
 import type { Socket } from "socket.io";
 import type { Logger } from "../logger.ts";
@@ -46,6 +47,15 @@ function webSocketOf(
 }
 
 /**
+ * Returns the TCP socket under a `ws` WebSocket. NOTE: ws 8 keeps it in
+ * the untyped `_socket` field, so a ws upgrade may move it.
+ */
+function tcpSocketOf(ws: object): NetSocket | undefined {
+  const socket = (ws as { _socket?: unknown })._socket;
+  return socket instanceof NetSocket ? socket : undefined;
+}
+
+/**
  * Closes the connection of `socket` once more than `maxBufferedBytes` wait
  * to be sent to it, so a client on a slow or stalled link cannot grow the
  * process's memory without bound.
@@ -56,8 +66,11 @@ function webSocketOf(
  * The check runs whenever a packet is queued, on the backlog before that
  * packet, so a single large event on a healthy link never trips it. The
  * close discards the queued events and drops the TCP connection without
- * a closing handshake, which would wait behind the backlog. The client
- * sees its connection drop and reconnects.
+ * a closing handshake, which would wait behind the backlog. A websocket's
+ * connection is reset, so the kernel also discards the bytes it still
+ * holds for the client (megabytes on a stalled link) instead of keeping
+ * them until the client reads or TCP gives up. The client sees its
+ * connection drop and reconnects.
  */
 export function closeWhenBacklogged(
   socket: Socket,
@@ -93,8 +106,10 @@ export function closeWhenBacklogged(
     // Closing here would run inside Engine.IO's send and Socket.IO's
     // broadcast loop, so it waits until they return.
     process.nextTick(() => {
+      const tcp = ws === undefined ? undefined : tcpSocketOf(ws);
       conn.close(true);
-      ws?.terminate();
+      if (tcp === undefined) ws?.terminate();
+      else tcp.resetAndDestroy();
     });
   };
   const onFlush = (): void => {

@@ -24,8 +24,10 @@ import {
   residentBytes,
   sampleMaxRss,
 } from "../support/process-memory.ts";
+import { waitUntil } from "../support/faults.ts";
 import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
 import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import { tcpSocketsBetween } from "../support/tcp-sockets.ts";
 import { appToken } from "../support/tokens.ts";
 
 const MAX_BUFFERED_BYTES = 1024 * 1024;
@@ -192,6 +194,7 @@ describe("fault: slow consumer", function () {
         );
 
         proxy.pause();
+        const relaySidePorts = proxy.upstreamPorts();
         const rssBefore = residentBytes(pid) ?? 0;
         const rss = sampleMaxRss([pid]);
         const lastVersion = await flood(bridge, CHANGES);
@@ -227,6 +230,35 @@ describe("fault: slow consumer", function () {
           workerPids,
         );
         assert.ok(isAlive(pid), `worker ${pid} died`);
+
+        // A websocket is reset, so the relay's kernel drops the bytes it
+        // held for the stalled client. Polling keeps the events in
+        // Engine.IO's buffer, which the close discards, so its connection
+        // may linger after its FIN but holds no bytes.
+        const leftMs = Date.now();
+        const left = async () => tcpSocketsBetween(relay.port, relaySidePorts);
+        if (transport === "websocket") {
+          await waitUntil(
+            "the relay's side of the stalled connection gone",
+            async () => (await left()).length === 0,
+            2000,
+          ).catch(async (error: unknown) => {
+            console.log(`      sockets left: ${(await left()).join(" | ")}`);
+            throw error;
+          });
+          console.log(
+            `      fault figure: slow consumer (websocket): relay's socket gone ${Date.now() - leftMs} ms after the close was logged`,
+          );
+        } else {
+          const sockets = await left();
+          console.log(
+            `      fault figure: slow consumer (polling): relay's sockets left: ${sockets.join(" | ")}`,
+          );
+          for (const line of sockets) {
+            const sendQueue = Number(line.trim().split(/\s+/)[2]);
+            assert.equal(sendQueue, 0, `bytes left for the client: ${line}`);
+          }
+        }
 
         // The stalled client learns of the close once its link moves again.
         // The SDK then reconnects, subscribes again and gets the current state.

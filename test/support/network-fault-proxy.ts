@@ -62,6 +62,13 @@ export class NetworkFaultProxy {
     return pairs.length;
   }
 
+  /** Local ports of the open connections to the relay: the relay sees them as remote ports. */
+  upstreamPorts(): number[] {
+    return [...this.pairs].flatMap(([, upstream]) =>
+      upstream.localPort === undefined ? [] : [upstream.localPort],
+    );
+  }
+
   /** Stops reading from the relay on every connection, present and future. */
   pause(): void {
     this.paused = true;
