@@ -127,6 +127,11 @@ const envSchema = z.object({
     5000,
     MAX_DURATION_MS,
   ).pipe(z.number().min(100, "WORKER_UNRESPONSIVE_MS must be at least 100")),
+  REQUEST_BODY_TIMEOUT_MS: positiveInt(
+    "REQUEST_BODY_TIMEOUT_MS",
+    30000,
+    MAX_DURATION_MS,
+  ).pipe(z.number().min(100, "REQUEST_BODY_TIMEOUT_MS must be at least 100")),
   SHUTDOWN_TIMEOUT_MS: positiveInt(
     "SHUTDOWN_TIMEOUT_MS",
     10000,
@@ -175,6 +180,8 @@ export interface RelayConfig {
   };
   /** Time a worker may leave the primary's ping unanswered before it gets no new connections. */
   workerUnresponsiveMs: number;
+  /** Time an HTTP request may take to send its body after its header, in ms. */
+  requestBodyTimeoutMs: number;
   shutdownTimeoutMs: number;
   /** Time over which a draining process spreads the closing of its connections, in ms. */
   drainWindowMs: number;
@@ -260,6 +267,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
       appMaxBufferedBytes: parsed.APP_MAX_BUFFERED_BYTES,
     },
     workerUnresponsiveMs: parsed.WORKER_UNRESPONSIVE_MS,
+    requestBodyTimeoutMs: parsed.REQUEST_BODY_TIMEOUT_MS,
     shutdownTimeoutMs: parsed.SHUTDOWN_TIMEOUT_MS,
     drainWindowMs: drainWindow(
       parsed.DRAIN_WINDOW_MS,

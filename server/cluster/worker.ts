@@ -106,7 +106,10 @@ export async function runWorker(
   redis.main.on("ready", recoverAndLog);
   redis.subscriber.on("ready", recoverAndLog);
   setupWorker(relay.io);
-  closeStalledConnections(relay.httpServer, HEADERS_TIMEOUT_MS);
+  closeStalledConnections(relay.httpServer, {
+    headersTimeoutMs: HEADERS_TIMEOUT_MS,
+    bodyTimeoutMs: config.requestBodyTimeoutMs,
+  });
   bindSessionsBeforeHandshake(relay.io);
   installShutdown(relay, config, log, async () => redis.close());
   process.on("message", (message) => {

@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
 import { connect, type Socket } from "node:net";
+import { randomBridgeId } from "../support/clients.ts";
 import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
 import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import { appToken } from "../support/tokens.ts";
 
 /** The worker's limit for a first request's header is 10 s. */
 const HEADERS_TIMEOUT_MS = 10_000;
+const BODY_TIMEOUT_MS = 2000;
 
 /** Opens a connection, sends `text` and resolves with the ms until the server closed it. */
 function timeUntilClosed(port: number, text: string): Promise<number> {
@@ -28,7 +31,11 @@ describe("fault: clients stall their request", function () {
 
   before(async () => {
     redis = await startRedisServer();
-    relay = await startRelay({ redisUrl: redis.url, workers: 1 });
+    relay = await startRelay({
+      redisUrl: redis.url,
+      workers: 1,
+      env: { REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS) },
+    });
   });
 
   after(async () => {
@@ -47,5 +54,56 @@ describe("fault: clients stall their request", function () {
     }
     const ready = await fetch(`${relay.url}/readyz`);
     assert.equal(ready.status, 200);
+  });
+
+  /** Builds the header of a light command whose body is `bodyBytes` long. */
+  const commandHeader = async (bodyBytes: number): Promise<string> => {
+    const bridgeId = randomBridgeId();
+    const token = await appToken("stalled-body", [bridgeId]);
+    return (
+      `PUT /api/v1/bridges/${bridgeId}/lights/light-1 HTTP/1.1\r\n` +
+      "Host: x\r\n" +
+      `Authorization: Bearer ${token}\r\n` +
+      "Content-Type: application/json\r\n" +
+      `Content-Length: ${bodyBytes}\r\n\r\n`
+    );
+  };
+
+  it("closes a body that never ends", async () => {
+    const header = await commandHeader(100);
+    const closed = await Promise.all(
+      Array.from({ length: 3 }, () =>
+        timeUntilClosed(relay.port, `${header}{"on":`),
+      ),
+    );
+    for (const ms of closed) {
+      assert.ok(ms >= BODY_TIMEOUT_MS - 500, `closed after ${ms} ms`);
+      assert.ok(ms < HEADERS_TIMEOUT_MS, `closed only after ${ms} ms`);
+    }
+    const ready = await fetch(`${relay.url}/readyz`);
+    assert.equal(ready.status, 200);
+  });
+
+  it("answers a body that arrives slowly within the limit", async () => {
+    const body = JSON.stringify({ on: { on: true } });
+    const header = await commandHeader(Buffer.byteLength(body));
+    const answer = await new Promise<string>((resolve, reject) => {
+      let received = "";
+      const socket: Socket = connect(relay.port, "127.0.0.1", () => {
+        socket.write(header + body.slice(0, 5));
+        setTimeout(() => socket.write(body.slice(5)), BODY_TIMEOUT_MS / 2);
+      });
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.toString();
+        if (received.includes("\r\n\r\n")) {
+          socket.destroy();
+          resolve(received);
+        }
+      });
+      socket.on("error", reject);
+      socket.on("close", () => reject(new Error("closed without an answer")));
+    });
+    // The bridge is offline, which proves the body was read and parsed.
+    assert.match(answer, /^HTTP\/1\.1 409 /);
   });
 });
