@@ -24,8 +24,8 @@ export interface WatchdogOptions {
  * Pings every serving worker over IPC. A worker whose event loop is stuck
  * (a busy loop, a frozen process) answers nothing, and sticky would keep
  * handing it new connections that hang. Such a worker is taken out of the
- * balancer after `unresponsiveMs` while another worker answers, admitted
- * again if it answers, and killed after six times that, so that the
+ * balancer after `unresponsiveMs` while another worker responds, admitted
+ * again when it responds, and killed after six times that, so that the
  * primary replaces it. When every worker is slow, as in a reconnect storm,
  * they all stay in the balancer.
  * Returns a function that stops the watchdog.
@@ -34,16 +34,16 @@ export function watchWorkers(options: WatchdogOptions): () => void {
   const { unresponsiveMs, logger } = options;
   const lastAnswer = new Map<number, number>();
   const hidden = new Set<number>();
-  /** Silent workers left in the balancer because no other worker answered. */
-  const kept = new Set<number>();
+  /** Silent workers left in the balancer because no other worker responded. */
+  const keptInBalancer = new Set<number>();
   const listening = new WeakSet<Worker>();
 
   /**
-   * True when a serving worker other than `worker` is in the balancer and
-   * answers. Hiding the last such worker would not move connections
-   * elsewhere: the balancer would refuse them all with 503.
+   * Returns true when a serving worker other than `worker` is in the
+   * balancer and responds. Hiding the last such worker would move no
+   * connection elsewhere, because the balancer would reject them all with 503.
    */
-  const othersAnswering = (worker: Worker): boolean => {
+  const othersResponding = (worker: Worker): boolean => {
     const now = Date.now();
     for (const other of options.serving()) {
       if (other.id === worker.id || hidden.has(other.id)) continue;
@@ -62,7 +62,7 @@ export function watchWorkers(options: WatchdogOptions): () => void {
     worker.on("message", (message: unknown) => {
       if (message !== PONG_MESSAGE) return;
       lastAnswer.set(worker.id, Date.now());
-      kept.delete(worker.id);
+      keptInBalancer.delete(worker.id);
       if (!hidden.delete(worker.id)) return;
       options.admit(worker);
       logger.info(
@@ -73,7 +73,7 @@ export function watchWorkers(options: WatchdogOptions): () => void {
     worker.once("exit", () => {
       lastAnswer.delete(worker.id);
       hidden.delete(worker.id);
-      kept.delete(worker.id);
+      keptInBalancer.delete(worker.id);
     });
   };
 
@@ -87,19 +87,19 @@ export function watchWorkers(options: WatchdogOptions): () => void {
       return;
     }
     if (silentMs >= unresponsiveMs && !hidden.has(worker.id)) {
-      if (othersAnswering(worker)) {
-        kept.delete(worker.id);
+      if (othersResponding(worker)) {
+        keptInBalancer.delete(worker.id);
         hidden.add(worker.id);
         options.hide(worker);
         logger.warn(
           { ...ids, silentMs },
           "worker unresponsive, taken out of the balancer",
         );
-      } else if (!kept.has(worker.id)) {
-        kept.add(worker.id);
+      } else if (!keptInBalancer.has(worker.id)) {
+        keptInBalancer.add(worker.id);
         logger.warn(
           { ...ids, silentMs },
-          "worker unresponsive, kept in the balancer because no other worker answers",
+          "worker unresponsive, kept in the balancer because no other worker responds",
         );
       }
     }

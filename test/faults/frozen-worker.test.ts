@@ -89,25 +89,27 @@ describe("fault: a worker freezes", function () {
     );
   });
 
-  it("keeps the last answering worker in the balancer", async () => {
+  it("keeps the last responsive worker", async () => {
     const pids = relay.workers().map((worker) => worker.pid);
     assert.equal(pids.length, 2);
     const logsBefore = relay.logs.length;
+
     for (const pid of pids) process.kill(pid, "SIGSTOP");
     await relay.waitForLog(
       (line) =>
         line.msg ===
-        "worker unresponsive, kept in the balancer because no other worker answers",
+        "worker unresponsive, kept in the balancer because no other worker responds",
       5000,
     );
     // The first worker found silent may still see the other's recent
-    // answer and leave the balancer; the second never does.
+    // response and leave the balancer. The second never does.
     const hidden = relay.logs
       .slice(logsBefore)
       .filter(
         (line) => line.msg === "worker unresponsive, taken out of the balancer",
       );
     assert.ok(hidden.length < 2, "every worker taken out of the balancer");
+
     // With every worker slow, a new connection waits for the one left in
     // the balancer instead of getting 503 from an empty balancer.
     const probe = fetch(`${relay.url}/readyz`, {
@@ -118,6 +120,7 @@ describe("fault: a worker freezes", function () {
     for (const pid of pids) process.kill(pid, "SIGCONT");
     const response = await probe;
     assert.equal(response.status, 200, await response.text());
+
     await waitUntil(
       "both workers answering probes",
       async () => (await answeredProbes(relay.url, 10)) === 10,

@@ -69,9 +69,9 @@ function printRelayWarnings(relay: RelayProcess): void {
 describe("fault: reconnect storm", function () {
   this.timeout(STORM_BOUND_MS * 2 + 30_000);
   // NOTE: in some full-suite runs on a 2-core VM, every worker went more
-  // than 5 s without answering the watchdog, which hid them all, so the
+  // than 5 s without responding to the watchdog, which hid them all, so the
   // balancer refused bridges with 503 until the phase timed out. The
-  // watchdog now keeps the last answering worker. The test still runs once
+  // watchdog now keeps the last responsive worker. The test still runs once
   // more, on a new Redis and relay, when an attempt fails on a VM this
   // loaded, and each attempt prints its error and the relay's warnings.
   this.retries(1);

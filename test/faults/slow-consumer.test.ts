@@ -234,7 +234,7 @@ describe("fault: slow consumer", function () {
         // A websocket is reset, so the relay's kernel drops the bytes it
         // held for the stalled client. Polling keeps the events in
         // Engine.IO's buffer, which the close discards, so its connection
-        // may linger after its FIN but holds no bytes.
+        // may linger after its FIN with no bytes queued.
         const leftMs = Date.now();
         const left = async () => tcpSocketsBetween(relay.port, relaySidePorts);
         if (transport === "websocket") {

@@ -7,8 +7,8 @@ const run = promisify(execFile);
  * Returns the kernel's TCP sockets, in any state, whose local port is
  * `localPort` and whose remote port is one of `remotePorts`, as lines of
  * `ss` (state, receive queue, send queue, addresses). A socket closed with
- * a FIN while bytes wait for a stalled peer stays listed in FIN-WAIT-1
- * with those bytes; one closed with a reset is gone at once.
+ * a FIN while bytes wait for a stalled peer stays in FIN-WAIT-1 with
+ * those bytes. A socket closed with a reset is gone at once.
  */
 export async function tcpSocketsBetween(
   localPort: number,
