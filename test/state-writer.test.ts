@@ -57,6 +57,8 @@ class RecordingBroadcaster implements AppBroadcaster {
  */
 class RacedMemoryStore extends MemoryStore {
   pendingWrites = 0;
+  /** Calls of getLights, the read a change makes before its write. */
+  lightReads = 0;
   otherWrite: { bridgeId: string; epoch: number; lights: Light[] } | undefined;
 
   override async getState(bridgeId: string): Promise<BridgeStateRecord> {
@@ -69,6 +71,7 @@ class RacedMemoryStore extends MemoryStore {
     bridgeId: string,
     lightIds: string[],
   ): Promise<{ version: number; lights: (Light | null)[] }> {
+    this.lightReads += 1;
     const result = await super.getLights(bridgeId, lightIds);
     await this.writeAsOtherWriter(result.version);
     return result;
@@ -491,6 +494,81 @@ describe("StateWriter", () => {
       assert.equal(state.version, 4);
       assert.deepEqual(state.lights[0], lamp("a"));
       assert.deepEqual(broadcaster.sent, []);
+    });
+  });
+
+  describe("cached lights", () => {
+    beforeEach(async () => {
+      await writer.applySnapshot(session, [lamp("a"), lamp("b")]);
+    });
+
+    it("skips the read of cached lights", async () => {
+      await writer.applyChanges(session, [{ id: "a", on: { on: true } }]);
+      assert.equal(store.lightReads, 1);
+
+      const result = await writer.applyChanges(session, [
+        { id: "a", dimming: { brightness: 10 } },
+      ]);
+      assert.equal(store.lightReads, 1);
+      const expected = lamp("a", {
+        on: { on: true },
+        dimming: { brightness: 10 },
+      });
+      assert.deepEqual(result, { version: 3, lights: [expected] });
+      const state = await store.getState(BRIDGE_ID);
+      assert.deepEqual(state.lights[0], expected);
+    });
+
+    it("reads lights the cache lacks", async () => {
+      await writer.applyChanges(session, [{ id: "a", on: { on: true } }]);
+      await writer.applyChanges(session, [{ id: "b", on: { on: true } }]);
+      assert.equal(store.lightReads, 2);
+
+      await writer.applyChanges(session, [
+        { id: "a", on: { on: false } },
+        { id: "b", on: { on: false } },
+      ]);
+      assert.equal(store.lightReads, 2);
+    });
+
+    it("reads again when a stale copy conflicts", async () => {
+      await writer.applyChanges(session, [{ id: "a", on: { on: true } }]);
+      const other = await store.writeLights(BRIDGE_ID, {
+        epoch: session.epoch,
+        expectedVersion: 2,
+        replaceAll: false,
+        lights: [lamp("a", { on: { on: true }, dimming: { brightness: 90 } })],
+      });
+      assert.deepEqual(other, { status: "written", version: 3 });
+
+      const result = await writer.applyChanges(session, [
+        { id: "a", metadata: { name: "Desk" } },
+      ]);
+      const expected = lamp("a", {
+        metadata: { name: "Desk" },
+        on: { on: true },
+        dimming: { brightness: 90 },
+      });
+      assert.deepEqual(result, { version: 4, lights: [expected] });
+      assert.equal(store.lightReads, 2);
+    });
+
+    it("knows lights under the session's epoch only", async () => {
+      assert.equal(writer.knowsLight(session, "a"), false);
+      await writer.applyChanges(session, [{ id: "a", on: { on: true } }]);
+      assert.equal(writer.knowsLight(session, "a"), true);
+      assert.equal(writer.knowsLight(session, "b"), false);
+      const newer = { bridgeId: BRIDGE_ID, epoch: session.epoch + 1 };
+      assert.equal(writer.knowsLight(newer, "a"), false);
+    });
+
+    it("forgets cached lights on a snapshot", async () => {
+      await writer.applyChanges(session, [{ id: "a", on: { on: true } }]);
+      await writer.applySnapshot(session, [lamp("a"), lamp("c")]);
+      assert.equal(writer.knowsLight(session, "a"), false);
+
+      await writer.applyChanges(session, [{ id: "a", on: { on: true } }]);
+      assert.equal(store.lightReads, 2);
     });
   });
 

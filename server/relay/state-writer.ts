@@ -10,6 +10,7 @@ import {
 import type { LightWrite, StateStore } from "../state/store.ts";
 import type { AppBroadcaster } from "./broadcaster.ts";
 import { KeyedQueue } from "./keyed-queue.ts";
+import { LightCache } from "./light-cache.ts";
 
 const MAX_WRITE_ATTEMPTS = 3;
 
@@ -40,10 +41,13 @@ function byId(a: Light, b: Light): number {
  * Applies state writes of the bridges held by this process: snapshots,
  * changes, and command answers. Writes of one bridge run one at a time, so
  * its versions are assigned and broadcast in order; a write that changes
- * nothing keeps the version and is not broadcast.
+ * nothing keeps the version and is not broadcast. A change to lights it
+ * read or wrote before skips the read: it writes against its cached copy,
+ * and reads again only when that write conflicts.
  */
 export class StateWriter {
   private readonly queue = new KeyedQueue();
+  private readonly cache = new LightCache();
 
   constructor(
     private readonly store: StateStore,
@@ -51,11 +55,18 @@ export class StateWriter {
     private readonly listener?: WriteListener,
   ) {}
 
+  /** Returns true when the light is in this process's copy of the bridge's current state. */
+  knowsLight(session: WriterSession, lightId: string): boolean {
+    return this.cache.has(session.bridgeId, session.epoch, lightId);
+  }
+
   /** Replaces all of a bridge's lights; returns the version after the write. */
   applySnapshot(session: WriterSession, lights: Light[]): Promise<number> {
     const next = lights.map(canonicalLight).sort(byId);
     const stored = this.queue.run(session.bridgeId, () =>
       this.retry(async () => {
+        // Snapshots are rare, and idle bridges should cost no cache entry.
+        this.cache.forget(session.bridgeId);
         const current = await this.store.getState(session.bridgeId);
         if (!snapshotDiffers(current.lights, next)) return current.version;
         const version = await this.write(session, {
@@ -117,7 +128,7 @@ export class StateWriter {
     changes: LightChange[],
   ): Promise<ChangeResult> {
     const ids = changes.map((change) => change.id);
-    const current = await this.store.getLights(session.bridgeId, ids);
+    const current = await this.currentLights(session, ids);
     const merged = changes.map((change, index) => {
       const stored = current.lights[index];
       if (stored === null || stored === undefined) {
@@ -139,12 +150,37 @@ export class StateWriter {
       replaceAll: false,
       lights: changed,
     });
+    this.cache.advance(
+      session.bridgeId,
+      session.epoch,
+      current.version,
+      version,
+      changed,
+    );
     this.broadcaster.lightsChanged({
       bridgeId: session.bridgeId,
       version,
       lights: changed,
     });
     return { version, lights };
+  }
+
+  /** Returns the version and the lights `ids` (null where unknown), from the cache when it has them all. */
+  private async currentLights(
+    session: WriterSession,
+    ids: string[],
+  ): Promise<{ version: number; lights: (Light | null)[] }> {
+    const cached = this.cache.get(session.bridgeId, session.epoch, ids);
+    if (cached !== undefined) return cached;
+    const current = await this.store.getLights(session.bridgeId, ids);
+    const known = current.lights.filter((light) => light !== null);
+    this.cache.remember(
+      session.bridgeId,
+      session.epoch,
+      current.version,
+      known,
+    );
+    return current;
   }
 
   private async write(
@@ -157,6 +193,8 @@ export class StateWriter {
       result: result.status,
     });
     if (result.status === "written") return result.version;
+    // The stored state differs from the cached copy, or the write was fenced.
+    this.cache.forget(session.bridgeId);
     if (result.status === "fenced") {
       throw new FencedWrite(
         "UNAVAILABLE",
