@@ -38,6 +38,20 @@ export function authorize(
   }
 }
 
+/** Bridges held by this process, whose checks need no store read. */
+export interface LocalBridges {
+  serverId: string;
+  /**
+   * Returns true when this process holds the bridge, its store is
+   * reachable, and its copy of the bridge's state contains the light.
+   * NOTE: this trusts the local session without reading presence. In the
+   * moments after another server takes the bridge over, before this one
+   * closes the old socket, a command goes to the old socket and its state
+   * write is fenced (`UNAVAILABLE`).
+   */
+  knowsLight(bridgeId: string, lightId: string): boolean;
+}
+
 /**
  * Operations that apps request, shared by every transport. Callers have
  * validated the payload and checked grants and rate limits; these run the
@@ -48,6 +62,7 @@ export class AppService {
   constructor(
     private readonly store: StateStore,
     private readonly router: CommandRouter,
+    private readonly local?: LocalBridges,
   ) {}
 
   async listBridges(identity: AppIdentity): Promise<BridgePresence[]> {
@@ -85,6 +100,22 @@ export class AppService {
       if (remembered !== null)
         return unwrap(answerFromStored(bridgeId, remembered));
     }
+    const serverId =
+      this.local?.knowsLight(bridgeId, lightId) === true
+        ? this.local.serverId
+        : await this.findLight(bridgeId, lightId);
+    const answer = await this.router.send(serverId, {
+      bridgeId,
+      lightId,
+      change: request.change,
+      commandId: request.commandId ?? randomUUID(),
+      idempotent: request.commandId !== undefined,
+    });
+    return unwrap(answer);
+  }
+
+  /** Returns the ID of the server that holds the bridge, after checking that the light exists. */
+  private async findLight(bridgeId: string, lightId: string): Promise<string> {
     const [presence, stored] = await Promise.all([
       this.store.getPresence([bridgeId]),
       this.store.getLights(bridgeId, [lightId]),
@@ -99,14 +130,7 @@ export class AppService {
         `light ${JSON.stringify(lightId)} not found on bridge ${bridgeId}`,
       );
     }
-    const answer = await this.router.send(connection.serverId, {
-      bridgeId,
-      lightId,
-      change: request.change,
-      commandId: request.commandId ?? randomUUID(),
-      idempotent: request.commandId !== undefined,
-    });
-    return unwrap(answer);
+    return connection.serverId;
   }
 }
 

@@ -166,7 +166,18 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     config.commandTimeoutMs + ROUTING_MARGIN_MS,
     logger,
   );
-  const service = new AppService(store, router);
+  const redisReady = (): boolean => options.redis?.isReady ?? true;
+  const service = new AppService(store, router, {
+    serverId: bus.serverId,
+    knowsLight: (bridgeId, lightId) => {
+      const session = sessions.get(bridgeId);
+      return (
+        session !== undefined &&
+        redisReady() &&
+        writer.knowsLight(session, lightId)
+      );
+    },
+  });
   const untrackConnections = trackConnections({
     bridges: () => sessions.count,
     apps: () => io.of(APP_NAMESPACE).sockets.size,
