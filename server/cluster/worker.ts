@@ -13,11 +13,12 @@ import { RedisLeaseTable } from "../state/lease-table.ts";
 import { RedisStore } from "../state/redis-store.ts";
 import { bindSessionsBeforeHandshake } from "./session-binding.ts";
 import { installShutdown } from "./shutdown.ts";
+import { releaseForwardedConnections } from "./forwarded-connections.ts";
 import { closeStalledConnections } from "./stalled-connections.ts";
 import { PING_MESSAGE, PONG_MESSAGE } from "./worker-watchdog.ts";
 
 /** Time a connection has to send its first request's header, in ms. */
-const HEADERS_TIMEOUT_MS = 10_000;
+export const HEADERS_TIMEOUT_MS = 10_000;
 
 /** Message from the primary asking a worker to drain and exit. */
 export const SHUTDOWN_MESSAGE = "relay:shutdown";
@@ -106,6 +107,7 @@ export async function runWorker(
   redis.main.on("ready", recoverAndLog);
   redis.subscriber.on("ready", recoverAndLog);
   setupWorker(relay.io);
+  releaseForwardedConnections(relay.httpServer);
   closeStalledConnections(relay.httpServer, {
     headersTimeoutMs: HEADERS_TIMEOUT_MS,
     bodyTimeoutMs: config.requestBodyTimeoutMs,
