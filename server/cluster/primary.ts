@@ -7,9 +7,14 @@ import type { Logger } from "../logger.ts";
 import { serveClusterMetrics } from "../metrics/cluster-metrics.ts";
 import { answerSessionBindings } from "./session-binding.ts";
 import { DRAINING_MESSAGE, setShutdownHandler } from "./shutdown.ts";
+import { closeIdleConnections } from "./idle-connections.ts";
 import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
 import { watchWorkers } from "./worker-watchdog.ts";
-import { READY_MESSAGE, SHUTDOWN_MESSAGE } from "./worker.ts";
+import {
+  HEADERS_TIMEOUT_MS,
+  READY_MESSAGE,
+  SHUTDOWN_MESSAGE,
+} from "./worker.ts";
 
 /** Restart delays after a worker dies: doubled per recent crash, up to the maximum. */
 const RESTART_DELAY_MIN_MS = 250;
@@ -23,6 +28,9 @@ const STABLE_UPTIME_MS = 60_000;
  * at `net.core.somaxconn` (4096 by default since kernel 5.4).
  */
 const LISTEN_BACKLOG = 4096;
+
+/** Time a client has to close its side of a connection the primary ended, in ms. */
+const HALF_OPEN_TIMEOUT_MS = 10_000;
 
 /** Time the primary gives a worker to exit after its own shutdown deadline, in ms. */
 const EXIT_GRACE_MS = 1000;
@@ -117,6 +125,10 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   const httpServer = createServer();
   setupMaster(httpServer, { loadBalancingMethod: "round-robin" });
   stopReadingBeforeHandoff(httpServer);
+  closeIdleConnections(httpServer, {
+    firstByteTimeoutMs: HEADERS_TIMEOUT_MS,
+    halfOpenTimeoutMs: HALF_OPEN_TIMEOUT_MS,
+  });
   answerSessionBindings();
   const metrics = serveClusterMetrics(
     logger,

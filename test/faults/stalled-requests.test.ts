@@ -1,13 +1,37 @@
 import assert from "node:assert/strict";
+import { readdirSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { randomBridgeId } from "../support/clients.ts";
+import { waitUntil } from "../support/faults.ts";
 import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
 import { startRelay, type RelayProcess } from "../support/relay-process.ts";
 import { appToken } from "../support/tokens.ts";
 
 /** The worker's limit for a first request's header is 10 s. */
 const HEADERS_TIMEOUT_MS = 10_000;
+/** The primary's limit for a client to close its half of an ended connection. */
+const HALF_OPEN_TIMEOUT_MS = 10_000;
 const BODY_TIMEOUT_MS = 2000;
+const HALF_OPEN_CLIENTS = 20;
+
+/** Returns how many file descriptors the process `pid` has open. */
+function openDescriptors(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/**
+ * Sends `text` on a connection that keeps its own half open, and resolves
+ * with the socket once the server has answered and ended its half.
+ */
+function halfOpenAfter(port: number, text: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+    socket.once("connect", () => socket.write(text));
+    socket.on("data", () => undefined);
+    socket.once("end", () => resolve(socket));
+    socket.once("error", reject);
+  });
+}
 
 /** Opens a connection, sends `text` and resolves with the ms until the server closed it. */
 function timeUntilClosed(port: number, text: string): Promise<number> {
@@ -105,5 +129,40 @@ describe("fault: clients stall their request", function () {
     });
     // The bridge is offline, which proves the body was read and parsed.
     assert.match(answer, /^HTTP\/1\.1 409 /);
+  });
+
+  it("closes idle connections in the primary", async () => {
+    const body = JSON.stringify({ on: { on: true } });
+    const request = (await commandHeader(Buffer.byteLength(body))) + body;
+    const before = openDescriptors(relay.pid);
+    // A connection that sends nothing never reaches a worker.
+    const silent = Promise.all(
+      Array.from({ length: 2 }, () => timeUntilClosed(relay.port, "")),
+    );
+    const halfOpen = await Promise.all(
+      Array.from({ length: HALF_OPEN_CLIENTS }, () =>
+        halfOpenAfter(relay.port, request),
+      ),
+    );
+    try {
+      assert.ok(
+        openDescriptors(relay.pid) >= before + HALF_OPEN_CLIENTS,
+        "the primary holds the half-open connections",
+      );
+      const releasedMs = await waitUntil(
+        "the primary's descriptors back to their count before",
+        () => openDescriptors(relay.pid) <= before + 2,
+        HALF_OPEN_TIMEOUT_MS + 5000,
+        100,
+      );
+      console.log(
+        `      fault figure: ${HALF_OPEN_CLIENTS} half-open clients released by the primary ${releasedMs} ms after their responses`,
+      );
+      for (const ms of await silent) {
+        assert.ok(ms >= HEADERS_TIMEOUT_MS - 500, `closed after ${ms} ms`);
+      }
+    } finally {
+      for (const socket of halfOpen) socket.destroy();
+    }
   });
 });
