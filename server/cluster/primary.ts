@@ -331,7 +331,10 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     unresponsiveMs: config.workerUnresponsiveMs,
     serving,
     hide: hideFromBalancer,
-    admit: admitToBalancer,
+    // A worker that began to drain since its ping stays out of the balancer.
+    admit: (worker) => {
+      if (!draining.has(worker.id)) admitToBalancer(worker);
+    },
     logger,
   });
 
