@@ -66,7 +66,9 @@ describe("Redis commands per light command", function () {
           change: { dimming: { brightness } },
         });
       // The first command reads the light, which the worker then keeps.
+      // Its broadcast may reach Redis after its answer reaches the app.
       await send(1);
+      await settle(200);
 
       const seen: string[] = [];
       await monitor.monitor((line) => seen.push(line));
@@ -87,7 +89,11 @@ describe("Redis commands per light command", function () {
         ["evalsha", "spublish"],
         JSON.stringify(forBridge.slice(0, 6)),
       );
-      assert.equal(forBridge.length, COMMANDS * 2);
+      assert.equal(names.filter((name) => name === "evalsha").length, COMMANDS);
+      assert.equal(
+        names.filter((name) => name === "spublish").length,
+        COMMANDS,
+      );
     } finally {
       await monitor.close();
       bridge.close();
