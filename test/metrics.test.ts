@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import type { Socket } from "socket.io-client";
-import type { LightSetCommand } from "../client-sdk/src/protocol.ts";
 import {
   connectApp,
   connectBridge,
@@ -10,6 +9,7 @@ import {
   requestData,
   settle,
 } from "./support/clients.ts";
+import { answerLightSet, lightMap } from "./support/fake-bridge.ts";
 import { light } from "./support/fixtures.ts";
 import { send } from "./support/http.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
@@ -84,19 +84,6 @@ async function serverOf(socket: Socket): Promise<string> {
   return info.serverId;
 }
 
-/** Answers each `light:set` by applying the change. */
-function answerCommands(bridge: Socket): void {
-  bridge.on(
-    "light:set",
-    (command: LightSetCommand, ack: (answer: unknown) => void) => {
-      ack({
-        ok: true,
-        data: { light: { ...light(command.lightId), ...command.change } },
-      });
-    },
-  );
-}
-
 describe("metrics: 2 workers on Redis", function () {
   this.timeout(60_000);
   let redis: RedisServer;
@@ -161,7 +148,7 @@ describe("metrics: 2 workers on Redis", function () {
     const bridgeId = randomBridgeId();
     const bridge = track(await connectBridge(url, bridgeId));
     await requestData(bridge, "state:snapshot", { lights: [light("a")] });
-    answerCommands(bridge);
+    answerLightSet(bridge, lightMap("a"));
     const app = track(await connectApp(url, [bridgeId]));
     const before = (await scrape(url)).samples;
 

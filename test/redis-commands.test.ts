@@ -1,7 +1,5 @@
 import assert from "node:assert/strict";
 import { createClient } from "redis";
-import type { Socket } from "socket.io-client";
-import type { LightSetCommand } from "../client-sdk/src/protocol.ts";
 import {
   connectApp,
   connectBridge,
@@ -9,23 +7,11 @@ import {
   requestData,
   settle,
 } from "./support/clients.ts";
+import { answerLightSet, lightMap } from "./support/fake-bridge.ts";
 import { light } from "./support/fixtures.ts";
 import { deploy, type Deployment } from "./support/variants.ts";
 
 const COMMANDS = 20;
-
-/** Acknowledges each `light:set` with the change applied to a stored light. */
-function answerCommands(bridge: Socket): void {
-  bridge.on(
-    "light:set",
-    (command: LightSetCommand, ack: (answer: unknown) => void) => {
-      ack({
-        ok: true,
-        data: { light: { ...light(command.lightId), ...command.change } },
-      });
-    },
-  );
-}
 
 /**
  * Splits a MONITOR line (`<time> [<db> <client>] "cmd" "arg" ...`) into
@@ -55,7 +41,7 @@ describe("Redis commands per light command", function () {
     const monitor = createClient({ url: deployment.redis!.url });
     await monitor.connect();
     try {
-      answerCommands(bridge);
+      answerLightSet(bridge, lightMap("lamp-1"));
       await requestData(bridge, "state:snapshot", {
         lights: [light("lamp-1")],
       });
@@ -66,7 +52,7 @@ describe("Redis commands per light command", function () {
           change: { dimming: { brightness } },
         });
       // The first command reads the light, which the worker then keeps.
-      // Its broadcast may reach Redis after its answer reaches the app.
+      // Its broadcast may reach Redis after its acknowledgement reaches the app.
       await send(1);
       await settle(200);
 

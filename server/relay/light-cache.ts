@@ -10,9 +10,9 @@ interface CachedBridge {
 }
 
 /**
- * Copies of stored lights of the bridges this process holds, as of its own
- * last read or write of them. The process that holds a bridge is the only
- * one that writes its lights, so a copy made under the bridge's current
+ * Copies of stored lights of the bridges connected to this process, as of
+ * its own last read or write of them. The process with a bridge's
+ * connection is the only one that writes its lights, so a copy made under the bridge's current
  * epoch stays current until that process writes again. The writer still
  * writes with the version it read, so a stale copy (Redis lost its data,
  * another writer raced) makes the write conflict instead of losing a change.
@@ -60,15 +60,7 @@ export class LightCache {
     version: number,
     lights: Light[],
   ): void {
-    const previous = this.bridges.get(bridgeId);
-    const same = previous?.epoch === epoch && previous.version === version;
-    this.store(
-      bridgeId,
-      epoch,
-      version,
-      same ? previous.lights : new Map(),
-      lights,
-    );
+    this.advance(bridgeId, epoch, version, version, lights);
   }
 
   /**
