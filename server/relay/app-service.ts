@@ -42,7 +42,7 @@ export function authorize(
 export interface LocalBridges {
   serverId: string;
   /**
-   * Returns true when this process holds the bridge, its store is
+   * Returns true when this process has the bridge's connection, its store is
    * reachable, and its copy of the bridge's state contains the light.
    * NOTE: this trusts the local session without reading presence. In the
    * moments after another server takes the bridge over, before this one
@@ -114,7 +114,7 @@ export class AppService {
     return unwrap(answer);
   }
 
-  /** Returns the ID of the server that holds the bridge, after checking that the light exists. */
+  /** Returns the ID of the server with the bridge's connection, after checking that the light exists. */
   private async findLight(bridgeId: string, lightId: string): Promise<string> {
     const [presence, stored] = await Promise.all([
       this.store.getPresence([bridgeId]),

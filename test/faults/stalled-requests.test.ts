@@ -21,7 +21,7 @@ function openDescriptors(pid: number): number {
 
 /**
  * Sends `text` on a connection that keeps its own half open, and resolves
- * with the socket once the server has answered and ended its half.
+ * with the socket once the server has responded and ended its half.
  */
 function halfOpenAfter(port: number, text: string): Promise<Socket> {
   return new Promise((resolve, reject) => {

@@ -62,7 +62,7 @@ export class NetworkFaultProxy {
     return pairs.length;
   }
 
-  /** Local ports of the open connections to the relay: the relay sees them as remote ports. */
+  /** Returns the local ports of the open connections to the relay, which are the relay's remote ports. */
   upstreamPorts(): number[] {
     return [...this.pairs].flatMap(([, upstream]) =>
       upstream.localPort === undefined ? [] : [upstream.localPort],
