@@ -76,3 +76,42 @@ describe("connection drain with shared request listeners", () => {
     assert.equal(await disconnected, "transport close");
   });
 });
+
+describe("connection drain per socket", () => {
+  it("shares one disconnect listener between all sockets", async () => {
+    const httpServer = createServer();
+    const server = new Server(httpServer);
+    new ConnectionDrain({ windowMs: 0, forceAfterMs: 5000 }).watchNamespace(
+      server.of("/"),
+    );
+    const sockets: ServerSocket[] = [];
+    const bothConnected = new Promise<void>((resolve) => {
+      server.on("connection", (socket) => {
+        sockets.push(socket);
+        if (sockets.length === 2) resolve();
+      });
+    });
+    await new Promise<void>((resolve) =>
+      httpServer.listen(0, "127.0.0.1", resolve),
+    );
+    const { port } = httpServer.address() as AddressInfo;
+    const clients = [1, 2].map(() =>
+      io(`http://127.0.0.1:${port}`, {
+        transports: ["websocket"],
+        reconnection: false,
+      }),
+    );
+    try {
+      await bothConnected;
+      // A closure per socket would be held for the life of each bridge.
+      const [first, second] = sockets.map((socket) =>
+        socket.listeners("disconnect"),
+      );
+      assert.equal(first!.length, 1);
+      assert.deepEqual(first, second);
+    } finally {
+      for (const client of clients) client.close();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+});

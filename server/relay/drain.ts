@@ -69,13 +69,21 @@ export class ConnectionDrain {
         // A refused packet is dropped: next() is not called, so no handler runs.
         if (this.admitPacket(socket, packet)) next();
       });
-      socket.once("disconnect", () => {
-        this.busy.delete(socket.id);
-        this.refusing.delete(socket.id);
-        this.closeWhenIdle.get(socket.id)?.();
-      });
+      socket.on("disconnect", this.forgetSocket);
     });
   }
+
+  /**
+   * Drops what the drain keeps for a socket that disconnected. Socket.IO
+   * calls it with the socket as `this`, so one function serves every
+   * socket, with no closure kept per connection.
+   */
+  private readonly forgetSocket = ((drain: ConnectionDrain) =>
+    function (this: Socket): void {
+      drain.busy.delete(this.id);
+      drain.refusing.delete(this.id);
+      drain.closeWhenIdle.get(this.id)?.();
+    })(this);
 
   /** Tracks the HTTP requests in flight on `server`, so closing waits for their responses. */
   watchHttp(server: HttpServer): void {
