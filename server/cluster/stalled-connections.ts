@@ -1,57 +1,135 @@
-import type { IncomingMessage, Server } from "node:http";
-import type { Socket } from "node:net";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import { Socket } from "node:net";
+import type { Duplex } from "node:stream";
 
 export interface StalledConnectionLimits {
   /** Time a connection has to send its first request's header, in ms. */
   headersTimeoutMs: number;
-  /** Time a request has to send its body once its header arrived, in ms. */
+  /**
+   * Time a request's body may go without a byte arriving, in ms, counted
+   * from its header and then from each part of the body.
+   */
   bodyTimeoutMs: number;
 }
 
 /**
  * Closes connections whose first request has not sent its whole header
- * within `headersTimeoutMs`, and those of requests whose body has not
- * arrived within `bodyTimeoutMs` after their header. Node enforces
- * `headersTimeout` and `requestTimeout` only on a server that listens
- * itself (it starts the check on 'listening'), and a worker's server gets
- * its connections from the primary instead. Without this, a client that
- * never finishes its header or its body keeps a connection for good. A
- * request with a body also keeps the primary's socket, because the
- * primary forwards such a request's bytes itself. Destroying the worker's
- * side of it makes @socket.io/sticky destroy the primary's.
+ * within `headersTimeoutMs`, and those of requests whose body stops for
+ * `bodyTimeoutMs`. Node enforces `headersTimeout` and `requestTimeout`
+ * only on a server that listens itself (it starts the check on
+ * 'listening'), and a worker's server gets its connections from the
+ * primary instead. Without this, a client that never finishes its header
+ * or its body keeps a connection for good. A request with a body also
+ * keeps the primary's socket, because the primary forwards such a
+ * request's bytes itself. Destroying the worker's side of it makes
+ * @socket.io/sticky destroy the primary's.
  */
 export function closeStalledConnections(
   server: Server,
   limits: StalledConnectionLimits,
 ): void {
   const timers = new WeakMap<Socket, NodeJS.Timeout>();
+  // One listener for every connection, called with the socket as `this`:
+  // a closure per connection would stay for the life of each websocket.
+  const clearOnClose = function (this: Socket): void {
+    clearTimeout(timers.get(this));
+    timers.delete(this);
+  };
   const clear = (socket: Socket): void => {
     clearTimeout(timers.get(socket));
     timers.delete(socket);
+    socket.removeListener("close", clearOnClose);
   };
   server.on("connection", (socket: Socket) => {
     const timer = setTimeout(() => socket.destroy(), limits.headersTimeoutMs);
     timer.unref();
     timers.set(socket, timer);
-    socket.once("close", () => clear(socket));
+    socket.on("close", clearOnClose);
   });
-  server.on("request", (request: IncomingMessage) => {
+  server.on("request", (request: IncomingMessage, response: ServerResponse) => {
     clear(request.socket);
-    closeStalledBody(request, limits.bodyTimeoutMs);
+    closeStalledBody(request, response, limits.bodyTimeoutMs);
   });
   server.on("upgrade", (request: IncomingMessage) => clear(request.socket));
 }
 
+/** Checks of a body's progress per `bodyTimeoutMs`, which bound how late a stall is seen. */
+const CHECKS_PER_TIMEOUT = 4;
+
 /**
- * Destroys the connection of `request` unless its body has arrived within
- * `timeoutMs`. A response sent before the body arrived does not stop the
- * timer: Node still reads the rest of the body from that connection.
+ * Returns a function that tells how many bytes `connection` has received.
+ * A socket counts them itself, even when the HTTP parser reads its handle
+ * directly. The stand-in stream that @socket.io/sticky gives a worker for
+ * a request with a body does not, so its chunks are counted here; the
+ * server already reads that stream as it flows.
  */
-function closeStalledBody(request: IncomingMessage, timeoutMs: number): void {
+function bytesReceived(connection: Duplex): () => number {
+  if (connection instanceof Socket) return () => connection.bytesRead;
+  let bytes = 0;
+  const count = (chunk: Buffer): void => {
+    bytes += chunk.length;
+  };
+  connection.on("data", count);
+  connection.once("close", () => connection.removeListener("data", count));
+  return () => bytes;
+}
+
+/**
+ * Answers 408 and closes the connection of `request` once its body has
+ * gone `idleMs` without a byte. A body that keeps arriving, however
+ * slowly, is waited for. When a response has already begun (an early
+ * answer that did not wait for the body), the connection is only closed.
+ */
+function closeStalledBody(
+  request: IncomingMessage,
+  response: ServerResponse,
+  idleMs: number,
+): void {
   if (request.complete) return;
-  const timer = setTimeout(() => request.socket.destroy(), timeoutMs);
-  timer.unref();
-  const done = (): void => clearTimeout(timer);
+  const connection = request.socket as Duplex;
+  const received = bytesReceived(connection);
+  let lastBytes = received();
+  let lastProgressAt = performance.now();
+  const check = setInterval(
+    () => {
+      const bytes = received();
+      if (bytes !== lastBytes) {
+        lastBytes = bytes;
+        lastProgressAt = performance.now();
+      } else if (performance.now() - lastProgressAt >= idleMs) {
+        clearInterval(check);
+        abandonRequest(connection, response, idleMs);
+      }
+    },
+    Math.max(1, Math.floor(idleMs / CHECKS_PER_TIMEOUT)),
+  );
+  check.unref();
+  const done = (): void => clearInterval(check);
   request.once("end", done);
   request.once("close", done);
+}
+
+/** Sends 408 with the contract's error body unless a response began, then closes. */
+function abandonRequest(
+  connection: Duplex,
+  response: ServerResponse,
+  idleMs: number,
+): void {
+  if (response.headersSent) {
+    connection.destroy();
+    return;
+  }
+  const body = JSON.stringify({
+    error: {
+      code: "TIMEOUT",
+      message: `request body stalled: no byte arrived for ${idleMs} ms`,
+    },
+  });
+  response.once("finish", () => connection.destroy());
+  response.writeHead(408, {
+    "Content-Type": "application/json; charset=utf-8",
+    "Content-Length": Buffer.byteLength(body),
+    Connection: "close",
+  });
+  response.end(body);
 }

@@ -1,0 +1,135 @@
+import assert from "node:assert/strict";
+import { createServer, request, type Server } from "node:http";
+import { connect, type AddressInfo, type Socket } from "node:net";
+import { closeStalledConnections } from "../server/cluster/stalled-connections.ts";
+
+/**
+ * Serves one request on a new server, with or without the stalled
+ * connection limits, and resolves with the 'close' listeners its
+ * connection holds once the request arrived.
+ */
+async function closeListenersAfterRequest(limited: boolean): Promise<number> {
+  const server: Server = createServer();
+  if (limited) {
+    closeStalledConnections(server, {
+      headersTimeoutMs: 10_000,
+      bodyTimeoutMs: 10_000,
+    });
+  }
+  let listeners = -1;
+  server.on("request", (incoming, response) => {
+    listeners = (incoming.socket as Socket).listenerCount("close");
+    response.end("ok");
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve, reject) => {
+    request({ host: "127.0.0.1", port, agent: false }, (response) => {
+      response.resume();
+      response.once("end", resolve);
+    })
+      .once("error", reject)
+      .end();
+  });
+  await new Promise((resolve) => server.close(resolve));
+  return listeners;
+}
+
+describe("stalled connection limits", () => {
+  it("keep no listener on a connection once its first request arrived", async () => {
+    // A websocket keeps its connection for days: a listener left on each
+    // one is memory held per bridge.
+    assert.equal(
+      await closeListenersAfterRequest(true),
+      await closeListenersAfterRequest(false),
+    );
+  });
+});
+
+describe("stalled request bodies on a server's own sockets", () => {
+  const IDLE_MS = 400;
+  let server: Server;
+  let port: number;
+
+  before(async () => {
+    server = createServer((incoming, response) => {
+      if (incoming.url === "/early") {
+        // Answers without reading the body, as a rejected token does.
+        response.writeHead(401).end();
+        return;
+      }
+      const chunks: Buffer[] = [];
+      incoming.on("data", (chunk: Buffer) => chunks.push(chunk));
+      incoming.on("end", () =>
+        response.end(`read ${Buffer.concat(chunks).length}`),
+      );
+    });
+    closeStalledConnections(server, {
+      headersTimeoutMs: 10_000,
+      bodyTimeoutMs: IDLE_MS,
+    });
+    await new Promise<void>((resolve) =>
+      server.listen(0, "127.0.0.1", resolve),
+    );
+    port = (server.address() as AddressInfo).port;
+  });
+
+  after(async () => {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  /** Sends `parts` of a 40-byte body `gapMs` apart; resolves with the reply and the ms until the close. */
+  const send = (
+    path: string,
+    parts: string[],
+    gapMs: number,
+  ): Promise<{ reply: string; closedAfterMs: number }> =>
+    new Promise((resolve) => {
+      const startedAt = Date.now();
+      let reply = "";
+      const socket = connect(port, "127.0.0.1");
+      socket.write(
+        `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n`,
+      );
+      const timers = parts.map((part, index) =>
+        setTimeout(() => socket.write(part), index * gapMs),
+      );
+      socket.on("data", (chunk: Buffer) => {
+        reply += chunk.toString();
+        if (reply.includes("read 40")) socket.destroy();
+      });
+      socket.on("error", () => undefined);
+      socket.on("close", () => {
+        for (const timer of timers) clearTimeout(timer);
+        resolve({ reply, closedAfterMs: Date.now() - startedAt });
+      });
+    });
+
+  it("answer 408 once no byte arrived for the limit", async () => {
+    const { reply, closedAfterMs } = await send("/", ["x".repeat(10)], 0);
+    assert.match(reply, /^HTTP\/1\.1 408 /);
+    assert.match(reply, /"code":"TIMEOUT"/);
+    assert.match(reply, /Connection: close/i);
+    assert.ok(closedAfterMs >= IDLE_MS, `closed after ${closedAfterMs} ms`);
+    assert.ok(closedAfterMs < IDLE_MS * 2, `closed after ${closedAfterMs} ms`);
+  });
+
+  it("wait for a body that keeps arriving past the limit in total", async () => {
+    const { reply } = await send(
+      "/",
+      Array.from({ length: 4 }, () => "x".repeat(10)),
+      IDLE_MS * 0.6,
+    );
+    assert.match(reply, /^HTTP\/1\.1 200 /);
+    assert.match(reply, /read 40$/);
+  });
+
+  it("close without a second answer when the answer came before the body", async () => {
+    const { reply, closedAfterMs } = await send("/early", ["x".repeat(10)], 0);
+    assert.match(reply, /^HTTP\/1\.1 401 /);
+    assert.doesNotMatch(reply, /408/);
+    assert.ok(closedAfterMs >= IDLE_MS, `closed after ${closedAfterMs} ms`);
+    assert.ok(closedAfterMs < IDLE_MS * 2, `closed after ${closedAfterMs} ms`);
+  });
+});
