@@ -59,8 +59,15 @@ export function attachBridgeNamespace(
   );
 }
 
+/**
+ * Sessions by socket. A session holds its socket, so it lives beside
+ * `socket.data`, not in it: `socket.data` stays plain data that the Redis
+ * adapter can send to another process, as `fetchSockets()` does.
+ */
+const sessionsBySocket = new WeakMap<Socket, BridgeSession>();
+
 function socketSession(socket: Socket): BridgeSession {
-  const session = (socket.data as { session?: BridgeSession }).session;
+  const session = sessionsBySocket.get(socket);
   if (session === undefined)
     throw new Error(`socket ${socket.id} has no bridge session`);
   return session;
@@ -106,7 +113,7 @@ function claimMiddleware(deps: BridgeNamespaceDeps) {
       next(new Error("connection closed during the handshake"));
       return;
     }
-    (socket.data as { session?: BridgeSession }).session = session;
+    sessionsBySocket.set(socket, session);
     next();
   };
 }

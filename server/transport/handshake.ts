@@ -144,9 +144,12 @@ export function handshakeMiddleware(
 /** Maximum delay setTimeout accepts, in ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
-interface ExpiryData {
-  expiryTimer?: NodeJS.Timeout;
-}
+/**
+ * Expiry timers by socket. They live beside `socket.data`, not in it, so
+ * that `socket.data` stays plain data that the Redis adapter can send to
+ * another process, as `fetchSockets()` does.
+ */
+const expiryTimers = new WeakMap<Socket, NodeJS.Timeout>();
 
 /** IDs for log lines about `socket`: its own, and its bridge's or user's. */
 export function socketLogFields(socket: Socket): Record<string, unknown> {
@@ -182,10 +185,11 @@ export function disconnectOnExpiry(
     logger,
   );
   timer.unref();
-  (socket.data as ExpiryData).expiryTimer = timer;
+  expiryTimers.set(socket, timer);
 }
 
 /** Stops the expiry timer that `disconnectOnExpiry` set on `socket`. */
 export function cancelExpiry(socket: Socket): void {
-  clearTimeout((socket.data as ExpiryData).expiryTimer);
+  clearTimeout(expiryTimers.get(socket));
+  expiryTimers.delete(socket);
 }
