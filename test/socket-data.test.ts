@@ -49,7 +49,7 @@ describe("socket data across processes", function () {
     await redis?.stop();
   });
 
-  it("lets another node fetch the sockets of bridges and apps", async () => {
+  it("fetches bridges and apps remotely", async () => {
     const bridgeIds = [randomBridgeId(), randomBridgeId(), randomBridgeId()];
     for (const bridgeId of bridgeIds) {
       sockets.push(await connectBridge(relay.url, bridgeId));

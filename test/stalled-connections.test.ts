@@ -5,8 +5,8 @@ import { closeStalledConnections } from "../server/cluster/stalled-connections.t
 
 /**
  * Serves one request on a new server, with or without the stalled
- * connection limits, and resolves with the 'close' listeners its
- * connection holds once the request arrived.
+ * connection limits, and resolves with the number of 'close'
+ * listeners on its connection once the request arrived.
  */
 async function closeListenersAfterRequest(limited: boolean): Promise<number> {
   const server: Server = createServer();
@@ -36,7 +36,7 @@ async function closeListenersAfterRequest(limited: boolean): Promise<number> {
 }
 
 describe("stalled connection limits", () => {
-  it("keep no listener on a connection once its first request arrived", async () => {
+  it("removes its close listener after a request", async () => {
     // A websocket keeps its connection for days: a listener left on each
     // one is memory held per bridge.
     assert.equal(
@@ -54,7 +54,7 @@ describe("stalled request bodies on a server's own sockets", () => {
   before(async () => {
     server = createServer((incoming, response) => {
       if (incoming.url === "/early") {
-        // Answers without reading the body, as a rejected token does.
+        // Responds without reading the body, as a rejected token does.
         response.writeHead(401).end();
         return;
       }
@@ -106,7 +106,7 @@ describe("stalled request bodies on a server's own sockets", () => {
       });
     });
 
-  it("answer 408 once no byte arrived for the limit", async () => {
+  it("answers 408 to a stalled body", async () => {
     const { reply, closedAfterMs } = await send("/", ["x".repeat(10)], 0);
     assert.match(reply, /^HTTP\/1\.1 408 /);
     assert.match(reply, /"code":"TIMEOUT"/);
@@ -115,7 +115,7 @@ describe("stalled request bodies on a server's own sockets", () => {
     assert.ok(closedAfterMs < IDLE_MS * 2, `closed after ${closedAfterMs} ms`);
   });
 
-  it("wait for a body that keeps arriving past the limit in total", async () => {
+  it("waits for a slow steady body", async () => {
     const { reply } = await send(
       "/",
       Array.from({ length: 4 }, () => "x".repeat(10)),
@@ -125,7 +125,7 @@ describe("stalled request bodies on a server's own sockets", () => {
     assert.match(reply, /read 40$/);
   });
 
-  it("close without a second answer when the answer came before the body", async () => {
+  it("closes after an early response", async () => {
     const { reply, closedAfterMs } = await send("/early", ["x".repeat(10)], 0);
     assert.match(reply, /^HTTP\/1\.1 401 /);
     assert.doesNotMatch(reply, /408/);

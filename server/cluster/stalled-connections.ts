@@ -57,7 +57,7 @@ export function closeStalledConnections(
 const CHECKS_PER_TIMEOUT = 4;
 
 /**
- * Returns a function that tells how many bytes `connection` has received.
+ * Returns a function that reads the number of bytes `connection` has received.
  * A socket counts them itself, even when the HTTP parser reads its handle
  * directly. The stand-in stream that @socket.io/sticky gives a worker for
  * a request with a body does not, so its chunks are counted here; the
@@ -75,8 +75,8 @@ function bytesReceived(connection: Duplex): () => number {
 }
 
 /**
- * Answers 408 and closes the connection of `request` once its body has
- * gone `idleMs` without a byte. A body that keeps arriving, however
+ * Watches the body of `request`, and sends 408 and closes its connection
+ * once the body has gone `idleMs` without a byte. A body that keeps arriving, however
  * slowly, is waited for. When a response has already begun (an early
  * answer that did not wait for the body), the connection is only closed.
  */

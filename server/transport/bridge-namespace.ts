@@ -60,7 +60,7 @@ export function attachBridgeNamespace(
 }
 
 /**
- * Sessions by socket. A session holds its socket, so it lives beside
+ * Sessions by socket. A session references its socket, so it lives beside
  * `socket.data`, not in it: `socket.data` stays plain data that the Redis
  * adapter can send to another process, as `fetchSockets()` does.
  */

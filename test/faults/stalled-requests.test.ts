@@ -70,7 +70,8 @@ function exchange(
     });
     socket.on("data", (chunk: Buffer) => {
       response += chunk.toString();
-      // An answer to a whole request ends the exchange; the connection may stay.
+      // A complete response other than 408 or 401 ends the exchange, because
+      // the server may keep that connection open.
       if (
         response.includes("\r\n\r\n") &&
         !/^HTTP\/1\.1 (408|401) /.test(response)
@@ -136,7 +137,7 @@ describe("fault: clients stall their request", function () {
     );
   };
 
-  it("answers 408 to a body that stops, then closes", async () => {
+  it("answers 408 to a stalled body", async () => {
     const header = await commandHeader(100);
     const outcomes = await Promise.all(
       Array.from({ length: 3 }, () =>
@@ -167,7 +168,7 @@ describe("fault: clients stall their request", function () {
     );
   });
 
-  it("waits for a body that keeps arriving, however long it takes", async () => {
+  it("waits for a slow steady body", async () => {
     const body = JSON.stringify({
       on: { on: true },
       dimming: { brightness: 50 },
@@ -190,7 +191,7 @@ describe("fault: clients stall their request", function () {
     assert.match(response, /^HTTP\/1\.1 409 /);
   });
 
-  it("closes at once after an answer that did not wait for the body", async () => {
+  it("closes after an early response", async () => {
     const header = (await commandHeader(100)).replace(
       /Authorization: Bearer \S+/,
       "Authorization: Bearer not-a-token",
