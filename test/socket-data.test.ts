@@ -22,7 +22,7 @@ describe("socket data across processes", function () {
   let redis: RedisServer;
   let relay: RelayProcess;
   let node: Server;
-  let clients: ReturnType<typeof createClient>[] = [];
+  let quitRedis: () => Promise<unknown> = async () => undefined;
   const sockets: Socket[] = [];
 
   before(async () => {
@@ -30,8 +30,8 @@ describe("socket data across processes", function () {
     relay = await startRelay({ redisUrl: redis.url, workers: 2 });
     const pub = createClient({ url: redis.url });
     const sub = pub.duplicate();
-    clients = [pub, sub];
-    await Promise.all(clients.map((client) => client.connect()));
+    await Promise.all([pub.connect(), sub.connect()]);
+    quitRedis = () => Promise.all([pub.quit(), sub.quit()]);
     node = new Server();
     node.adapter(
       createShardedAdapter(pub, sub, {
@@ -44,7 +44,7 @@ describe("socket data across processes", function () {
   after(async () => {
     for (const socket of sockets) socket.close();
     node?.close();
-    await Promise.all(clients.map((client) => client.quit()));
+    await quitRedis();
     await relay?.stop();
     await redis?.stop();
   });
