@@ -20,38 +20,10 @@ import {
   requestData,
   settle,
 } from "./support/clients.ts";
+import { answerLightSet, untypedLightMap } from "./support/fake-bridge.ts";
 import { light, realLights } from "./support/fixtures.ts";
 import { appToken, bridgeToken, signClaims } from "./support/tokens.ts";
 import { CONTRACT_ENV, VARIANTS, type Deployment } from "./support/variants.ts";
-
-/** Answers every `light:set` by applying the change to `lights`, like real firmware. */
-function answerCommands(
-  bridge: Socket,
-  lights: Map<string, Record<string, unknown>>,
-): LightSetCommand[] {
-  const received: LightSetCommand[] = [];
-  bridge.on(
-    "light:set",
-    (command: LightSetCommand, ack: (answer: unknown) => void) => {
-      received.push(command);
-      const current = lights.get(command.lightId);
-      if (current === undefined) {
-        ack({
-          ok: false,
-          error: {
-            code: "UNKNOWN_LIGHT",
-            message: `no light ${command.lightId}`,
-          },
-        });
-        return;
-      }
-      const next = { ...current, ...command.change };
-      lights.set(command.lightId, next);
-      ack({ ok: true, data: { light: next } });
-    },
-  );
-  return received;
-}
 
 for (const variant of VARIANTS) {
   describe(`contract: ${variant.name}`, function () {
@@ -63,10 +35,7 @@ for (const variant of VARIANTS) {
       sockets.push(socket);
       return socket;
     };
-    const bridgeWithLights = async (
-      bridgeId: string,
-      lights: Record<string, unknown>[],
-    ) => {
+    const bridgeWithLights = async (bridgeId: string, lights: object[]) => {
       const bridge = track(await connectBridge(url, bridgeId));
       const ack = await request<{ version: number }>(bridge, "state:snapshot", {
         lights,
@@ -770,14 +739,11 @@ for (const variant of VARIANTS) {
     });
 
     describe("commands", () => {
-      const lightsOf = (...ids: string[]) =>
-        new Map(ids.map((id) => [id, light(id)]));
-
       it("round-trips a command", async () => {
         const bridgeId = randomBridgeId();
-        const lights = lightsOf("a");
+        const lights = untypedLightMap("a");
         const bridge = await bridgeWithLights(bridgeId, [...lights.values()]);
-        const received = answerCommands(bridge, lights);
+        const received = answerLightSet(bridge, lights);
         const controller = await app([bridgeId]);
         await requestData(controller, "bridge:subscribe", { bridgeId });
         const changed = nextEvent<LightsChangedEvent>(
@@ -851,7 +817,7 @@ for (const variant of VARIANTS) {
       it("answers NOT_FOUND for an unknown light", async () => {
         const bridgeId = randomBridgeId();
         const bridge = await bridgeWithLights(bridgeId, [light("a")]);
-        const received = answerCommands(bridge, lightsOf("a"));
+        const received = answerLightSet(bridge, untypedLightMap("a"));
         const controller = await app([bridgeId]);
         const ack = await request(controller, "light:set", {
           bridgeId,
@@ -989,9 +955,9 @@ for (const variant of VARIANTS) {
 
       it("remembers answers by commandId", async () => {
         const bridgeId = randomBridgeId();
-        const lights = lightsOf("a");
+        const lights = untypedLightMap("a");
         const bridge = await bridgeWithLights(bridgeId, [...lights.values()]);
-        const received = answerCommands(bridge, lights);
+        const received = answerLightSet(bridge, lights);
         const controller = await app([bridgeId]);
         const payload = {
           bridgeId,
@@ -1052,8 +1018,8 @@ for (const variant of VARIANTS) {
         const idTwo = randomBridgeId();
         const one = await bridgeWithLights(idOne, [light("a")]);
         const two = await bridgeWithLights(idTwo, [light("a")]);
-        const receivedOne = answerCommands(one, lightsOf("a"));
-        const receivedTwo = answerCommands(two, lightsOf("a"));
+        const receivedOne = answerLightSet(one, untypedLightMap("a"));
+        const receivedTwo = answerLightSet(two, untypedLightMap("a"));
         const controller = await app([idOne, idTwo]);
         const change = { on: { on: true } };
         await requestData(controller, "light:set", {
@@ -1093,10 +1059,10 @@ for (const variant of VARIANTS) {
         const lights = new Map(
           documents.map((document) => [
             document.id,
-            document as Record<string, unknown>,
+            document as unknown as Light,
           ]),
         );
-        answerCommands(bridge, lights);
+        answerLightSet(bridge, lights);
         const controller = await app([bridgeId]);
         const ack = await request<{ light: Light }>(controller, "light:set", {
           bridgeId,
