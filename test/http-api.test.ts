@@ -22,6 +22,7 @@ import {
   randomBridgeId,
   requestData,
 } from "./support/clients.ts";
+import { answerLightSet, untypedLightMap } from "./support/fake-bridge.ts";
 import { light } from "./support/fixtures.ts";
 import {
   bearer,
@@ -44,27 +45,21 @@ const MAX_PAYLOAD_BYTES = 4096;
 /** HTTP requests allowed per user per 10 s on each worker. */
 const REQUESTS_PER_10S = 25;
 
-type Answer = (command: LightSetCommand) => unknown;
-
-/** Answers every `light:set` with `answer`, or by applying the change when none is given. */
-function answerCommands(bridge: Socket, answer?: Answer): LightSetCommand[] {
-  const received: LightSetCommand[] = [];
+/**
+ * Acknowledges every `light:set` with the value `answer` returns, and
+ * leaves the command unacknowledged when that value is undefined.
+ */
+function answerCommands(
+  bridge: Socket,
+  answer: (command: LightSetCommand) => unknown,
+): void {
   bridge.on(
     "light:set",
     (command: LightSetCommand, ack: (answer: unknown) => void) => {
-      received.push(command);
-      if (answer !== undefined) {
-        const reply = answer(command);
-        if (reply !== undefined) ack(reply);
-        return;
-      }
-      ack({
-        ok: true,
-        data: { light: { ...light(command.lightId), ...command.change } },
-      });
+      const reply = answer(command);
+      if (reply !== undefined) ack(reply);
     },
   );
-  return received;
 }
 
 async function serverOf(socket: Socket): Promise<string> {
@@ -195,7 +190,7 @@ describe("http api: 2 workers on Redis", function () {
   it("sets a light across workers", async () => {
     const bridgeId = randomBridgeId();
     const { bridge, serverId } = await onlineBridge(bridgeId);
-    const received = answerCommands(bridge);
+    const received = answerLightSet(bridge, untypedLightMap("a", "b"));
     const token = await tokenFor([bridgeId.toUpperCase()]);
     const response = await sendElsewhere(
       (index) =>
@@ -233,7 +228,7 @@ describe("http api: 2 workers on Redis", function () {
   it("makes up a commandId without Idempotency-Key", async () => {
     const bridgeId = randomBridgeId();
     const { bridge } = await onlineBridge(bridgeId);
-    const received = answerCommands(bridge);
+    const received = answerLightSet(bridge, untypedLightMap("a", "b"));
     const token = await tokenFor([bridgeId]);
     const response = await sendJson(
       lightUrl(bridgeId, "b"),
@@ -249,7 +244,7 @@ describe("http api: 2 workers on Redis", function () {
   it("repeats an Idempotency-Key without the bridge", async () => {
     const bridgeId = randomBridgeId();
     const { bridge } = await onlineBridge(bridgeId);
-    const received = answerCommands(bridge);
+    const received = answerLightSet(bridge, untypedLightMap("a", "b"));
     const token = await tokenFor([bridgeId]);
     const put = () =>
       sendJson(
@@ -436,7 +431,7 @@ describe("http api: 2 workers on Redis", function () {
   it("answers 404 for an unknown light or route", async () => {
     const bridgeId = randomBridgeId();
     const { bridge } = await onlineBridge(bridgeId);
-    const received = answerCommands(bridge);
+    const received = answerLightSet(bridge, untypedLightMap("a", "b"));
     const token = await tokenFor([bridgeId]);
     const unknownLight = await sendJson(
       lightUrl(bridgeId, "zzz"),
