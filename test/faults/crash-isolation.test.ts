@@ -29,6 +29,8 @@ import {
   request,
   requestData,
 } from "../support/clients.ts";
+import { answerLightSet, lightMap } from "../support/fake-bridge.ts";
+import { isAlive, sleep } from "../support/faults.ts";
 import { light } from "../support/fixtures.ts";
 import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
 import {
@@ -45,19 +47,6 @@ const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const ERROR_LEVEL = 50;
 const FATAL_LEVEL = 60;
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 /**
  * Sends a command from an app on one worker to a bridge on another and
  * checks the answer, so that both workers, the bus between them and Redis
@@ -68,15 +57,7 @@ async function assertCommandRoundTrip(relay: RelayProcess): Promise<void> {
   const bridge = await connectBridge(relay.url, bridgeId);
   const sockets: Socket[] = [bridge];
   try {
-    bridge.on(
-      "light:set",
-      (command: LightSetCommand, answer: (reply: LightSetAnswer) => void) => {
-        answer({
-          ok: true,
-          data: { light: { ...light(command.lightId), ...command.change } },
-        } as LightSetAnswer);
-      },
-    );
+    answerLightSet(bridge, lightMap("lamp-1"));
     await requestData(bridge, "state:snapshot", { lights: [light("lamp-1")] });
     const { serverId } = await requestData<{ serverId: string }>(
       bridge,
