@@ -30,14 +30,15 @@ import {
   requestData,
 } from "../support/clients.ts";
 import { answerLightSet, lightMap } from "../support/fake-bridge.ts";
-import { isAlive, sleep } from "../support/faults.ts";
-import { light } from "../support/fixtures.ts";
-import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
 import {
-  startRelay,
-  type LogLine,
-  type RelayProcess,
-} from "../support/relay-process.ts";
+  isAlive,
+  sleep,
+  startRelayOnRedis,
+  stopRelayOnRedis,
+} from "../support/faults.ts";
+import { light } from "../support/fixtures.ts";
+import type { RedisServer } from "../support/redis-server.ts";
+import type { LogLine, RelayProcess } from "../support/relay-process.ts";
 import { appToken, bridgeToken } from "../support/tokens.ts";
 
 const run = promisify(execFile);
@@ -250,19 +251,14 @@ describe("crash isolation", function () {
     let workers: { serverId: string; pid: number }[];
 
     before(async () => {
-      redis = await startRedisServer();
-      relay = await startRelay({
-        redisUrl: redis.url,
+      ({ redis, relay } = await startRelayOnRedis({
         workers: 2,
         env: { REDIS_KEY_PREFIX: `crash${randomBytes(4).toString("hex")}` },
-      });
+      }));
       workers = relay.workers();
     });
 
-    after(async () => {
-      await relay?.stop();
-      await redis?.stop();
-    });
+    after(() => stopRelayOnRedis({ relay, redis }));
 
     it("survives killed Redis connections", async () => {
       const admin = createClient({ url: redis.url });

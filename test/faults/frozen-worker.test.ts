@@ -3,11 +3,13 @@ import {
   printFigure,
   readinessByWorker,
   sleep,
+  startRelayOnRedis,
+  stopRelayOnRedis,
   waitUntil,
   workersReadyGauge,
 } from "../support/faults.ts";
-import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
-import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import type { RedisServer } from "../support/redis-server.ts";
+import type { RelayProcess } from "../support/relay-process.ts";
 
 const UNRESPONSIVE_MS = 500;
 
@@ -35,12 +37,10 @@ describe("fault: a worker freezes", function () {
   let relay: RelayProcess;
 
   before(async () => {
-    redis = await startRedisServer();
-    relay = await startRelay({
-      redisUrl: redis.url,
+    ({ redis, relay } = await startRelayOnRedis({
       workers: 2,
       env: { WORKER_UNRESPONSIVE_MS: String(UNRESPONSIVE_MS) },
-    });
+    }));
   });
 
   after(async () => {
@@ -51,8 +51,7 @@ describe("fault: a worker freezes", function () {
         // Already gone.
       }
     }
-    await relay?.stop();
-    await redis?.stop();
+    await stopRelayOnRedis({ relay, redis });
   });
 
   it("keeps new connections off it, then admits it again", async () => {

@@ -6,8 +6,9 @@ import {
   metricValue,
   sampleMaxRss,
 } from "../support/process-memory.ts";
-import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
-import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import { startRelayOnRedis, stopRelayOnRedis } from "../support/faults.ts";
+import type { RedisServer } from "../support/redis-server.ts";
+import type { RelayProcess } from "../support/relay-process.ts";
 
 const BRIDGES = 5000;
 const FLEET_PROCESSES = 2;
@@ -80,9 +81,7 @@ describe("fault: reconnect storm", function () {
   const fleets: BridgeFleet[] = [];
 
   beforeEach(async () => {
-    redis = await startRedisServer();
-    relay = await startRelay({
-      redisUrl: redis.url,
+    ({ redis, relay } = await startRelayOnRedis({
       workers: WORKERS,
       env: {
         // Every test bridge connects from 127.0.0.1, as bridges behind one
@@ -92,14 +91,13 @@ describe("fault: reconnect storm", function () {
           HANDSHAKES_PER_WORKER_PER_SECOND,
         ),
       },
-    });
+    }));
   });
 
   afterEach(async () => {
     await Promise.all(fleets.map((fleet) => fleet.stop()));
     fleets.length = 0;
-    await relay?.stop();
-    await redis?.stop();
+    await stopRelayOnRedis({ relay, redis });
   });
 
   it(`readmits ${BRIDGES} bridges at a bounded rate`, async () => {

@@ -18,6 +18,8 @@ import {
   readinessByWorker,
   sleep,
   spread,
+  startRelayOnRedis,
+  stopRelayOnRedis,
   waitForReadiness,
   waitUntil,
   type Outcome,
@@ -59,8 +61,7 @@ describe("fault: Redis outage", function () {
   const probes: AppView[] = [];
 
   before(async () => {
-    redis = await startRedisServer();
-    relay = await startRelay({ redisUrl: redis.url, workers: 2 });
+    ({ redis, relay } = await startRelayOnRedis({ workers: 2 }));
     url = relay.url;
     serverIds = relay.workers().map((worker) => worker.serverId);
     workerPids = relay.workers().map((worker) => worker.pid);
@@ -90,8 +91,7 @@ describe("fault: Redis outage", function () {
   after(async () => {
     for (const bridge of bridges) bridge.close();
     for (const app of [...views, ...probes]) app.close();
-    await relay?.stop();
-    await redis?.stop();
+    await stopRelayOnRedis({ relay, redis });
   });
 
   /** Shard channels each worker must subscribe to, with the number of subscribers each must have. */

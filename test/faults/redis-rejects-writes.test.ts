@@ -4,9 +4,15 @@ import { createClient, type RedisClientType } from "redis";
 import { startAppView, type AppView } from "../support/app-view.ts";
 import { randomBridgeId } from "../support/clients.ts";
 import { startFakeBridge, type FakeBridge } from "../support/fake-bridge.ts";
-import { outcomeOf, printFigure, waitUntil } from "../support/faults.ts";
-import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
-import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import {
+  outcomeOf,
+  printFigure,
+  startRelayOnRedis,
+  stopRelayOnRedis,
+  waitUntil,
+} from "../support/faults.ts";
+import type { RedisServer } from "../support/redis-server.ts";
+import type { RelayProcess } from "../support/relay-process.ts";
 
 async function readiness(url: string): Promise<number> {
   return (await fetch(`${url}/readyz`)).status;
@@ -20,18 +26,16 @@ describe("fault: Redis rejects writes while reachable", function () {
   const clients: { close(): void }[] = [];
 
   before(async () => {
-    redis = await startRedisServer();
+    ({ redis, relay } = await startRelayOnRedis({ workers: 1 }));
     admin = createClient({ url: redis.url });
     admin.on("error", () => undefined);
     await admin.connect();
-    relay = await startRelay({ redisUrl: redis.url, workers: 1 });
   });
 
   after(async () => {
     for (const client of clients) client.close();
-    await relay?.stop();
     await admin?.close();
-    await redis?.stop();
+    await stopRelayOnRedis({ relay, redis });
   });
 
   it("resyncs the bridge once writes work again", async () => {

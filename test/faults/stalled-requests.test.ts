@@ -2,9 +2,13 @@ import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { randomBridgeId } from "../support/clients.ts";
-import { waitUntil } from "../support/faults.ts";
-import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
-import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import {
+  startRelayOnRedis,
+  stopRelayOnRedis,
+  waitUntil,
+} from "../support/faults.ts";
+import type { RedisServer } from "../support/redis-server.ts";
+import type { RelayProcess } from "../support/relay-process.ts";
 import { appToken } from "../support/tokens.ts";
 
 /** The worker's limit for a first request's header is 10 s. */
@@ -98,18 +102,13 @@ describe("fault: clients stall their request", function () {
   let relay: RelayProcess;
 
   before(async () => {
-    redis = await startRedisServer();
-    relay = await startRelay({
-      redisUrl: redis.url,
+    ({ redis, relay } = await startRelayOnRedis({
       workers: 1,
       env: { REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS) },
-    });
+    }));
   });
 
-  after(async () => {
-    await relay?.stop();
-    await redis?.stop();
-  });
+  after(() => stopRelayOnRedis({ relay, redis }));
 
   it("closes a header that never ends", async () => {
     const partial =

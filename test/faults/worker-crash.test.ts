@@ -10,13 +10,15 @@ import {
   printFigure,
   sleep,
   spread,
+  startRelayOnRedis,
+  stopRelayOnRedis,
   waitUntil,
   workersReadyGauge,
   type Outcome,
 } from "../support/faults.ts";
 import { bearer, send } from "../support/http.ts";
-import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
-import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import type { RedisServer } from "../support/redis-server.ts";
+import type { RelayProcess } from "../support/relay-process.ts";
 import { appToken } from "../support/tokens.ts";
 
 /** The relay's COMMAND_TIMEOUT_MS in this test. */
@@ -53,18 +55,15 @@ describe("fault: worker killed with SIGKILL", function () {
   const views: AppView[] = [];
 
   before(async () => {
-    redis = await startRedisServer();
-    relay = await startRelay({
-      redisUrl: redis.url,
+    ({ redis, relay } = await startRelayOnRedis({
       workers: 2,
       env: { COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS) },
-    });
+    }));
   });
   after(async () => {
     for (const bridge of bridges) bridge.close();
     for (const view of views) view.close();
-    await relay?.stop();
-    await redis?.stop();
+    await stopRelayOnRedis({ relay, redis });
   });
 
   it("recovers without losing acknowledged commands", async () => {

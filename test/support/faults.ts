@@ -1,5 +1,11 @@
 import { RelayClientError } from "../../client-sdk/src/index.ts";
 import { send } from "./http.ts";
+import { startRedisServer, type RedisServer } from "./redis-server.ts";
+import {
+  startRelay,
+  type RelayOptions,
+  type RelayProcess,
+} from "./relay-process.ts";
 
 /** Prints a measured figure on a line starting with `fault figure:`, where docs writers look for them. */
 export function printFigure(text: string): void {
@@ -126,4 +132,39 @@ export function isAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** A private Redis and a relay that uses it. */
+export interface RelayOnRedis {
+  redis: RedisServer;
+  relay: RelayProcess;
+}
+
+/**
+ * Starts a private Redis, then a relay on it with `options`. Stops the
+ * Redis again and rethrows when the relay fails to start.
+ */
+export async function startRelayOnRedis(
+  options: Omit<RelayOptions, "redisUrl"> = {},
+): Promise<RelayOnRedis> {
+  const redis = await startRedisServer();
+  try {
+    const relay = await startRelay({ ...options, redisUrl: redis.url });
+    return { redis, relay };
+  } catch (error) {
+    await redis.stop();
+    throw error;
+  }
+}
+
+/**
+ * Stops `relay`, then `redis`. Either may be undefined, as it is in an
+ * `after` hook when its `before` hook failed.
+ */
+export async function stopRelayOnRedis({
+  relay,
+  redis,
+}: Partial<RelayOnRedis>): Promise<void> {
+  await relay?.stop();
+  await redis?.stop();
 }
