@@ -18,10 +18,12 @@ import {
   readinessByWorker,
   sleep,
   spread,
+  startFakeBridges,
   startRelayOnRedis,
   stopRelayOnRedis,
   waitForReadiness,
   waitUntil,
+  workerOfEachBridge,
   type Outcome,
 } from "../support/faults.ts";
 import { bearer, send, sendJson } from "../support/http.ts";
@@ -54,7 +56,7 @@ describe("fault: Redis outage", function () {
   const bridges: FakeBridge[] = [];
   const bridgeIds: string[] = [];
   /** Server ID of the worker with each bridge's socket. */
-  const ownerOf = new Map<string, string>();
+  let ownerOf: Map<string, string>;
   /** One app per worker, subscribed to every bridge. */
   const views: AppView[] = [];
   /** One app per worker, subscribed to nothing, that sends requests during the outage. */
@@ -67,15 +69,8 @@ describe("fault: Redis outage", function () {
     workerPids = relay.workers().map((worker) => worker.pid);
     bridgeIds.push(...Array.from({ length: BRIDGE_COUNT }, randomBridgeId));
     token = await appToken("outage-reader", bridgeIds, "read control");
-    bridges.push(
-      ...(await Promise.all(
-        bridgeIds.map((bridgeId) => startFakeBridge({ url, bridgeId })),
-      )),
-    );
-    for (const bridge of bridges) {
-      const { serverId } = await bridge.client.serverInfo();
-      ownerOf.set(bridge.bridgeId, serverId);
-    }
+    bridges.push(...(await startFakeBridges(url, bridgeIds)));
+    ownerOf = await workerOfEachBridge(bridges);
     views.push(
       ...(
         await startAppViewOnEachWorker({ url, bridgeIds }, serverIds)

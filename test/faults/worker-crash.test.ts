@@ -3,16 +3,18 @@ import { isDeepStrictEqual } from "node:util";
 import type { BridgeState, Light } from "../../client-sdk/src/index.ts";
 import { startAppViewOnEachWorker, type AppView } from "../support/app-view.ts";
 import { randomBridgeId } from "../support/clients.ts";
-import { startFakeBridge, type FakeBridge } from "../support/fake-bridge.ts";
+import type { FakeBridge } from "../support/fake-bridge.ts";
 import {
   isAlive,
   outcomeOf,
   printFigure,
   sleep,
   spread,
+  startFakeBridges,
   startRelayOnRedis,
   stopRelayOnRedis,
   waitUntil,
+  workerOfEachBridge,
   workersReadyGauge,
   type Outcome,
 } from "../support/faults.ts";
@@ -74,16 +76,8 @@ describe("fault: worker killed with SIGKILL", function () {
 
     // Bridges spread over both workers round-robin.
     const bridgeIds = Array.from({ length: BRIDGE_COUNT }, randomBridgeId);
-    bridges.push(
-      ...(await Promise.all(
-        bridgeIds.map((bridgeId) => startFakeBridge({ url, bridgeId })),
-      )),
-    );
-    const ownerOf = new Map<string, string>();
-    for (const bridge of bridges) {
-      const { serverId } = await bridge.client.serverInfo();
-      ownerOf.set(bridge.bridgeId, serverId);
-    }
+    bridges.push(...(await startFakeBridges(url, bridgeIds)));
+    const ownerOf = await workerOfEachBridge(bridges);
     const bridgesOn = (serverId: string): FakeBridge[] =>
       bridges.filter((bridge) => ownerOf.get(bridge.bridgeId) === serverId);
     const [victim, survivor] = [...original].sort(

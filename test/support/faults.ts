@@ -1,4 +1,5 @@
 import { RelayClientError } from "../../client-sdk/src/index.ts";
+import { startFakeBridge, type FakeBridge } from "./fake-bridge.ts";
 import { send } from "./http.ts";
 import { startRedisServer, type RedisServer } from "./redis-server.ts";
 import {
@@ -167,4 +168,26 @@ export async function stopRelayOnRedis({
 }: Partial<RelayOnRedis>): Promise<void> {
   await relay?.stop();
   await redis?.stop();
+}
+
+/** Starts a fake bridge on `url` for each of `bridgeIds`, all at once. */
+export function startFakeBridges(
+  url: string,
+  bridgeIds: string[],
+): Promise<FakeBridge[]> {
+  return Promise.all(
+    bridgeIds.map((bridgeId) => startFakeBridge({ url, bridgeId })),
+  );
+}
+
+/** Returns the server ID of the worker that holds each bridge's socket, by bridge ID. */
+export async function workerOfEachBridge(
+  bridges: FakeBridge[],
+): Promise<Map<string, string>> {
+  const ownerOf = new Map<string, string>();
+  for (const bridge of bridges) {
+    const { serverId } = await bridge.client.serverInfo();
+    ownerOf.set(bridge.bridgeId, serverId);
+  }
+  return ownerOf;
 }
