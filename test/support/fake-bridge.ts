@@ -32,8 +32,8 @@ export function lightMap(...ids: string[]): Map<string, Light> {
 
 /**
  * Returns lights `ids` as the fixture builds them, without `type`, which a
- * bridge may leave out. A test that answers from this map can check that
- * the relay adds `type` to the lights it returns.
+ * bridge may leave out. A test that acknowledges commands from this map
+ * can check that the relay adds `type` to the lights it returns.
  */
 export function untypedLightMap(...ids: string[]): Map<string, Light> {
   // Light declares `type` required, so the cast hides its absence from tsc.

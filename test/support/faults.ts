@@ -180,7 +180,7 @@ export function startFakeBridges(
   );
 }
 
-/** Returns the server ID of the worker that holds each bridge's socket, by bridge ID. */
+/** Returns, by bridge ID, the server ID of the worker each bridge is connected to. */
 export async function workerOfEachBridge(
   bridges: FakeBridge[],
 ): Promise<Map<string, string>> {
