@@ -29,6 +29,7 @@ import {
   randomBridgeId,
   requestData,
 } from "../support/clients.ts";
+import { isAlive, sleep, waitUntil } from "../support/faults.ts";
 import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
 import {
   startRelay,
@@ -62,32 +63,6 @@ const DRAIN_WINDOW_MS = 2000;
 const DRAIN_SLACK_MS = 1000;
 /** Errors of the contract that a command may get while its bridge or app moves. */
 const MOVE_ERRORS = new Set(["BRIDGE_OFFLINE", "UNAVAILABLE", "TIMEOUT"]);
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function waitUntil(
-  what: string,
-  check: () => boolean,
-  timeoutMs: number,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline)
-      throw new Error(`${what}: not reached within ${timeoutMs} ms`);
-    await sleep(25);
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function median(values: number[]): number {
   if (values.length === 0) return 0;
