@@ -164,6 +164,13 @@ const CHECKS: Record<string, (result: Record<string, unknown>) => void> = {
           `${String(row.target)} serverRssBytes`,
         );
       }
+      const idle = row.idle as Record<string, unknown>;
+      assert.ok(
+        Array.isArray(idle.rssBytesPerBridge) &&
+          idle.rssBytesPerBridge.length >= 2,
+        `${String(row.target)} idle readings: ${JSON.stringify(idle.rssBytesPerBridge)}`,
+      );
+      assert.equal(typeof idle.meanRssBytesPerBridge, "number");
     }
   },
   "reconnect-storm": (result) => {

@@ -2,9 +2,13 @@
  * Measures server memory per idle bridge connection. Bridges connect in
  * steps (1,000 to 30,000 by default), and each sends one snapshot of two
  * lights and then stays idle. After each step, the scenario reads the
- * resident set size (RSS) of the serving processes. It compares the relay
- * on 2 workers with bare Socket.IO on 2 processes sharing the Redis
- * adapter, and reports Redis's own memory apart for both.
+ * resident set size (RSS) of the serving processes. After the last step,
+ * it keeps reading it while the bridges idle: V8 keeps freed heap space
+ * until its memory reducer gives it back, a minute or so into an idle
+ * period, so one reading can be several KiB per bridge above or below
+ * what the process settles at. It compares the relay on 2 workers with
+ * bare Socket.IO on 2 processes sharing the Redis adapter, and reports
+ * Redis's own memory apart for both.
  */
 import { startRedisServer } from "../../test/support/redis-server.ts";
 import {
@@ -28,12 +32,14 @@ const USAGE = `Server memory per idle bridge connection, against the number of b
 
   --bridges LIST   connected bridges at each step, ascending
   --agents N       load generator processes that share the bridges (default 3)
-  --settle-ms MS   wait after each step before memory is read, in ms (default 3000)`;
+  --settle-ms MS   wait after each step before memory is read, in ms (default 3000)
+  --idle-ms MS     after the last step, read memory every 10 s for this long, in ms (default 120000)`;
 
 const values = parseBenchArgs(USAGE, {
   bridges: { type: "string" },
   agents: { type: "string" },
   "settle-ms": { type: "string" },
+  "idle-ms": { type: "string" },
 });
 const smoke = values.smoke;
 const steps = integerListOption(
@@ -51,6 +57,13 @@ const settleMs = integerOption(
   "settle-ms",
   0,
 );
+const idleMs = integerOption(
+  values["idle-ms"] ?? (smoke ? "400" : "120000"),
+  "idle-ms",
+  0,
+);
+/** Interval of the RSS readings during the idle window, in ms. */
+const IDLE_SAMPLE_MS = smoke ? 200 : 10_000;
 /**
  * One loopback source address per agent: from one address, a single
  * server port can take only as many connections as there are ephemeral
@@ -72,12 +85,50 @@ interface MemoryStep {
   redisUsedMemoryBytesPerBridge: number;
 }
 
+/** RSS readings while the last step's bridges idle. */
+interface IdleWindow {
+  bridges: number;
+  /** Readings of (RSS - RSS before any bridge) / bridges, in order. */
+  rssBytesPerBridge: number[];
+  meanRssBytesPerBridge: number;
+  minRssBytesPerBridge: number;
+  maxRssBytesPerBridge: number;
+}
+
 interface MemoryResult {
   target: string;
   description: string;
   baselineRssBytes: number;
   steps: MemoryStep[];
+  idle: IdleWindow;
 }
+
+/** Reads the RSS of `pids` every IDLE_SAMPLE_MS for idleMs, per bridge above `baselineRss`. */
+async function watchIdle(
+  pids: () => number[],
+  baselineRss: number,
+  bridges: number,
+): Promise<IdleWindow> {
+  const readings: number[] = [];
+  const endAt = performance.now() + idleMs;
+  for (;;) {
+    const rss = totalResidentBytes(pids());
+    readings.push(Math.round((rss - baselineRss) / Math.max(1, bridges)));
+    if (performance.now() + IDLE_SAMPLE_MS > endAt) break;
+    await new Promise((resolve) => setTimeout(resolve, IDLE_SAMPLE_MS));
+  }
+  return {
+    bridges,
+    rssBytesPerBridge: readings,
+    meanRssBytesPerBridge: Math.round(
+      readings.reduce((sum, value) => sum + value, 0) / readings.length,
+    ),
+    minRssBytesPerBridge: Math.min(...readings),
+    maxRssBytesPerBridge: Math.max(...readings),
+  };
+}
+
+const kib = (bytes: number): number => round(bytes / 1024, 1);
 
 interface MemoryTarget {
   name: string;
@@ -157,11 +208,16 @@ async function measureTarget(
         `  ${connected} bridges: ${round(rss / 2 ** 20, 1)} MiB RSS, ${round(step.rssBytesPerBridge / 1024, 1)} KiB per bridge, ${step.connectRate} connects/s`,
       );
     }
+    const idle = await watchIdle(target.measuredPids, baselineRss, connected);
+    console.log(
+      `  idle for ${idleMs / 1000} s at ${connected} bridges: ${idle.rssBytesPerBridge.map(kib).join(", ")} KiB per bridge`,
+    );
     return {
       target: target.name,
       description: target.description,
       baselineRssBytes: baselineRss,
       steps: results,
+      idle,
     };
   } finally {
     await Promise.all(agents.map((agent) => agent.stop()));
@@ -181,14 +237,12 @@ async function measureGroup<G extends { stop(): Promise<void> }>(
   }
 }
 
-const kib = (bytes: number): number => round(bytes / 1024, 1);
-
 await runScenario(
   {
     name: "idle-memory",
     smoke,
     outDir: values.out,
-    settings: { steps, agents: agentCount, settleMs },
+    settings: { steps, agents: agentCount, settleMs, idleMs },
   },
   async (cleanup) => {
     const results: MemoryResult[] = [];
@@ -251,6 +305,17 @@ await runScenario(
         })),
       ),
     );
+    printTable(
+      `Memory per idle bridge over ${idleMs / 1000} s of idling after the last step`,
+      results.map((result) => ({
+        target: result.target,
+        bridges: result.idle.bridges,
+        "mean KiB/bridge": kib(result.idle.meanRssBytesPerBridge),
+        "min KiB/bridge": kib(result.idle.minRssBytesPerBridge),
+        "max KiB/bridge": kib(result.idle.maxRssBytesPerBridge),
+        readings: result.idle.rssBytesPerBridge.length,
+      })),
+    );
     const [relay, bare] = results;
     const lastRelay = relay?.steps.at(-1);
     const lastBare = bare?.steps.at(-1);
@@ -263,6 +328,13 @@ await runScenario(
         relayVsBareRss: ratio(
           lastRelay?.rssBytesPerBridge ?? 0,
           lastBare?.rssBytesPerBridge ?? 0,
+        ),
+        relayIdleMeanRssBytesPerBridge:
+          relay?.idle.meanRssBytesPerBridge ?? null,
+        bareIdleMeanRssBytesPerBridge: bare?.idle.meanRssBytesPerBridge ?? null,
+        relayVsBareIdleMeanRss: ratio(
+          relay?.idle.meanRssBytesPerBridge ?? 0,
+          bare?.idle.meanRssBytesPerBridge ?? 0,
         ),
       },
     };
