@@ -1,49 +1,8 @@
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { createServer, type Server } from "node:http";
-import { Duplex } from "node:stream";
 import { releaseForwardedConnections } from "../server/cluster/forwarded-connections.ts";
-
-/**
- * A stand-in connection like the one @socket.io/sticky gives a worker for
- * a request with a body: a duplex stream that the primary feeds, and
- * whose readable side is never ended.
- */
-class ForwardedConnection extends Duplex {
-  written = "";
-
-  constructor() {
-    super({ allowHalfOpen: true });
-  }
-
-  override _read(): void {}
-
-  override _write(
-    chunk: Buffer,
-    _encoding: BufferEncoding,
-    callback: () => void,
-  ): void {
-    this.written += chunk.toString();
-    callback();
-  }
-
-  setTimeout(): this {
-    return this;
-  }
-
-  setNoDelay(): this {
-    return this;
-  }
-
-  setKeepAlive(): this {
-    return this;
-  }
-
-  /** Ends the writable side, which Node's server calls after a last response. */
-  destroySoon(): void {
-    this.end();
-  }
-}
+import { ForwardedConnection } from "./support/forwarded-connection.ts";
 
 /** Feeds one request with a body to `server` over a stand-in connection. */
 function forward(server: Server) {

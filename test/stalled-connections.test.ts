@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createServer, request, type Server } from "node:http";
 import { connect, type AddressInfo, type Socket } from "node:net";
 import { closeStalledConnections } from "../server/cluster/stalled-connections.ts";
+import { ForwardedConnection } from "./support/forwarded-connection.ts";
 
 /**
  * Serves one request on a new server, with or without the stalled
@@ -46,6 +47,15 @@ describe("stalled connection limits", () => {
   });
 });
 
+/** Resolves once `check` returns true, polling every 10 ms for up to 5 s. */
+async function waitFor(check: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error("condition not met within 5 s");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
 describe("stalled request bodies on a server's own sockets", () => {
   const IDLE_MS = 400;
   let server: Server;
@@ -53,6 +63,11 @@ describe("stalled request bodies on a server's own sockets", () => {
 
   before(async () => {
     server = createServer((incoming, response) => {
+      if (incoming.url === "/held") {
+        // Responds late without reading, as Engine.IO does with a long poll.
+        setTimeout(() => response.end("held"), IDLE_MS * 2);
+        return;
+      }
       if (incoming.url === "/early") {
         // Responds without reading the body, as a rejected token does.
         response.writeHead(401).end();
@@ -123,6 +138,45 @@ describe("stalled request bodies on a server's own sockets", () => {
     );
     assert.match(reply, /^HTTP\/1\.1 200 /);
     assert.match(reply, /read 40$/);
+  });
+
+  it("leaves requests without a body alone", async () => {
+    const reply = await new Promise<string>((resolve, reject) => {
+      let received = "";
+      const socket = connect(port, "127.0.0.1");
+      socket.write("GET /held HTTP/1.1\r\nHost: x\r\n\r\n");
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.toString();
+        if (received.endsWith("held")) {
+          socket.destroy();
+          resolve(received);
+        }
+      });
+      socket.on("error", reject);
+      socket.on("close", () => resolve(received));
+    });
+    assert.match(reply, /^HTTP\/1\.1 200 /);
+    assert.doesNotMatch(reply, /408/);
+  });
+
+  it("counts a forwarded connection's bytes once", async () => {
+    const connection = new ForwardedConnection();
+    server.emit("connection", connection);
+    const requests = 15;
+    const body = "x".repeat(40);
+    connection.push(
+      `POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n${body}`.repeat(
+        requests,
+      ),
+    );
+    await waitFor(() => connection.written.split("read 40").length > requests);
+    // Pipelined requests share the connection, and a counter per request
+    // would add a listener each, past Node's warning limit of 10.
+    assert.ok(
+      connection.listenerCount("data") <= 2,
+      `${connection.listenerCount("data")} data listeners`,
+    );
+    connection.destroy();
   });
 
   it("closes after an early response", async () => {

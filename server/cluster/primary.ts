@@ -182,7 +182,10 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     worker.on("message", (message: unknown) => {
       if (message === DRAINING_MESSAGE) {
         draining.add(worker.id);
-        hideFromBalancer(worker);
+        // Once the primary stops listening, hiding buys nothing. Hiding every
+        // worker would make sticky destroy each connection whose request body
+        // it still forwards, at that body's next chunk.
+        if (!stopping) hideFromBalancer(worker);
         return;
       }
       if (message !== READY_MESSAGE || !worker.isConnected()) return;

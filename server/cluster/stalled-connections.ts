@@ -54,38 +54,56 @@ export function closeStalledConnections(
 }
 
 /** Checks of a body's progress per `bodyTimeoutMs`, which bound how late a stall is seen. */
-const CHECKS_PER_TIMEOUT = 4;
+const CHECKS_PER_TIMEOUT = 8;
+
+/** Byte counters of the stand-in streams of forwarded connections. */
+const forwardedBytes = new WeakMap<Duplex, { bytes: number }>();
+
+/** Returns true when the header of `request` announces a body. */
+function hasBody(request: IncomingMessage): boolean {
+  if (request.headers["transfer-encoding"] !== undefined) return true;
+  const length = Number(request.headers["content-length"] ?? 0);
+  return Number.isFinite(length) && length > 0;
+}
 
 /**
  * Returns a function that reads the number of bytes `connection` has received.
  * A socket counts them itself, even when the HTTP parser reads its handle
  * directly. The stand-in stream that @socket.io/sticky gives a worker for
- * a request with a body does not, so its chunks are counted here; the
+ * a request with a body does not, so its chunks are counted here. The
  * server already reads that stream as it flows.
  */
 function bytesReceived(connection: Duplex): () => number {
   if (connection instanceof Socket) return () => connection.bytesRead;
-  let bytes = 0;
-  const count = (chunk: Buffer): void => {
-    bytes += chunk.length;
-  };
-  connection.on("data", count);
-  connection.once("close", () => connection.removeListener("data", count));
-  return () => bytes;
+  let counter = forwardedBytes.get(connection);
+  if (counter === undefined) {
+    // One counter per connection, since pipelined requests share it.
+    const created = { bytes: 0 };
+    connection.on("data", (chunk: Buffer) => {
+      created.bytes += chunk.length;
+    });
+    forwardedBytes.set(connection, created);
+    counter = created;
+  }
+  const read = counter;
+  return () => read.bytes;
 }
 
 /**
  * Watches the body of `request`, and sends 408 and closes its connection
- * once the body has gone `idleMs` without a byte. A body that keeps arriving, however
- * slowly, is waited for. When a response has already begun (an early
- * answer that did not wait for the body), the connection is only closed.
+ * once the body has gone `idleMs` without a byte. A body that keeps
+ * arriving, however slowly, is waited for. When a response has already
+ * begun (an early response that did not wait for the body), the
+ * connection is only closed.
  */
 function closeStalledBody(
   request: IncomingMessage,
   response: ServerResponse,
   idleMs: number,
 ): void {
-  if (request.complete) return;
+  // Node emits 'request' before it marks even a request without a body
+  // complete, and Engine.IO keeps a long-polling GET unread for seconds.
+  if (request.complete || !hasBody(request)) return;
   const connection = request.socket as Duplex;
   const received = bytesReceived(connection);
   let lastBytes = received();
@@ -98,7 +116,7 @@ function closeStalledBody(
         lastProgressAt = performance.now();
       } else if (performance.now() - lastProgressAt >= idleMs) {
         clearInterval(check);
-        abandonRequest(connection, response, idleMs);
+        abandonRequest(request, response, idleMs);
       }
     },
     Math.max(1, Math.floor(idleMs / CHECKS_PER_TIMEOUT)),
@@ -109,14 +127,25 @@ function closeStalledBody(
   request.once("close", done);
 }
 
-/** Sends 408 with the contract's error body unless a response began, then closes. */
+/**
+ * Sends 408 with the contract's error body unless a response began, then
+ * destroys the request and its connection. Destroying the request emits
+ * its 'close', on which its readers stop: Node no longer emits it for a
+ * request whose response has finished, and Engine.IO would otherwise
+ * respond to a polling POST a second time when its own body timer fires.
+ */
 function abandonRequest(
-  connection: Duplex,
+  request: IncomingMessage,
   response: ServerResponse,
   idleMs: number,
 ): void {
-  if (response.headersSent) {
+  const connection = request.socket as Duplex;
+  const close = (): void => {
+    request.destroy();
     connection.destroy();
+  };
+  if (response.headersSent) {
+    close();
     return;
   }
   const body = JSON.stringify({
@@ -125,7 +154,7 @@ function abandonRequest(
       message: `request body stalled: no byte arrived for ${idleMs} ms`,
     },
   });
-  response.once("finish", () => connection.destroy());
+  response.once("finish", close);
   response.writeHead(408, {
     "Content-Type": "application/json; charset=utf-8",
     "Content-Length": Buffer.byteLength(body),

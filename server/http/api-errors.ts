@@ -97,9 +97,16 @@ export function apiErrorHandler(
   maxBytes: number,
   logger: Logger,
 ): ErrorRequestHandler {
-  return (error: unknown, request, response, next) => {
+  return (error: unknown, request, response, _next) => {
     if (response.headersSent) {
-      next(error);
+      // Express's own handler would print the stack outside the logs. An
+      // error after the response began is a client that went away or a
+      // body the relay gave up on, so the connection is closed.
+      (request.log ?? logger).debug(
+        { err: error },
+        "http request failed after its response began",
+      );
+      response.destroy();
       return;
     }
     sendError(response, toBodyError(error, maxBytes), request.log ?? logger);

@@ -98,6 +98,9 @@ function rejectMainNamespace(io: Server): void {
  * with the `/bridge` and `/app` namespaces, on the given store and bus. It
  * does not listen: the caller listens, or hands it to the sticky balancer.
  */
+/** Maximum delay that setTimeout accepts, in ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export async function createRelay(options: RelayOptions): Promise<Relay> {
   const { config, logger, store, bus } = options;
   let draining = false;
@@ -109,6 +112,10 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     // The transport limit sits well above MAX_PAYLOAD_BYTES so that an oversized
     // payload reaches the relay and gets PAYLOAD_TOO_LARGE instead of a disconnect.
     maxHttpBufferSize: config.maxPayloadBytes * 2 + 64 * 1024,
+    // Engine.IO's own limit on a polling POST's body is a total deadline of
+    // 30 s. It is turned off: REQUEST_BODY_TIMEOUT_MS closes a body that
+    // stalls, and a slow one that keeps arriving is waited for.
+    httpRequestBodyTimeout: MAX_TIMER_MS,
     serveClient: false,
     ...(options.adapter === undefined ? {} : { adapter: options.adapter }),
   });

@@ -3,6 +3,7 @@ import { readdirSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { randomBridgeId } from "../support/clients.ts";
 import {
+  sleep,
   startRelayOnRedis,
   stopRelayOnRedis,
   waitUntil,
@@ -96,6 +97,42 @@ function exchange(
   });
 }
 
+/** Builds the header of a light command whose body is `bodyBytes` long. */
+async function commandHeader(bodyBytes: number): Promise<string> {
+  const bridgeId = randomBridgeId();
+  const token = await appToken("stalled-body", [bridgeId]);
+  return (
+    `PUT /api/v1/bridges/${bridgeId}/lights/light-1 HTTP/1.1\r\n` +
+    "Host: x\r\n" +
+    `Authorization: Bearer ${token}\r\n` +
+    "Content-Type: application/json\r\n" +
+    `Content-Length: ${bodyBytes}\r\n\r\n`
+  );
+}
+
+/** Splits a light command's body into `parts`, the header in front of the first. */
+async function commandInParts(parts: number): Promise<string[]> {
+  const body = JSON.stringify({
+    on: { on: true },
+    dimming: { brightness: 50 },
+  });
+  const header = await commandHeader(Buffer.byteLength(body));
+  const size = Math.ceil(body.length / parts);
+  const chunks = Array.from({ length: parts }, (_, index) =>
+    body.slice(index * size, (index + 1) * size),
+  );
+  chunks[0] = header + chunks[0]!;
+  return chunks;
+}
+
+/** Opens an Engine.IO session over polling and returns its ID. */
+async function openPollingSession(url: string): Promise<string> {
+  const response = await fetch(`${url}/socket.io/?EIO=4&transport=polling`);
+  const text = await response.text();
+  const open = JSON.parse(text.slice(1)) as { sid: string };
+  return open.sid;
+}
+
 describe("fault: clients stall their request", function () {
   this.timeout(60_000);
   let redis: RedisServer;
@@ -104,7 +141,11 @@ describe("fault: clients stall their request", function () {
   before(async () => {
     ({ redis, relay } = await startRelayOnRedis({
       workers: 1,
-      env: { REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS) },
+      // Express prints an error's stack outside the logs unless NODE_ENV is test.
+      env: {
+        REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS),
+        NODE_ENV: "production",
+      },
     }));
   });
 
@@ -122,19 +163,6 @@ describe("fault: clients stall their request", function () {
     const ready = await fetch(`${relay.url}/readyz`);
     assert.equal(ready.status, 200);
   });
-
-  /** Builds the header of a light command whose body is `bodyBytes` long. */
-  const commandHeader = async (bodyBytes: number): Promise<string> => {
-    const bridgeId = randomBridgeId();
-    const token = await appToken("stalled-body", [bridgeId]);
-    return (
-      `PUT /api/v1/bridges/${bridgeId}/lights/light-1 HTTP/1.1\r\n` +
-      "Host: x\r\n" +
-      `Authorization: Bearer ${token}\r\n` +
-      "Content-Type: application/json\r\n" +
-      `Content-Length: ${bodyBytes}\r\n\r\n`
-    );
-  };
 
   it("answers 408 to a stalled body", async () => {
     const header = await commandHeader(100);
@@ -168,26 +196,37 @@ describe("fault: clients stall their request", function () {
   });
 
   it("waits for a slow steady body", async () => {
-    const body = JSON.stringify({
-      on: { on: true },
-      dimming: { brightness: 50 },
-    });
-    const header = await commandHeader(Buffer.byteLength(body));
-    const parts = 4;
-    const size = Math.ceil(body.length / parts);
-    const chunks = Array.from({ length: parts }, (_, index) =>
-      body.slice(index * size, (index + 1) * size),
-    );
-    chunks[0] = header + chunks[0]!;
     // Each part comes 0.6 of the limit after the last: the whole body
     // takes 1.8 times the limit, but no gap reaches it.
     const { response } = await exchange(
       relay.port,
-      chunks,
+      await commandInParts(4),
       BODY_TIMEOUT_MS * 0.6,
     );
     // The bridge is offline, which proves the body was read and parsed.
     assert.match(response, /^HTTP\/1\.1 409 /);
+  });
+
+  it("answers 408 to a stalled polling POST", async () => {
+    const sid = await openPollingSession(relay.url);
+    const workerPids = relay.workers().map((worker) => worker.pid);
+    const { response } = await exchange(relay.port, [
+      `POST /socket.io/?EIO=4&transport=polling&sid=${sid} HTTP/1.1\r\n` +
+        "Host: x\r\nContent-Type: text/plain;charset=UTF-8\r\n" +
+        "Content-Length: 10\r\n\r\n40",
+    ]);
+    assert.match(response, /^HTTP\/1\.1 408 /);
+    // The relay closed the request, so Engine.IO dropped the session
+    // rather than keep it for a body that will not come.
+    const poll = await fetch(
+      `${relay.url}/socket.io/?EIO=4&transport=polling&sid=${sid}`,
+      { signal: AbortSignal.timeout(5000) },
+    );
+    assert.equal(poll.status, 400);
+    assert.deepEqual(
+      relay.workers().map((worker) => worker.pid),
+      workerPids,
+    );
   });
 
   it("closes after an early response", async () => {
@@ -239,5 +278,28 @@ describe("fault: clients stall their request", function () {
     } finally {
       for (const socket of halfOpen) socket.destroy();
     }
+  });
+});
+
+describe("fault: a body still arriving at shutdown", function () {
+  this.timeout(60_000);
+  let redis: RedisServer;
+  let relay: RelayProcess;
+
+  before(async () => {
+    ({ redis, relay } = await startRelayOnRedis({ workers: 1 }));
+  });
+
+  after(() => stopRelayOnRedis({ relay, redis }));
+
+  it("answers it before the worker exits", async () => {
+    // The primary forwards such a body chunk by chunk. Parts come 300 ms
+    // apart, and SIGTERM comes between the first two.
+    const answered = exchange(relay.port, await commandInParts(5), 300);
+    await sleep(150);
+    const exited = relay.stop("SIGTERM");
+    const { response } = await answered;
+    assert.match(response, /^HTTP\/1\.1 409 /);
+    assert.equal(await exited, 0);
   });
 });
