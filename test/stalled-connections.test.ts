@@ -159,6 +159,27 @@ describe("stalled request bodies on a server's own sockets", () => {
     assert.doesNotMatch(reply, /408/);
   });
 
+  it("leaves a complete unread body alone", async () => {
+    const reply = await new Promise<string>((resolve, reject) => {
+      let received = "";
+      const socket = connect(port, "127.0.0.1");
+      socket.write(
+        "GET /held HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+      );
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.toString();
+        if (received.endsWith("held")) {
+          socket.destroy();
+          resolve(received);
+        }
+      });
+      socket.on("error", reject);
+      socket.on("close", () => resolve(received));
+    });
+    assert.match(reply, /^HTTP\/1\.1 200 /);
+    assert.doesNotMatch(reply, /408/);
+  });
+
   it("counts a forwarded connection's bytes once", async () => {
     const connection = new ForwardedConnection();
     server.emit("connection", connection);
