@@ -56,12 +56,14 @@ function timeUntilClosed(port: number, text: string): Promise<number> {
 /**
  * Opens a connection and writes `chunks`, the first at once and each next
  * one `gapMs` later. Resolves with all the server sent and the ms from the
- * first write until the server closed the connection.
+ * first write until the server closed the connection, and rejects when the
+ * connection is still open after `deadlineMs`.
  */
 function exchange(
   port: number,
   chunks: string[],
   gapMs = 0,
+  deadlineMs = HEADERS_TIMEOUT_MS + 10_000,
 ): Promise<{ response: string; closedAfterMs: number }> {
   return new Promise((resolve, reject) => {
     let response = "";
@@ -93,7 +95,7 @@ function exchange(
     const deadline = setTimeout(() => {
       socket.destroy();
       reject(new Error(`the server kept the connection open: ${response}`));
-    }, HEADERS_TIMEOUT_MS + 10_000);
+    }, deadlineMs);
   });
 }
 
@@ -227,6 +229,30 @@ describe("fault: clients stall their request", function () {
       relay.workers().map((worker) => worker.pid),
       workerPids,
     );
+  });
+
+  it("waits for a polling POST past 30 s", async function () {
+    this.timeout(60_000);
+    const sid = await openPollingSession(relay.url);
+    // A pong padded to 27 bytes, one byte every 0.6 of the limit: the body
+    // takes 32 s in all, past Engine.IO's own total deadline of 30 s.
+    const packet = "3".padEnd(27, " ");
+    const header =
+      `POST /socket.io/?EIO=4&transport=polling&sid=${sid} HTTP/1.1\r\n` +
+      "Host: x\r\nContent-Type: text/plain;charset=UTF-8\r\n" +
+      `Content-Length: ${packet.length}\r\n\r\n`;
+    const chunks = [...packet];
+    chunks[0] = header + chunks[0]!;
+    const startedAt = Date.now();
+    const { response } = await exchange(
+      relay.port,
+      chunks,
+      BODY_TIMEOUT_MS * 0.6,
+      50_000,
+    );
+    assert.ok(Date.now() - startedAt > 30_000);
+    assert.match(response, /^HTTP\/1\.1 200 /);
+    assert.match(response, /ok$/);
   });
 
   it("closes after an early response", async () => {
