@@ -5,6 +5,10 @@ import type { Logger } from "./logger.ts";
 import { LocalBus } from "./messaging/server-bus.ts";
 import { createRelay, type Relay } from "./relay/create-relay.ts";
 import { installShutdown } from "./cluster/shutdown.ts";
+import {
+  closeStalledConnections,
+  HEADERS_TIMEOUT_MS,
+} from "./cluster/stalled-connections.ts";
 import { MemoryStore } from "./state/memory-store.ts";
 
 /**
@@ -27,6 +31,13 @@ export async function runEmbedded(
     secret,
   });
   installShutdown(relay, config, log, () => store.close());
+  closeStalledConnections(relay.httpServer, {
+    headersTimeoutMs: HEADERS_TIMEOUT_MS,
+    bodyTimeoutMs: config.requestBodyTimeoutMs,
+  });
+  // Node's own limit on a whole request is a total deadline: the idle
+  // limit above decides instead, as it does in a worker.
+  relay.httpServer.requestTimeout = 0;
   await new Promise<void>((resolve) =>
     relay.httpServer.listen(config.port, config.host, resolve),
   );

@@ -10,11 +10,8 @@ import { DRAINING_MESSAGE, setShutdownHandler } from "./shutdown.ts";
 import { closeIdleConnections } from "./idle-connections.ts";
 import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
 import { watchWorkers } from "./worker-watchdog.ts";
-import {
-  HEADERS_TIMEOUT_MS,
-  READY_MESSAGE,
-  SHUTDOWN_MESSAGE,
-} from "./worker.ts";
+import { HEADERS_TIMEOUT_MS } from "./stalled-connections.ts";
+import { READY_MESSAGE, SHUTDOWN_MESSAGE } from "./worker.ts";
 
 /** Restart delays after a worker dies: doubled per recent crash, up to the maximum. */
 const RESTART_DELAY_MIN_MS = 250;

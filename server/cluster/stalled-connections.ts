@@ -2,6 +2,9 @@ import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 
+/** Time a connection has to send its first request's header, in ms. */
+export const HEADERS_TIMEOUT_MS = 10_000;
+
 export interface StalledConnectionLimits {
   /** Time a connection has to send its first request's header, in ms. */
   headersTimeoutMs: number;

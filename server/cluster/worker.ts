@@ -14,11 +14,11 @@ import { RedisStore } from "../state/redis-store.ts";
 import { bindSessionsBeforeHandshake } from "./session-binding.ts";
 import { installShutdown } from "./shutdown.ts";
 import { releaseForwardedConnections } from "./forwarded-connections.ts";
-import { closeStalledConnections } from "./stalled-connections.ts";
+import {
+  closeStalledConnections,
+  HEADERS_TIMEOUT_MS,
+} from "./stalled-connections.ts";
 import { PING_MESSAGE, PONG_MESSAGE } from "./worker-watchdog.ts";
-
-/** Time a connection has to send its first request's header, in ms. */
-export const HEADERS_TIMEOUT_MS = 10_000;
 
 /** Message from the primary asking a worker to drain and exit. */
 export const SHUTDOWN_MESSAGE = "relay:shutdown";

@@ -9,7 +9,7 @@ import {
   waitUntil,
 } from "../support/faults.ts";
 import type { RedisServer } from "../support/redis-server.ts";
-import type { RelayProcess } from "../support/relay-process.ts";
+import { startRelay, type RelayProcess } from "../support/relay-process.ts";
 import { appToken } from "../support/tokens.ts";
 
 /** The worker's limit for a first request's header is 10 s. */
@@ -327,5 +327,35 @@ describe("fault: a body still arriving at shutdown", function () {
     const { response } = await answered;
     assert.match(response, /^HTTP\/1\.1 409 /);
     assert.equal(await exited, 0);
+  });
+});
+
+describe("fault: a stalled body on the embedded relay", function () {
+  this.timeout(30_000);
+  let relay: RelayProcess;
+
+  before(async () => {
+    relay = await startRelay({
+      env: { REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS) },
+    });
+  });
+
+  after(async () => {
+    await relay?.stop();
+  });
+
+  it("answers 408 with the error body", async () => {
+    const header = await commandHeader(100);
+    const { response, closedAfterMs } = await exchange(relay.port, [
+      `${header}{"on":`,
+    ]);
+    // Node's own request timeout would answer a bare 408, and only after
+    // 300 s.
+    assert.match(response, /^HTTP\/1\.1 408 /);
+    assert.match(response, /"code":"TIMEOUT"/);
+    assert.ok(
+      closedAfterMs < BODY_TIMEOUT_MS * 1.25 + 1000,
+      `closed after ${closedAfterMs} ms`,
+    );
   });
 });
