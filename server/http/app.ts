@@ -2,6 +2,7 @@ import express, { type Express } from "express";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { API_BASE_PATH, createApiRouter, type ApiDeps } from "./api.ts";
 import { metricsHandler } from "./metrics-route.ts";
@@ -53,6 +54,36 @@ export interface HttpDeps {
   production: boolean;
 }
 
+/**
+ * Time the dependency check of `/readyz` may take, in ms. A Redis that
+ * accepts connections but does not respond (paused, swapping) would
+ * otherwise keep each probe waiting until it responds, and the probe
+ * would then report ready.
+ */
+export const READINESS_TIMEOUT_MS = 1000;
+
+/** Resolves as `check` does, or rejects with `UNAVAILABLE` after READINESS_TIMEOUT_MS. */
+async function withinReadinessTimeout(check: Promise<void>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new RelayError(
+            "UNAVAILABLE",
+            `dependency check timed out after ${READINESS_TIMEOUT_MS} ms`,
+          ),
+        ),
+      READINESS_TIMEOUT_MS,
+    );
+  });
+  try {
+    await Promise.race([check, timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Creates the Express app served beside Socket.IO on the same port. */
 export function createHttpApp(deps: HttpDeps): Express {
   const app = express();
@@ -75,7 +106,7 @@ export function createHttpApp(deps: HttpDeps): Express {
       return;
     }
     try {
-      await deps.checkDependencies();
+      await withinReadinessTimeout(deps.checkDependencies());
       if (failedChecks > 0) {
         deps.logger.info({ failedChecks }, "readiness check passes again");
         failedChecks = 0;
