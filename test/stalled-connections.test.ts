@@ -121,6 +121,26 @@ describe("stalled request bodies on a server's own sockets", () => {
       });
     });
 
+  /**
+   * Sends a GET of the late route with `headers` and `body`, and resolves
+   * with what the server sent until its "held" body or the close.
+   */
+  const requestHeld = (headers = "", body = ""): Promise<string> =>
+    new Promise((resolve, reject) => {
+      let received = "";
+      const socket = connect(port, "127.0.0.1");
+      socket.write(`GET /held HTTP/1.1\r\nHost: x\r\n${headers}\r\n${body}`);
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.toString();
+        if (received.endsWith("held")) {
+          socket.destroy();
+          resolve(received);
+        }
+      });
+      socket.on("error", reject);
+      socket.on("close", () => resolve(received));
+    });
+
   it("answers 408 to a stalled body", async () => {
     const { reply, closedAfterMs } = await send("/", ["x".repeat(10)], 0);
     assert.match(reply, /^HTTP\/1\.1 408 /);
@@ -141,41 +161,13 @@ describe("stalled request bodies on a server's own sockets", () => {
   });
 
   it("leaves requests without a body alone", async () => {
-    const reply = await new Promise<string>((resolve, reject) => {
-      let received = "";
-      const socket = connect(port, "127.0.0.1");
-      socket.write("GET /held HTTP/1.1\r\nHost: x\r\n\r\n");
-      socket.on("data", (chunk: Buffer) => {
-        received += chunk.toString();
-        if (received.endsWith("held")) {
-          socket.destroy();
-          resolve(received);
-        }
-      });
-      socket.on("error", reject);
-      socket.on("close", () => resolve(received));
-    });
+    const reply = await requestHeld();
     assert.match(reply, /^HTTP\/1\.1 200 /);
     assert.doesNotMatch(reply, /408/);
   });
 
   it("leaves a complete unread body alone", async () => {
-    const reply = await new Promise<string>((resolve, reject) => {
-      let received = "";
-      const socket = connect(port, "127.0.0.1");
-      socket.write(
-        "GET /held HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
-      );
-      socket.on("data", (chunk: Buffer) => {
-        received += chunk.toString();
-        if (received.endsWith("held")) {
-          socket.destroy();
-          resolve(received);
-        }
-      });
-      socket.on("error", reject);
-      socket.on("close", () => resolve(received));
-    });
+    const reply = await requestHeld("Content-Length: 2\r\n", "{}");
     assert.match(reply, /^HTTP\/1\.1 200 /);
     assert.doesNotMatch(reply, /408/);
   });

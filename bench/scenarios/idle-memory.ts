@@ -3,7 +3,7 @@
  * steps (1,000 to 30,000 by default), and each sends one snapshot of two
  * lights and then stays idle. After each step, the scenario reads the
  * resident set size (RSS) of the serving processes. After the last step,
- * it keeps reading it while the bridges idle: V8 keeps freed heap space
+ * it keeps reading it while the bridges idle. V8 keeps freed heap space
  * until its memory reducer gives it back, a minute or so into an idle
  * period, so one reading can be several KiB per bridge above or below
  * what the process settles at. It compares the relay on 2 workers with

@@ -34,13 +34,15 @@ export function closeStalledConnections(
   const timers = new WeakMap<Socket, NodeJS.Timeout>();
   // One listener for every connection, called with the socket as `this`:
   // a closure per connection would stay for the life of each websocket.
-  const clearOnClose = function (this: Socket): void {
-    clearTimeout(timers.get(this));
-    timers.delete(this);
-  };
-  const clear = (socket: Socket): void => {
+  const forget = (socket: Socket): void => {
     clearTimeout(timers.get(socket));
     timers.delete(socket);
+  };
+  const clearOnClose = function (this: Socket): void {
+    forget(this);
+  };
+  const clear = (socket: Socket): void => {
+    forget(socket);
     socket.removeListener("close", clearOnClose);
   };
   server.on("connection", (socket: Socket) => {
@@ -78,18 +80,19 @@ function hasBody(request: IncomingMessage): boolean {
  */
 function bytesReceived(connection: Duplex): () => number {
   if (connection instanceof Socket) return () => connection.bytesRead;
-  let counter = forwardedBytes.get(connection);
-  if (counter === undefined) {
-    // One counter per connection, since pipelined requests share it.
-    const created = { bytes: 0 };
-    connection.on("data", (chunk: Buffer) => {
-      created.bytes += chunk.length;
-    });
-    forwardedBytes.set(connection, created);
-    counter = created;
-  }
-  const read = counter;
-  return () => read.bytes;
+  // One counter per connection, since pipelined requests share it.
+  const counter = forwardedBytes.get(connection) ?? countBytes(connection);
+  return () => counter.bytes;
+}
+
+/** Starts counting the bytes that `connection` emits and returns the counter. */
+function countBytes(connection: Duplex): { bytes: number } {
+  const counter = { bytes: 0 };
+  connection.on("data", (chunk: Buffer) => {
+    counter.bytes += chunk.length;
+  });
+  forwardedBytes.set(connection, counter);
+  return counter;
 }
 
 /**
@@ -139,8 +142,8 @@ function closeStalledBody(
 /**
  * Sends 408 with the contract's error body unless a response began, then
  * destroys the request and its connection. Destroying the request emits
- * its 'close', on which its readers stop: Node no longer emits it for a
- * request whose response has finished, and Engine.IO would otherwise
+ * its 'close', which stops its readers. Node emits no 'close' for a
+ * request whose response has finished, so Engine.IO would otherwise
  * respond to a polling POST a second time when its own body timer fires.
  */
 function abandonRequest(

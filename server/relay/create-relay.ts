@@ -15,7 +15,7 @@ import type { RedisLeaseTable } from "../state/lease-table.ts";
 import type { StateStore } from "../state/store.ts";
 import { attachAppNamespace } from "../transport/app-namespace.ts";
 import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
-import { HandshakeError } from "../transport/handshake.ts";
+import { HandshakeError, MAX_TIMER_MS } from "../transport/handshake.ts";
 import { RateLimits } from "../transport/rate-limits.ts";
 import type { RedisClientType } from "redis";
 import { askAppsToResubscribe } from "./app-refresh.ts";
@@ -98,9 +98,6 @@ function rejectMainNamespace(io: Server): void {
  * with the `/bridge` and `/app` namespaces, on the given store and bus. It
  * does not listen: the caller listens, or hands it to the sticky balancer.
  */
-/** Maximum delay that setTimeout accepts, in ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 export async function createRelay(options: RelayOptions): Promise<Relay> {
   const { config, logger, store, bus } = options;
   let draining = false;

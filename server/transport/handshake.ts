@@ -142,7 +142,7 @@ export function handshakeMiddleware(
 }
 
 /** Maximum delay setTimeout accepts, in ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * Expiry timers by socket. They live beside `socket.data`, not in it, so

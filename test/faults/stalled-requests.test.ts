@@ -349,7 +349,7 @@ describe("fault: a stalled body on the embedded relay", function () {
     const { response, closedAfterMs } = await exchange(relay.port, [
       `${header}{"on":`,
     ]);
-    // Node's own request timeout would answer a bare 408, and only after
+    // Node's own request timeout would send a bare 408, and only after
     // 300 s.
     assert.match(response, /^HTTP\/1\.1 408 /);
     assert.match(response, /"code":"TIMEOUT"/);
