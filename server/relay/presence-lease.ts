@@ -19,7 +19,10 @@ const MIN_SWEEP_LOCK_MS = 30_000;
 export interface PresenceLeaseOptions {
   table: RedisLeaseTable;
   serverId: string;
-  /** Renewal interval in ms; the lease TTL is twice this, so one missed renewal is survived. */
+  /**
+   * Presence heartbeat in ms: a dead process's bridges are reported offline
+   * within two of them (see PresenceLease).
+   */
   heartbeatMs: number;
   store: StateStore;
   sessions: BridgeSessions;
@@ -29,10 +32,13 @@ export interface PresenceLeaseOptions {
 
 /**
  * Keeps this process's presence lease alive and sweeps the bridges of
- * processes whose lease expired. Expired leases are looked for four times
- * per heartbeat, so a dead process's bridges are reported offline within
- * 2.25 heartbeats of its last renewal, plus the sweep's own time. A
- * process that was cut off from Redis waits one TTL before sweeping.
+ * processes whose lease expired. The lease is renewed twice per heartbeat
+ * and lives 1.5 heartbeats, so one missed renewal is survived with half a
+ * heartbeat to spare. Expired leases are looked for four times per
+ * heartbeat, so a dead process's bridges are reported offline within 1.75
+ * heartbeats of its last renewal plus the sweep's own time: the stated
+ * bound of 2 heartbeats leaves a quarter of one for the sweep. A process
+ * that was cut off from Redis waits one TTL before sweeping.
  */
 export class PresenceLease {
   private readonly timers: NodeJS.Timeout[] = [];
@@ -61,14 +67,16 @@ export class PresenceLease {
   }
 
   get ttlMs(): number {
-    return this.options.heartbeatMs * 2;
+    return this.options.heartbeatMs * 1.5;
   }
 
   /** Takes the lease, then renews it and checks for expired ones on timers. */
   async start(): Promise<void> {
     await this.renew();
     const { heartbeatMs } = this.options;
-    this.repeat("renew", heartbeatMs, () => this.renew());
+    this.repeat("renew", Math.max(1, Math.floor(heartbeatMs / 2)), () =>
+      this.renew(),
+    );
     this.repeat("sweep", Math.max(1, Math.floor(heartbeatMs / 4)), () =>
       this.sweepExpired(),
     );

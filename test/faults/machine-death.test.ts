@@ -20,8 +20,8 @@ import { startRelay, type RelayProcess } from "../support/relay-process.ts";
 
 /** Short heartbeat, so leases expire within a test's time. */
 const HEARTBEAT_MS = 400;
-/** Promised bound: a lease lives 2 heartbeats and is looked for 4 times per heartbeat. */
-const PRESENCE_BOUND_MS = 2.25 * HEARTBEAT_MS;
+/** Promised bound: two heartbeats (see PresenceLease). */
+const PRESENCE_BOUND_MS = 2 * HEARTBEAT_MS;
 /** Allowance for the sweep itself and for scheduling on a loaded 2-core machine. */
 const SLACK_MS = 1500;
 
