@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { connect as connectTcp } from "node:net";
 import { createClient } from "redis";
 import type { Socket } from "socket.io-client";
 import type {
@@ -74,6 +75,34 @@ async function changesInOrder(
   await Promise.all(acks);
   await Promise.race([done, settle(5000)]);
   return versions;
+}
+
+/** Counts the HTTP responses in `text` by their status lines. */
+function statusLines(text: string): number {
+  return text.match(/^HTTP\/1\.1 \d{3} /gm)?.length ?? 0;
+}
+
+/**
+ * Writes `requests` to a new connection at once and resolves with all the
+ * server sent once it closed the connection.
+ */
+function pipelined(port: number, requests: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let received = "";
+    const socket = connectTcp(port, "127.0.0.1", () => socket.write(requests));
+    const deadline = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`the connection stayed open: ${received}`));
+    }, 10_000);
+    socket.on("data", (chunk: Buffer) => {
+      received += chunk.toString();
+    });
+    socket.on("error", reject);
+    socket.on("close", () => {
+      clearTimeout(deadline);
+      resolve(received);
+    });
+  });
 }
 
 describe("cluster: 2 workers on Redis", function () {
@@ -291,6 +320,34 @@ describe("cluster: 2 workers on Redis", function () {
       }
     }
     assert.deepEqual(failures, []);
+  });
+
+  it("answers one request per connection and says so", async () => {
+    const bridgeId = randomBridgeId();
+    const token = await appToken("pipelining", [bridgeId]);
+    const body = JSON.stringify({ on: { on: true } });
+    const put =
+      `PUT /api/v1/bridges/${bridgeId}/lights/a HTTP/1.1\r\n` +
+      `Host: x\r\nAuthorization: Bearer ${token}\r\n` +
+      "Content-Type: application/json\r\n" +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+    const get = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    const port = deployment.relays[0]!.port;
+    const pids = deployment.relays[0]!.workers().map((worker) => worker.pid);
+
+    // Sticky routes a connection by the session in its first request, so
+    // each response says Connection: close and later requests are dropped,
+    // whether the primary forwards the body or hands the socket over.
+    for (const requests of [put + put, get + get + get]) {
+      const received = await pipelined(port, requests);
+      assert.equal(statusLines(received), 1, received);
+      assert.match(received, /^connection: close\r$/im);
+    }
+    assert.equal((await fetch(`${url}/readyz`)).status, 200);
+    assert.deepEqual(
+      deployment.relays[0]!.workers().map((worker) => worker.pid),
+      pids,
+    );
   });
 
   it("connects polling apps in sequence", async () => {
