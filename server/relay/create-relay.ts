@@ -15,6 +15,7 @@ import type { RedisLeaseTable } from "../state/lease-table.ts";
 import type { StateStore } from "../state/store.ts";
 import { attachAppNamespace } from "../transport/app-namespace.ts";
 import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
+import { releaseUpgradeRequests } from "../transport/upgrade-requests.ts";
 import { HandshakeError, MAX_TIMER_MS } from "../transport/handshake.ts";
 import { RateLimits } from "../transport/rate-limits.ts";
 import type { RedisClientType } from "redis";
@@ -245,6 +246,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   });
   const httpServer = createServer(app);
   io.attach(httpServer);
+  releaseUpgradeRequests(httpServer);
   drain.watchHttp(httpServer);
 
   return {
