@@ -166,7 +166,7 @@ export interface RelayConfig {
     secretFile: string;
   };
   commandTimeoutMs: number;
-  /** Interval of presence lease renewals; a lease lives twice as long. */
+  /** Presence heartbeat: leases are renewed twice per heartbeat and a dead process's bridges are offline within two. */
   presenceHeartbeatMs: number;
   maxPayloadBytes: number;
   limits: {

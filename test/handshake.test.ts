@@ -61,8 +61,9 @@ describe("handshake middleware", () => {
     assert.deepEqual(admitted.handshake.auth, {});
   });
 
-  it("drops the upgrade request", () => {
+  it("drops the upgrade request and its headers", () => {
     assert.equal(admitted.conn.request, undefined);
+    assert.deepEqual(admitted.handshake.headers, {});
     assert.equal(admitted.handshake.address, "127.0.0.1");
   });
 });

@@ -64,12 +64,14 @@ export function socketIdentity<R extends Identity["role"]>(
  * Lets go of what an admitted socket no longer needs. The token then stays
  * in memory only as the verified identity. Engine.IO's reference to the
  * HTTP request that opened the connection would keep its raw headers and
- * parser state for the connection's life. The first socket's
- * `socket.handshake` keeps the parsed headers, URL and address; a later
- * namespace on the same connection gets only the address.
+ * parser state for the connection's life (see also upgrade-requests.ts).
+ * The parsed headers go too, since nothing reads them after the
+ * handshake: a browser's come to about 1 KB. `socket.handshake` keeps the
+ * URL, query and address.
  */
 function dropHandshakeReferences(socket: Socket): void {
   socket.handshake.auth = {};
+  socket.handshake.headers = {};
   (socket.conn as { request?: unknown }).request = undefined;
 }
 
