@@ -171,7 +171,16 @@ const CHECKS: Record<string, (result: Record<string, unknown>) => void> = {
         `${String(row.target)} idle readings: ${JSON.stringify(idle.rssBytesPerBridge)}`,
       );
       assert.equal(typeof idle.meanRssBytesPerBridge, "number");
+      const retained = row.retained as Record<string, unknown>;
+      assertPositive(
+        retained.baselineBytes,
+        `${String(row.target)} retained baselineBytes`,
+      );
+      assertPositive(retained.bytes, `${String(row.target)} retained bytes`);
+      assert.equal(typeof retained.bytesPerBridge, "number");
     }
+    const summary = result.summary as Record<string, unknown>;
+    assert.equal(typeof summary.relayVsBareRetained, "number");
   },
   "reconnect-storm": (result) => {
     const phases = result.results as Rows;

@@ -44,11 +44,12 @@ export interface RelayGroup extends ServerGroup {
 export async function startBenchRelay(
   redisUrl: string | undefined,
   workers = 2,
+  env: Record<string, string> = {},
 ): Promise<RelayGroup> {
   const relay = await startRelay({
     ...(redisUrl === undefined ? {} : { redisUrl }),
     workers,
-    env: BENCH_RELAY_ENV,
+    env: { ...BENCH_RELAY_ENV, ...env },
     startTimeoutMs: 60_000,
   });
   const workerPids = (): number[] =>
@@ -104,10 +105,11 @@ const BARE_SCRIPT = join(ROOT, "bench", "baselines", "bare-socketio.ts");
 /** Starts one bare Socket.IO process and resolves with its port once it listens. */
 async function startBareProcess(
   redisUrl: string | undefined,
+  env: Record<string, string>,
 ): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn(process.execPath, ["--import", "tsx", BARE_SCRIPT], {
     cwd: ROOT,
-    env: { ...process.env, PORT: "0", REDIS_URL: redisUrl ?? "" },
+    env: { ...process.env, ...env, PORT: "0", REDIS_URL: redisUrl ?? "" },
     stdio: ["ignore", "pipe", "pipe"],
   });
   killOnExit(child);
@@ -147,12 +149,13 @@ async function startBareProcess(
 export async function startBare(
   count: number,
   redisUrl?: string,
+  env: Record<string, string> = {},
 ): Promise<ServerGroup> {
   if (count > 1 && redisUrl === undefined) {
     throw new Error("several bare Socket.IO processes need a Redis URL");
   }
   const processes = await Promise.all(
-    Array.from({ length: count }, () => startBareProcess(redisUrl)),
+    Array.from({ length: count }, () => startBareProcess(redisUrl, env)),
   );
   return {
     urls: processes.map(({ port }) => `http://127.0.0.1:${port}`),

@@ -6,9 +6,11 @@
  * it keeps reading it while the bridges idle. V8 keeps freed heap space
  * until its memory reducer gives it back, a minute or so into an idle
  * period, so one reading can be several KiB per bridge above or below
- * what the process settles at. It compares the relay on 2 workers with
- * bare Socket.IO on 2 processes sharing the Redis adapter, and reports
- * Redis's own memory apart for both.
+ * what the process settles at. So at the end it also asks each process
+ * for its heap in use after a full collection (bench/lib/heap-probe.mjs),
+ * which counts only what the connections keep. It compares the relay on
+ * 2 workers with bare Socket.IO on 2 processes sharing the Redis adapter,
+ * and reports Redis's own memory apart for both.
  */
 import { startRedisServer } from "../../test/support/redis-server.ts";
 import {
@@ -16,6 +18,7 @@ import {
   integerOption,
   parseBenchArgs,
 } from "../lib/cli.ts";
+import { HeapProbe } from "../lib/heap-probe.ts";
 import { totalResidentBytes } from "../lib/proc.ts";
 import { RedisStats } from "../lib/redis-stats.ts";
 import { printTable } from "../lib/results.ts";
@@ -95,12 +98,23 @@ interface IdleWindow {
   maxRssBytesPerBridge: number;
 }
 
+/** Heap in use after a full collection, summed over the measured processes. */
+interface RetainedHeap {
+  /** Before any bridge connected. */
+  baselineBytes: number;
+  /** After the idle window. */
+  bytes: number;
+  bridges: number;
+  bytesPerBridge: number;
+}
+
 interface MemoryResult {
   target: string;
   description: string;
   baselineRssBytes: number;
   steps: MemoryStep[];
   idle: IdleWindow;
+  retained: RetainedHeap;
 }
 
 /** Reads the RSS of `pids` every IDLE_SAMPLE_MS for idleMs, per bridge above `baselineRss`. */
@@ -142,6 +156,7 @@ interface MemoryTarget {
 async function measureTarget(
   target: MemoryTarget,
   redisStats: RedisStats,
+  probe: HeapProbe,
 ): Promise<MemoryResult> {
   console.log(`\n${target.name}: ${target.description}`);
   const agents = Array.from(
@@ -152,6 +167,7 @@ async function measureTarget(
     await Promise.all(agents.map((agent) => agent.ready()));
     await new Promise((resolve) => setTimeout(resolve, settleMs));
     const baselineRss = totalResidentBytes(target.measuredPids());
+    const baselineHeap = await probe.retainedBytes(target.measuredPids());
     const baselineRedis = await redisStats.usedMemory();
     let previousRss = baselineRss;
     let connected = 0;
@@ -212,12 +228,25 @@ async function measureTarget(
     console.log(
       `  idle for ${idleMs / 1000} s at ${connected} bridges: ${idle.rssBytesPerBridge.map(kib).join(", ")} KiB per bridge`,
     );
+    const heap = await probe.retainedBytes(target.measuredPids());
+    const retained: RetainedHeap = {
+      baselineBytes: baselineHeap,
+      bytes: heap,
+      bridges: connected,
+      bytesPerBridge: Math.round(
+        (heap - baselineHeap) / Math.max(1, connected),
+      ),
+    };
+    console.log(
+      `  heap in use after a full collection: ${kib(retained.bytesPerBridge)} KiB per bridge`,
+    );
     return {
       target: target.name,
       description: target.description,
       baselineRssBytes: baselineRss,
       steps: results,
       idle,
+      retained,
     };
   } finally {
     await Promise.all(agents.map((agent) => agent.stop()));
@@ -246,6 +275,9 @@ await runScenario(
   },
   async (cleanup) => {
     const results: MemoryResult[] = [];
+    const probe = cleanup.add(await HeapProbe.create(), (created) =>
+      created.close(),
+    );
     for (const system of ["relay", "bare"] as const) {
       // A fresh Redis per system, so its memory reading covers one system only.
       const redis = await startRedisServer();
@@ -256,7 +288,7 @@ await runScenario(
         results.push(
           await measureGroup(
             cleanup,
-            await startBenchRelay(redis.url, 2),
+            await startBenchRelay(redis.url, 2, probe.env),
             (relay) =>
               measureTarget(
                 {
@@ -267,23 +299,28 @@ await runScenario(
                   measuredPids: () => relay.workerPids(),
                 },
                 redisStats,
+                probe,
               ),
           ),
         );
       } else {
         results.push(
-          await measureGroup(cleanup, await startBare(2, redis.url), (bare) =>
-            measureTarget(
-              {
-                name: "bare-adapter-2-processes",
-                description:
-                  "bare Socket.IO, 2 processes on the Redis adapter; RSS of both",
-                kind: "bare",
-                urls: bare.urls,
-                measuredPids: () => bare.pids(),
-              },
-              redisStats,
-            ),
+          await measureGroup(
+            cleanup,
+            await startBare(2, redis.url, probe.env),
+            (bare) =>
+              measureTarget(
+                {
+                  name: "bare-adapter-2-processes",
+                  description:
+                    "bare Socket.IO, 2 processes on the Redis adapter; RSS of both",
+                  kind: "bare",
+                  urls: bare.urls,
+                  measuredPids: () => bare.pids(),
+                },
+                redisStats,
+                probe,
+              ),
           ),
         );
       }
@@ -316,6 +353,16 @@ await runScenario(
         readings: result.idle.rssBytesPerBridge.length,
       })),
     );
+    printTable(
+      "Heap in use after a full collection, per idle bridge, after the idle window",
+      results.map((result) => ({
+        target: result.target,
+        bridges: result.retained.bridges,
+        "MiB before bridges": round(result.retained.baselineBytes / 2 ** 20, 1),
+        "MiB after": round(result.retained.bytes / 2 ** 20, 1),
+        "KiB/bridge": kib(result.retained.bytesPerBridge),
+      })),
+    );
     const [relay, bare] = results;
     const lastRelay = relay?.steps.at(-1);
     const lastBare = bare?.steps.at(-1);
@@ -335,6 +382,12 @@ await runScenario(
         relayVsBareIdleMeanRss: ratio(
           relay?.idle.meanRssBytesPerBridge ?? 0,
           bare?.idle.meanRssBytesPerBridge ?? 0,
+        ),
+        relayRetainedBytesPerBridge: relay?.retained.bytesPerBridge ?? null,
+        bareRetainedBytesPerBridge: bare?.retained.bytesPerBridge ?? null,
+        relayVsBareRetained: ratio(
+          relay?.retained.bytesPerBridge ?? 0,
+          bare?.retained.bytesPerBridge ?? 0,
         ),
       },
     };

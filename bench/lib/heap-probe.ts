@@ -1,0 +1,57 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ROOT } from "./results.ts";
+
+const PROBE_SCRIPT = join(ROOT, "bench", "lib", "heap-probe.mjs");
+const READ_TIMEOUT_MS = 30_000;
+
+/**
+ * Reads the heap in use after a full collection from server processes
+ * started with its `env` (see heap-probe.mjs).
+ */
+export class HeapProbe {
+  private constructor(private readonly dir: string) {}
+
+  static async create(): Promise<HeapProbe> {
+    return new HeapProbe(await mkdtemp(join(tmpdir(), "relay-bench-heap-")));
+  }
+
+  /** Environment that preloads the probe into a server and its workers. */
+  get env(): Record<string, string> {
+    const inherited = process.env.NODE_OPTIONS ?? "";
+    return {
+      NODE_OPTIONS: `${inherited} --import ${PROBE_SCRIPT}`.trim(),
+      HEAP_PROBE_DIR: this.dir,
+    };
+  }
+
+  /** Sum of the heap in use after a full collection in each of `pids`, in bytes. */
+  async retainedBytes(pids: number[]): Promise<number> {
+    const readings = await Promise.all(pids.map((pid) => this.read(pid)));
+    return readings.reduce((sum, bytes) => sum + bytes, 0);
+  }
+
+  async close(): Promise<void> {
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
+  private read(pid: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      let answer = "";
+      const socket = connect(join(this.dir, `${pid}.sock`));
+      socket.setTimeout(READ_TIMEOUT_MS, () =>
+        socket.destroy(new Error(`heap probe of ${pid} did not answer`)),
+      );
+      socket.on("data", (chunk: Buffer) => {
+        answer += chunk.toString();
+      });
+      socket.once("error", reject);
+      socket.once("end", () => {
+        const { heapUsed } = JSON.parse(answer) as { heapUsed: number };
+        resolve(heapUsed);
+      });
+    });
+  }
+}
