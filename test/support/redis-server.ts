@@ -46,7 +46,7 @@ export async function startRedisServer(): Promise<RedisServer> {
  * Returns a port the OS reported free. Another process may still take it
  * before redis-server binds it, which then fails startup with a clear error.
  */
-async function findFreePort(): Promise<number> {
+export async function findFreePort(): Promise<number> {
   for (;;) {
     const port = await new Promise<number>((resolve, reject) => {
       const server = createServer();
@@ -62,7 +62,15 @@ async function findFreePort(): Promise<number> {
   }
 }
 
-async function spawnRedis(port: number, dir: string): Promise<ChildProcess> {
+/**
+ * Starts `redis-server` on `port` with its working folder in `dir`, adding
+ * `extraArgs` to its command line, and resolves once it replies to PING.
+ */
+export async function spawnRedis(
+  port: number,
+  dir: string,
+  extraArgs: string[] = [],
+): Promise<ChildProcess> {
   const child = spawn(
     "redis-server",
     [
@@ -76,6 +84,7 @@ async function spawnRedis(port: number, dir: string): Promise<ChildProcess> {
       "no",
       "--dir",
       dir,
+      ...extraArgs,
     ],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
@@ -144,7 +153,8 @@ function pingOnce(port: number): Promise<boolean> {
   });
 }
 
-async function stopProcess(child: ChildProcess): Promise<void> {
+/** Stops `child` with SIGTERM, then SIGKILL after 5 s, and waits for it to exit. */
+export async function stopProcess(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((resolve) =>
     child.once("exit", () => resolve()),
