@@ -37,6 +37,12 @@ interface ScriptOptions {
 export interface RedisStoreOptions {
   /** Prefix of every key, e.g. `relay`. Distinct prefixes let several relays share one Redis. */
   keyPrefix: string;
+  /**
+   * Returns the keys that `ping()` writes, given `<prefix>:health`. On
+   * Redis Cluster, pass one key per master, so that the check covers
+   * every master. Defaults to the given key alone.
+   */
+  healthCheckKeys?: (baseKey: string) => string[];
 }
 
 /** Fields of the `meta` hash read for presence, in this order. */
@@ -129,6 +135,7 @@ class LuaScript {
  */
 export class RedisStore implements StateStore {
   private readonly keyPrefix: string;
+  private readonly healthCheckKeys: (baseKey: string) => string[];
   private readonly claimScript = new LuaScript(CLAIM_SCRIPT);
   private readonly releaseScript = new LuaScript(RELEASE_SCRIPT);
   private readonly writeScript = new LuaScript(WRITE_SCRIPT);
@@ -146,6 +153,7 @@ export class RedisStore implements StateStore {
       );
     }
     this.keyPrefix = options.keyPrefix;
+    this.healthCheckKeys = options.healthCheckKeys ?? ((key) => [key]);
   }
 
   async claimConnection(
@@ -313,9 +321,14 @@ export class RedisStore implements StateStore {
    * the check as well.
    */
   async ping(): Promise<void> {
-    await this.client.set(`${this.keyPrefix}:health`, "1", {
-      expiration: { type: "PX", value: 60_000 },
-    });
+    const keys = this.healthCheckKeys(`${this.keyPrefix}:health`);
+    await Promise.all(
+      keys.map((key) =>
+        this.client.set(key, "1", {
+          expiration: { type: "PX", value: 60_000 },
+        }),
+      ),
+    );
   }
 
   /** Does nothing: the store owns no resource, and the caller quits the client. */
