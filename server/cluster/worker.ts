@@ -2,7 +2,6 @@ import { randomBytes } from "node:crypto";
 import { createShardedAdapter } from "@socket.io/redis-adapter";
 import { setupWorker } from "@socket.io/sticky";
 import type { RelayConfig } from "../config.ts";
-import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { clusterMetricsClient } from "../metrics/cluster-metrics.ts";
 import { RedisBus } from "../messaging/server-bus.ts";
@@ -42,29 +41,14 @@ export async function runWorker(
   const log = logger.child({ serverId });
   const redis = await connectRedis(redisUrl, log);
   const store = guardStore(
-    new RedisStore(redis.main, { keyPrefix: config.redisKeyPrefix }),
+    new RedisStore(redis.main, {
+      keyPrefix: config.redisKeyPrefix,
+      healthCheckKeys: (baseKey) => redis.keysOnEveryMaster(baseKey),
+    }),
     log,
   );
-  const bus = new RedisBus(
-    serverId,
-    redis.main,
-    redis.subscriber,
-    config.redisKeyPrefix,
-    log,
-  );
-  const awaitSubscriptions = async (): Promise<void> => {
-    // Commands on one connection run in order, so this PING returns after
-    // any SSUBSCRIBE sent before it: one the adapter sent for a room just
-    // created, or those the client sent again on reconnecting.
-    try {
-      await redis.subscriber.ping();
-    } catch {
-      throw new RelayError(
-        "UNAVAILABLE",
-        "subscriptions are unavailable, retry later",
-      );
-    }
-  };
+  const bus = new RedisBus(serverId, redis, config.redisKeyPrefix, log);
+  const awaitSubscriptions = () => redis.awaitSubscriptions();
   const relay = await createRelay({
     config,
     logger: log,
@@ -72,6 +56,7 @@ export async function runWorker(
     bus,
     secret,
     redis: redis.main,
+    redisState: redis.mainState,
     leaseTable: new RedisLeaseTable(redis.main, config.redisKeyPrefix),
     scrapeMetrics: clusterMetricsClient(),
     adapter: createShardedAdapter(redis.main, redis.subscriber, {
@@ -82,7 +67,7 @@ export async function runWorker(
   });
   // After an outage, recovery waits for both connections: a bridge claimed
   // again before the subscriber is back would be announced online while
-  // commands to it cannot arrive. Any later "ready" is a reconnect.
+  // commands to it cannot arrive.
   // - Redis may have come back empty: check that this worker's bridge
   //   claims survived.
   // - Broadcasts published while the subscriber was down are lost, so
@@ -92,7 +77,7 @@ export async function runWorker(
     subscriberLost = true;
   });
   const recover = async (): Promise<void> => {
-    if (!redis.main.isReady || !redis.subscriber.isReady) return;
+    if (!redis.mainState.isReady() || !redis.subscriberState.isReady()) return;
     await awaitSubscriptions();
     await relay.revalidateBridges();
     if (!subscriberLost) return;
@@ -104,8 +89,8 @@ export async function runWorker(
       log.warn({ err: error }, "could not recover after a Redis reconnect");
     });
   };
-  redis.main.on("ready", recoverAndLog);
-  redis.subscriber.on("ready", recoverAndLog);
+  redis.mainState.onReconnected(recoverAndLog);
+  redis.subscriberState.onReconnected(recoverAndLog);
   setupWorker(relay.io);
   releaseForwardedConnections(relay.httpServer);
   closeStalledConnections(relay.httpServer, {

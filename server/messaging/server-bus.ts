@@ -1,6 +1,6 @@
-import type { RedisClientType } from "redis";
 import type { Ack, Light, LightPatch } from "../../client-sdk/src/protocol.ts";
 import type { Logger } from "../logger.ts";
+import type { ConnectionState } from "../redis/connection-state.ts";
 
 /** Messages that one relay process sends straight to another. */
 export type BusMessage =
@@ -64,6 +64,19 @@ export class LocalBus implements ServerBus {
   }
 }
 
+/** The Redis clients of a RedisBus: a node-redis client or cluster client for each side. */
+export interface BusRedisClients {
+  main: { sPublish(channel: string, message: string): Promise<number> };
+  subscriber: {
+    sSubscribe(
+      channel: string,
+      listener: (message: string) => void,
+    ): Promise<void>;
+    sUnsubscribe(channel: string): Promise<void>;
+  };
+  subscriberState: ConnectionState;
+}
+
 /**
  * A bus over Redis sharded pub/sub (Redis 7): one channel per process,
  * `<prefix>:server:<serverId>`, so under Redis Cluster each message goes
@@ -74,8 +87,7 @@ export class RedisBus implements ServerBus {
 
   constructor(
     readonly serverId: string,
-    private readonly pubClient: RedisClientType,
-    private readonly subClient: RedisClientType,
+    private readonly redis: BusRedisClients,
     private readonly keyPrefix: string,
     private readonly logger: Logger,
   ) {
@@ -89,7 +101,7 @@ export class RedisBus implements ServerBus {
   async send(serverId: string, message: BusMessage): Promise<boolean> {
     // SPUBLISH returns the number of subscribers that received the message,
     // so 0 means no live process listens as `serverId`.
-    const receivers = await this.pubClient.sPublish(
+    const receivers = await this.redis.main.sPublish(
       this.channelOf(serverId),
       JSON.stringify(message),
     );
@@ -97,7 +109,7 @@ export class RedisBus implements ServerBus {
   }
 
   async listen(handler: BusHandler): Promise<void> {
-    await this.subClient.sSubscribe(this.channel, (raw) => {
+    await this.redis.subscriber.sSubscribe(this.channel, (raw) => {
       let message: BusMessage;
       try {
         message = JSON.parse(raw) as BusMessage;
@@ -109,13 +121,14 @@ export class RedisBus implements ServerBus {
     });
   }
 
+  // NOTE: on Redis Cluster this also fires when the subscriber connection
+  // of a shard other than this channel's drops, so waiting commands get
+  // UNAVAILABLE although their replies could still arrive.
   onReceivingLost(listener: () => void): void {
-    // node-redis 6.4 emits "reconnecting" when a ready connection drops,
-    // and again before each later attempt.
-    this.subClient.on("reconnecting", listener);
+    this.redis.subscriberState.onReconnecting(listener);
   }
 
   async close(): Promise<void> {
-    await this.subClient.sUnsubscribe(this.channel);
+    await this.redis.subscriber.sUnsubscribe(this.channel);
   }
 }

@@ -1,13 +1,36 @@
 import { createClient, type RedisClientType } from "redis";
+import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { redisErrors, redisReconnects } from "../metrics/relay-metrics.ts";
+import {
+  serverConnectionState,
+  type ConnectionState,
+  type RelayRedisClient,
+} from "./connection-state.ts";
 import { retryShardedSubscriptions } from "./sharded-subscriptions.ts";
 
-export interface RedisClients {
+/** The two Redis clients of a relay process, for one Redis server or for a Redis Cluster. */
+export interface RedisClients<
+  Client extends RelayRedisClient = RedisClientType,
+> {
   /** Commands and publishes. */
-  main: RedisClientType;
+  main: Client;
   /** Subscriptions: the adapter's rooms and this process's bus channel. */
-  subscriber: RedisClientType;
+  subscriber: Client;
+  mainState: ConnectionState;
+  subscriberState: ConnectionState;
+  /**
+   * Resolves once the sharded subscriptions requested so far are in effect
+   * and the subscriber's connections respond. Rejects with `UNAVAILABLE`
+   * otherwise.
+   */
+  awaitSubscriptions(): Promise<void>;
+  /**
+   * Returns keys derived from `baseKey` that land on every Redis server
+   * holding data: `baseKey` itself for one server, one key per master for
+   * a cluster. Writing each checks that every server accepts writes.
+   */
+  keysOnEveryMaster(baseKey: string): string[];
   close(): Promise<void>;
 }
 
@@ -23,6 +46,14 @@ const MAX_RECONNECT_DELAY_MS = 5000;
 export function reconnectDelay(retries: number, random = Math.random): number {
   const ceiling = Math.min(100 * 2 ** retries, MAX_RECONNECT_DELAY_MS);
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
+}
+
+/** Returns the rejection of a request that needs the subscriptions while they are down. */
+export function subscriptionsUnavailable(): RelayError {
+  return new RelayError(
+    "UNAVAILABLE",
+    "subscriptions are unavailable, retry later",
+  );
 }
 
 function watch(client: RedisClientType, role: string, logger: Logger): void {
@@ -50,9 +81,10 @@ function watch(client: RedisClientType, role: string, logger: Logger): void {
 }
 
 /**
- * Connects the two Redis clients a relay process needs. Commands fail at
- * once while Redis is unreachable (no offline queue), so requests answer
- * `UNAVAILABLE` instead of hanging; the clients keep reconnecting.
+ * Connects the two Redis clients a relay process needs, to the Redis server
+ * at `url`. Commands fail at once while Redis is unreachable (no offline
+ * queue), so requests fail with `UNAVAILABLE` instead of hanging, and the
+ * clients keep reconnecting.
  */
 export async function connectRedis(
   url: string,
@@ -68,11 +100,28 @@ export async function connectRedis(
   const subscriber = main.duplicate();
   watch(main, "main", logger);
   watch(subscriber, "subscriber", logger);
-  retryShardedSubscriptions(subscriber, logger);
+  retryShardedSubscriptions(
+    subscriber,
+    (listener) => subscriber.on("ready", listener),
+    logger,
+  );
   await Promise.all([main.connect(), subscriber.connect()]);
   return {
     main,
     subscriber,
+    mainState: serverConnectionState(main),
+    subscriberState: serverConnectionState(subscriber),
+    awaitSubscriptions: async () => {
+      // Commands on one connection run in order, so this PING returns after
+      // any SSUBSCRIBE sent before it: one the adapter sent for a room just
+      // created, or those the client sent again on reconnecting.
+      try {
+        await subscriber.ping();
+      } catch {
+        throw subscriptionsUnavailable();
+      }
+    },
+    keysOnEveryMaster: (baseKey) => [baseKey],
     close: async () => {
       await Promise.allSettled([main.close(), subscriber.close()]);
     },

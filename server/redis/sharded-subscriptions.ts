@@ -3,6 +3,30 @@ import type { Logger } from "../logger.ts";
 
 type Listener = Parameters<RedisClientType["sSubscribe"]>[1];
 
+/** The sharded pub/sub methods of a node-redis client or cluster client. */
+export interface ShardedSubscriber {
+  sSubscribe(
+    channels: string | string[],
+    listener: Listener,
+    bufferMode?: boolean,
+  ): Promise<void>;
+  sUnsubscribe(
+    channels: string | string[],
+    listener?: Listener,
+    bufferMode?: boolean,
+  ): Promise<void>;
+}
+
+/** Sharded pub/sub requests in flight and failed, as `retryShardedSubscriptions` tracks them. */
+export interface ShardedRequests {
+  /**
+   * Resolves once every request sent before the call has its reply or has
+   * failed. Resolves true when each channel is as last requested, and
+   * false while a failed request waits to be sent again.
+   */
+  settle(): Promise<boolean>;
+}
+
 /** A failed request for one channel, to send again once the connection is back. */
 interface FailedRequest {
   kind: "subscribe" | "unsubscribe";
@@ -20,19 +44,21 @@ interface FailedRequest {
  * the connection drops before Redis replies, even with the offline queue
  * disabled, and leaves the channel as it was. A room deleted during an outage therefore stays
  * subscribed after the reconnect, a room created stays unsubscribed, and
- * each rejection is unhandled. This handles the rejection and, on `ready`,
- * repeats the last failed request of each channel, unless a newer request
- * for that channel was made meanwhile.
+ * each rejection is unhandled. This handles the rejection and, each time
+ * `onReady` reports a connection ready, repeats the last failed request of
+ * each channel, unless a newer request for that channel was made meanwhile.
  */
 export function retryShardedSubscriptions(
-  client: RedisClientType,
+  client: ShardedSubscriber,
+  onReady: (listener: () => void) => void,
   logger: Logger,
-): void {
+): ShardedRequests {
   const subscribe = client.sSubscribe.bind(client);
   const unsubscribe = client.sUnsubscribe.bind(client);
   /** Number of the newest request per channel, while that request is pending or failed. */
   const newest = new Map<string, number>();
   const failed = new Map<string, FailedRequest>();
+  const inFlight = new Set<Promise<void>>();
   let requestCount = 0;
 
   const track = (
@@ -49,13 +75,18 @@ export function retryShardedSubscriptions(
     });
     const isNewest = (channel: string, index: number): boolean =>
       newest.get(channel) === numbers[index];
+    inFlight.add(request);
+    // These handlers run before those of a later settle(), so the request
+    // is counted as failed by the time settle() checks.
     request.then(
       () => {
+        inFlight.delete(request);
         names.forEach((channel, index) => {
           if (isNewest(channel, index)) newest.delete(channel);
         });
       },
       (error: unknown) => {
+        inFlight.delete(request);
         const retried = names.filter(isNewest);
         for (const channel of retried) failed.set(channel, retry);
         logger.debug(
@@ -67,22 +98,22 @@ export function retryShardedSubscriptions(
     return request;
   };
 
-  client.sSubscribe = ((channels, listener, bufferMode) =>
+  client.sSubscribe = (channels, listener, bufferMode) =>
     track(channels, subscribe(channels, listener, bufferMode), {
       kind: "subscribe",
       listener,
       bufferMode,
-    })) as RedisClientType["sSubscribe"];
-  client.sUnsubscribe = ((channels, listener, bufferMode) =>
+    });
+  client.sUnsubscribe = (channels, listener, bufferMode) =>
     track(channels, unsubscribe(channels, listener, bufferMode), {
       kind: "unsubscribe",
       listener,
       bufferMode,
-    })) as RedisClientType["sUnsubscribe"];
+    });
 
-  // By `ready`, node-redis has subscribed again to the channels it still
-  // lists, so the repeated requests apply on top of that.
-  client.on("ready", () => {
+  // By the time a connection is ready, node-redis has subscribed it again
+  // to the channels it still lists, so the repeated requests apply on top.
+  onReady(() => {
     const retries = [...failed];
     failed.clear();
     for (const [channel, request] of retries) {
@@ -99,4 +130,11 @@ export function retryShardedSubscriptions(
       );
     }
   });
+
+  return {
+    settle: async () => {
+      await Promise.allSettled([...inFlight]);
+      return failed.size === 0;
+    },
+  };
 }

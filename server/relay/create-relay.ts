@@ -11,6 +11,10 @@ import { createHttpApp } from "../http/app.ts";
 import type { Logger } from "../logger.ts";
 import type { ServerBus } from "../messaging/server-bus.ts";
 import { relayRegistry, trackConnections } from "../metrics/relay-metrics.ts";
+import type {
+  ConnectionState,
+  RelayRedisClient,
+} from "../redis/connection-state.ts";
 import type { RedisLeaseTable } from "../state/lease-table.ts";
 import type { StateStore } from "../state/store.ts";
 import { attachAppNamespace } from "../transport/app-namespace.ts";
@@ -18,7 +22,6 @@ import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
 import { releaseUpgradeRequests } from "../transport/upgrade-requests.ts";
 import { HandshakeError, MAX_TIMER_MS } from "../transport/handshake.ts";
 import { RateLimits } from "../transport/rate-limits.ts";
-import type { RedisClientType } from "redis";
 import { askAppsToResubscribe } from "./app-refresh.ts";
 import { AppService } from "./app-service.ts";
 import { namespaceBroadcaster } from "./broadcaster.ts";
@@ -47,7 +50,12 @@ export interface RelayOptions {
   /** Socket.IO adapter (the Redis adapter in a cluster); the in-memory one when absent. */
   adapter?: ServerOptions["adapter"];
   /** Redis client for shared rate limits; memory limits when absent. */
-  redis?: RedisClientType;
+  redis?: RelayRedisClient;
+  /**
+   * Connection state of `redis`. While it is not ready, a command for a
+   * local bridge reads the store like any other, which fails fast.
+   */
+  redisState?: Pick<ConnectionState, "isReady">;
   awaitSubscriptions?: () => Promise<void>;
   /**
    * Presence leases shared by the processes of a cluster, so that the
@@ -171,7 +179,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     config.commandTimeoutMs + ROUTING_MARGIN_MS,
     logger,
   );
-  const redisReady = (): boolean => options.redis?.isReady ?? true;
+  const redisReady = (): boolean => options.redisState?.isReady() ?? true;
   const service = new AppService(store, router, {
     serverId: bus.serverId,
     knowsLight: (bridgeId, lightId) => {

@@ -4,11 +4,11 @@ import {
   RateLimiterRes,
   type RateLimiterAbstract,
 } from "rate-limiter-flexible";
-import type { RedisClientType } from "redis";
 import { Counter } from "prom-client";
 import type { RelayConfig } from "../config.ts";
 import { RelayError } from "../errors.ts";
 import { relayRegistry } from "../metrics/relay-metrics.ts";
+import type { RelayRedisClient } from "../redis/connection-state.ts";
 
 const handshakesRateLimited = new Counter({
   name: "relay_handshakes_rate_limited_total",
@@ -114,7 +114,7 @@ export class RateLimits {
   private readonly perIdentity: RateLimiterAbstract;
   private readonly perSocket: RateLimiterMemory;
 
-  constructor(config: RelayConfig, redis: RedisClientType | undefined) {
+  constructor(config: RelayConfig, redis: RelayRedisClient | undefined) {
     const { limits, redisKeyPrefix } = config;
     this.perProcess = new HandshakeAdmission(
       limits.handshakesPerWorkerPerSecond,
@@ -186,7 +186,7 @@ function countRateLimited(error: unknown, limit: "address" | "identity") {
 }
 
 function createLimiter(
-  redis: RedisClientType | undefined,
+  redis: RelayRedisClient | undefined,
   spec: LimiterSpec,
 ): RateLimiterAbstract {
   if (redis === undefined) return new RateLimiterMemory(spec);
