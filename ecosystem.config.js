@@ -43,7 +43,11 @@ export const apps = [
       PORT: env.PORT || "8080",
       HOST: env.HOST || "0.0.0.0",
       WORKERS: env.WORKERS || String(availableParallelism()),
-      REDIS_URL: env.REDIS_URL || "redis://127.0.0.1:6379",
+      // The relay rejects REDIS_URL next to REDIS_CLUSTER_NODES, so the
+      // default applies only without a cluster.
+      ...(env.REDIS_CLUSTER_NODES
+        ? {}
+        : { REDIS_URL: env.REDIS_URL || "redis://127.0.0.1:6379" }),
       LOG_FORMAT: env.LOG_FORMAT || "json",
     },
 

@@ -51,6 +51,63 @@ const optionalText = z
     value === undefined || value.trim() === "" ? undefined : value,
   );
 
+/** An example value of REDIS_CLUSTER_NODES, for error messages. */
+const CLUSTER_NODES_EXAMPLE = "redis://10.0.0.5:6379,redis://10.0.0.6:6379";
+
+/**
+ * Returns what is wrong with entry `position` (from 1) of
+ * REDIS_CLUSTER_NODES, or undefined when it is a valid redis:// URL. The
+ * message names the entry by position rather than by its text, which may
+ * contain a password.
+ */
+function clusterNodeProblem(
+  entry: string,
+  position: number,
+): string | undefined {
+  const name = `REDIS_CLUSTER_NODES entry ${position}`;
+  if (entry === "")
+    return `${name} is empty: separate the URLs by single commas, such as ${CLUSTER_NODES_EXAMPLE}`;
+  let url: URL;
+  try {
+    url = new URL(entry);
+  } catch {
+    return `${name} is not a URL: expected one such as redis://10.0.0.5:6379`;
+  }
+  if (url.protocol === "rediss:")
+    return `${name} uses rediss://, but TLS to Redis Cluster is not supported yet: use redis://`;
+  if (url.protocol !== "redis:" || url.hostname === "")
+    return `${name} must be a redis:// URL with a host, such as redis://10.0.0.5:6379`;
+  if (url.pathname !== "" && url.pathname !== "/" && url.pathname !== "/0")
+    return `${name} names a database (${url.pathname}), but Redis Cluster has database 0 only: remove the path`;
+  return undefined;
+}
+
+/** Returns the user name and password of a URL, for comparing entries. */
+function credentialsOf(entry: string): string {
+  const { username, password } = new URL(entry);
+  return `${username}:${password}`;
+}
+
+const clusterNodeUrls = z
+  .string()
+  .transform((value) => value.split(",").map((entry) => entry.trim()))
+  .superRefine((entries, context) => {
+    const problems = entries
+      .map((entry, index) => clusterNodeProblem(entry, index + 1))
+      .filter((problem) => problem !== undefined);
+    for (const message of problems)
+      context.addIssue({ code: "custom", message });
+    if (problems.length > 0) return;
+    if (new Set(entries.map(credentialsOf)).size > 1) {
+      context.addIssue({
+        code: "custom",
+        message:
+          "REDIS_CLUSTER_NODES entries must all carry the same user name and password, because the relay uses one set for every cluster node",
+      });
+    }
+  })
+  .transform((entries) => entries as [string, ...string[]]);
+
 const envSchema = z.object({
   NODE_ENV: z.string().default("development"),
   PORT: wholeNumber("PORT")
@@ -64,6 +121,7 @@ const envSchema = z.object({
       .regex(/^rediss?:\/\//, "REDIS_URL must start with redis:// or rediss://")
       .optional(),
   ),
+  REDIS_CLUSTER_NODES: optionalText.pipe(clusterNodeUrls.optional()),
   REDIS_KEY_PREFIX: z
     .string()
     .regex(
@@ -151,12 +209,23 @@ const envSchema = z.object({
 
 export type Env = z.output<typeof envSchema>;
 
+/** The Redis that the relay processes share state through. */
+export type RedisTarget =
+  /** One Redis server, from REDIS_URL. */
+  | { kind: "standalone"; url: string }
+  /**
+   * A Redis Cluster, from REDIS_CLUSTER_NODES: URLs of some of its nodes,
+   * from which the client reads the whole topology.
+   */
+  | { kind: "cluster"; nodeUrls: [string, ...string[]] };
+
 export interface RelayConfig {
   production: boolean;
   port: number;
   host: string;
   workers: number;
-  redisUrl: string | undefined;
+  /** Unset in embedded mode: one process, state in memory. */
+  redis: RedisTarget | undefined;
   redisKeyPrefix: string;
   auth: {
     secret: string | undefined;
@@ -226,6 +295,23 @@ function drainWindow(
   return value;
 }
 
+/** Returns the Redis that `parsed` names. Throws a ConfigError when it names two. */
+function redisTarget(parsed: Env): RedisTarget | undefined {
+  if (
+    parsed.REDIS_URL !== undefined &&
+    parsed.REDIS_CLUSTER_NODES !== undefined
+  ) {
+    throw new ConfigError(
+      "invalid configuration:\n  REDIS_CLUSTER_NODES: REDIS_URL is set as well. Set REDIS_URL for one Redis server or REDIS_CLUSTER_NODES for a Redis Cluster, not both",
+    );
+  }
+  if (parsed.REDIS_URL !== undefined)
+    return { kind: "standalone", url: parsed.REDIS_URL };
+  if (parsed.REDIS_CLUSTER_NODES !== undefined)
+    return { kind: "cluster", nodeUrls: parsed.REDIS_CLUSTER_NODES };
+  return undefined;
+}
+
 /** Parses and validates the relay's configuration from `env`. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
   const result = envSchema.safeParse(withoutBlanks(env));
@@ -247,7 +333,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
     port: parsed.PORT,
     host: parsed.HOST,
     workers: parsed.WORKERS,
-    redisUrl: parsed.REDIS_URL,
+    redis: redisTarget(parsed),
     redisKeyPrefix: parsed.REDIS_KEY_PREFIX,
     auth: {
       secret: parsed.AUTH_SECRET,

@@ -19,7 +19,7 @@ async function main(): Promise<void> {
     throw error;
   }
   const role = cluster.isPrimary
-    ? config.redisUrl
+    ? config.redis
       ? "primary"
       : "embedded"
     : "worker";
@@ -37,7 +37,7 @@ async function main(): Promise<void> {
         : "AUTH_SECRET is not set: using the development secret stored in the file",
     );
   }
-  if (config.redisUrl === undefined) {
+  if (config.redis === undefined) {
     await runEmbedded(config, secret, logger);
     // PM2 with `wait_ready` waits for this; without an IPC channel it is a no-op.
     process.send?.("ready");

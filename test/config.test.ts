@@ -26,7 +26,7 @@ const DEFAULT_CONFIG: RelayConfig = {
   port: 8080,
   host: "0.0.0.0",
   workers: os.availableParallelism(),
-  redisUrl: undefined,
+  redis: undefined,
   redisKeyPrefix: "relay",
   auth: {
     secret: undefined,
@@ -114,7 +114,7 @@ describe("loadConfig", () => {
       port: 0,
       host: "127.0.0.1",
       workers: 3,
-      redisUrl: "rediss://127.0.0.1:6380",
+      redis: { kind: "standalone", url: "rediss://127.0.0.1:6380" },
       redisKeyPrefix: "relay.test_1-a",
       auth: {
         secret: SECRET_32,
@@ -172,6 +172,13 @@ describe("loadConfig", () => {
       ["WORKERS", "257"],
       ["REDIS_URL", "http://127.0.0.1:6379"],
       ["REDIS_URL", "127.0.0.1:6379"],
+      ["REDIS_CLUSTER_NODES", "127.0.0.1:7000"],
+      ["REDIS_CLUSTER_NODES", "http://127.0.0.1:7000"],
+      ["REDIS_CLUSTER_NODES", "rediss://127.0.0.1:7000"],
+      ["REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000,"],
+      ["REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000,,redis://127.0.0.1:7001"],
+      ["REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000/1"],
+      ["REDIS_CLUSTER_NODES", "redis://"],
       ["REDIS_KEY_PREFIX", "has space"],
       ["REDIS_KEY_PREFIX", "a:b"],
       ["REDIS_KEY_PREFIX", "p".repeat(33)],
@@ -236,6 +243,7 @@ describe("loadConfig", () => {
       "HOST",
       "WORKERS",
       "REDIS_URL",
+      "REDIS_CLUSTER_NODES",
       "REDIS_KEY_PREFIX",
       "AUTH_SECRET",
       "AUTH_PUBLIC_KEY",
@@ -262,6 +270,72 @@ describe("loadConfig", () => {
         assert.deepEqual(loadConfig({ [variable]: "" }), DEFAULT_CONFIG);
       });
     }
+  });
+
+  describe("Redis Cluster nodes", () => {
+    it("reads the seed node URLs", () => {
+      const config = loadConfig({
+        REDIS_CLUSTER_NODES:
+          " redis://10.0.0.5:6379 ,redis://10.0.0.6:6379/0,redis://10.0.0.7 ",
+      });
+      assert.deepEqual(config.redis, {
+        kind: "cluster",
+        nodeUrls: [
+          "redis://10.0.0.5:6379",
+          "redis://10.0.0.6:6379/0",
+          "redis://10.0.0.7",
+        ],
+      });
+    });
+
+    it("accepts the same credentials on every node", () => {
+      const config = loadConfig({
+        REDIS_CLUSTER_NODES:
+          "redis://relay:s3cret@10.0.0.5:6379,redis://relay:s3cret@10.0.0.6:6379",
+      });
+      assert.equal(config.redis?.kind, "cluster");
+    });
+
+    it("rejects REDIS_URL as well", () => {
+      const error = configFailure({
+        REDIS_URL: "redis://10.0.0.5:6379",
+        REDIS_CLUSTER_NODES: "redis://10.0.0.6:6379",
+      });
+      assert.match(error.message, linePattern("REDIS_CLUSTER_NODES"));
+      assert.match(error.message, /REDIS_URL is set as well/);
+    });
+
+    it("names a bad entry by position", () => {
+      const error = configFailure({
+        REDIS_CLUSTER_NODES: "redis://10.0.0.5:6379,http://10.0.0.6:6379",
+      });
+      assert.match(error.message, /REDIS_CLUSTER_NODES entry 2 must be/);
+      assert.doesNotMatch(error.message, /entry 1/);
+    });
+
+    it("rejects TLS with a reason", () => {
+      const error = configFailure({
+        REDIS_CLUSTER_NODES: "rediss://10.0.0.5:6379",
+      });
+      assert.match(error.message, /TLS to Redis Cluster is not supported/);
+    });
+
+    it("rejects differing credentials", () => {
+      const error = configFailure({
+        REDIS_CLUSTER_NODES:
+          "redis://relay:one-secret@10.0.0.5:6379,redis://relay:other-secret@10.0.0.6:6379",
+      });
+      assert.match(error.message, /same user name and password/);
+    });
+
+    it("keeps passwords out of messages", () => {
+      const error = configFailure({
+        REDIS_CLUSTER_NODES:
+          "redis://relay:hidden-pass@10.0.0.5:6379/3,redis://relay:hidden-pass@:1",
+      });
+      assert.match(error.message, /entry 1 names a database/);
+      assert.doesNotMatch(error.message, /hidden-pass/);
+    });
   });
 
   describe("drain window", () => {

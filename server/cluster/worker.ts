@@ -1,11 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { createShardedAdapter } from "@socket.io/redis-adapter";
 import { setupWorker } from "@socket.io/sticky";
-import type { RelayConfig } from "../config.ts";
+import type { RedisTarget, RelayConfig } from "../config.ts";
 import type { Logger } from "../logger.ts";
 import { clusterMetricsClient } from "../metrics/cluster-metrics.ts";
 import { RedisBus } from "../messaging/server-bus.ts";
-import { connectRedis } from "../redis/clients.ts";
+import { connectRedis, type RedisClients } from "../redis/clients.ts";
+import { connectRedisCluster } from "../redis/cluster-clients.ts";
+import type { RelayRedisClient } from "../redis/connection-state.ts";
 import { createRelay, type Relay } from "../relay/create-relay.ts";
 import { guardStore } from "../state/guarded-store.ts";
 import { RedisLeaseTable } from "../state/lease-table.ts";
@@ -24,6 +26,16 @@ export const SHUTDOWN_MESSAGE = "relay:shutdown";
 /** Message from a worker telling the primary that it can take connections. */
 export const READY_MESSAGE = "relay:worker-ready";
 
+/** Connects the worker's Redis clients to one Redis server or to a Redis Cluster. */
+function connectTo(
+  target: RedisTarget,
+  logger: Logger,
+): Promise<RedisClients<RelayRedisClient>> {
+  return target.kind === "cluster"
+    ? connectRedisCluster(target.nodeUrls, logger)
+    : connectRedis(target.url, logger);
+}
+
 /**
  * Runs one cluster worker: a relay on Redis whose connections arrive from
  * the primary's sticky balancer rather than from its own listener.
@@ -33,13 +45,12 @@ export async function runWorker(
   secret: string | undefined,
   logger: Logger,
 ): Promise<Relay> {
-  const redisUrl = config.redisUrl;
-  if (redisUrl === undefined)
-    throw new Error("a cluster worker needs REDIS_URL");
+  if (config.redis === undefined)
+    throw new Error("a cluster worker needs REDIS_URL or REDIS_CLUSTER_NODES");
   const serverId = randomBytes(6).toString("hex");
   // The process logger already carries the worker's cluster ID.
   const log = logger.child({ serverId });
-  const redis = await connectRedis(redisUrl, log);
+  const redis = await connectTo(config.redis, log);
   const store = guardStore(
     new RedisStore(redis.main, {
       keyPrefix: config.redisKeyPrefix,

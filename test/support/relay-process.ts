@@ -38,6 +38,8 @@ export interface RelayProcess {
 
 export interface RelayOptions {
   redisUrl?: string;
+  /** Seed node URLs of a Redis Cluster, passed as REDIS_CLUSTER_NODES; exclusive with `redisUrl`. */
+  redisClusterNodes?: string[];
   workers?: number;
   env?: Record<string, string>;
   /** Run the compiled JavaScript in dist/ instead of the TypeScript sources. */
@@ -49,8 +51,9 @@ export interface RelayOptions {
 export async function startRelay(
   options: RelayOptions = {},
 ): Promise<RelayProcess> {
-  const workerCount =
-    options.redisUrl === undefined ? 0 : (options.workers ?? 2);
+  const usesRedis =
+    options.redisUrl !== undefined || options.redisClusterNodes !== undefined;
+  const workerCount = usesRedis ? (options.workers ?? 2) : 0;
   const args = options.compiled
     ? ["dist/server/main.js"]
     : ["--import", "tsx", "server/main.ts"];
@@ -66,6 +69,7 @@ export async function startRelay(
       AUTH_SECRET: TEST_SECRET,
       WORKERS: String(Math.max(workerCount, 1)),
       REDIS_URL: options.redisUrl ?? "",
+      REDIS_CLUSTER_NODES: options.redisClusterNodes?.join(",") ?? "",
       COMMAND_TIMEOUT_MS: "1500",
       SHUTDOWN_TIMEOUT_MS: "4000",
       // Tests that stop a relay with clients connected need no herd protection.
