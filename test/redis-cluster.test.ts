@@ -1,0 +1,288 @@
+import assert from "node:assert/strict";
+import {
+  createClient,
+  createCluster,
+  type RedisClientType,
+  type RedisClusterType,
+} from "redis";
+import type { Socket } from "socket.io-client";
+import type {
+  BridgePresence,
+  BridgeState,
+  Light,
+  LightsChangedEvent,
+} from "../client-sdk/src/protocol.ts";
+import { keySlot } from "../server/redis/hash-slots.ts";
+import {
+  connectApp,
+  connectBridge,
+  nextEvent,
+  randomBridgeId,
+  requestData,
+} from "./support/clients.ts";
+import { answerLightSet, untypedLightMap } from "./support/fake-bridge.ts";
+import { readinessByWorker } from "./support/faults.ts";
+import { light } from "./support/fixtures.ts";
+import { send } from "./support/http.ts";
+import {
+  startRedisCluster,
+  type RedisCluster,
+} from "./support/redis-cluster.ts";
+import { startRelay, type RelayProcess } from "./support/relay-process.ts";
+
+const MASTERS = 3;
+/** The relay's default REDIS_KEY_PREFIX. */
+const KEY_PREFIX = "relay";
+/** pino's level number of `error`. */
+const ERROR_LEVEL = 50;
+
+/** A direct client of one master, which reaches only the keys of its own slots. */
+interface MasterClient {
+  port: number;
+  client: RedisClientType;
+}
+
+/** Returns the client port of the master that serves `slot`. */
+async function masterPortOf(
+  probe: RedisClientType,
+  slot: number,
+): Promise<number> {
+  const ranges = await probe.clusterSlots();
+  const range = ranges.find(({ from, to }) => from <= slot && slot <= to);
+  if (range === undefined) throw new Error(`no master serves slot ${slot}`);
+  return range.master.port;
+}
+
+/** Returns `count` random bridge IDs whose keys land on the master at `port`. */
+async function bridgeIdsOn(
+  probe: RedisClientType,
+  port: number,
+  count: number,
+): Promise<string[]> {
+  const found: string[] = [];
+  while (found.length < count) {
+    const bridgeId = randomBridgeId();
+    const slot = keySlot(`${KEY_PREFIX}:{${bridgeId}}:meta`);
+    if ((await masterPortOf(probe, slot)) === port) found.push(bridgeId);
+  }
+  return found;
+}
+
+/** Returns the keys matching `pattern` on one master. */
+function keysOn(master: MasterClient, pattern: string): Promise<string[]> {
+  return master.client.keys(pattern);
+}
+
+async function bridgeList(app: Socket): Promise<BridgePresence[]> {
+  const { bridges } = await requestData<{ bridges: BridgePresence[] }>(
+    app,
+    "bridge:list",
+    {},
+  );
+  return bridges;
+}
+
+describe("Redis Cluster: two relays on three masters", function () {
+  this.timeout(60_000);
+  let cluster: RedisCluster;
+  let masters: MasterClient[] = [];
+  /** A cluster client, which reaches every key. */
+  let probe: RedisClusterType | undefined;
+  /** Bridge IDs by master, in the order of `masters`, one per test that needs one. */
+  let bridgeIds: string[][] = [];
+  let relays: RelayProcess[] = [];
+  const sockets: Socket[] = [];
+  const track = (socket: Socket): Socket => {
+    sockets.push(socket);
+    return socket;
+  };
+  /** The relay the bridges connect to, and the one the apps connect to. */
+  const bridgeSide = (): RelayProcess => relays[0]!;
+  const appSide = (): RelayProcess => relays[1]!;
+
+  before(async () => {
+    cluster = await startRedisCluster(MASTERS);
+    for (const [index, url] of cluster.urls.entries()) {
+      const client: RedisClientType = createClient({ url });
+      client.on("error", () => undefined);
+      await client.connect();
+      masters.push({ port: cluster.ports[index]!, client });
+    }
+    probe = createCluster({ rootNodes: cluster.urls.map((url) => ({ url })) });
+    probe.on("error", () => undefined);
+    await probe.connect();
+    bridgeIds = [];
+    for (const master of masters) {
+      bridgeIds.push(await bridgeIdsOn(masters[0]!.client, master.port, 2));
+    }
+    relays = await Promise.all([
+      startRelay({ redisClusterNodes: cluster.urls, workers: 2 }),
+      startRelay({ redisClusterNodes: cluster.urls, workers: 2 }),
+    ]);
+  });
+  afterEach(() => {
+    for (const socket of sockets.splice(0)) socket.close();
+  });
+  after(async () => {
+    await Promise.all(relays.map((relay) => relay.stop()));
+    await Promise.all(masters.map(({ client }) => client.close()));
+    masters = [];
+    await probe?.close();
+    await cluster?.stop();
+  });
+
+  it("hashes keys as the cluster does", async () => {
+    const probe = masters[0]!.client;
+    const keys = [
+      `${KEY_PREFIX}:{001788fffe4f3a2b}:meta`,
+      `${KEY_PREFIX}:{leases}:servers`,
+      `${KEY_PREFIX}:health:{0}`,
+      `${KEY_PREFIX}:rl:address:127.0.0.1`,
+      "no-tag",
+      "empty-tag{}here",
+      "{first}{second}",
+      "open{only",
+      "ünïcode{ключ}",
+    ];
+    for (const key of keys) {
+      assert.equal(keySlot(key), await probe.clusterKeySlot(key), key);
+    }
+  });
+
+  it("reports ready on every worker", async () => {
+    for (const relay of relays) {
+      const serverIds = relay.workers().map((worker) => worker.serverId);
+      const statuses = await readinessByWorker(relay.url, serverIds);
+      for (const serverId of serverIds) {
+        assert.equal(statuses.get(serverId), 200, `worker ${serverId}`);
+      }
+    }
+  });
+
+  it("checks writes on every master", async () => {
+    assert.equal((await send(`${appSide().url}/readyz`)).status, 200);
+    for (const master of masters) {
+      const healthKeys = await keysOn(master, `${KEY_PREFIX}:health*`);
+      assert.equal(healthKeys.length, 1, `master ${master.port}`);
+    }
+  });
+
+  it("relays a command between relays", async () => {
+    const bridgeId = bridgeIds[0]![0]!;
+    const bridge = track(await connectBridge(bridgeSide().url, bridgeId));
+    await requestData(bridge, "state:snapshot", {
+      lights: [light("a"), light("b")],
+    });
+    const received = answerLightSet(bridge, untypedLightMap("a", "b"));
+    const app = track(await connectApp(appSide().url, [bridgeId]));
+    const state = await requestData<BridgeState>(app, "bridge:subscribe", {
+      bridgeId,
+    });
+    assert.equal(state.online, true);
+    assert.equal(state.version, 1);
+    assert.deepEqual(
+      state.lights.map((stored) => stored.id),
+      ["a", "b"],
+    );
+
+    const changed = nextEvent<LightsChangedEvent>(app, "lights:changed");
+    const { light: answered } = await requestData<{ light: Light }>(
+      app,
+      "light:set",
+      { bridgeId, lightId: "a", change: { on: { on: true } } },
+    );
+    assert.deepEqual(answered.on, { on: true });
+    assert.equal(received.length, 1);
+    assert.equal(received[0]?.lightId, "a");
+    const event = await changed;
+    assert.equal(event.version, 2);
+    assert.deepEqual(event.lights[0]?.on, { on: true });
+  });
+
+  it("broadcasts bridge changes between relays", async () => {
+    const bridgeId = bridgeIds[1]![0]!;
+    const bridge = track(await connectBridge(bridgeSide().url, bridgeId));
+    await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    const app = track(await connectApp(appSide().url, [bridgeId]));
+    await requestData<BridgeState>(app, "bridge:subscribe", { bridgeId });
+
+    const changed = nextEvent<LightsChangedEvent>(app, "lights:changed");
+    await requestData(bridge, "state:changed", {
+      lights: [{ id: "a", dimming: { brightness: 80 } }],
+    });
+    const event = await changed;
+    assert.equal(event.bridgeId, bridgeId);
+    assert.equal(event.version, 2);
+    assert.deepEqual(event.lights[0]?.dimming, { brightness: 80 });
+  });
+
+  it("shows presence online, then offline", async () => {
+    const bridgeId = bridgeIds[2]![0]!;
+    const app = track(await connectApp(appSide().url, [bridgeId]));
+    const before = await requestData<BridgeState>(app, "bridge:subscribe", {
+      bridgeId,
+    });
+    assert.equal(before.online, false);
+
+    const online = nextEvent<BridgePresence>(app, "bridge:presence");
+    const bridge = track(await connectBridge(bridgeSide().url, bridgeId));
+    assert.equal((await online).online, true);
+    assert.equal((await bridgeList(app))[0]?.online, true);
+
+    const offline = nextEvent<BridgePresence>(app, "bridge:presence");
+    bridge.close();
+    assert.equal((await offline).online, false);
+    assert.equal((await bridgeList(app))[0]?.online, false);
+  });
+
+  it("stores each bridge on its own master", async () => {
+    const onEachMaster = bridgeIds.map((ids) => ids[1]!);
+    for (const bridgeId of onEachMaster) {
+      const bridge = track(await connectBridge(bridgeSide().url, bridgeId));
+      await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    }
+    for (const [index, master] of masters.entries()) {
+      const bridgeId = onEachMaster[index]!;
+      const stored = await keysOn(master, `${KEY_PREFIX}:{${bridgeId}}:*`);
+      assert.deepEqual(
+        stored.sort(),
+        [
+          `${KEY_PREFIX}:{${bridgeId}}:lights`,
+          `${KEY_PREFIX}:{${bridgeId}}:meta`,
+        ],
+        `master ${master.port}`,
+      );
+      assert.ok((await master.client.dbSize()) > 2, `master ${master.port}`);
+    }
+  });
+
+  it("holds a presence lease per worker", async () => {
+    const leases = await probe!.zRange(`${KEY_PREFIX}:{leases}:servers`, 0, -1);
+    const serverIds = relays.flatMap((relay) =>
+      relay.workers().map((worker) => worker.serverId),
+    );
+    assert.deepEqual(leases.sort(), serverIds.sort());
+  });
+
+  it("counts handshakes in Redis", async () => {
+    const bridgeId = randomBridgeId();
+    track(await connectBridge(bridgeSide().url, bridgeId));
+    const counted: string[] = [];
+    for (const master of masters) {
+      counted.push(
+        ...(await keysOn(master, `${KEY_PREFIX}:rl:identity:*${bridgeId}*`)),
+      );
+    }
+    assert.equal(counted.length, 1, JSON.stringify(counted));
+    assert.equal(await probe!.get(counted[0]!), "1");
+  });
+
+  it("logs no errors", () => {
+    for (const relay of relays) {
+      assert.deepEqual(
+        relay.logs.filter((line) => line.level >= ERROR_LEVEL),
+        [],
+      );
+    }
+  });
+});
