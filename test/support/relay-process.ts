@@ -134,11 +134,6 @@ export async function startRelay(
   };
 
   const timeoutMs = options.startTimeoutMs ?? 20_000;
-  const listening = await waitForLog(
-    (line) =>
-      typeof line.port === "number" && line.msg.startsWith("relay listening"),
-    timeoutMs,
-  );
   const workers = (): { serverId: string; pid: number }[] =>
     logs
       .filter((line) => line.msg === "worker ready")
@@ -146,12 +141,26 @@ export async function startRelay(
         serverId: String(line.serverId),
         pid: Number(line.pid),
       }));
-  const startedAt = Date.now();
-  while (workers().length < workerCount) {
-    await waitForLog(
-      (line) => line.msg === "worker ready" && workers().length >= workerCount,
-      timeoutMs - (Date.now() - startedAt),
+  let listening: LogLine;
+  try {
+    listening = await waitForLog(
+      (line) =>
+        typeof line.port === "number" && line.msg.startsWith("relay listening"),
+      timeoutMs,
     );
+    const startedAt = Date.now();
+    while (workers().length < workerCount) {
+      await waitForLog(
+        (line) =>
+          line.msg === "worker ready" && workers().length >= workerCount,
+        timeoutMs - (Date.now() - startedAt),
+      );
+    }
+  } catch (error) {
+    // A relay that did not start must not outlive the test; its workers
+    // exit when the primary's IPC channel closes.
+    child.kill("SIGKILL");
+    throw error;
   }
   const port = listening.port as number;
   return {
