@@ -26,7 +26,7 @@ interface Served {
   requests: WeakRef<IncomingMessage>[];
 }
 
-/** A Socket.IO server that forgets each connection's request, as the relay does. */
+/** Starts a Socket.IO server that drops each connection's request, as the relay does. */
 async function serve(release: boolean): Promise<Served> {
   const http = createServer();
   const io = new SocketServer(http, { transports: ["websocket"] });
@@ -72,7 +72,7 @@ describe("upgrade requests", function () {
     served = undefined;
   });
 
-  it("lets a websocket's upgrade request be collected", async () => {
+  it("releases each upgrade request", async () => {
     served = await serve(true);
     for (let index = 0; index < 3; index += 1) {
       clients.push(await connected(served.url));
@@ -85,14 +85,14 @@ describe("upgrade requests", function () {
     );
   });
 
-  it("keeps them without the release, through Engine.IO's listener", async () => {
+  it("keeps it without the release", async () => {
     served = await serve(false);
     clients.push(await connected(served.url));
     await collected();
     assert.notEqual(served.requests[0]?.deref(), undefined);
   });
 
-  it("leaves the connection working and its close seen", async () => {
+  it("keeps the connection and its close working", async () => {
     served = await serve(true);
     const client = await connected(served.url);
     clients.push(client);

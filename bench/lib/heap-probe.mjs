@@ -2,7 +2,7 @@
  * Preloaded into the servers under test by the idle-memory scenario
  * (through NODE_OPTIONS=--import). When HEAP_PROBE_DIR is set, each
  * process listens on the Unix socket <HEAP_PROBE_DIR>/<pid>.sock and, for
- * each connection, runs a full garbage collection and answers with its
+ * each connection, runs a full garbage collection and responds with its
  * heap in use as JSON. Garbage then no longer counts, which RSS cannot
  * show. Plain JavaScript, so that it loads before any TypeScript loader.
  */

@@ -42,7 +42,11 @@ export class HeapProbe {
       let answer = "";
       const socket = connect(join(this.dir, `${pid}.sock`));
       socket.setTimeout(READ_TIMEOUT_MS, () =>
-        socket.destroy(new Error(`heap probe of ${pid} did not answer`)),
+        socket.destroy(
+          new Error(
+            `heap probe of process ${pid} timed out after ${READ_TIMEOUT_MS} ms`,
+          ),
+        ),
       );
       socket.on("data", (chunk: Buffer) => {
         answer += chunk.toString();

@@ -35,10 +35,10 @@ export interface PresenceLeaseOptions {
  * processes whose lease expired. The lease is renewed twice per heartbeat
  * and lives 1.5 heartbeats, so one missed renewal is survived with half a
  * heartbeat to spare. Expired leases are looked for four times per
- * heartbeat, so a dead process's bridges are reported offline within 1.75
- * heartbeats of its last renewal plus the sweep's own time: the stated
- * bound of 2 heartbeats leaves a quarter of one for the sweep. A process
- * that was cut off from Redis waits one TTL before sweeping.
+ * heartbeat, so a dead process's bridges are found within 1.75 heartbeats
+ * of its last renewal. The stated bound of 2 heartbeats leaves the rest
+ * for the sweep itself. A process that was cut off from Redis waits one
+ * TTL before sweeping.
  */
 export class PresenceLease {
   private readonly timers: NodeJS.Timeout[] = [];

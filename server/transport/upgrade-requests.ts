@@ -2,7 +2,7 @@ import type { Server as HttpServer, IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 
 type Listener = (...args: unknown[]) => void;
-/** What `rawListeners()` returns for a listener added with `once`. */
+/** The wrapper `rawListeners()` returns for a listener added with `once`. */
 type OnceWrapper = Listener & { listener: Listener };
 
 const closeListenersBefore = new WeakMap<Duplex, Set<Listener>>();

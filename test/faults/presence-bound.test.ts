@@ -82,8 +82,8 @@ describe("fault: a machine dies just after renewing its lease", function () {
 });
 
 /**
- * Watches the victim worker's lease expiry in Redis and sends SIGKILL to
- * the whole relay as soon as it moves; returns when the kill was sent.
+ * Watches the victim worker's lease expiry in Redis and kills the whole
+ * relay with SIGKILL as soon as it moves. Returns the time of the kill.
  */
 async function killAfterRenewal(
   redisUrl: string,
