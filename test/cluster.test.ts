@@ -322,7 +322,7 @@ describe("cluster: 2 workers on Redis", function () {
     assert.deepEqual(failures, []);
   });
 
-  it("answers one request per connection and says so", async () => {
+  it("answers one request per connection", async () => {
     const bridgeId = randomBridgeId();
     const token = await appToken("pipelining", [bridgeId]);
     const body = JSON.stringify({ on: { on: true } });
@@ -336,8 +336,8 @@ describe("cluster: 2 workers on Redis", function () {
     const pids = deployment.relays[0]!.workers().map((worker) => worker.pid);
 
     // Sticky routes a connection by the session in its first request, so
-    // each response says Connection: close and later requests are dropped,
-    // whether the primary forwards the body or hands the socket over.
+    // it sets Connection: close on each response and later requests are
+    // dropped, whether the primary forwards the body or hands the socket over.
     for (const requests of [put + put, get + get + get]) {
       const received = await pipelined(port, requests);
       assert.equal(statusLines(received), 1, received);

@@ -6,9 +6,9 @@
  * it keeps reading it while the bridges idle. V8 keeps freed heap space
  * until its memory reducer gives it back, a minute or so into an idle
  * period, so one reading can be several KiB per bridge above or below
- * what the process settles at. So at the end it also asks each process
- * for its heap in use after a full collection (bench/lib/heap-probe.mjs),
- * which counts only what the connections keep. It compares the relay on
+ * what the process settles at. So at the end it also reads each process's
+ * heap in use after a full collection (bench/lib/heap-probe.mjs), which
+ * counts only what the connections keep. It compares the relay on
  * 2 workers with bare Socket.IO on 2 processes sharing the Redis adapter,
  * and reports Redis's own memory apart for both.
  */

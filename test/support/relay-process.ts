@@ -157,7 +157,7 @@ export async function startRelay(
       );
     }
   } catch (error) {
-    // A relay that did not start must not outlive the test; its workers
+    // A relay that did not start must not outlive the test. Its workers
     // exit when the primary's IPC channel closes.
     child.kill("SIGKILL");
     throw error;
