@@ -100,7 +100,7 @@ describe("Redis Cluster: two relays on three masters", function () {
   const appSide = (): RelayProcess => relays[1]!;
 
   before(async () => {
-    cluster = await startRedisCluster(MASTERS);
+    cluster = await startRedisCluster({ masters: MASTERS });
     for (const [index, url] of cluster.urls.entries()) {
       const client: RedisClientType = createClient({ url });
       client.on("error", () => undefined);

@@ -9,6 +9,17 @@ describe("redis reconnect delay", () => {
     assert.deepEqual(ceilings, [100, 200, 400, 800, 3200, 5000, 5000]);
   });
 
+  it("stops doubling at a given ceiling", () => {
+    assert.equal(
+      reconnectDelay(20, () => 1, 1000),
+      1000,
+    );
+    assert.equal(
+      reconnectDelay(20, () => 0, 1000),
+      500,
+    );
+  });
+
   it("takes off at most half", () => {
     assert.equal(
       reconnectDelay(0, () => 0),

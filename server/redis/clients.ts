@@ -39,12 +39,17 @@ const MAX_RECONNECT_DELAY_MS = 5000;
 
 /**
  * Returns the wait before reconnection attempt `retries` (from 0), in ms:
- * 100 ms doubling up to 5 s, of which a random half is taken off. Without
- * the random part every connection of every process retried at the same
- * moment, loading a Redis that had just come back.
+ * 100 ms doubling up to `maxDelayMs` (5 s by default), of which a random
+ * half is taken off. Without the random part every connection of every
+ * process retried at the same moment, loading a Redis that had just come
+ * back.
  */
-export function reconnectDelay(retries: number, random = Math.random): number {
-  const ceiling = Math.min(100 * 2 ** retries, MAX_RECONNECT_DELAY_MS);
+export function reconnectDelay(
+  retries: number,
+  random = Math.random,
+  maxDelayMs = MAX_RECONNECT_DELAY_MS,
+): number {
+  const ceiling = Math.min(100 * 2 ** retries, maxDelayMs);
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 }
 

@@ -26,6 +26,17 @@ import {
  */
 const SUBSCRIPTION_WAIT_MS = 1000;
 
+/**
+ * Time after a node connection starts reconnecting before the client
+ * reads the cluster's topology again, in ms (node-redis's default is 5 s).
+ * node-redis reads it at the first reconnection attempt after that time.
+ * Once a replica has taken over a failed master, that read moves the
+ * master's slots to it. So node connections also retry at least this
+ * often: with 5 s between attempts, a promoted replica stayed unused for
+ * up to 5 s.
+ */
+const TOPOLOGY_REFRESH_MS = 1000;
+
 type NodeEventAddress = Parameters<typeof nodeAddress>[0];
 
 /**
@@ -90,7 +101,8 @@ function nodeDefaults(seedUrl: string) {
     ...(username === "" ? {} : { username: decodeURIComponent(username) }),
     ...(password === "" ? {} : { password: decodeURIComponent(password) }),
     socket: {
-      reconnectStrategy: (retries: number) => reconnectDelay(retries),
+      reconnectStrategy: (retries: number) =>
+        reconnectDelay(retries, Math.random, TOPOLOGY_REFRESH_MS),
     },
   };
 }
@@ -166,6 +178,7 @@ export async function connectRedisCluster(
   const main = createCluster({
     rootNodes: nodeUrls.map((url) => ({ url })),
     defaults: nodeDefaults(nodeUrls[0]),
+    topologyRefreshOnReconnectionAttemptStrategy: TOPOLOGY_REFRESH_MS,
   });
   // The subscriber opens no command connections, only one pub/sub
   // connection per shard that carries a channel of this process.

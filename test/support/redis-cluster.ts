@@ -1,4 +1,5 @@
 import { execFile, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -8,46 +9,88 @@ import { findFreePort, spawnRedis, stopProcess } from "./redis-server.ts";
 
 const run = promisify(execFile);
 
-/** A private Redis Cluster of masters without replicas, bound to loopback, for tests. */
+/** A private Redis Cluster bound to loopback, for tests. */
 export interface RedisCluster {
-  /** Client port of each master. */
+  /** Client port of each master, as created. */
   ports: number[];
   /** `redis://127.0.0.1:<port>` of each master, for `REDIS_CLUSTER_NODES`. */
   urls: string[];
+  /** Client port of each replica, as created. */
+  replicaPorts: number[];
+  /** Kills the node on `port` with SIGKILL and resolves once it has exited. */
+  kill(port: number): Promise<void>;
   /** Stops every node and removes their folder. */
   stop(): Promise<void>;
+}
+
+export interface RedisClusterOptions {
+  masters?: number;
+  /** Replicas of each master (default 0). */
+  replicas?: number;
+  /**
+   * `cluster-node-timeout` in ms: how long a master may be unreachable
+   * before its replica takes over (Redis's default is 15000).
+   */
+  nodeTimeoutMs?: number;
 }
 
 const CREATE_TIMEOUT_MS = 20_000;
 const STATE_TIMEOUT_MS = 10_000;
 
 /**
- * Starts `masters` `redis-server` processes (from PATH) in cluster mode on
- * free loopback ports, without persistence, and joins them into one
- * cluster with `redis-cli --cluster create`. Resolves once every node
- * reports `cluster_state:ok` and counts every node in
- * `cluster_known_nodes`.
+ * Starts `redis-server` processes (from PATH) in cluster mode on free
+ * loopback ports, without persistence, and joins them into one cluster of
+ * `masters` masters, each with `replicas` replicas, with `redis-cli
+ * --cluster create`. Resolves once every node reports `cluster_state:ok`
+ * and counts every node in `cluster_known_nodes`.
  */
-export async function startRedisCluster(masters = 3): Promise<RedisCluster> {
+export async function startRedisCluster(
+  options: RedisClusterOptions = {},
+): Promise<RedisCluster> {
+  const { masters = 3, replicas = 0, nodeTimeoutMs } = options;
+  const nodes = masters * (1 + replicas);
   const dir = await mkdtemp(join(tmpdir(), "relay-test-redis-cluster-"));
-  const children: ChildProcess[] = [];
+  const children = new Map<number, ChildProcess>();
   const stop = async (): Promise<void> => {
-    await Promise.all(children.map((child) => stopProcess(child)));
+    await Promise.all(
+      [...children.values()].map((child) => stopProcess(child)),
+    );
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    const ports = await distinctFreePorts(masters * 2);
-    const clientPorts = ports.slice(0, masters);
+    const ports = await distinctFreePorts(nodes * 2);
+    const clientPorts = ports.slice(0, nodes);
+    const extraArgs =
+      nodeTimeoutMs === undefined
+        ? []
+        : ["--cluster-node-timeout", String(nodeTimeoutMs)];
     for (const [index, port] of clientPorts.entries()) {
-      children.push(await spawnClusterNode(port, ports[masters + index]!, dir));
+      children.set(
+        port,
+        await spawnClusterNode(port, ports[nodes + index]!, dir, extraArgs),
+      );
     }
-    await createCluster(clientPorts);
+    await createCluster(clientPorts, replicas);
     await Promise.all(
-      clientPorts.map((port) => waitForClusterState(port, masters)),
+      clientPorts.map((port) => waitForClusterState(port, nodes)),
+    );
+    // redis-cli makes the first `masters` nodes masters.
+    const masterPorts = clientPorts.slice(0, masters);
+    // A replica that never synced with its master does not take over.
+    await Promise.all(
+      clientPorts.slice(masters).map((port) => waitForReplicaLink(port)),
     );
     return {
-      ports: clientPorts,
-      urls: clientPorts.map((port) => `redis://127.0.0.1:${port}`),
+      ports: masterPorts,
+      urls: masterPorts.map((port) => `redis://127.0.0.1:${port}`),
+      replicaPorts: clientPorts.slice(masters),
+      kill: async (port) => {
+        const child = children.get(port);
+        if (child === undefined) throw new Error(`no cluster node on ${port}`);
+        const exited = once(child, "exit");
+        child.kill("SIGKILL");
+        await exited;
+      },
       stop,
     };
   } catch (error) {
@@ -72,6 +115,7 @@ function spawnClusterNode(
   port: number,
   busPort: number,
   dir: string,
+  extraArgs: string[],
 ): Promise<ChildProcess> {
   return spawnRedis(port, dir, [
     "--cluster-enabled",
@@ -80,16 +124,26 @@ function spawnClusterNode(
     join(dir, `nodes-${port}.conf`),
     "--cluster-port",
     String(busPort),
+    ...extraArgs,
   ]);
 }
 
-/** Assigns the slots evenly over `ports` and joins the nodes, as masters without replicas. */
-async function createCluster(ports: number[]): Promise<void> {
+/** Joins the nodes on `ports`, with `replicas` replicas per master, and assigns the slots evenly over the masters. */
+async function createCluster(ports: number[], replicas: number): Promise<void> {
   const nodes = ports.map((port) => `127.0.0.1:${port}`);
   try {
-    await run("redis-cli", ["--cluster", "create", ...nodes, "--cluster-yes"], {
-      timeout: CREATE_TIMEOUT_MS,
-    });
+    await run(
+      "redis-cli",
+      [
+        "--cluster",
+        "create",
+        ...nodes,
+        "--cluster-replicas",
+        String(replicas),
+        "--cluster-yes",
+      ],
+      { timeout: CREATE_TIMEOUT_MS },
+    );
   } catch (error) {
     const { stdout, stderr } = error as { stdout?: string; stderr?: string };
     throw new Error(
@@ -119,6 +173,27 @@ async function waitForClusterState(port: number, nodes: number): Promise<void> {
     }
     throw new Error(
       `cluster node on port ${port} not ok within ${STATE_TIMEOUT_MS} ms:\n${info}`,
+    );
+  } finally {
+    await client.close();
+  }
+}
+
+/** Polls `INFO replication` on the replica on `port` until its link to the master is up. */
+async function waitForReplicaLink(port: number): Promise<void> {
+  const client = createClient({ url: `redis://127.0.0.1:${port}` });
+  client.on("error", () => undefined);
+  await client.connect();
+  try {
+    const deadline = Date.now() + STATE_TIMEOUT_MS;
+    let info = "";
+    while (Date.now() < deadline) {
+      info = String(await client.sendCommand(["INFO", "replication"]));
+      if (info.includes("master_link_status:up")) return;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    throw new Error(
+      `replica on port ${port} not linked to its master within ${STATE_TIMEOUT_MS} ms:\n${info}`,
     );
   } finally {
     await client.close();

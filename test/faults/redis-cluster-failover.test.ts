@@ -1,0 +1,213 @@
+import assert from "node:assert/strict";
+import { createClient, type RedisClientType } from "redis";
+import type { Socket } from "socket.io-client";
+import type { BridgeState, Light } from "../../client-sdk/src/protocol.ts";
+import {
+  connectApp,
+  connectBridge,
+  randomBridgeId,
+  request,
+  requestData,
+} from "../support/clients.ts";
+import { answerLightSet, untypedLightMap } from "../support/fake-bridge.ts";
+import {
+  printFigure,
+  sleep,
+  spread,
+  waitForReadiness,
+} from "../support/faults.ts";
+import {
+  startRedisCluster,
+  type RedisCluster,
+} from "../support/redis-cluster.ts";
+import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+
+/** How long a master may be unreachable before its replica takes over. */
+const NODE_TIMEOUT_MS = 1000;
+const COMMAND_TIMEOUT_MS = 1500;
+/** Maximum time a command may take: its timeout, the routing margin and slack. */
+const SETTLE_BOUND_MS = COMMAND_TIMEOUT_MS + 2000;
+/** Bound on the replica's takeover after the kill. */
+const TAKEOVER_BOUND_MS = 15_000;
+/**
+ * Bound on the relay's recovery after the takeover: a reconnection attempt
+ * and a topology read, each at most 1 s apart, and slack.
+ */
+const RECOVERY_BOUND_MS = 3000;
+const COMMAND_GAP_MS = 50;
+/** The relay's default REDIS_KEY_PREFIX. */
+const KEY_PREFIX = "relay";
+/** Codes a command may end with while its master is gone. */
+const OUTAGE_CODES = new Set([
+  "ok",
+  "UNAVAILABLE",
+  "TIMEOUT",
+  "BRIDGE_OFFLINE",
+]);
+
+interface Sent {
+  sentAt: number;
+  code: string;
+  elapsedMs: number;
+}
+
+/** Returns the port of the master that serves `slot`, in the slot table of `probe`'s node. */
+async function masterPortOf(
+  probe: RedisClientType,
+  slot: number,
+): Promise<number | undefined> {
+  const slots = await probe.clusterSlots();
+  return slots.find(({ from, to }) => from <= slot && slot <= to)?.master.port;
+}
+
+/** Returns a random bridge ID whose keys the master on `port` serves. */
+async function bridgeIdOn(
+  probe: RedisClientType,
+  port: number,
+): Promise<string> {
+  for (;;) {
+    const bridgeId = randomBridgeId();
+    const slot = await probe.clusterKeySlot(`${KEY_PREFIX}:{${bridgeId}}:meta`);
+    if ((await masterPortOf(probe, slot)) === port) return bridgeId;
+  }
+}
+
+/** Polls `probe`'s node until another master than `port` serves `slot`, and returns when. */
+async function takenOver(
+  probe: RedisClientType,
+  slot: number,
+  port: number,
+): Promise<number> {
+  const deadline = performance.now() + TAKEOVER_BOUND_MS;
+  for (;;) {
+    const master = await masterPortOf(probe, slot);
+    if (master !== undefined && master !== port) return performance.now();
+    assert.ok(performance.now() < deadline, "no replica took over");
+    await sleep(20);
+  }
+}
+
+/** Sends one `light:set` and records how it ended. A missing acknowledgement counts as `HUNG`. */
+async function sendCommand(
+  app: Socket,
+  bridgeId: string,
+  on: boolean,
+): Promise<Sent> {
+  const sentAt = performance.now();
+  const ack = await request(
+    app,
+    "light:set",
+    { bridgeId, lightId: "a", change: { on: { on } } },
+    SETTLE_BOUND_MS + 5000,
+  ).catch(() => undefined);
+  let code = "HUNG";
+  if (ack?.ok === true) code = "ok";
+  else if (ack !== undefined) code = ack.error?.code ?? "?";
+  return { sentAt, code, elapsedMs: performance.now() - sentAt };
+}
+
+describe("fault: a Redis Cluster master fails over to its replica", function () {
+  this.timeout(90_000);
+  let cluster: RedisCluster;
+  let relay: RelayProcess;
+  let probe: RedisClientType;
+  const sockets: Socket[] = [];
+
+  before(async () => {
+    cluster = await startRedisCluster({
+      masters: 3,
+      replicas: 1,
+      nodeTimeoutMs: NODE_TIMEOUT_MS,
+    });
+    probe = createClient({ url: cluster.urls[0] });
+    probe.on("error", () => undefined);
+    await probe.connect();
+    relay = await startRelay({
+      redisClusterNodes: cluster.urls,
+      workers: 2,
+      env: { COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS) },
+    });
+  });
+
+  after(async () => {
+    for (const socket of sockets.splice(0)) socket.close();
+    await relay?.stop();
+    await probe?.close();
+    await cluster?.stop();
+  });
+
+  it("keeps serving through the takeover", async () => {
+    const victimPort = cluster.ports[1]!;
+    const bridgeId = await bridgeIdOn(probe, victimPort);
+    const slot = await probe.clusterKeySlot(`${KEY_PREFIX}:{${bridgeId}}:meta`);
+    const bridge = await connectBridge(relay.url, bridgeId);
+    sockets.push(bridge);
+    const lights: Map<string, Light> = untypedLightMap("a");
+    answerLightSet(bridge, lights);
+    await requestData(bridge, "state:snapshot", {
+      lights: [...lights.values()],
+    });
+    const app = await connectApp(relay.url, [bridgeId]);
+    sockets.push(app);
+    await requestData(app, "bridge:subscribe", { bridgeId });
+    assert.equal((await sendCommand(app, bridgeId, true)).code, "ok");
+
+    const sent: Promise<Sent>[] = [];
+    let stop = false;
+    const loop = (async () => {
+      for (let index = 0; !stop; index += 1) {
+        sent.push(sendCommand(app, bridgeId, index % 2 === 0));
+        await sleep(COMMAND_GAP_MS);
+      }
+    })();
+    await sleep(500);
+    const killedAt = performance.now();
+    await cluster.kill(victimPort);
+    const takenOverAt = await takenOver(probe, slot, victimPort);
+
+    // Recovered once a command sent after the takeover succeeds.
+    let recoveredAt: number | undefined;
+    while (recoveredAt === undefined) {
+      assert.ok(
+        performance.now() - takenOverAt < RECOVERY_BOUND_MS + 5000,
+        "no command succeeded after the takeover",
+      );
+      const settled = await Promise.all(sent);
+      const success = settled.find(
+        (entry) => entry.sentAt > killedAt + 100 && entry.code === "ok",
+      );
+      if (success !== undefined)
+        recoveredAt = success.sentAt + success.elapsedMs;
+      else await sleep(100);
+    }
+    const serverIds = relay.workers().map((worker) => worker.serverId);
+    await waitForReadiness(relay.url, serverIds, 200, TAKEOVER_BOUND_MS);
+    const readyAt = performance.now();
+    stop = true;
+    await loop;
+    const outcomes = await Promise.all(sent);
+
+    const failed = outcomes.filter((entry) => entry.code !== "ok");
+    const durations = spread(outcomes.map((entry) => entry.elapsedMs));
+    printFigure(
+      `Redis Cluster master killed (node timeout ${NODE_TIMEOUT_MS} ms): replica took over ${Math.round(takenOverAt - killedAt)} ms after the kill, commands work again ${Math.round(recoveredAt - takenOverAt)} ms after that, every worker ready ${Math.round(readyAt - killedAt)} ms after the kill; ${outcomes.length} commands, ${failed.length} failed (${[...new Set(failed.map((entry) => entry.code))].join(", ") || "none"}), longest ${durations.max} ms`,
+    );
+    assert.ok(
+      recoveredAt - takenOverAt <= RECOVERY_BOUND_MS,
+      `commands failed for ${Math.round(recoveredAt - takenOverAt)} ms after the takeover`,
+    );
+    for (const entry of outcomes) {
+      assert.ok(OUTAGE_CODES.has(entry.code), `a command ended ${entry.code}`);
+      assert.ok(
+        entry.elapsedMs <= SETTLE_BOUND_MS,
+        `a command took ${Math.round(entry.elapsedMs)} ms`,
+      );
+    }
+    // The replica had the bridge's state, or the bridge was asked to send it again.
+    const state = await requestData<BridgeState>(app, "bridge:subscribe", {
+      bridgeId,
+    });
+    assert.equal(state.online, true);
+    assert.deepEqual(state.lights[0]?.on, lights.get("a")?.on);
+  });
+});
