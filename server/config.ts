@@ -79,7 +79,23 @@ function clusterNodeProblem(
     return `${name} must be a redis:// URL with a host, such as redis://10.0.0.5:6379`;
   if (url.pathname !== "" && url.pathname !== "/" && url.pathname !== "/0")
     return `${name} names a database (${url.pathname}), but Redis Cluster has database 0 only: remove the path`;
+  if (!credentialsDecode(url))
+    return `${name} has an invalid percent-encoding in its user name or password: write % as %25`;
   return undefined;
+}
+
+/**
+ * Returns whether the user name and password of `url` decode: a `%` not
+ * followed by two hex digits makes the Redis client throw `URIError`.
+ */
+function credentialsDecode(url: URL): boolean {
+  try {
+    decodeURIComponent(url.username);
+    decodeURIComponent(url.password);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Returns the user name and password of a URL, for comparing entries. */
@@ -119,6 +135,10 @@ const envSchema = z.object({
     z
       .string()
       .regex(/^rediss?:\/\//, "REDIS_URL must start with redis:// or rediss://")
+      .refine(
+        (value) => !URL.canParse(value) || credentialsDecode(new URL(value)),
+        "REDIS_URL has an invalid percent-encoding in its user name or password: write % as %25",
+      )
       .optional(),
   ),
   REDIS_CLUSTER_NODES: optionalText.pipe(clusterNodeUrls.optional()),
@@ -146,6 +166,11 @@ const envSchema = z.object({
   AUTH_AUDIENCE: optionalText,
   AUTH_SECRET_FILE: z.string().min(1).default(".data/auth-secret"),
   COMMAND_TIMEOUT_MS: positiveInt("COMMAND_TIMEOUT_MS", 5000, MAX_DURATION_MS),
+  REDIS_COMMAND_TIMEOUT_MS: positiveInt(
+    "REDIS_COMMAND_TIMEOUT_MS",
+    1000,
+    MAX_DURATION_MS,
+  ),
   PRESENCE_HEARTBEAT_MS: positiveInt(
     "PRESENCE_HEARTBEAT_MS",
     5000,
@@ -235,6 +260,8 @@ export interface RelayConfig {
     secretFile: string;
   };
   commandTimeoutMs: number;
+  /** Time Redis has to reply to one command, in ms, before it fails. */
+  redisCommandTimeoutMs: number;
   /** Presence heartbeat: leases are renewed twice per heartbeat and a dead process's bridges are offline within two. */
   presenceHeartbeatMs: number;
   maxPayloadBytes: number;
@@ -343,6 +370,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
       secretFile: parsed.AUTH_SECRET_FILE,
     },
     commandTimeoutMs: parsed.COMMAND_TIMEOUT_MS,
+    redisCommandTimeoutMs: parsed.REDIS_COMMAND_TIMEOUT_MS,
     presenceHeartbeatMs: parsed.PRESENCE_HEARTBEAT_MS,
     maxPayloadBytes: parsed.MAX_PAYLOAD_BYTES,
     limits: {

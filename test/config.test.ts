@@ -36,6 +36,7 @@ const DEFAULT_CONFIG: RelayConfig = {
     secretFile: ".data/auth-secret",
   },
   commandTimeoutMs: 5000,
+  redisCommandTimeoutMs: 1000,
   presenceHeartbeatMs: 5000,
   maxPayloadBytes: 1024 * 1024,
   limits: {
@@ -95,6 +96,7 @@ describe("loadConfig", () => {
       AUTH_AUDIENCE: "bridge-relay",
       AUTH_SECRET_FILE: "/tmp/relay-secret",
       COMMAND_TIMEOUT_MS: "2500",
+      REDIS_COMMAND_TIMEOUT_MS: "400",
       PRESENCE_HEARTBEAT_MS: "750",
       MAX_PAYLOAD_BYTES: "65536",
       HANDSHAKES_PER_ADDRESS_PER_MINUTE: "600",
@@ -124,6 +126,7 @@ describe("loadConfig", () => {
         secretFile: "/tmp/relay-secret",
       },
       commandTimeoutMs: 2500,
+      redisCommandTimeoutMs: 400,
       presenceHeartbeatMs: 750,
       maxPayloadBytes: 65536,
       limits: {
@@ -186,6 +189,8 @@ describe("loadConfig", () => {
       ["AUTH_SECRET", "s".repeat(31)],
       ["AUTH_PUBLIC_KEY", "not a PEM key"],
       ["COMMAND_TIMEOUT_MS", "0"],
+      ["REDIS_COMMAND_TIMEOUT_MS", "0"],
+      ["REDIS_COMMAND_TIMEOUT_MS", "1s"],
       ["COMMAND_TIMEOUT_MS", "five"],
       ["PRESENCE_HEARTBEAT_MS", "99"],
       ["PRESENCE_HEARTBEAT_MS", "2147483648"],
@@ -335,6 +340,31 @@ describe("loadConfig", () => {
       });
       assert.match(error.message, /entry 1 names a database/);
       assert.doesNotMatch(error.message, /hidden-pass/);
+    });
+
+    it("rejects a broken percent-encoding", () => {
+      const error = configFailure({
+        REDIS_CLUSTER_NODES: "redis://:Sup3r%zz@10.0.0.5:6379",
+      });
+      assert.match(error.message, /entry 1 has an invalid percent-encoding/);
+      assert.doesNotMatch(error.message, /Sup3r/);
+    });
+
+    it("accepts an encoded percent sign", () => {
+      const config = loadConfig({
+        REDIS_CLUSTER_NODES: "redis://:Sup3r%25zz@10.0.0.5:6379",
+      });
+      assert.equal(config.redis?.kind, "cluster");
+    });
+  });
+
+  describe("REDIS_URL", () => {
+    it("rejects a broken percent-encoding", () => {
+      const error = configFailure({
+        REDIS_URL: "redis://:Sup3r%zz@127.0.0.1:6379",
+      });
+      assert.match(error.message, /REDIS_URL has an invalid percent-encoding/);
+      assert.doesNotMatch(error.message, /Sup3r/);
     });
   });
 

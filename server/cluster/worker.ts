@@ -29,11 +29,12 @@ export const READY_MESSAGE = "relay:worker-ready";
 /** Connects the worker's Redis clients to one Redis server or to a Redis Cluster. */
 function connectTo(
   target: RedisTarget,
+  commandTimeoutMs: number,
   logger: Logger,
 ): Promise<RedisClients<RelayRedisClient>> {
   return target.kind === "cluster"
-    ? connectRedisCluster(target.nodeUrls, logger)
-    : connectRedis(target.url, logger);
+    ? connectRedisCluster(target.nodeUrls, commandTimeoutMs, logger)
+    : connectRedis(target.url, commandTimeoutMs, logger);
 }
 
 /**
@@ -50,7 +51,11 @@ export async function runWorker(
   const serverId = randomBytes(6).toString("hex");
   // The process logger already carries the worker's cluster ID.
   const log = logger.child({ serverId });
-  const redis = await connectTo(config.redis, log);
+  const redis = await connectTo(
+    config.redis,
+    config.redisCommandTimeoutMs,
+    log,
+  );
   const store = guardStore(
     new RedisStore(redis.main, {
       keyPrefix: config.redisKeyPrefix,

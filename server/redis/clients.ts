@@ -86,23 +86,37 @@ function watch(client: RedisClientType, role: string, logger: Logger): void {
 }
 
 /**
+ * Options of the main client's commands: each fails once Redis has not
+ * replied within `timeoutMs`, also after it was sent, so a Redis that
+ * accepts connections but does not respond fails requests with
+ * `UNAVAILABLE` instead of holding them.
+ */
+export function commandDeadline(timeoutMs: number) {
+  return { timeout: timeoutMs, rejectInFlight: true } as const;
+}
+
+/**
  * Connects the two Redis clients a relay process needs, to the Redis server
  * at `url`. Commands fail at once while Redis is unreachable (no offline
- * queue), so requests fail with `UNAVAILABLE` instead of hanging, and the
- * clients keep reconnecting.
+ * queue) and after `commandTimeoutMs` without a reply, so requests fail
+ * with `UNAVAILABLE` instead of hanging, and the clients keep
+ * reconnecting. The subscriber's commands have no such deadline: a
+ * subscription stays requested until Redis replies.
  */
 export async function connectRedis(
   url: string,
+  commandTimeoutMs: number,
   logger: Logger,
 ): Promise<RedisClients> {
   const main: RedisClientType = createClient({
     url,
     disableOfflineQueue: true,
+    commandOptions: commandDeadline(commandTimeoutMs),
     socket: {
       reconnectStrategy: (retries: number) => reconnectDelay(retries),
     },
   });
-  const subscriber = main.duplicate();
+  const subscriber = main.duplicate({ commandOptions: {} });
   watch(main, "main", logger);
   watch(subscriber, "subscriber", logger);
   retryShardedSubscriptions(

@@ -2,6 +2,7 @@ import { createCluster, type RedisClusterType } from "redis";
 import type { Logger } from "../logger.ts";
 import { redisErrors, redisReconnects } from "../metrics/relay-metrics.ts";
 import {
+  commandDeadline,
   reconnectDelay,
   subscriptionsUnavailable,
   type RedisClients,
@@ -173,16 +174,21 @@ async function awaitShardSubscriptions(
  */
 export async function connectRedisCluster(
   nodeUrls: [string, ...string[]],
+  commandTimeoutMs: number,
   logger: Logger,
 ): Promise<RedisClients<RedisClusterType>> {
   const main = createCluster({
     rootNodes: nodeUrls.map((url) => ({ url })),
     defaults: nodeDefaults(nodeUrls[0]),
     topologyRefreshOnReconnectionAttemptStrategy: TOPOLOGY_REFRESH_MS,
+    commandOptions: commandDeadline(commandTimeoutMs),
   });
   // The subscriber opens no command connections, only one pub/sub
   // connection per shard that carries a channel of this process.
-  const subscriber = main.duplicate({ minimizeConnections: true });
+  const subscriber = main.duplicate({
+    minimizeConnections: true,
+    commandOptions: {},
+  });
   watchCluster(main, "main", logger);
   watchCluster(subscriber, "subscriber", logger);
   const requests = retryShardedSubscriptions(

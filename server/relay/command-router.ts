@@ -57,7 +57,10 @@ export class CommandRouter {
     });
   }
 
-  /** Sends `command` to `serverId`; answers `TIMEOUT` if no reply comes within the timeout. */
+  /**
+   * Sends `command` to `serverId`. Returns a `TIMEOUT` answer if no reply
+   * comes within the timeout, also while the publish still waits for Redis.
+   */
   async send(serverId: string, command: RoutedCommand): Promise<CommandAnswer> {
     if (serverId === this.bus.serverId) return this.execute(command);
     const requestId = randomUUID();
@@ -68,6 +71,20 @@ export class CommandRouter {
       }, this.timeoutMs);
       this.pending.set(requestId, { resolve, timer });
     });
+    const delivered = this.deliver(serverId, requestId, command);
+    return Promise.race([answer, delivered.then(() => answer)]);
+  }
+
+  /**
+   * Publishes `command` to `serverId`'s channel. Rejects with
+   * `UNAVAILABLE` when Redis fails the publish and with `BRIDGE_OFFLINE`
+   * when no process receives it, after dropping the pending reply.
+   */
+  private async deliver(
+    serverId: string,
+    requestId: string,
+    command: RoutedCommand,
+  ): Promise<void> {
     let received: boolean;
     try {
       received = await this.bus.send(serverId, {
@@ -96,7 +113,6 @@ export class CommandRouter {
         `bridge ${command.bridgeId} is offline`,
       );
     }
-    return answer;
   }
 
   /** Handles a command or reply that arrived on the bus. */

@@ -1,16 +1,52 @@
 import assert from "node:assert/strict";
 import { createClient } from "redis";
+import type { Socket } from "socket.io-client";
+import {
+  connectApp,
+  connectBridge,
+  connectError,
+  randomBridgeId,
+  request,
+  requestData,
+} from "../support/clients.ts";
+import { answerLightSet, untypedLightMap } from "../support/fake-bridge.ts";
 import {
   printFigure,
   startRelayOnRedis,
   stopRelayOnRedis,
   waitUntil,
 } from "../support/faults.ts";
+import { bearer, send, sendJson } from "../support/http.ts";
 import type { RedisServer } from "../support/redis-server.ts";
 import type { RelayProcess } from "../support/relay-process.ts";
+import { appToken, bridgeToken } from "../support/tokens.ts";
 
 /** Duration of the Redis pause of every client's commands, in ms. */
 const PAUSE_MS = 4000;
+/** The relay's limit on one Redis command, set for this test. */
+const REDIS_COMMAND_TIMEOUT_MS = 800;
+/** Allowance on top of it for the requests' other steps and scheduling. */
+const SLACK_MS = 1500;
+const BRIDGES = 4;
+
+/** Pauses every client of the Redis at `url` for `ms`. */
+async function pauseRedis(url: string, ms: number): Promise<void> {
+  const admin = createClient({ url });
+  await admin.connect();
+  try {
+    await admin.sendCommand(["CLIENT", "PAUSE", String(ms), "ALL"]);
+  } finally {
+    // QUIT would wait for the pause too, so the connection is just closed.
+    admin.destroy();
+  }
+}
+
+/** Resolves with the ms `work` took and what it returned. */
+async function timed<T>(work: Promise<T>): Promise<{ ms: number; value: T }> {
+  const startedAt = performance.now();
+  const value = await work;
+  return { ms: Math.round(performance.now() - startedAt), value };
+}
 
 describe("fault: Redis accepts connections but does not respond", function () {
   this.timeout(30_000);
@@ -18,7 +54,10 @@ describe("fault: Redis accepts connections but does not respond", function () {
   let relay: RelayProcess;
 
   before(async () => {
-    ({ redis, relay } = await startRelayOnRedis({ workers: 1 }));
+    ({ redis, relay } = await startRelayOnRedis({
+      workers: 2,
+      env: { REDIS_COMMAND_TIMEOUT_MS: String(REDIS_COMMAND_TIMEOUT_MS) },
+    }));
   });
 
   after(() => stopRelayOnRedis({ relay, redis }));
@@ -48,5 +87,95 @@ describe("fault: Redis accepts connections but does not respond", function () {
       PAUSE_MS + 5000,
       200,
     );
+  });
+
+  it("fails requests within the command timeout", async () => {
+    const sockets: Socket[] = [];
+    try {
+      const bridgeIds = Array.from({ length: BRIDGES }, randomBridgeId);
+      for (const bridgeId of bridgeIds) {
+        const bridge = await connectBridge(relay.url, bridgeId);
+        sockets.push(bridge);
+        const lights = untypedLightMap("a");
+        answerLightSet(bridge, lights);
+        await requestData(bridge, "state:snapshot", {
+          lights: [...lights.values()],
+        });
+      }
+      const app = await connectApp(relay.url, bridgeIds);
+      sockets.push(app);
+      const token = await appToken("frozen-redis", bridgeIds);
+      const newBridgeToken = await bridgeToken(randomBridgeId());
+
+      await pauseRedis(redis.url, PAUSE_MS);
+      const [commands, put, list, handshake] = await Promise.all([
+        Promise.all(
+          bridgeIds.map((bridgeId) =>
+            timed(
+              request(app, "light:set", {
+                bridgeId,
+                lightId: "a",
+                change: { on: { on: true } },
+              }),
+            ),
+          ),
+        ),
+        timed(
+          sendJson(
+            `${relay.url}/api/v1/bridges/${bridgeIds[0]}/lights/a`,
+            "PUT",
+            { on: { on: false } },
+            bearer(token),
+          ),
+        ),
+        timed(send(`${relay.url}/api/v1/bridges`, { headers: bearer(token) })),
+        timed(
+          connectError(relay.url, "/bridge", {
+            auth: { token: newBridgeToken },
+          }),
+        ),
+      ]);
+      const slowest = Math.max(
+        ...commands.map(({ ms }) => ms),
+        put.ms,
+        list.ms,
+      );
+      printFigure(
+        `Redis paused ${PAUSE_MS} ms, command limit ${REDIS_COMMAND_TIMEOUT_MS} ms: socket commands answered in ${commands.map(({ ms }) => ms).join(", ")} ms, PUT ${put.value.status} in ${put.ms} ms, GET ${list.value.status} in ${list.ms} ms, handshake refused in ${handshake.ms} ms`,
+      );
+      for (const { value } of commands) {
+        assert.equal(value.ok ? "ok" : value.error?.code, "UNAVAILABLE");
+      }
+      assert.equal(put.value.status, 503);
+      assert.equal(list.value.status, 503);
+      assert.equal(handshake.value.data?.code, "UNAVAILABLE");
+      assert.ok(
+        slowest <= REDIS_COMMAND_TIMEOUT_MS + SLACK_MS,
+        `slowest answer after ${slowest} ms`,
+      );
+      // A handshake waits for Redis three times in a row: the address
+      // limit and the identity limit, which then fall back to memory, and
+      // the claim.
+      assert.ok(
+        handshake.ms <= 3 * REDIS_COMMAND_TIMEOUT_MS + SLACK_MS,
+        `handshake refused after ${handshake.ms} ms`,
+      );
+
+      await waitUntil(
+        "a command after the pause",
+        async () => {
+          const ack = await request(app, "light:set", {
+            bridgeId: bridgeIds[0],
+            lightId: "a",
+            change: { on: { on: true } },
+          });
+          return ack.ok;
+        },
+        PAUSE_MS + 5000,
+        200,
+      );
+    } finally {
+      for (const socket of sockets) socket.close();
+    }
   });
 });

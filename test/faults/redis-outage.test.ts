@@ -562,7 +562,7 @@ describe("fault: Redis outage under the relay's clients", function () {
 
   before(async () => {
     redis = await startRedisServer();
-    clients = await connectRedis(redis.url, pino({ level: "silent" }));
+    clients = await connectRedis(redis.url, 1000, pino({ level: "silent" }));
   });
   after(async () => {
     await clients?.close();

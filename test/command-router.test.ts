@@ -1,0 +1,65 @@
+import assert from "node:assert/strict";
+import { pino } from "pino";
+import { createClient, type RedisClientType } from "redis";
+import { RedisBus } from "../server/messaging/server-bus.ts";
+import { serverConnectionState } from "../server/redis/connection-state.ts";
+import { CommandRouter } from "../server/relay/command-router.ts";
+import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
+
+const COMMAND_TIMEOUT_MS = 300;
+/** Duration of the pause of every write, publishes included, in ms. */
+const PAUSE_MS = 2000;
+
+describe("command router", function () {
+  this.timeout(15_000);
+  let redis: RedisServer;
+  let main: RedisClientType;
+  let subscriber: RedisClientType;
+  let admin: RedisClientType;
+  let router: CommandRouter;
+
+  before(async () => {
+    redis = await startRedisServer();
+    // No command deadline here, so that a publish waits for Redis as long
+    // as the pause lasts and only the router's own timeout can end it.
+    main = createClient({ url: redis.url });
+    subscriber = main.duplicate();
+    admin = main.duplicate();
+    await Promise.all([main.connect(), subscriber.connect(), admin.connect()]);
+    const bus = new RedisBus(
+      "router-test",
+      { main, subscriber, subscriberState: serverConnectionState(subscriber) },
+      "relay",
+      pino({ level: "silent" }),
+    );
+    router = new CommandRouter(
+      bus,
+      () => Promise.reject(new Error("no local bridge in this test")),
+      COMMAND_TIMEOUT_MS,
+      pino({ level: "silent" }),
+    );
+  });
+
+  after(async () => {
+    await Promise.allSettled([main.close(), subscriber.close(), admin.close()]);
+    await redis.stop();
+  });
+
+  it("times out while the publish waits", async () => {
+    await admin.sendCommand(["CLIENT", "PAUSE", String(PAUSE_MS), "WRITE"]);
+    const startedAt = performance.now();
+    const answer = await router.send("other-server", {
+      bridgeId: "0017880a1b2c3d4e",
+      commandId: "command-1",
+      lightId: "a",
+      change: { on: { on: true } },
+    });
+    const elapsedMs = performance.now() - startedAt;
+    assert.equal(answer.ok, false);
+    assert.equal(answer.ok ? undefined : answer.error.code, "TIMEOUT");
+    assert.ok(
+      elapsedMs < PAUSE_MS - 500,
+      `answered after ${Math.round(elapsedMs)} ms, with the pause`,
+    );
+  });
+});
