@@ -102,6 +102,23 @@ describe("relay processes", function () {
     assert.ok(relay.logs.some((line) => line.msg === "primary stopped"));
   });
 
+  it("logs why workers exit with their primary", async () => {
+    const relay = await startRelay({ redisUrl: redis.url, workers: 2 });
+    const workers = relay.workers();
+    process.kill(relay.pid, "SIGKILL");
+    const deadline = Date.now() + 10_000;
+    while (workers.some((worker) => isAlive(worker.pid))) {
+      assert.ok(Date.now() < deadline, "workers outlived their primary");
+      await settle(50);
+    }
+    await settle(200);
+    const logged = relay.logs
+      .filter((line) => line.msg.startsWith("primary process is gone"))
+      .map((line) => line.pid)
+      .sort();
+    assert.deepEqual(logged, workers.map((worker) => worker.pid).sort());
+  });
+
   it("listens with a deep accept backlog", async () => {
     const relay = await startRelay({ redisUrl: redis.url, workers: 1 });
     try {

@@ -1,3 +1,4 @@
+import cluster from "node:cluster";
 import { randomBytes } from "node:crypto";
 import { createShardedAdapter } from "@socket.io/redis-adapter";
 import { setupWorker } from "@socket.io/sticky";
@@ -35,6 +36,20 @@ function connectTo(
   return target.kind === "cluster"
     ? connectRedisCluster(target.nodeUrls, commandTimeoutMs, logger)
     : connectRedis(target.url, commandTimeoutMs, logger);
+}
+
+/**
+ * Logs why the worker is about to exit when its primary is gone (killed or
+ * crashed). Node then exits the worker at once, without the drain, right
+ * after the `disconnect` event, so the line is written synchronously
+ * (JSON logs; pretty logs go through a thread and may be lost).
+ */
+function logPrimaryLoss(log: Logger): void {
+  const worker = cluster.worker;
+  worker?.on("disconnect", () => {
+    if (worker.exitedAfterDisconnect) return;
+    log.warn("primary process is gone, exiting without a drain");
+  });
 }
 
 /**
@@ -115,6 +130,7 @@ export async function runWorker(
   });
   bindSessionsBeforeHandshake(relay.io);
   installShutdown(relay, config, log, async () => redis.close());
+  logPrimaryLoss(log);
   process.on("message", (message) => {
     if (message === PING_MESSAGE) process.send?.(PONG_MESSAGE);
     if (message === SHUTDOWN_MESSAGE) process.emit("SIGTERM");
