@@ -40,9 +40,9 @@ function connectTo(
 
 /**
  * Logs why the worker is about to exit when its primary is gone (killed or
- * crashed). Node then exits the worker at once, without the drain, right
- * after the `disconnect` event, so the line is written synchronously
- * (JSON logs; pretty logs go through a thread and may be lost).
+ * crashed). Node exits the worker right after the `disconnect` event,
+ * without the drain. JSON logs are written synchronously, so the line
+ * gets out; pretty logs go through a thread and may be lost.
  */
 function logPrimaryLoss(log: Logger): void {
   const worker = cluster.worker;
