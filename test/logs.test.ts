@@ -98,6 +98,11 @@ describe("logs: secrets and context", function () {
       await send(`${url}${API_BASE_PATH}/bridges`, { headers: bearer(token) });
     }
     await send(`${url}${API_BASE_PATH}/bridges?access_token=${validApp}`);
+    // A token pasted into the path, by mistake or as a probe.
+    await send(`${url}${API_BASE_PATH}/bridges/${validApp}`, {
+      headers: bearer(validApp),
+    });
+    await send(`${url}/${validBridge}`);
     await send(`${url}${API_BASE_PATH}/bridges`, {
       headers: { Authorization: `Basic ${validApp}` },
     });

@@ -13,9 +13,17 @@ const CLIENT_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** Paths polled by load balancers and Prometheus, logged at debug level only. */
 const PROBE_PATHS = new Set(["/healthz", "/readyz", "/metrics"]);
 
+/** Three base64url parts joined by dots: the shape of a JWT. */
+const JWT_SHAPE = /[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}/g;
+
 function pathOf(url: string | undefined): string {
   const path = (url ?? "/").split("?")[0];
   return path === undefined || path === "" ? "/" : path;
+}
+
+/** Returns the path of `url` with anything shaped like a JWT replaced, for the log. */
+function loggedPath(url: string | undefined): string {
+  return pathOf(url).replace(JWT_SHAPE, "[redacted]");
 }
 
 /**
@@ -23,7 +31,8 @@ function pathOf(url: string | undefined): string {
  * that handlers also log under `reqId` (through `request.log`). The ID is
  * the client's `X-Request-Id` when it is safe, else a new UUID, and the
  * response echoes it. The logged request carries no headers and no query
- * string, so credentials in either never reach the log.
+ * string, so credentials in either never reach the log, and a token
+ * pasted into the path is redacted.
  */
 export function requestLogging(logger: Logger): RequestHandler {
   return pinoHttp({
@@ -45,7 +54,7 @@ export function requestLogging(logger: Logger): RequestHandler {
         remoteAddress?: string;
       }) => ({
         method: request.method,
-        path: pathOf(request.url),
+        path: loggedPath(request.url),
         remoteAddress: request.remoteAddress,
       }),
       res: (response: { statusCode?: number }) => ({
