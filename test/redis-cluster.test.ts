@@ -24,6 +24,7 @@ import { readinessByWorker } from "./support/faults.ts";
 import { light } from "./support/fixtures.ts";
 import { send } from "./support/http.ts";
 import {
+  bridgeIdsOn,
   startRedisCluster,
   type RedisCluster,
 } from "./support/redis-cluster.ts";
@@ -39,32 +40,6 @@ const ERROR_LEVEL = 50;
 interface MasterClient {
   port: number;
   client: RedisClientType;
-}
-
-/** Returns the client port of the master that serves `slot`. */
-async function masterPortOf(
-  probe: RedisClientType,
-  slot: number,
-): Promise<number> {
-  const ranges = await probe.clusterSlots();
-  const range = ranges.find(({ from, to }) => from <= slot && slot <= to);
-  if (range === undefined) throw new Error(`no master serves slot ${slot}`);
-  return range.master.port;
-}
-
-/** Returns `count` random bridge IDs whose keys land on the master at `port`. */
-async function bridgeIdsOn(
-  probe: RedisClientType,
-  port: number,
-  count: number,
-): Promise<string[]> {
-  const found: string[] = [];
-  while (found.length < count) {
-    const bridgeId = randomBridgeId();
-    const slot = await probe.clusterKeySlot(`${KEY_PREFIX}:{${bridgeId}}:meta`);
-    if ((await masterPortOf(probe, slot)) === port) found.push(bridgeId);
-  }
-  return found;
 }
 
 /** Returns the keys matching `pattern` on one master. */

@@ -5,7 +5,6 @@ import type { BridgeState, Light } from "../../client-sdk/src/protocol.ts";
 import {
   connectApp,
   connectBridge,
-  randomBridgeId,
   request,
   requestData,
 } from "../support/clients.ts";
@@ -17,6 +16,9 @@ import {
   waitForReadiness,
 } from "../support/faults.ts";
 import {
+  bridgeIdsOn,
+  bridgeSlot,
+  masterPortOf,
   startRedisCluster,
   type RedisCluster,
 } from "../support/redis-cluster.ts";
@@ -35,8 +37,6 @@ const TAKEOVER_BOUND_MS = 15_000;
  */
 const RECOVERY_BOUND_MS = 3000;
 const COMMAND_GAP_MS = 50;
-/** The relay's default REDIS_KEY_PREFIX. */
-const KEY_PREFIX = "relay";
 /** Codes a command may end with while its master is gone. */
 const OUTAGE_CODES = new Set([
   "ok",
@@ -49,27 +49,6 @@ interface Sent {
   sentAt: number;
   code: string;
   elapsedMs: number;
-}
-
-/** Returns the port of the master that serves `slot`, in the slot table of `probe`'s node. */
-async function masterPortOf(
-  probe: RedisClientType,
-  slot: number,
-): Promise<number | undefined> {
-  const slots = await probe.clusterSlots();
-  return slots.find(({ from, to }) => from <= slot && slot <= to)?.master.port;
-}
-
-/** Returns a random bridge ID whose keys the master on `port` serves. */
-async function bridgeIdOn(
-  probe: RedisClientType,
-  port: number,
-): Promise<string> {
-  for (;;) {
-    const bridgeId = randomBridgeId();
-    const slot = await probe.clusterKeySlot(`${KEY_PREFIX}:{${bridgeId}}:meta`);
-    if ((await masterPortOf(probe, slot)) === port) return bridgeId;
-  }
 }
 
 /** Polls `probe`'s node until another master than `port` serves `slot`, and returns when. */
@@ -138,8 +117,9 @@ describe("fault: a Redis Cluster master fails over to its replica", function () 
 
   it("keeps serving through the takeover", async () => {
     const victimPort = cluster.ports[1]!;
-    const bridgeId = await bridgeIdOn(probe, victimPort);
-    const slot = await probe.clusterKeySlot(`${KEY_PREFIX}:{${bridgeId}}:meta`);
+    const [bridgeId] = await bridgeIdsOn(probe, victimPort, 1);
+    assert.ok(bridgeId);
+    const slot = await bridgeSlot(probe, bridgeId);
     const bridge = await connectBridge(relay.url, bridgeId);
     sockets.push(bridge);
     const lights: Map<string, Light> = untypedLightMap("a");

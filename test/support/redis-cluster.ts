@@ -4,7 +4,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { createClient } from "redis";
+import { createClient, type RedisClientType } from "redis";
+import { randomBridgeId } from "./clients.ts";
 import { findFreePort, spawnRedis, stopProcess } from "./redis-server.ts";
 
 const run = promisify(execFile);
@@ -154,48 +155,84 @@ async function createCluster(ports: number[], replicas: number): Promise<void> {
 }
 
 /** Polls `CLUSTER INFO` on `port` until it reports `cluster_state:ok` and `nodes` known nodes. */
-async function waitForClusterState(port: number, nodes: number): Promise<void> {
+function waitForClusterState(port: number, nodes: number): Promise<void> {
+  return pollNode(
+    port,
+    ["CLUSTER", "INFO"],
+    (info) =>
+      info.includes("cluster_state:ok") &&
+      info.includes(`cluster_known_nodes:${nodes}\r\n`),
+    "cluster node not ok",
+  );
+}
+
+/** Polls `INFO replication` on the replica on `port` until its link to the master is up. */
+function waitForReplicaLink(port: number): Promise<void> {
+  return pollNode(
+    port,
+    ["INFO", "replication"],
+    (info) => info.includes("master_link_status:up"),
+    "replica not linked to its master",
+  );
+}
+
+/**
+ * Sends `command` to the node on `port` every 50 ms until `done` accepts
+ * its reply. Throws `failure` with the last reply after STATE_TIMEOUT_MS.
+ */
+async function pollNode(
+  port: number,
+  command: string[],
+  done: (reply: string) => boolean,
+  failure: string,
+): Promise<void> {
   const client = createClient({ url: `redis://127.0.0.1:${port}` });
   client.on("error", () => undefined);
   await client.connect();
   try {
     const deadline = Date.now() + STATE_TIMEOUT_MS;
-    let info = "";
+    let reply = "";
     while (Date.now() < deadline) {
-      info = String(await client.sendCommand(["CLUSTER", "INFO"]));
-      if (
-        info.includes("cluster_state:ok") &&
-        info.includes(`cluster_known_nodes:${nodes}\r\n`)
-      ) {
-        return;
-      }
+      reply = String(await client.sendCommand(command));
+      if (done(reply)) return;
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     throw new Error(
-      `cluster node on port ${port} not ok within ${STATE_TIMEOUT_MS} ms:\n${info}`,
+      `${failure} on port ${port} within ${STATE_TIMEOUT_MS} ms:\n${reply}`,
     );
   } finally {
     await client.close();
   }
 }
 
-/** Polls `INFO replication` on the replica on `port` until its link to the master is up. */
-async function waitForReplicaLink(port: number): Promise<void> {
-  const client = createClient({ url: `redis://127.0.0.1:${port}` });
-  client.on("error", () => undefined);
-  await client.connect();
-  try {
-    const deadline = Date.now() + STATE_TIMEOUT_MS;
-    let info = "";
-    while (Date.now() < deadline) {
-      info = String(await client.sendCommand(["INFO", "replication"]));
-      if (info.includes("master_link_status:up")) return;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    throw new Error(
-      `replica on port ${port} not linked to its master within ${STATE_TIMEOUT_MS} ms:\n${info}`,
-    );
-  } finally {
-    await client.close();
+/** Returns the client port of the master that serves `slot` in `probe`'s slot table, or undefined when none does. */
+export async function masterPortOf(
+  probe: RedisClientType,
+  slot: number,
+): Promise<number | undefined> {
+  const ranges = await probe.clusterSlots();
+  return ranges.find(({ from, to }) => from <= slot && slot <= to)?.master.port;
+}
+
+/** Returns the hash slot of the keys of `bridgeId` under the relay's default key prefix. */
+export function bridgeSlot(
+  probe: RedisClientType,
+  bridgeId: string,
+): Promise<number> {
+  return probe.clusterKeySlot(`relay:{${bridgeId}}:meta`);
+}
+
+/** Returns `count` random bridge IDs whose keys land on the master at `port`. */
+export async function bridgeIdsOn(
+  probe: RedisClientType,
+  port: number,
+  count: number,
+): Promise<string[]> {
+  const found: string[] = [];
+  while (found.length < count) {
+    const bridgeId = randomBridgeId();
+    const slot = await bridgeSlot(probe, bridgeId);
+    if ((await masterPortOf(probe, slot)) === port) found.push(bridgeId);
   }
+  return found;
 }
