@@ -236,6 +236,44 @@ for (const variant of variants) {
         assert.equal(presence?.lastSeen, at(2).toISOString());
       });
 
+      it("releases only the holding socket", async function () {
+        const bridgeId = newBridgeId();
+        const first = await store.claimConnection(
+          bridgeId,
+          "server-a",
+          "socket-1",
+          at(1),
+        );
+        await store.claimConnection(bridgeId, "server-b", "socket-2", at(2));
+        assert.equal(
+          await store.releaseSocket(bridgeId, "socket-1", at(3)),
+          false,
+        );
+        const [held] = await store.getPresence([bridgeId]);
+        assert.deepEqual(held?.connection, {
+          serverId: "server-b",
+          socketId: "socket-2",
+          epoch: first.epoch + 1,
+        });
+        assert.equal(held?.lastSeen, at(2).toISOString());
+
+        assert.equal(
+          await store.releaseSocket(bridgeId, "socket-2", at(4)),
+          true,
+        );
+        const [released] = await store.getPresence([bridgeId]);
+        assert.equal(released?.connection, null);
+        assert.equal(released?.lastSeen, at(4).toISOString());
+        assert.equal(
+          await store.releaseSocket(bridgeId, "socket-2", at(5)),
+          false,
+        );
+        assert.equal(
+          await store.releaseSocket(newBridgeId(), "socket-2", at(5)),
+          false,
+        );
+      });
+
       it("released session may still write", async function () {
         const bridgeId = newBridgeId();
         const { epoch } = await store.claimConnection(

@@ -97,6 +97,18 @@ export class MemoryStore implements StateStore {
     return true;
   }
 
+  async releaseSocket(
+    bridgeId: string,
+    socketId: string,
+    now: Date,
+  ): Promise<boolean> {
+    const record = this.bridges.get(bridgeId);
+    if (record?.connection?.socketId !== socketId) return false;
+    record.connection = null;
+    record.lastSeen = now.toISOString();
+    return true;
+  }
+
   async getPresence(bridgeIds: string[]): Promise<BridgePresenceRecord[]> {
     return bridgeIds.map((bridgeId) => this.presenceOf(bridgeId));
   }

@@ -72,6 +72,16 @@ redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
 return 1
 `;
 
+/** KEYS: meta. ARGV: socketId, lastSeen. Returns 1 when released, 0 when another socket holds the bridge. */
+const RELEASE_SOCKET_SCRIPT = `
+if redis.call('HGET', KEYS[1], 'socket') ~= ARGV[1] then
+  return 0
+end
+redis.call('HDEL', KEYS[1], 'server', 'socket')
+redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
+return 1
+`;
+
 /**
  * KEYS: meta, lights. ARGV: epoch, expectedVersion, replaceAll ("1" or "0"),
  * then light ID and JSON pairs. Returns {"fenced"}, {"conflict"} or
@@ -138,6 +148,7 @@ export class RedisStore implements StateStore {
   private readonly healthCheckKeys: (baseKey: string) => string[];
   private readonly claimScript = new LuaScript(CLAIM_SCRIPT);
   private readonly releaseScript = new LuaScript(RELEASE_SCRIPT);
+  private readonly releaseSocketScript = new LuaScript(RELEASE_SOCKET_SCRIPT);
   private readonly writeScript = new LuaScript(WRITE_SCRIPT);
   private readonly getStateScript = new LuaScript(GET_STATE_SCRIPT);
   private readonly getLightsScript = new LuaScript(GET_LIGHTS_SCRIPT);
@@ -186,6 +197,19 @@ export class RedisStore implements StateStore {
       this.releaseScript,
       [this.metaKey(bridgeId)],
       [String(epoch), now.toISOString()],
+    );
+    return asInteger(reply, "release") === 1;
+  }
+
+  async releaseSocket(
+    bridgeId: string,
+    socketId: string,
+    now: Date,
+  ): Promise<boolean> {
+    const reply = await this.runScript(
+      this.releaseSocketScript,
+      [this.metaKey(bridgeId)],
+      [socketId, now.toISOString()],
     );
     return asInteger(reply, "release") === 1;
   }

@@ -73,6 +73,18 @@ export interface StateStore {
     now: Date,
   ): Promise<boolean>;
 
+  /**
+   * Marks the bridge offline if `socketId` is still its connection. It undoes
+   * a claim whose reply never came (Redis timed out), which Redis may have
+   * run anyway: the socket was refused, so it must not keep the bridge
+   * online. Returns false, changing nothing, when another socket holds it.
+   */
+  releaseSocket(
+    bridgeId: string,
+    socketId: string,
+    now: Date,
+  ): Promise<boolean>;
+
   /** Presence of each bridge, in the order of `bridgeIds`. */
   getPresence(bridgeIds: string[]): Promise<BridgePresenceRecord[]>;
 
