@@ -1,7 +1,7 @@
 import type { Namespace, Socket } from "socket.io";
 import type { Logger } from "../logger.ts";
 import type { ServerBus } from "../messaging/server-bus.ts";
-import type { StateStore } from "../state/store.ts";
+import type { ClaimResult, StateStore } from "../state/store.ts";
 import type { AppBroadcaster } from "./broadcaster.ts";
 
 /** A bridge connection held by this process. */
@@ -40,6 +40,8 @@ export class BridgeSessions {
   private readonly claiming = new Map<string, number>();
   /** Sessions whose release failed (Redis down), retried on the next revalidation. */
   private readonly unreleased = new Map<string, BridgeSession>();
+  /** Bridge IDs by socket ID of failed claims whose undoing failed too, retried likewise. */
+  private readonly abandoned = new Map<string, string>();
   private revalidation: Promise<void> = Promise.resolve();
 
   constructor(
@@ -64,7 +66,8 @@ export class BridgeSessions {
     return (
       this.sessions.size === 0 &&
       this.claiming.size === 0 &&
-      this.unreleased.size === 0
+      this.unreleased.size === 0 &&
+      this.abandoned.size === 0
     );
   }
 
@@ -89,12 +92,19 @@ export class BridgeSessions {
     await this.index?.track([bridgeId]);
     this.unreleased.delete(bridgeId);
     const now = new Date();
-    const { epoch, previous } = await this.store.claimConnection(
-      bridgeId,
-      this.bus.serverId,
-      socket.id,
-      now,
-    );
+    let claim: ClaimResult;
+    try {
+      claim = await this.store.claimConnection(
+        bridgeId,
+        this.bus.serverId,
+        socket.id,
+        now,
+      );
+    } catch (error) {
+      this.abandon(bridgeId, socket.id);
+      throw error;
+    }
+    const { epoch, previous } = claim;
     const session: BridgeSession = { bridgeId, epoch, socket };
     this.sessions.set(bridgeId, session);
     if (previous === null) {
@@ -117,6 +127,38 @@ export class BridgeSessions {
       .catch(() => undefined)
       .finally(() => this.releasing.delete(releasing));
     return releasing;
+  }
+
+  /**
+   * Undoes a claim that failed. A claim that timed out may still run once
+   * Redis answers again, and would show the refused socket's bridge online
+   * with no socket behind it. The release follows the claim on the same
+   * Redis connection, so it runs after it; when the release fails as well,
+   * it is retried with the others after Redis comes back.
+   */
+  private abandon(bridgeId: string, socketId: string): void {
+    const releasing = this.releaseAbandoned(bridgeId, socketId).catch(() => {
+      this.abandoned.set(socketId, bridgeId);
+    });
+    this.releasing.add(releasing);
+    void releasing.finally(() => this.releasing.delete(releasing));
+  }
+
+  private async releaseAbandoned(
+    bridgeId: string,
+    socketId: string,
+  ): Promise<void> {
+    const now = new Date();
+    if (!(await this.store.releaseSocket(bridgeId, socketId, now))) return;
+    this.logger.warn(
+      { bridgeId, socketId },
+      "released a claim that Redis ran after the handshake gave up on it",
+    );
+    this.broadcaster.presence({
+      bridgeId,
+      online: false,
+      lastSeen: now.toISOString(),
+    });
   }
 
   /** Resolves once every release in flight has finished (before Redis is closed on shutdown). */
@@ -204,15 +246,23 @@ export class BridgeSessions {
   private async retryReleases(): Promise<void> {
     const pending = [...this.unreleased.values()];
     this.unreleased.clear();
-    const results = await Promise.allSettled(
-      pending.map((session) => this.releaseNow(session)),
-    );
+    const abandoned = [...this.abandoned];
+    this.abandoned.clear();
+    const results = await Promise.allSettled([
+      ...pending.map((session) => this.releaseNow(session)),
+      ...abandoned.map(([socketId, bridgeId]) =>
+        this.releaseAbandoned(bridgeId, socketId).catch((error: unknown) => {
+          this.abandoned.set(socketId, bridgeId);
+          throw error;
+        }),
+      ),
+    ]);
     const failed = results.filter(
       (result) => result.status === "rejected",
     ).length;
-    if (pending.length > 0) {
+    if (results.length > 0) {
       this.logger.info(
-        { retried: pending.length, failed },
+        { retried: results.length, failed },
         "retried bridge releases that failed while Redis was down",
       );
     }

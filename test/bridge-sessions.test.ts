@@ -1,0 +1,166 @@
+import assert from "node:assert/strict";
+import { pino } from "pino";
+import { createClient, type RedisClientType } from "redis";
+import type { Namespace, Socket } from "socket.io";
+import type { BridgePresence } from "../client-sdk/src/protocol.ts";
+import { RedisBus } from "../server/messaging/server-bus.ts";
+import { commandDeadline } from "../server/redis/clients.ts";
+import { serverConnectionState } from "../server/redis/connection-state.ts";
+import type { AppBroadcaster } from "../server/relay/broadcaster.ts";
+import { BridgeSessions } from "../server/relay/bridge-sessions.ts";
+import { RedisStore } from "../server/state/redis-store.ts";
+import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
+import { randomBridgeId } from "./support/clients.ts";
+
+/** The Redis command limit of the store's client here, in ms. */
+const COMMAND_TIMEOUT_MS = 300;
+
+/** Pauses every write of every client of `admin`'s Redis, scripts included, for `ms`. */
+async function pauseWrites(admin: RedisClientType, ms: number): Promise<void> {
+  await admin.sendCommand(["CLIENT", "PAUSE", String(ms), "WRITE"]);
+}
+
+/**
+ * Runs the claim and release scripts once, as a running relay has. A
+ * script Redis does not know yet fails with NOSCRIPT instead of running.
+ */
+async function loadScripts(store: RedisStore): Promise<void> {
+  const bridgeId = randomBridgeId();
+  await store.claimConnection(bridgeId, "server-a", "warm-up", new Date());
+  await store.releaseSocket(bridgeId, "warm-up", new Date());
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Collects the presence events that the sessions broadcast. */
+class RecordingBroadcaster implements AppBroadcaster {
+  readonly presences: BridgePresence[] = [];
+  lightsChanged(): void {}
+  snapshot(): void {}
+  presence(event: BridgePresence): void {
+    this.presences.push(event);
+  }
+}
+
+/**
+ * Returns a stand-in socket. A claim reads only its `id`, and replacing a
+ * socket, which needs the namespace, happens in no test here.
+ */
+function socketWithId(id: string): Socket {
+  return { id } as Socket;
+}
+
+describe("bridge sessions on a Redis that fails a claim", function () {
+  this.timeout(20_000);
+  let redis: RedisServer;
+  let main: RedisClientType;
+  let subscriber: RedisClientType;
+  let admin: RedisClientType;
+  let store: RedisStore;
+  let broadcaster: RecordingBroadcaster;
+  let sessions: BridgeSessions;
+
+  before(async () => {
+    redis = await startRedisServer();
+    // The relay's settings for its command connection.
+    main = createClient({
+      url: redis.url,
+      disableOfflineQueue: true,
+      commandOptions: commandDeadline(COMMAND_TIMEOUT_MS),
+      socket: { reconnectStrategy: () => 100 },
+    });
+    main.on("error", () => undefined);
+    subscriber = main.duplicate({ commandOptions: {} });
+    subscriber.on("error", () => undefined);
+    admin = createClient({ url: redis.url });
+    admin.on("error", () => undefined);
+    await Promise.all([main.connect(), subscriber.connect(), admin.connect()]);
+    store = new RedisStore(main, { keyPrefix: "sessions-test" });
+    await loadScripts(store);
+  });
+
+  beforeEach(() => {
+    broadcaster = new RecordingBroadcaster();
+    const logger = pino({ level: "silent" });
+    const bus = new RedisBus(
+      "server-a",
+      { main, subscriber, subscriberState: serverConnectionState(subscriber) },
+      "sessions-test",
+      logger,
+    );
+    sessions = new BridgeSessions(
+      store,
+      bus,
+      broadcaster,
+      {} as Namespace,
+      logger,
+    );
+  });
+
+  after(async () => {
+    await Promise.allSettled([main.close(), subscriber.close(), admin.close()]);
+    await redis.stop();
+  });
+
+  it("releases a claim run late", async () => {
+    const bridgeId = randomBridgeId();
+    // The claim times out before the pause ends, and the release sent
+    // after it gets its answer within its own limit.
+    await pauseWrites(admin, COMMAND_TIMEOUT_MS + 100);
+    await assert.rejects(
+      sessions.claim(bridgeId, socketWithId("refused-socket")),
+      /timed out/i,
+    );
+    await sessions.settleReleases();
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection, null, "the refused socket holds none");
+    assert.notEqual(presence?.lastSeen, null, "the claim did run");
+    assert.deepEqual(
+      broadcaster.presences.map(({ bridgeId: id, online }) => ({ id, online })),
+      [{ id: bridgeId, online: false }],
+    );
+    assert.equal(sessions.idle, true);
+  });
+
+  it("owes a release that timed out", async () => {
+    const bridgeId = randomBridgeId();
+    const pauseMs = 4 * COMMAND_TIMEOUT_MS;
+    await pauseWrites(admin, pauseMs);
+    await assert.rejects(
+      sessions.claim(bridgeId, socketWithId("refused-socket")),
+    );
+    await sessions.settleReleases();
+    assert.equal(sessions.idle, false, "a release is owed");
+    await sleep(pauseMs);
+    // Redis ran the release after the claim, on the same connection.
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection, null);
+    await sessions.revalidate();
+    assert.equal(sessions.idle, true, "nothing is owed after the retry");
+  });
+
+  it("retries the release after a restart", async () => {
+    const bridgeId = randomBridgeId();
+    await redis.stop();
+    try {
+      await assert.rejects(
+        sessions.claim(bridgeId, socketWithId("refused-socket")),
+      );
+      await sessions.settleReleases();
+      assert.equal(sessions.idle, false, "a release is owed");
+    } finally {
+      await redis.restart();
+    }
+    await loadScripts(new RedisStore(admin, { keyPrefix: "sessions-test" }));
+    const deadline = Date.now() + 5000;
+    while (!main.isReady && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    await sessions.revalidate();
+    assert.equal(sessions.idle, true, "nothing is owed after the retry");
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection, null);
+  });
+});
