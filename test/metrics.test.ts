@@ -11,9 +11,10 @@ import {
 } from "./support/clients.ts";
 import { answerLightSet, lightMap } from "./support/fake-bridge.ts";
 import { light } from "./support/fixtures.ts";
-import { send } from "./support/http.ts";
+import { bearer, send } from "./support/http.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
 import { startRelay, type RelayProcess } from "./support/relay-process.ts";
+import { appToken } from "./support/tokens.ts";
 
 interface Sample {
   name: string;
@@ -357,5 +358,28 @@ describe("metrics: embedded relay", function () {
     } finally {
       bridge.close();
     }
+  });
+
+  it("labels HTTP requests by route", async () => {
+    const bridgeId = randomBridgeId();
+    const token = await appToken("metrics-user", [bridgeId]);
+    assert.equal((await send(`${relay.url}/`)).status, 200);
+    const state = await send(`${relay.url}/api/v1/bridges/${bridgeId}`, {
+      headers: bearer(token),
+    });
+    assert.equal(state.status, 200, state.text);
+    assert.equal((await send(`${relay.url}/no-such-page`)).status, 404);
+
+    const { samples, text } = await scrape(relay.url);
+    const requests = (route: string, status: string): number =>
+      valueOf(samples, "relay_http_requests_total", {
+        method: "GET",
+        route,
+        status,
+      });
+    assert.equal(requests("dashboard", "200"), 1);
+    assert.equal(requests("/api/v1/bridges/:bridgeId", "200"), 1);
+    assert.equal(requests("unmatched", "404"), 1);
+    assert.ok(!text.includes(bridgeId), "no bridge ID in a label");
   });
 });

@@ -7,6 +7,7 @@ import type { Logger } from "../logger.ts";
 import { API_BASE_PATH, createApiRouter, type ApiDeps } from "./api.ts";
 import { metricsHandler } from "./metrics-route.ts";
 import {
+  DASHBOARD_METRICS_ROUTE,
   relayServerHeader,
   requestLogging,
   requestMetrics,
@@ -148,7 +149,15 @@ export function serveDashboard(
       "dashboard not built: run `npm run build` to serve it at /",
     );
   }
-  app.use(express.static(dir, { index: "index.html", redirect: false }));
+  const files = express.static(dir, { index: "index.html", redirect: false });
+  app.use((request, response, next) => {
+    // Labels the metrics of a file served here, which matches no route.
+    response.locals.metricsRoute = DASHBOARD_METRICS_ROUTE;
+    files(request, response, (error?: unknown) => {
+      delete response.locals.metricsRoute;
+      next(error);
+    });
+  });
   app.get("/", (_request, response) => {
     response
       .status(404)

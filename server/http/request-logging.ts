@@ -85,20 +85,27 @@ export function requestLogging(logger: Logger): RequestHandler {
   });
 }
 
+/** Route label of the dashboard's files, which no Express route serves. */
+export const DASHBOARD_METRICS_ROUTE = "dashboard";
+
 /**
  * Counts every HTTP request in `relay_http_requests_total` and times it.
  * The route label is the matched Express route pattern, so bridge IDs never
- * become label values, and `unmatched` when no route matched.
+ * become label values. It is `dashboard` for the dashboard's files and
+ * `unmatched` when nothing served the request.
  */
 export function requestMetrics(): RequestHandler {
   return (request, response, next) => {
     const stopTimer = httpDuration.startTimer();
     response.once("finish", () => {
       const routePath = (request.route as { path?: unknown } | undefined)?.path;
+      const labelled = response.locals.metricsRoute as unknown;
       const route =
         typeof routePath === "string"
           ? `${request.baseUrl}${routePath}`
-          : "unmatched";
+          : typeof labelled === "string"
+            ? labelled
+            : "unmatched";
       stopTimer({ method: request.method, route });
       httpRequests.inc({
         method: request.method,
