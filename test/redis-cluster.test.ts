@@ -17,14 +17,18 @@ import {
   connectBridge,
   nextEvent,
   randomBridgeId,
+  request,
   requestData,
 } from "./support/clients.ts";
 import { answerLightSet, untypedLightMap } from "./support/fake-bridge.ts";
-import { readinessByWorker } from "./support/faults.ts";
+import { readinessByWorker, waitUntil } from "./support/faults.ts";
 import { light } from "./support/fixtures.ts";
 import { send } from "./support/http.ts";
 import {
   bridgeIdsOn,
+  bridgeSlot,
+  masterPortOf,
+  moveSlot,
   startRedisCluster,
   type RedisCluster,
 } from "./support/redis-cluster.ts";
@@ -231,6 +235,85 @@ describe("Redis Cluster: two relays on three masters", function () {
     }
     assert.equal(counted.length, 1, JSON.stringify(counted));
     assert.equal(await probe!.get(counted[0]!), "1");
+  });
+
+  it("follows a bridge's slots to another master", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = track(await connectBridge(bridgeSide().url, bridgeId));
+    await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+    answerLightSet(bridge, untypedLightMap("a"));
+    const app = track(await connectApp(appSide().url, [bridgeId]));
+    await requestData<BridgeState>(app, "bridge:subscribe", { bridgeId });
+
+    // The bridge's keys share one slot, and its app room's sharded channel
+    // has a slot of its own.
+    const admin = masters[0]!.client;
+    const byPort = new Map(masters.map(({ port, client }) => [port, client]));
+    const moveAway = async (slot: number): Promise<number> => {
+      const from = await masterPortOf(admin, slot);
+      const to = masters.find(({ port }) => port !== from)!.port;
+      await moveSlot(byPort, slot, from!, to);
+      return to;
+    };
+    const roomChannel = `${KEY_PREFIX}:sio#/app#bridge:${bridgeId}#`;
+    const keySlot = await bridgeSlot(admin, bridgeId);
+    const roomSlot = await admin.clusterKeySlot(roomChannel);
+    // Commands keep coming while the slots move.
+    let moving = true;
+    const outcomes: string[] = [];
+    const traffic = (async () => {
+      while (moving) {
+        const ack = await request(app, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { dimming: { brightness: outcomes.length % 100 } },
+        });
+        outcomes.push(ack.ok ? "ok" : ack.error.code);
+      }
+    })();
+    const keysTo = await moveAway(keySlot);
+    const roomTo = roomSlot === keySlot ? keysTo : await moveAway(roomSlot);
+    moving = false;
+    await traffic;
+    assert.ok(outcomes.length > 0, "commands ran during the move");
+    assert.deepEqual(
+      outcomes.filter((code) => code !== "ok"),
+      [],
+      `${outcomes.length} commands during the move`,
+    );
+
+    const moved = await keysOn(
+      masters.find(({ port }) => port === keysTo)!,
+      `${KEY_PREFIX}:{${bridgeId}}:*`,
+    );
+    assert.deepEqual(moved.sort(), [
+      `${KEY_PREFIX}:{${bridgeId}}:lights`,
+      `${KEY_PREFIX}:{${bridgeId}}:meta`,
+    ]);
+    await waitUntil(
+      "the app room's subscription on its new master",
+      async () => {
+        const reply = (await byPort
+          .get(roomTo)!
+          .sendCommand(["PUBSUB", "SHARDNUMSUB", roomChannel])) as [
+          string,
+          number,
+        ];
+        return reply[1] >= 1;
+      },
+      5000,
+    );
+
+    const changed = nextEvent<LightsChangedEvent>(app, "lights:changed");
+    const { light: answered } = await requestData<{ light: Light }>(
+      app,
+      "light:set",
+      { bridgeId, lightId: "a", change: { on: { on: true } } },
+    );
+    assert.deepEqual(answered.on, { on: true });
+    const event = await changed;
+    assert.equal(event.version, outcomes.length + 2);
+    assert.equal((await bridgeList(app))[0]?.online, true);
   });
 
   it("logs no errors", () => {

@@ -236,3 +236,67 @@ export async function bridgeIdsOn(
   }
   return found;
 }
+
+/**
+ * Moves `slot` and its keys from the master at `from` to the master at
+ * `to`, in the steps of `redis-cli --cluster reshard`. The slot is marked
+ * importing and migrating, its keys are migrated, and then every master
+ * in `masters` (a client of each, by port) is told the new owner.
+ */
+export async function moveSlot(
+  masters: Map<number, RedisClientType>,
+  slot: number,
+  from: number,
+  to: number,
+): Promise<void> {
+  const source = masters.get(from);
+  const target = masters.get(to);
+  if (source === undefined || target === undefined) {
+    throw new Error(`no client of master ${from} or ${to}`);
+  }
+  const sourceId = String(await source.sendCommand(["CLUSTER", "MYID"]));
+  const targetId = String(await target.sendCommand(["CLUSTER", "MYID"]));
+  const slotArg = String(slot);
+
+  await target.sendCommand([
+    "CLUSTER",
+    "SETSLOT",
+    slotArg,
+    "IMPORTING",
+    sourceId,
+  ]);
+  await source.sendCommand([
+    "CLUSTER",
+    "SETSLOT",
+    slotArg,
+    "MIGRATING",
+    targetId,
+  ]);
+
+  for (;;) {
+    const keys = (await source.sendCommand([
+      "CLUSTER",
+      "GETKEYSINSLOT",
+      slotArg,
+      "100",
+    ])) as string[];
+    if (keys.length === 0) break;
+    await source.sendCommand([
+      "MIGRATE",
+      "127.0.0.1",
+      String(to),
+      "",
+      "0",
+      "5000",
+      "KEYS",
+      ...keys,
+    ]);
+  }
+
+  await target.sendCommand(["CLUSTER", "SETSLOT", slotArg, "NODE", targetId]);
+  await source.sendCommand(["CLUSTER", "SETSLOT", slotArg, "NODE", targetId]);
+  for (const [port, client] of masters) {
+    if (port === from || port === to) continue;
+    await client.sendCommand(["CLUSTER", "SETSLOT", slotArg, "NODE", targetId]);
+  }
+}
