@@ -47,13 +47,77 @@ export interface RelayOptions {
   startTimeoutMs?: number;
 }
 
+/** Returns the workers a relay started with `options` has: none when embedded. */
+function workerCountOf(options: RelayOptions): number {
+  const usesRedis =
+    options.redisUrl !== undefined || options.redisClusterNodes !== undefined;
+  return usesRedis ? (options.workers ?? 2) : 0;
+}
+
+/** A relay process that was started and may not serve yet. */
+export type LaunchedRelay = Pick<
+  RelayProcess,
+  "logs" | "output" | "workers" | "waitForLog" | "child"
+> & {
+  /** Resolves once the process has exited. */
+  exited: Promise<unknown>;
+};
+
 /** Starts a real relay process on a free loopback port and waits until it serves. */
 export async function startRelay(
   options: RelayOptions = {},
 ): Promise<RelayProcess> {
-  const usesRedis =
-    options.redisUrl !== undefined || options.redisClusterNodes !== undefined;
-  const workerCount = usesRedis ? (options.workers ?? 2) : 0;
+  const workerCount = workerCountOf(options);
+  const { logs, output, workers, waitForLog, child, exited } =
+    launchRelay(options);
+  const timeoutMs = options.startTimeoutMs ?? 20_000;
+  let listening: LogLine;
+  try {
+    listening = await waitForLog(
+      (line) =>
+        typeof line.port === "number" && line.msg.startsWith("relay listening"),
+      timeoutMs,
+    );
+    const startedAt = Date.now();
+    while (workers().length < workerCount) {
+      await waitForLog(
+        (line) =>
+          line.msg === "worker ready" && workers().length >= workerCount,
+        timeoutMs - (Date.now() - startedAt),
+      );
+    }
+  } catch (error) {
+    // A relay that did not start must not outlive the test. Its workers
+    // exit when the primary's IPC channel closes.
+    child.kill("SIGKILL");
+    throw error;
+  }
+  const port = listening.port as number;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    pid: child.pid!,
+    logs,
+    output,
+    workers,
+    waitForLog,
+    child,
+    stop: async (signal = "SIGTERM") => {
+      if (child.exitCode !== null || child.signalCode !== null)
+        return child.exitCode;
+      child.kill(signal);
+      const [code] = (await exited) as [number | null];
+      return code;
+    },
+  };
+}
+
+/**
+ * Starts a real relay process on a free loopback port and returns at once,
+ * for a test that watches its logs before it serves. The caller kills it.
+ */
+export function launchRelay(options: RelayOptions = {}): LaunchedRelay {
+  const workerCount = workerCountOf(options);
   const args = options.compiled
     ? ["dist/server/main.js"]
     : ["--import", "tsx", "server/main.ts"];
@@ -133,7 +197,6 @@ export async function startRelay(
     });
   };
 
-  const timeoutMs = options.startTimeoutMs ?? 20_000;
   const workers = (): { serverId: string; pid: number }[] =>
     logs
       .filter((line) => line.msg === "worker ready")
@@ -141,43 +204,5 @@ export async function startRelay(
         serverId: String(line.serverId),
         pid: Number(line.pid),
       }));
-  let listening: LogLine;
-  try {
-    listening = await waitForLog(
-      (line) =>
-        typeof line.port === "number" && line.msg.startsWith("relay listening"),
-      timeoutMs,
-    );
-    const startedAt = Date.now();
-    while (workers().length < workerCount) {
-      await waitForLog(
-        (line) =>
-          line.msg === "worker ready" && workers().length >= workerCount,
-        timeoutMs - (Date.now() - startedAt),
-      );
-    }
-  } catch (error) {
-    // A relay that did not start must not outlive the test. Its workers
-    // exit when the primary's IPC channel closes.
-    child.kill("SIGKILL");
-    throw error;
-  }
-  const port = listening.port as number;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    port,
-    pid: child.pid!,
-    logs,
-    output,
-    workers,
-    waitForLog,
-    child,
-    stop: async (signal = "SIGTERM") => {
-      if (child.exitCode !== null || child.signalCode !== null)
-        return child.exitCode;
-      child.kill(signal);
-      const [code] = (await exited) as [number | null];
-      return code;
-    },
-  };
+  return { logs, output, workers, waitForLog, child, exited };
 }
