@@ -32,7 +32,12 @@ import {
   startRedisCluster,
   type RedisCluster,
 } from "./support/redis-cluster.ts";
-import { startRelay, type RelayProcess } from "./support/relay-process.ts";
+import { findFreePort } from "./support/redis-server.ts";
+import {
+  launchRelay,
+  startRelay,
+  type RelayProcess,
+} from "./support/relay-process.ts";
 
 const MASTERS = 3;
 /** The relay's default REDIS_KEY_PREFIX. */
@@ -322,6 +327,43 @@ describe("Redis Cluster: two relays on three masters", function () {
         relay.logs.filter((line) => line.level >= ERROR_LEVEL),
         [],
       );
+    }
+  });
+});
+
+describe("Redis Cluster: no seed node answers", function () {
+  this.timeout(20_000);
+
+  it("logs the seeds without their password", async () => {
+    const ports = [await findFreePort(), await findFreePort()];
+    const password = "seed-password-1234";
+    const relay = launchRelay({
+      redisClusterNodes: ports.map(
+        (port) => `redis://:${password}@127.0.0.1:${port}`,
+      ),
+      workers: 1,
+    });
+    try {
+      const line = await relay.waitForLog(
+        (entry) =>
+          entry.connection === "main" &&
+          entry.msg.startsWith("could not read the Redis Cluster topology"),
+      );
+      assert.deepEqual(
+        line.seeds,
+        ports.map((port) => `127.0.0.1:${port}`),
+      );
+      const printed = [
+        ...relay.logs.map((entry) => JSON.stringify(entry)),
+        ...relay.output,
+      ];
+      assert.ok(
+        !printed.some((text) => text.includes(password)),
+        "no password in the output",
+      );
+    } finally {
+      relay.child.kill("SIGKILL");
+      await relay.exited;
     }
   });
 });

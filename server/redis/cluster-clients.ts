@@ -116,6 +116,7 @@ function nodeDefaults(seedUrl: string) {
 async function connectUntilReady(
   cluster: RedisClusterType,
   role: string,
+  seeds: string[],
   logger: Logger,
 ): Promise<void> {
   for (let attempt = 0; ; attempt += 1) {
@@ -125,7 +126,7 @@ async function connectUntilReady(
     } catch (error) {
       const delayMs = reconnectDelay(attempt);
       logger.warn(
-        { err: error, connection: role, attempt, delayMs },
+        { err: error, connection: role, seeds, attempt, delayMs },
         "could not read the Redis Cluster topology from any seed node, trying again",
       );
       await new Promise((resolve) => setTimeout(resolve, delayMs));
@@ -196,9 +197,11 @@ export async function connectRedisCluster(
     (listener) => subscriber.on("node-ready", listener),
     logger,
   );
+  // Host and port only, because a seed URL may carry a password.
+  const seeds = nodeUrls.map((url) => new URL(url).host);
   await Promise.all([
-    connectUntilReady(main, "main", logger),
-    connectUntilReady(subscriber, "subscriber", logger),
+    connectUntilReady(main, "main", seeds, logger),
+    connectUntilReady(subscriber, "subscriber", seeds, logger),
   ]);
   return {
     main,
