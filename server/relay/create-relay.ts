@@ -21,6 +21,7 @@ import { attachAppNamespace } from "../transport/app-namespace.ts";
 import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
 import { releaseUpgradeRequests } from "../transport/upgrade-requests.ts";
 import { HandshakeError, MAX_TIMER_MS } from "../transport/handshake.ts";
+import { jsonOnlyParser } from "../transport/json-only-parser.ts";
 import { RateLimits } from "../transport/rate-limits.ts";
 import { askAppsToResubscribe } from "./app-refresh.ts";
 import { AppService } from "./app-service.ts";
@@ -123,6 +124,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     // stalls, and a slow one that keeps arriving is waited for.
     httpRequestBodyTimeout: MAX_TIMER_MS,
     serveClient: false,
+    parser: jsonOnlyParser,
     ...(options.adapter === undefined ? {} : { adapter: options.adapter }),
   });
 
