@@ -13,6 +13,7 @@ export type BusMessage =
       lightId: string;
       change: LightPatch;
       idempotent?: boolean;
+      deadline?: number;
     }
   | { type: "reply"; requestId: string; answer: Ack<{ light: Light }> }
   | { type: "replace"; bridgeId: string; socketId: string };

@@ -73,6 +73,7 @@ export class CommandExecutor {
   };
 
   private async run(command: RoutedCommand): Promise<CommandAnswer> {
+    const timeoutMs = this.timeLeft(command);
     const idempotent = command.idempotent ?? true;
     const remembered = idempotent
       ? await this.store.getCommandAnswer(command.bridgeId, command.commandId)
@@ -86,11 +87,15 @@ export class CommandExecutor {
         `bridge ${command.bridgeId} is offline`,
       );
     }
-    const raw = await this.sendToBridge(session, {
-      commandId: command.commandId,
-      lightId: command.lightId,
-      change: command.change,
-    });
+    const raw = await this.sendToBridge(
+      session,
+      {
+        commandId: command.commandId,
+        lightId: command.lightId,
+        change: command.change,
+      },
+      timeoutMs,
+    );
     const stored = await this.interpret(session, command, raw);
     if (idempotent) {
       await this.store.putCommandAnswer(
@@ -103,9 +108,34 @@ export class CommandExecutor {
     return answerFromStored(command.bridgeId, stored);
   }
 
+  /**
+   * Returns the time the bridge has to answer: the command timeout, or less
+   * when the origin stops waiting sooner. Throws `TIMEOUT` for a command
+   * that arrived after its deadline (this process or the bus was stalled),
+   * so the bridge never applies a command that its app saw fail.
+   */
+  private timeLeft(command: RoutedCommand): number {
+    if (command.deadline === undefined) return this.timeoutMs;
+    const leftMs = command.deadline - Date.now();
+    if (leftMs > 0) return Math.min(this.timeoutMs, leftMs);
+    this.logger.warn(
+      {
+        bridgeId: command.bridgeId,
+        commandId: command.commandId,
+        lateMs: -leftMs,
+      },
+      "dropped a command that arrived after its deadline",
+    );
+    throw new RelayError(
+      "TIMEOUT",
+      `command for bridge ${command.bridgeId} arrived after its deadline`,
+    );
+  }
+
   private sendToBridge(
     session: BridgeSession,
     command: LightSetCommand,
+    timeoutMs: number,
   ): Promise<unknown> {
     const { socket, bridgeId } = session;
     return new Promise((resolve, reject) => {
@@ -116,7 +146,7 @@ export class CommandExecutor {
       };
       socket.once("disconnect", onDisconnect);
       socket
-        .timeout(this.timeoutMs)
+        .timeout(timeoutMs)
         .emit(
           "light:set",
           command,
@@ -126,7 +156,7 @@ export class CommandExecutor {
               reject(
                 new RelayError(
                   "TIMEOUT",
-                  `bridge ${bridgeId} did not answer within ${this.timeoutMs} ms`,
+                  `bridge ${bridgeId} did not answer within ${timeoutMs} ms`,
                 ),
               );
             } else {

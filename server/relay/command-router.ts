@@ -15,6 +15,12 @@ export interface RoutedCommand {
    * A message from an older relay lacks the field and is treated as true.
    */
   idempotent?: boolean;
+  /**
+   * Time (ms since the epoch) by which the bridge's answer must be back on
+   * the process that runs the command, for the reply to reach the origin
+   * while it still waits. Absent for a command that never left its process.
+   */
+  deadline?: number;
 }
 
 export type CommandAnswer = Ack<{ light: Light }>;
@@ -37,11 +43,16 @@ interface PendingRequest {
 export class CommandRouter {
   private readonly pending = new Map<string, PendingRequest>();
 
+  /**
+   * `timeoutMs` is how long the origin waits for a reply, of which the last
+   * `replyMarginMs` are left for the reply to travel back.
+   */
   constructor(
     private readonly bus: ServerBus,
     private readonly execute: CommandExecutor,
     private readonly timeoutMs: number,
     private readonly logger: Logger,
+    private readonly replyMarginMs = 0,
   ) {
     // Replies published while the subscription is down are lost, so the
     // requests waiting for them cannot succeed.
@@ -71,7 +82,11 @@ export class CommandRouter {
       }, this.timeoutMs);
       this.pending.set(requestId, { resolve, timer });
     });
-    const delivered = this.deliver(serverId, requestId, command);
+    const deadline = Date.now() + this.timeoutMs - this.replyMarginMs;
+    const delivered = this.deliver(serverId, requestId, {
+      ...command,
+      deadline,
+    });
     return Promise.race([answer, delivered.then(() => answer)]);
   }
 

@@ -180,6 +180,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     ),
     config.commandTimeoutMs + ROUTING_MARGIN_MS,
     logger,
+    ROUTING_MARGIN_MS,
   );
   const redisReady = (): boolean => options.redisState?.isReady() ?? true;
   const service = new AppService(store, router, {

@@ -1,0 +1,107 @@
+import assert from "node:assert/strict";
+import type { Socket } from "socket.io-client";
+import {
+  connectApp,
+  connectBridge,
+  connectElsewhere,
+  randomBridgeId,
+  request,
+  requestData,
+} from "../support/clients.ts";
+import { answerLightSet, untypedLightMap } from "../support/fake-bridge.ts";
+import {
+  printFigure,
+  sleep,
+  startRelayOnRedis,
+  stopRelayOnRedis,
+} from "../support/faults.ts";
+import type { RedisServer } from "../support/redis-server.ts";
+import type { RelayProcess } from "../support/relay-process.ts";
+
+/** The test relay's COMMAND_TIMEOUT_MS. */
+const COMMAND_TIMEOUT_MS = 1500;
+/** How long the app waits in all: the command timeout and the routing margin. */
+const ORIGIN_WAIT_MS = COMMAND_TIMEOUT_MS + 1000;
+/** Long enough for the origin to give up, short of the worker watchdog's kill. */
+const STOP_MS = ORIGIN_WAIT_MS + 1000;
+
+describe("fault: the bridge's worker resumes after a command timed out", function () {
+  this.timeout(30_000);
+  let redis: RedisServer;
+  let relay: RelayProcess;
+  const sockets: Socket[] = [];
+  let stoppedPid: number | undefined;
+
+  before(async () => {
+    ({ redis, relay } = await startRelayOnRedis({
+      workers: 2,
+      env: { COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS) },
+    }));
+  });
+
+  after(async () => {
+    if (stoppedPid !== undefined) process.kill(stoppedPid, "SIGCONT");
+    for (const socket of sockets.splice(0)) socket.close();
+    await stopRelayOnRedis({ relay, redis });
+  });
+
+  it("never delivers the late command", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = await connectBridge(relay.url, bridgeId);
+    sockets.push(bridge);
+    const lights = untypedLightMap("a");
+    const received = answerLightSet(bridge, lights);
+    await requestData(bridge, "state:snapshot", {
+      lights: [...lights.values()],
+    });
+    const { serverId: owner } = await requestData<{ serverId: string }>(
+      bridge,
+      "relay:info",
+      {},
+    );
+    const { socket: app } = await connectElsewhere(
+      () => connectApp(relay.url, [bridgeId]),
+      owner,
+    );
+    sockets.push(app);
+    const ownerPid = relay
+      .workers()
+      .find((worker) => worker.serverId === owner)!.pid;
+
+    process.kill(ownerPid, "SIGSTOP");
+    stoppedPid = ownerPid;
+    const sentAt = performance.now();
+    const ack = await request(
+      app,
+      "light:set",
+      { bridgeId, lightId: "a", change: { on: { on: false } } },
+      STOP_MS * 2,
+    );
+    const answeredMs = Math.round(performance.now() - sentAt);
+    assert.equal(ack.ok ? "ok" : ack.error.code, "TIMEOUT");
+    await sleep(Math.max(0, STOP_MS - answeredMs));
+    process.kill(ownerPid, "SIGCONT");
+    stoppedPid = undefined;
+
+    // The late command waits first on the bus, so it would arrive first.
+    const retry = await request(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: true } },
+    });
+    assert.equal(retry.ok, true, "a new command works");
+    assert.deepEqual(
+      received.map((command) => command.change),
+      [{ on: { on: true } }],
+      "only the new command reached the bridge",
+    );
+    const dropped = await relay.waitForLog(
+      (line) =>
+        line.msg === "dropped a command that arrived after its deadline",
+    );
+    printFigure(
+      `worker stopped ${STOP_MS} ms with a command in its queue: app answered TIMEOUT after ${answeredMs} ms, the command was dropped ${String(dropped.lateMs)} ms after its deadline, the bridge received only the next command`,
+    );
+    assert.equal(lights.get("a")?.on?.on, true);
+  });
+});
