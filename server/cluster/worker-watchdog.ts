@@ -44,7 +44,7 @@ export function watchWorkers(options: WatchdogOptions): () => void {
    * connection elsewhere, because the balancer would reject them all with 503.
    */
   const othersResponding = (worker: Worker): boolean => {
-    const now = Date.now();
+    const now = performance.now();
     for (const other of options.serving()) {
       if (other.id === worker.id || hidden.has(other.id)) continue;
       const answeredAt = lastAnswer.get(other.id);
@@ -58,10 +58,10 @@ export function watchWorkers(options: WatchdogOptions): () => void {
   const listen = (worker: Worker): void => {
     if (listening.has(worker)) return;
     listening.add(worker);
-    lastAnswer.set(worker.id, Date.now());
+    lastAnswer.set(worker.id, performance.now());
     worker.on("message", (message: unknown) => {
       if (message !== PONG_MESSAGE) return;
-      lastAnswer.set(worker.id, Date.now());
+      lastAnswer.set(worker.id, performance.now());
       keptInBalancer.delete(worker.id);
       if (!hidden.delete(worker.id)) return;
       options.admit(worker);
@@ -79,7 +79,7 @@ export function watchWorkers(options: WatchdogOptions): () => void {
 
   const check = (worker: Worker): void => {
     listen(worker);
-    const silentMs = Date.now() - (lastAnswer.get(worker.id) ?? Date.now());
+    const silentMs = performance.now() - (lastAnswer.get(worker.id) ?? performance.now());
     const ids = { workerId: worker.id, workerPid: worker.process.pid };
     if (silentMs >= unresponsiveMs * KILL_AFTER_THRESHOLDS) {
       logger.error({ ...ids, silentMs }, "worker unresponsive, killing it");
@@ -106,8 +106,27 @@ export function watchWorkers(options: WatchdogOptions): () => void {
     if (worker.isConnected()) worker.send(PING_MESSAGE);
   };
 
+  let lastTick = performance.now();
+  /**
+   * Gives every worker a fresh window when the primary itself did not run
+   * for longer than the threshold (stopped, or a VM paused): the answers
+   * that came meanwhile are still unread, so silence proves nothing then.
+   */
+  const forgiveAfterOwnStall = (): void => {
+    const now = performance.now();
+    const stalledMs = now - lastTick;
+    lastTick = now;
+    if (stalledMs < unresponsiveMs) return;
+    for (const id of lastAnswer.keys()) lastAnswer.set(id, now);
+    logger.warn(
+      { stalledMs: Math.round(stalledMs) },
+      "primary was stalled, judging workers from now on",
+    );
+  };
+
   const timer = setInterval(
     () => {
+      forgiveAfterOwnStall();
       for (const worker of options.serving()) check(worker);
     },
     Math.max(1, Math.floor(unresponsiveMs / PINGS_PER_THRESHOLD)),

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  isAlive,
   printFigure,
   readinessByWorker,
   sleep,
@@ -124,6 +125,31 @@ describe("fault: a worker freezes", function () {
       "both workers answering probes",
       async () => (await answeredProbes(relay.url, 10)) === 10,
       5000,
+    );
+  });
+
+  it("spares the workers after the primary stalls", async () => {
+    const workerPids = relay.workers().map((worker) => worker.pid);
+    const logsBefore = relay.logs.length;
+    // The whole machine stops for longer than the kill threshold, as in a
+    // paused VM. The workers stop a moment earlier, so the primary has read
+    // their last answers, and it resumes first, so no answer waits for it.
+    for (const pid of workerPids) process.kill(pid, "SIGSTOP");
+    await sleep(UNRESPONSIVE_MS / 4);
+    process.kill(relay.pid, "SIGSTOP");
+    await sleep(UNRESPONSIVE_MS * 6 + 1000);
+    process.kill(relay.pid, "SIGCONT");
+    for (const pid of workerPids) process.kill(pid, "SIGCONT");
+
+    await sleep(UNRESPONSIVE_MS * 2);
+    const killed = relay.logs
+      .slice(logsBefore)
+      .filter((line) => line.msg === "worker unresponsive, killing it");
+    assert.deepEqual(killed, []);
+    for (const pid of workerPids) assert.ok(isAlive(pid), `worker ${pid}`);
+    assert.equal(await answeredProbes(relay.url, 10), 10);
+    await relay.waitForLog(
+      (line) => line.msg === "primary was stalled, judging workers from now on",
     );
   });
 
