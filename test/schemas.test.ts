@@ -622,6 +622,25 @@ describe("app light:set payload schema", () => {
     );
   });
 
+  it("rejects unpaired surrogates in command id", () => {
+    for (const commandId of ["\ud800", "a\udfff", "\udfff\ud800"]) {
+      assertInvalidField(
+        appLightSetPayloadSchema,
+        lightSet({ commandId }),
+        "commandId",
+      );
+    }
+  });
+
+  it("accepts paired surrogates in command id", () => {
+    const commandId = "lamp-\u{1F4A1}";
+    const parsed = parsePayload(
+      appLightSetPayloadSchema,
+      lightSet({ commandId }),
+    );
+    assert.equal(parsed.commandId, commandId);
+  });
+
   it("rejects non-string command id", () => {
     assertInvalidField(
       appLightSetPayloadSchema,

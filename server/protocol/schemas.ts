@@ -134,13 +134,21 @@ export const changedPayloadSchema = z.object({ lights: changeListSchema });
 export const emptyPayloadSchema = z.object({}).optional();
 export const bridgeIdPayloadSchema = z.object({ bridgeId: bridgeIdSchema });
 
+/** Matches a UTF-16 surrogate that is not part of a pair. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
 export const commandIdSchema = z
   .string()
   .min(1, "must not be empty")
   .max(
     MAX_COMMAND_ID_LENGTH,
     `must be at most ${MAX_COMMAND_ID_LENGTH} characters`,
-  );
+  )
+  // Redis keys are UTF-8, where every lone surrogate becomes U+FFFD, so
+  // two such IDs would name one remembered answer.
+  .refine((id) => !LONE_SURROGATE.test(id), {
+    message: "must be well-formed Unicode: it has an unpaired surrogate",
+  });
 
 export const appLightSetPayloadSchema = z.object({
   bridgeId: bridgeIdSchema,
