@@ -727,6 +727,32 @@ for (const variant of VARIANTS) {
         );
       });
 
+      it("charges a long bridge list by its length", async () => {
+        // 1,000 bridges cost 10 requests each time they are listed.
+        const granted = Array.from({ length: 1000 }, randomBridgeId);
+        const watcher = await app(granted);
+        const limit = Number(CONTRACT_ENV.REQUESTS_PER_SOCKET_PER_10S);
+        const affordable = limit / 10;
+        const acks = [];
+        for (let index = 0; index < affordable + 2; index += 1) {
+          acks.push(
+            await request<{ bridges: BridgePresence[] }>(
+              watcher,
+              "bridge:list",
+              {},
+            ),
+          );
+        }
+        const codes = acks.map((ack) => (ack.ok ? "ok" : ack.error.code));
+        assert.deepEqual(codes, [
+          ...Array<string>(affordable).fill("ok"),
+          "RATE_LIMITED",
+          "RATE_LIMITED",
+        ]);
+        const first = acks[0];
+        assert.equal(first?.ok && first.data.bridges.length, 1000);
+      });
+
       it("answers INVALID_PAYLOAD before FORBIDDEN", async () => {
         const watcher = await app([randomBridgeId()], "read");
         const ack = await request(watcher, "light:set", {

@@ -483,6 +483,26 @@ describe("http api: 2 workers on Redis", function () {
     assert.match(errorOf(response).message, new RegExp(`${MAX_PAYLOAD_BYTES}`));
   });
 
+  it("charges a long bridge list by its length", async () => {
+    // 500 bridges cost 5 requests: 5 fit in each worker's budget of 25.
+    const token = await tokenFor(
+      Array.from({ length: 500 }, randomBridgeId),
+      "read",
+    );
+    const statuses: number[] = [];
+    for (let index = 0; index < 12; index += 1) {
+      const response = await send(`${url}${API_BASE_PATH}/bridges`, {
+        headers: bearer(token),
+      });
+      statuses.push(response.status);
+    }
+    assert.ok(
+      statuses.filter((status) => status === 200).length <= 10,
+      statuses.join(", "),
+    );
+    assert.ok(statuses.includes(429), statuses.join(", "));
+  });
+
   it("answers 429 with Retry-After", async () => {
     const bridgeId = randomBridgeId();
     const token = await tokenFor([bridgeId], "read");

@@ -12,7 +12,7 @@ import {
 } from "../protocol/schemas.ts";
 import { parsePayload } from "../protocol/validate.ts";
 import { authorize, type AppService } from "../relay/app-service.ts";
-import type { RateLimits } from "../transport/rate-limits.ts";
+import { bridgeListCost, type RateLimits } from "../transport/rate-limits.ts";
 import { apiErrorHandler } from "./api-errors.ts";
 import { authenticateApp } from "./bearer-auth.ts";
 import { openApiDocument } from "./openapi.ts";
@@ -66,7 +66,7 @@ export function createApiRouter(deps: ApiDeps): Router {
   router.get("/bridges", authenticate, async (_request, response) => {
     const { identity } = response.locals as ApiLocals;
     authorize(identity, "read");
-    await limitRate(identity);
+    await limitRate(identity, bridgeListCost(identity.bridges.size));
     response.json({ bridges: await service.listBridges(identity) });
   });
 
@@ -134,10 +134,10 @@ function authenticateWith(verifier: TokenVerifier): RequestHandler {
  */
 function rateLimitPerUser(
   limits: RateLimits,
-): (identity: AppIdentity) => Promise<void> {
-  return async (identity) => {
+): (identity: AppIdentity, cost?: number) => Promise<void> {
+  return async (identity, cost = 1) => {
     try {
-      await limits.consumeRequest(`http:${identity.userId}`);
+      await limits.consumeRequest(`http:${identity.userId}`, cost);
     } catch (error) {
       if (!(error instanceof RelayError) || error.code !== "RATE_LIMITED")
         throw error;

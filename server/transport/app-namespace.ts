@@ -16,7 +16,7 @@ import {
   socketLogFields,
   type HandshakeDeps,
 } from "./handshake.ts";
-import type { RateLimits } from "./rate-limits.ts";
+import { bridgeListCost, type RateLimits } from "./rate-limits.ts";
 import {
   requestListeners,
   serveRequests,
@@ -79,7 +79,10 @@ function appRequests(deps: AppNamespaceDeps): Record<string, RequestHandler> {
       parsePayload(emptyPayloadSchema, payload);
       const identity = socketIdentity(socket, "app");
       authorize(identity, "read");
-      await limits.consumeRequest(socket.id);
+      await limits.consumeRequest(
+        socket.id,
+        bridgeListCost(identity.bridges.size),
+      );
       return { bridges: await service.listBridges(identity) };
     },
     "bridge:subscribe": async (payload, socket) => {

@@ -166,17 +166,36 @@ export class RateLimits {
     }
   }
 
-  consumeRequest(socketId: string): Promise<void> {
+  /**
+   * Counts a request of `cost` (1 by default; see `bridgeListCost`) against
+   * the connection's budget. A cost above the whole budget counts as the
+   * budget, so such a request can still pass once per window.
+   */
+  consumeRequest(socketId: string, cost = 1): Promise<void> {
     return consume(
       this.perSocket,
       socketId,
       "too many requests on this connection",
+      Math.min(cost, this.perSocket.points),
     );
   }
 
   forgetSocket(socketId: string): void {
     void this.perSocket.delete(socketId);
   }
+}
+
+/** Bridges that a listing may read for the cost of one request. */
+export const BRIDGES_PER_REQUEST = 100;
+
+/**
+ * Returns the requests a listing of `bridges` bridges counts as: one per
+ * 100 bridges, at least one. Each listed bridge costs a Redis read, so a
+ * token granting thousands of bridges would otherwise turn the request
+ * budget into thousands of Redis commands a second.
+ */
+export function bridgeListCost(bridges: number): number {
+  return Math.max(1, Math.ceil(bridges / BRIDGES_PER_REQUEST));
 }
 
 function countRateLimited(error: unknown, limit: "address" | "identity") {
@@ -202,9 +221,10 @@ async function consume(
   limiter: RateLimiterAbstract,
   key: string,
   message: string,
+  points = 1,
 ): Promise<void> {
   try {
-    await limiter.consume(key);
+    await limiter.consume(key, points);
   } catch (rejection) {
     if (rejection instanceof RateLimiterRes) {
       throw new RelayError("RATE_LIMITED", message, {
