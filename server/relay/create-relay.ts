@@ -38,6 +38,13 @@ import { StateWriter } from "./state-writer.ts";
 const RESYNC_INTERVAL_MS = 2000;
 /** Extra time a command's origin waits beyond the bridge's own timeout, for the hops between processes. */
 const ROUTING_MARGIN_MS = 1000;
+/**
+ * Time a new connection has to join `/bridge` or `/app`, in ms: Socket.IO
+ * closes it after that. Until it joins, no token or rate limit has been
+ * checked, so it is 10 s instead of Socket.IO's 45 s. NOTE: a guess that
+ * leaves a client on a slow link time for its first packet.
+ */
+export const NAMESPACE_JOIN_TIMEOUT_MS = 10_000;
 /** Time kept after the drain, before the shutdown deadline, to release claims and close Redis, in ms. */
 const CLOSE_MARGIN_MS = 1000;
 
@@ -125,6 +132,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     httpRequestBodyTimeout: MAX_TIMER_MS,
     serveClient: false,
     parser: jsonOnlyParser,
+    connectTimeout: NAMESPACE_JOIN_TIMEOUT_MS,
     ...(options.adapter === undefined ? {} : { adapter: options.adapter }),
   });
 

@@ -127,11 +127,22 @@ async function commandInParts(parts: number): Promise<string[]> {
   return chunks;
 }
 
-/** Opens an Engine.IO session over polling and returns its ID. */
+/** Opens an Engine.IO session over polling, joins it to `/app`, and returns its ID. */
 async function openPollingSession(url: string): Promise<string> {
   const response = await fetch(`${url}/socket.io/?EIO=4&transport=polling`);
   const text = await response.text();
   const open = JSON.parse(text.slice(1)) as { sid: string };
+  // Joins /app, or Socket.IO closes the session once its join timeout ends.
+  const token = await appToken("stalled-user", [randomBridgeId()]);
+  const joined = await fetch(
+    `${url}/socket.io/?EIO=4&transport=polling&sid=${open.sid}`,
+    {
+      method: "POST",
+      headers: { "Content-Type": "text/plain;charset=UTF-8" },
+      body: `40/app,${JSON.stringify({ token })}`,
+    },
+  );
+  assert.equal(await joined.text(), "ok");
   return open.sid;
 }
 
