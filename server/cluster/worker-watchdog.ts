@@ -79,7 +79,8 @@ export function watchWorkers(options: WatchdogOptions): () => void {
 
   const check = (worker: Worker): void => {
     listen(worker);
-    const silentMs = performance.now() - (lastAnswer.get(worker.id) ?? performance.now());
+    const silentMs =
+      performance.now() - (lastAnswer.get(worker.id) ?? performance.now());
     const ids = { workerId: worker.id, workerPid: worker.process.pid };
     if (silentMs >= unresponsiveMs * KILL_AFTER_THRESHOLDS) {
       logger.error({ ...ids, silentMs }, "worker unresponsive, killing it");
