@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { Manager } from "socket.io-client";
 import {
   connectApp,
   connectBridge,
+  openEngine,
   randomBridgeId,
   requestData,
 } from "./support/clients.ts";
@@ -41,15 +41,7 @@ describe("binary attachments", function () {
   after(async () => relay?.stop());
 
   it("close a connection without a token", async () => {
-    const manager = new Manager(relay.url, {
-      transports: ["websocket"],
-      reconnection: false,
-      autoConnect: false,
-    });
-    await new Promise<void>((resolve, reject) =>
-      manager.open((error) => (error ? reject(error) : resolve())),
-    );
-    const engine = manager.engine;
+    const engine = await openEngine(relay.url);
     try {
       // A binary event for /app that announces 10 attachments, sent before
       // joining the namespace: the stock parser waits for the attachments.

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { Manager } from "socket.io-client";
 import { NAMESPACE_JOIN_TIMEOUT_MS } from "../server/relay/create-relay.ts";
+import { openEngine } from "./support/clients.ts";
 import { startRelay, type RelayProcess } from "./support/relay-process.ts";
 
 /** Allowance for Socket.IO's timer and the close to travel, in ms. */
@@ -16,16 +16,8 @@ describe("a connection that joins no namespace", function () {
   after(async () => relay?.stop());
 
   it("is closed after the join timeout", async () => {
-    const manager = new Manager(relay.url, {
-      transports: ["websocket"],
-      reconnection: false,
-      autoConnect: false,
-    });
-    await new Promise<void>((resolve, reject) =>
-      manager.open((error) => (error ? reject(error) : resolve())),
-    );
+    const engine = await openEngine(relay.url);
     const openedAt = performance.now();
-    const engine = manager.engine;
     try {
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(

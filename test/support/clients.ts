@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { io, type Socket } from "socket.io-client";
+import { io, Manager, type Socket } from "socket.io-client";
 import type { Ack } from "../../client-sdk/src/protocol.ts";
 import { appToken, bridgeToken } from "./tokens.ts";
 
@@ -166,4 +166,20 @@ export async function connectElsewhere(
     socket.close();
   }
   throw new Error(`every connection landed on server ${avoidServerId}`);
+}
+
+/**
+ * Opens an Engine.IO connection over websocket that joins no namespace,
+ * and returns it, for tests that send raw packets. The caller closes it.
+ */
+export async function openEngine(url: string): Promise<Manager["engine"]> {
+  const manager = new Manager(url, {
+    transports: ["websocket"],
+    reconnection: false,
+    autoConnect: false,
+  });
+  await new Promise<void>((resolve, reject) =>
+    manager.open((error) => (error ? reject(error) : resolve())),
+  );
+  return manager.engine;
 }
