@@ -41,8 +41,9 @@ function connectTo(
 /**
  * Logs why the worker is about to exit when its primary is gone (killed or
  * crashed). Node exits the worker right after the `disconnect` event,
- * without the drain. JSON logs are written synchronously, so the line
- * gets out; pretty logs go through a thread and may be lost.
+ * without the drain. JSON logs are written synchronously. Pretty logs go
+ * through a thread that pino flushes on exit, and the line got out in
+ * both formats when the primary was killed with SIGKILL.
  */
 function logPrimaryLoss(log: Logger): void {
   const worker = cluster.worker;
