@@ -73,10 +73,8 @@ function clusterNodeProblem(
   } catch {
     return `${name} is not a URL: expected one such as redis://10.0.0.5:6379`;
   }
-  if (url.protocol === "rediss:")
-    return `${name} uses rediss://, but TLS to Redis Cluster is not supported yet: use redis://`;
-  if (url.protocol !== "redis:" || url.hostname === "")
-    return `${name} must be a redis:// URL with a host, such as redis://10.0.0.5:6379`;
+  if (!["redis:", "rediss:"].includes(url.protocol) || url.hostname === "")
+    return `${name} must be a redis:// or rediss:// URL with a host, such as redis://10.0.0.5:6379`;
   if (url.pathname !== "" && url.pathname !== "/" && url.pathname !== "/0")
     return `${name} names a database (${url.pathname}), but Redis Cluster has database 0 only: remove the path`;
   if (!credentialsDecode(url))
@@ -114,6 +112,13 @@ const clusterNodeUrls = z
     for (const message of problems)
       context.addIssue({ code: "custom", message });
     if (problems.length > 0) return;
+    if (new Set(entries.map((entry) => new URL(entry).protocol)).size > 1) {
+      context.addIssue({
+        code: "custom",
+        message:
+          "REDIS_CLUSTER_NODES entries must all use redis:// or all rediss://, because the relay connects to every cluster node the same way",
+      });
+    }
     if (new Set(entries.map(credentialsOf)).size > 1) {
       context.addIssue({
         code: "custom",

@@ -177,7 +177,6 @@ describe("loadConfig", () => {
       ["REDIS_URL", "127.0.0.1:6379"],
       ["REDIS_CLUSTER_NODES", "127.0.0.1:7000"],
       ["REDIS_CLUSTER_NODES", "http://127.0.0.1:7000"],
-      ["REDIS_CLUSTER_NODES", "rediss://127.0.0.1:7000"],
       ["REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000,"],
       ["REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000,,redis://127.0.0.1:7001"],
       ["REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000/1"],
@@ -318,11 +317,21 @@ describe("loadConfig", () => {
       assert.doesNotMatch(error.message, /entry 1/);
     });
 
-    it("rejects TLS with a reason", () => {
-      const error = configFailure({
-        REDIS_CLUSTER_NODES: "rediss://10.0.0.5:6379",
+    it("accepts TLS seeds", () => {
+      const config = loadConfig({
+        REDIS_CLUSTER_NODES: "rediss://10.0.0.5:6379,rediss://10.0.0.6:6379",
       });
-      assert.match(error.message, /TLS to Redis Cluster is not supported/);
+      assert.deepEqual(config.redis, {
+        kind: "cluster",
+        nodeUrls: ["rediss://10.0.0.5:6379", "rediss://10.0.0.6:6379"],
+      });
+    });
+
+    it("rejects mixed schemes", () => {
+      const error = configFailure({
+        REDIS_CLUSTER_NODES: "rediss://10.0.0.5:6379,redis://10.0.0.6:6379",
+      });
+      assert.match(error.message, /all use redis:\/\/ or all rediss:\/\//);
     });
 
     it("rejects differing credentials", () => {

@@ -92,19 +92,23 @@ function watchCluster(
 
 /**
  * Settings of every node connection: those of a single-server client, and
- * the credentials of the seed URL. node-redis takes the seeds' settings
- * only for the first topology query, so they go into `defaults` too.
+ * the credentials and scheme of the seed URL. node-redis takes the seeds'
+ * settings only for the first topology query, so they go into `defaults`
+ * too. With rediss:// every node connection uses TLS, verified against
+ * Node's trusted certificates (add a private CA with NODE_EXTRA_CA_CERTS).
  */
 function nodeDefaults(seedUrl: string) {
-  const { username, password } = new URL(seedUrl);
+  const { username, password, protocol } = new URL(seedUrl);
+  const reconnectStrategy = (retries: number): number =>
+    reconnectDelay(retries, Math.random, TOPOLOGY_REFRESH_MS);
   return {
     disableOfflineQueue: true,
     ...(username === "" ? {} : { username: decodeURIComponent(username) }),
     ...(password === "" ? {} : { password: decodeURIComponent(password) }),
-    socket: {
-      reconnectStrategy: (retries: number) =>
-        reconnectDelay(retries, Math.random, TOPOLOGY_REFRESH_MS),
-    },
+    socket:
+      protocol === "rediss:"
+        ? { tls: true as const, reconnectStrategy }
+        : { reconnectStrategy },
   };
 }
 

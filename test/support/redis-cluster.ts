@@ -7,6 +7,7 @@ import { promisify } from "node:util";
 import { createClient, type RedisClientType } from "redis";
 import { randomBridgeId } from "./clients.ts";
 import { findFreePort, spawnRedis, stopProcess } from "./redis-server.ts";
+import { redisTlsArgs, writeTestCertificate } from "./tls.ts";
 
 const run = promisify(execFile);
 
@@ -18,6 +19,12 @@ export interface RedisCluster {
   urls: string[];
   /** Client port of each replica, as created. */
   replicaPorts: number[];
+  /**
+   * With the `tls` option: `rediss://127.0.0.1:<port>` of each master's TLS
+   * listener, and the certificate that a client must trust. The plain
+   * ports stay open for the test's own commands.
+   */
+  tls?: { urls: string[]; certFile: string };
   /** Kills the node on `port` with SIGKILL and resolves once it has exited. */
   kill(port: number): Promise<void>;
   /** Stops every node and removes their folder. */
@@ -33,6 +40,12 @@ export interface RedisClusterOptions {
    * before its replica takes over (Redis's default is 15000).
    */
   nodeTimeoutMs?: number;
+  /**
+   * Also listen with TLS on a port of their own, and run the cluster bus
+   * and replication over TLS. Redis 7 tells a TLS client the TLS ports of
+   * the other nodes, and a plain client their plain ports.
+   */
+  tls?: boolean;
 }
 
 const CREATE_TIMEOUT_MS = 20_000;
@@ -48,7 +61,7 @@ const STATE_TIMEOUT_MS = 10_000;
 export async function startRedisCluster(
   options: RedisClusterOptions = {},
 ): Promise<RedisCluster> {
-  const { masters = 3, replicas = 0, nodeTimeoutMs } = options;
+  const { masters = 3, replicas = 0, nodeTimeoutMs, tls = false } = options;
   const nodes = masters * (1 + replicas);
   const dir = await mkdtemp(join(tmpdir(), "relay-test-redis-cluster-"));
   const children = new Map<number, ChildProcess>();
@@ -59,16 +72,31 @@ export async function startRedisCluster(
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    const ports = await distinctFreePorts(nodes * 2);
+    const ports = await distinctFreePorts(nodes * 3);
     const clientPorts = ports.slice(0, nodes);
+    const tlsPorts = ports.slice(nodes * 2);
+    const certificate = tls ? await writeTestCertificate(dir) : undefined;
     const extraArgs =
       nodeTimeoutMs === undefined
         ? []
         : ["--cluster-node-timeout", String(nodeTimeoutMs)];
     for (const [index, port] of clientPorts.entries()) {
+      const tlsArgs =
+        certificate === undefined
+          ? []
+          : [
+              ...redisTlsArgs(certificate, tlsPorts[index]!),
+              "--tls-cluster",
+              "yes",
+              "--tls-replication",
+              "yes",
+            ];
       children.set(
         port,
-        await spawnClusterNode(port, ports[nodes + index]!, dir, extraArgs),
+        await spawnClusterNode(port, ports[nodes + index]!, dir, [
+          ...extraArgs,
+          ...tlsArgs,
+        ]),
       );
     }
     await createCluster(clientPorts, replicas);
@@ -85,6 +113,16 @@ export async function startRedisCluster(
       ports: masterPorts,
       urls: masterPorts.map((port) => `redis://127.0.0.1:${port}`),
       replicaPorts: clientPorts.slice(masters),
+      ...(certificate === undefined
+        ? {}
+        : {
+            tls: {
+              urls: tlsPorts
+                .slice(0, masters)
+                .map((port) => `rediss://127.0.0.1:${port}`),
+              certFile: certificate.certFile,
+            },
+          }),
       kill: async (port) => {
         const child = children.get(port);
         if (child === undefined) throw new Error(`no cluster node on ${port}`);
