@@ -111,7 +111,7 @@ const CHECKS: Record<string, (result: Record<string, unknown>) => void> = {
     assert.equal(rows.length, 4);
     for (const row of rows) {
       const name = `${String(row.system)}-${String(row.processes)}`;
-      for (const run of ["cost", "halfRate"]) {
+      for (const run of ["cost", "equalLoad", "halfRate"]) {
         const fixed = row[run] as Record<string, unknown>;
         const step = fixed.step as Record<string, unknown>;
         assertPositive(

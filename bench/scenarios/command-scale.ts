@@ -41,7 +41,8 @@ const USAGE = `Command cost against the number of server processes.
   npm run bench:command-scale -- [--processes 2,4] [--cost-rate 500] [--pairs 20] [--step-ms 5000] [--measure-ms 10000]
 
   --processes LIST  numbers of server processes to compare (default 2,4)
-  --cost-rate N     commands per second of the run that measures cost, the same for all (default 500)
+  --cost-rate N     commands per second of the run that measures cost, the same for all (default 500);
+                    a second run scales it by the process count, for equal load per process
   --pairs N         bridge and app pairs that share the load (default 20)
   --step-ms MS      length of each step of the search for the maximum rate (default 5000)
   --measure-ms MS   length of the runs at the cost rate and at half the maximum rate (default 10000)
@@ -111,6 +112,13 @@ interface ScaleResult {
   maxSustainedRate: number;
   /** The run at the cost rate, the same for every system and process count. */
   cost: FixedRateRun;
+  /**
+   * The run at the cost rate scaled by the process count (the first count
+   * runs at the cost rate itself), so that each process carries the same
+   * load. CPU per command falls as a process's load rises, so only this
+   * run compares process counts at equal load.
+   */
+  equalLoad: FixedRateRun;
   /** The run at half the maximum sustained rate. */
   halfRate: FixedRateRun;
   ladder: CommandStep[];
@@ -218,6 +226,11 @@ async function measureSystem(
     };
   }
   const cost = await measureFixedRate(agent, target, redisStats, costRate);
+  const equalLoadRate = Math.round((costRate * processes) / processCounts[0]!);
+  const equalLoad =
+    equalLoadRate === costRate
+      ? cost
+      : await measureFixedRate(agent, target, redisStats, equalLoadRate);
   const search = await measureTarget(agent, target, ladder);
   const halfRate = await measureFixedRate(
     agent,
@@ -231,6 +244,7 @@ async function measureSystem(
     processes,
     maxSustainedRate: search.maxSustainedRate,
     cost,
+    equalLoad,
     halfRate,
     ladder: search.steps,
   };
@@ -308,6 +322,17 @@ await runScenario(
       })),
     );
     printTable(
+      `Cost at ${costRate} commands per second per ${processCounts[0]} processes (equal load per process)`,
+      results.map((result) => ({
+        system: result.system,
+        processes: result.processes,
+        "rate/s": result.equalLoad.step.rate,
+        "p99 ms": result.equalLoad.step.p99Ms,
+        "redis cmds/cmd": result.equalLoad.redisCommandsPerCommand,
+        "server cpu ms/cmd": result.equalLoad.step.serverCpuMsPerCommand,
+      })),
+    );
+    printTable(
       "At half the maximum sustained rate",
       results.map((result) => ({
         system: result.system,
@@ -342,6 +367,16 @@ await runScenario(
           results,
           "bare-adapter",
           (r) => r.cost.step.serverCpuMsPerCommand,
+        ),
+        relayServerCpuGrowthAtEqualLoad: growth(
+          results,
+          "relay",
+          (r) => r.equalLoad.step.serverCpuMsPerCommand,
+        ),
+        bareServerCpuGrowthAtEqualLoad: growth(
+          results,
+          "bare-adapter",
+          (r) => r.equalLoad.step.serverCpuMsPerCommand,
         ),
       },
     };
