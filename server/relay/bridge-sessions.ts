@@ -17,6 +17,8 @@ export const RESYNC_REASON =
 
 /** Claims checked per store round trip when revalidating after a Redis reconnect. */
 const REVALIDATE_BATCH = 500;
+/** Time between attempts to release failed claims while Redis does not answer, in ms. */
+const ABANDONED_RETRY_MS = 1000;
 
 /**
  * The set of bridges this process may hold, which a sweep goes through
@@ -40,8 +42,9 @@ export class BridgeSessions {
   private readonly claiming = new Map<string, number>();
   /** Sessions whose release failed (Redis down), retried on the next revalidation. */
   private readonly unreleased = new Map<string, BridgeSession>();
-  /** Bridge IDs by socket ID of failed claims whose undoing failed too, retried likewise. */
+  /** Bridge IDs by socket ID of failed claims whose undoing failed too, retried every second. */
   private readonly abandoned = new Map<string, string>();
+  private abandonedRetry: NodeJS.Timeout | undefined;
   private revalidation: Promise<void> = Promise.resolve();
 
   constructor(
@@ -133,15 +136,50 @@ export class BridgeSessions {
    * Undoes a claim that failed. A claim that timed out may still run once
    * Redis answers again, and would show the refused socket's bridge online
    * with no socket behind it. The release follows the claim on the same
-   * Redis connection, so it runs after it; when the release fails as well,
-   * it is retried with the others after Redis comes back.
+   * Redis connection, so it runs after it. When the release fails as well,
+   * it is sent again every second until Redis answers it.
    */
   private abandon(bridgeId: string, socketId: string): void {
-    const releasing = this.releaseAbandoned(bridgeId, socketId).catch(() => {
-      this.abandoned.set(socketId, bridgeId);
-    });
+    const releasing = this.releaseAbandonedOrOwe(bridgeId, socketId).catch(
+      () => undefined,
+    );
     this.releasing.add(releasing);
     void releasing.finally(() => this.releasing.delete(releasing));
+  }
+
+  /** Releases a failed claim, or keeps it owed and schedules the next attempt. */
+  private async releaseAbandonedOrOwe(
+    bridgeId: string,
+    socketId: string,
+  ): Promise<void> {
+    try {
+      await this.releaseAbandoned(bridgeId, socketId);
+    } catch (error) {
+      this.abandoned.set(socketId, bridgeId);
+      this.scheduleAbandonedRetry();
+      throw error;
+    }
+  }
+
+  private scheduleAbandonedRetry(): void {
+    if (this.abandonedRetry !== undefined) return;
+    this.abandonedRetry = setTimeout(() => {
+      this.abandonedRetry = undefined;
+      void this.retryAbandoned();
+    }, ABANDONED_RETRY_MS);
+    this.abandonedRetry.unref();
+  }
+
+  /** Sends every owed release of a failed claim again; returns how many failed. */
+  private async retryAbandoned(): Promise<number> {
+    const owed = [...this.abandoned];
+    this.abandoned.clear();
+    const results = await Promise.allSettled(
+      owed.map(([socketId, bridgeId]) =>
+        this.releaseAbandonedOrOwe(bridgeId, socketId),
+      ),
+    );
+    return results.filter((result) => result.status === "rejected").length;
   }
 
   private async releaseAbandoned(
@@ -246,23 +284,18 @@ export class BridgeSessions {
   private async retryReleases(): Promise<void> {
     const pending = [...this.unreleased.values()];
     this.unreleased.clear();
-    const abandoned = [...this.abandoned];
-    this.abandoned.clear();
-    const results = await Promise.allSettled([
-      ...pending.map((session) => this.releaseNow(session)),
-      ...abandoned.map(([socketId, bridgeId]) =>
-        this.releaseAbandoned(bridgeId, socketId).catch((error: unknown) => {
-          this.abandoned.set(socketId, bridgeId);
-          throw error;
-        }),
-      ),
+    const abandoned = this.abandoned.size;
+    const [results, abandonedFailed] = await Promise.all([
+      Promise.allSettled(pending.map((session) => this.releaseNow(session))),
+      this.retryAbandoned(),
     ]);
-    const failed = results.filter(
-      (result) => result.status === "rejected",
-    ).length;
-    if (results.length > 0) {
+    const failed =
+      results.filter((result) => result.status === "rejected").length +
+      abandonedFailed;
+    const retried = pending.length + abandoned;
+    if (retried > 0) {
       this.logger.info(
-        { retried: results.length, failed },
+        { retried, failed },
         "retried bridge releases that failed while Redis was down",
       );
     }

@@ -148,7 +148,6 @@ export class RedisStore implements StateStore {
   private readonly healthCheckKeys: (baseKey: string) => string[];
   private readonly claimScript = new LuaScript(CLAIM_SCRIPT);
   private readonly releaseScript = new LuaScript(RELEASE_SCRIPT);
-  private readonly releaseSocketScript = new LuaScript(RELEASE_SOCKET_SCRIPT);
   private readonly writeScript = new LuaScript(WRITE_SCRIPT);
   private readonly getStateScript = new LuaScript(GET_STATE_SCRIPT);
   private readonly getLightsScript = new LuaScript(GET_LIGHTS_SCRIPT);
@@ -206,11 +205,13 @@ export class RedisStore implements StateStore {
     socketId: string,
     now: Date,
   ): Promise<boolean> {
-    const reply = await this.runScript(
-      this.releaseSocketScript,
-      [this.metaKey(bridgeId)],
-      [socketId, now.toISOString()],
-    );
+    // Sent with its source: this release runs when Redis is slow, and an
+    // EVALSHA that Redis answers with NOSCRIPT after the command timed out
+    // would never be followed by the EVAL that runs it.
+    const reply = await this.client.eval(RELEASE_SOCKET_SCRIPT, {
+      keys: [this.metaKey(bridgeId)],
+      arguments: [socketId, now.toISOString()],
+    });
     return asInteger(reply, "release") === 1;
   }
 
