@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { pino } from "pino";
 import { createClient, type RedisClientType } from "redis";
 import { RedisBus } from "../server/messaging/server-bus.ts";
+import { commandDeadline } from "../server/redis/clients.ts";
 import { serverConnectionState } from "../server/redis/connection-state.ts";
 import { CommandRouter } from "../server/relay/command-router.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
@@ -61,5 +62,50 @@ describe("command router", function () {
       elapsedMs < PAUSE_MS - 500,
       `answered after ${Math.round(elapsedMs)} ms, with the pause`,
     );
+  });
+  it("answers TIMEOUT when Redis does not confirm a sent publish", async () => {
+    // The relay's settings: a publish fails once Redis has not answered
+    // within the command limit, also after it was sent.
+    const limited: RedisClientType = createClient({
+      url: redis.url,
+      commandOptions: commandDeadline(COMMAND_TIMEOUT_MS / 3),
+    });
+    await limited.connect();
+    try {
+      const bus = new RedisBus(
+        "router-test-limited",
+        {
+          main: limited,
+          subscriber,
+          subscriberState: serverConnectionState(subscriber),
+        },
+        "relay",
+        pino({ level: "silent" }),
+      );
+      const limitedRouter = new CommandRouter(
+        bus,
+        () => Promise.reject(new Error("no local bridge in this test")),
+        PAUSE_MS * 2,
+        pino({ level: "silent" }),
+      );
+      await admin.sendCommand(["CLIENT", "PAUSE", String(PAUSE_MS), "WRITE"]);
+      const startedAt = performance.now();
+      await assert.rejects(
+        limitedRouter.send("other-server", {
+          bridgeId: "0017880a1b2c3d4e",
+          commandId: "command-2",
+          lightId: "a",
+          change: { on: { on: true } },
+        }),
+        { code: "TIMEOUT", message: /may still reach the bridge/ },
+      );
+      const elapsedMs = performance.now() - startedAt;
+      assert.ok(
+        elapsedMs < PAUSE_MS - 500,
+        `answered after ${Math.round(elapsedMs)} ms, with the pause`,
+      );
+    } finally {
+      limited.destroy();
+    }
   });
 });

@@ -110,25 +110,18 @@ export class CommandExecutor {
 
   /**
    * Returns the time the bridge has to answer: the command timeout, or less
-   * when the origin stops waiting sooner. Throws `TIMEOUT` for a command
-   * that arrived after its deadline (this process or the bus was stalled),
-   * so the bridge never applies a command that its app saw fail.
+   * when the origin stops waiting sooner. The router drops a command that
+   * arrives after its deadline; one whose deadline passed since then gets
+   * `TIMEOUT` here, so the bridge never applies a command that its app saw
+   * fail.
    */
   private timeLeft(command: RoutedCommand): number {
     if (command.deadline === undefined) return this.timeoutMs;
     const leftMs = command.deadline - Date.now();
     if (leftMs > 0) return Math.min(this.timeoutMs, leftMs);
-    this.logger.warn(
-      {
-        bridgeId: command.bridgeId,
-        commandId: command.commandId,
-        lateMs: -leftMs,
-      },
-      "dropped a command that arrived after its deadline",
-    );
     throw new RelayError(
       "TIMEOUT",
-      `command for bridge ${command.bridgeId} arrived after its deadline`,
+      `command for bridge ${command.bridgeId} reached its deadline before the bridge`,
     );
   }
 

@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { TimeoutReadError } from "redis";
 import type { Ack, Light, LightPatch } from "../../client-sdk/src/protocol.ts";
 import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
@@ -92,8 +93,10 @@ export class CommandRouter {
 
   /**
    * Publishes `command` to `serverId`'s channel. Rejects with
-   * `UNAVAILABLE` when Redis fails the publish and with `BRIDGE_OFFLINE`
-   * when no process receives it, after dropping the pending reply.
+   * `UNAVAILABLE` when Redis fails the publish, `TIMEOUT` when the publish
+   * was sent but Redis did not answer in time (Redis may still deliver it,
+   * so the outcome is unknown), and `BRIDGE_OFFLINE` when no process
+   * receives it, after dropping the pending reply.
    */
   private async deliver(
     serverId: string,
@@ -114,6 +117,12 @@ export class CommandRouter {
         { err: error, bridgeId: command.bridgeId, serverId },
         "could not route a command",
       );
+      if (error instanceof TimeoutReadError) {
+        throw new RelayError(
+          "TIMEOUT",
+          `the command for bridge ${command.bridgeId} was sent, but Redis did not confirm it in time; it may still reach the bridge`,
+        );
+      }
       throw new RelayError(
         "UNAVAILABLE",
         "could not reach the bridge's server, retry later",
@@ -138,6 +147,20 @@ export class CommandRouter {
     }
     if (message.type !== "command") return;
     const { requestId, origin, type: _type, ...command } = message;
+    if (command.deadline !== undefined && Date.now() >= command.deadline) {
+      // Dropped before the commands in flight are looked up, so that a late
+      // copy never becomes the command an in-time repeat of it joins. The
+      // origin has stopped waiting, so no reply is sent.
+      this.logger.warn(
+        {
+          bridgeId: command.bridgeId,
+          commandId: command.commandId,
+          lateMs: Date.now() - command.deadline,
+        },
+        "dropped a command that arrived after its deadline",
+      );
+      return;
+    }
     const answer = await this.execute(command);
     try {
       await this.bus.send(origin, { type: "reply", requestId, answer });

@@ -104,4 +104,49 @@ describe("fault: the bridge's worker resumes after a command timed out", functio
     );
     assert.equal(lights.get("a")?.on?.on, true);
   });
+
+  it("runs an in-time repeat of a late command", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = await connectBridge(relay.url, bridgeId);
+    sockets.push(bridge);
+    const lights = untypedLightMap("a");
+    const received = answerLightSet(bridge, lights);
+    await requestData(bridge, "state:snapshot", {
+      lights: [...lights.values()],
+    });
+    const { serverId: owner } = await requestData<{ serverId: string }>(
+      bridge,
+      "relay:info",
+      {},
+    );
+    const { socket: app } = await connectElsewhere(
+      () => connectApp(relay.url, [bridgeId]),
+      owner,
+    );
+    sockets.push(app);
+    const ownerPid = relay
+      .workers()
+      .find((worker) => worker.serverId === owner)!.pid;
+    const command = {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: false } },
+      commandId: `repeat-${bridgeId}`,
+    };
+
+    process.kill(ownerPid, "SIGSTOP");
+    stoppedPid = ownerPid;
+    const first = await request(app, "light:set", command, STOP_MS * 2);
+    assert.equal(first.ok ? "ok" : first.error.code, "TIMEOUT");
+    // The repeat waits on the bus behind the late first copy, with time
+    // left before its own deadline when the worker resumes.
+    const repeat = request(app, "light:set", command, STOP_MS * 2);
+    await sleep(300);
+    process.kill(ownerPid, "SIGCONT");
+    stoppedPid = undefined;
+
+    const answer = await repeat;
+    assert.equal(answer.ok ? "ok" : answer.error.code, "ok");
+    assert.equal(received.length, 1, "the bridge got the command once");
+  });
 });

@@ -156,8 +156,16 @@ describe("fault: Redis stops replying to requests", function () {
       printFigure(
         `Redis paused ${PAUSE_MS} ms, command limit ${REDIS_COMMAND_TIMEOUT_MS} ms: socket commands answered in ${commands.map(({ ms }) => ms).join(", ")} ms, PUT ${put.value.status} in ${put.ms} ms, GET ${list.value.status} in ${list.ms} ms, handshake refused in ${handshake.ms} ms`,
       );
+      // A command for a bridge on the app's worker fails its state write
+      // (UNAVAILABLE). One routed to the other worker was published but not
+      // confirmed, so Redis may still deliver it (TIMEOUT).
       for (const { value } of commands) {
-        assert.equal(value.ok ? "ok" : value.error?.code, "UNAVAILABLE");
+        assert.ok(
+          ["UNAVAILABLE", "TIMEOUT"].includes(
+            value.ok ? "ok" : (value.error?.code ?? "?"),
+          ),
+          JSON.stringify(value),
+        );
       }
       assert.equal(put.value.status, 503);
       assert.equal(list.value.status, 503);
