@@ -109,25 +109,29 @@ export function watchWorkers(options: WatchdogOptions): () => void {
 
   let lastTick = performance.now();
   /**
-   * Gives every worker a fresh window when the primary itself did not run
-   * for longer than the threshold (stopped, or a VM paused): the answers
-   * that came meanwhile are still unread, so silence proves nothing then.
+   * Leaves out of every worker's silence the time the primary itself did
+   * not run (stopped, or a VM paused) when that was longer than the
+   * threshold: answers that came meanwhile are still unread. Silence before
+   * and after the stall still counts, so repeated stalls of the primary do
+   * not spare a worker that stays frozen.
    */
-  const forgiveAfterOwnStall = (): void => {
+  const forgiveOwnStall = (): void => {
     const now = performance.now();
     const stalledMs = now - lastTick;
     lastTick = now;
     if (stalledMs < unresponsiveMs) return;
-    for (const id of lastAnswer.keys()) lastAnswer.set(id, now);
+    for (const [id, answeredAt] of lastAnswer) {
+      lastAnswer.set(id, Math.min(now, answeredAt + stalledMs));
+    }
     logger.warn(
       { stalledMs: Math.round(stalledMs) },
-      "primary was stalled, judging workers from now on",
+      "primary was stalled, leaving that time out of worker silence",
     );
   };
 
   const timer = setInterval(
     () => {
-      forgiveAfterOwnStall();
+      forgiveOwnStall();
       for (const worker of options.serving()) check(worker);
     },
     Math.max(1, Math.floor(unresponsiveMs / PINGS_PER_THRESHOLD)),

@@ -149,7 +149,9 @@ describe("fault: a worker freezes", function () {
     for (const pid of workerPids) assert.ok(isAlive(pid), `worker ${pid}`);
     assert.equal(await answeredProbes(relay.url, 10), 10);
     await relay.waitForLog(
-      (line) => line.msg === "primary was stalled, judging workers from now on",
+      (line) =>
+        line.msg ===
+        "primary was stalled, leaving that time out of worker silence",
     );
   });
 
@@ -170,5 +172,26 @@ describe("fault: a worker freezes", function () {
     );
     await sleep(200);
     assert.equal(await answeredProbes(relay.url, 10), 10);
+  });
+
+  it("kills a frozen worker while the primary keeps stalling", async () => {
+    const live = relay.workers().filter((worker) => isAlive(worker.pid));
+    const frozen = live[live.length - 1]!.pid;
+    process.kill(frozen, "SIGSTOP");
+    // The primary stops for longer than the threshold, again and again.
+    const deadline = Date.now() + UNRESPONSIVE_MS * 6 * 4;
+    let killed = false;
+    while (!killed && Date.now() < deadline) {
+      process.kill(relay.pid, "SIGSTOP");
+      await sleep(UNRESPONSIVE_MS * 1.4);
+      process.kill(relay.pid, "SIGCONT");
+      await sleep(UNRESPONSIVE_MS);
+      killed = relay.logs.some(
+        (line) =>
+          line.msg === "worker unresponsive, killing it" &&
+          line.workerPid === frozen,
+      );
+    }
+    assert.ok(killed, "the frozen worker was killed");
   });
 });
