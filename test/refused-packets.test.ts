@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
+import { MAX_TOKEN_LENGTH } from "../server/auth/verify.ts";
+import { MAX_CONNECT_PACKET_LENGTH } from "../server/transport/json-only-parser.ts";
 import {
   connectApp,
   connectBridge,
+  connectError,
   openEngine,
   randomBridgeId,
   requestData,
@@ -31,7 +34,7 @@ function timeUntil(
   });
 }
 
-describe("binary attachments", function () {
+describe("packets the relay refuses", function () {
   this.timeout(30_000);
   let relay: RelayProcess;
 
@@ -40,7 +43,7 @@ describe("binary attachments", function () {
   });
   after(async () => relay?.stop());
 
-  it("close a connection without a token", async () => {
+  it("closes on binary before a join", async () => {
     const engine = await openEngine(relay.url);
     try {
       // A binary event for /app that announces 10 attachments, sent before
@@ -53,7 +56,7 @@ describe("binary attachments", function () {
     }
   });
 
-  it("close an app that sends one", async () => {
+  it("closes an app that sends binary", async () => {
     const app = await connectApp(relay.url, [randomBridgeId()]);
     try {
       const disconnected = timeUntil(app, "disconnect", CLOSE_BOUND_MS * 5);
@@ -64,7 +67,7 @@ describe("binary attachments", function () {
     }
   });
 
-  it("leave other connections serving", async () => {
+  it("keeps other connections serving", async () => {
     const bridgeId = randomBridgeId();
     const bridge = await connectBridge(relay.url, bridgeId);
     const sender = await connectApp(relay.url, [bridgeId]);
@@ -82,5 +85,23 @@ describe("binary attachments", function () {
       bridge.close();
       sender.close();
     }
+  });
+  it("closes on an overlong CONNECT", async () => {
+    const engine = await openEngine(relay.url);
+    try {
+      const closed = timeUntil(engine, "close", CLOSE_BOUND_MS * 5);
+      const token = "x".repeat(MAX_CONNECT_PACKET_LENGTH);
+      engine.send(`0/app,${JSON.stringify({ token })}`);
+      assert.ok((await closed) <= CLOSE_BOUND_MS);
+    } finally {
+      engine.close();
+    }
+  });
+
+  it("still checks the longest token", async () => {
+    const error = await connectError(relay.url, "/app", {
+      auth: { token: "x".repeat(MAX_TOKEN_LENGTH) },
+    });
+    assert.equal(error.data?.code, "UNAUTHORIZED");
   });
 });

@@ -1,4 +1,14 @@
 import { Decoder, Encoder } from "socket.io-parser";
+import { MAX_TOKEN_LENGTH } from "../auth/verify.ts";
+
+/**
+ * Longest CONNECT packet accepted, in characters: a token of the longest
+ * accepted length, with room for the namespace and the JSON around it.
+ */
+export const MAX_CONNECT_PACKET_LENGTH = MAX_TOKEN_LENGTH + 4096;
+
+/** Socket.IO's packet type digit of CONNECT. */
+const CONNECT_TYPE = "0";
 
 /**
  * Socket.IO's packet decoder with binary attachments refused. The stock
@@ -7,10 +17,28 @@ import { Decoder, Encoder } from "socket.io-parser";
  * client without a token could make a worker hold about 20 MB per
  * connection. The contract carries JSON only. A packet that announces an
  * attachment fails to decode, and Socket.IO closes the connection.
+ *
+ * A CONNECT packet carries only the namespace and the token, so one longer
+ * than `MAX_CONNECT_PACKET_LENGTH` is refused before it is parsed. A
+ * refused handshake leaves the connection open, so a client without a
+ * token could otherwise have a worker parse 2 MB of JSON again and again.
  */
 class JsonOnlyDecoder extends Decoder {
   constructor() {
     super({ maxAttachments: 0 });
+  }
+
+  override add(packet: unknown): void {
+    if (
+      typeof packet === "string" &&
+      packet.startsWith(CONNECT_TYPE) &&
+      packet.length > MAX_CONNECT_PACKET_LENGTH
+    ) {
+      throw new Error(
+        `CONNECT packet of ${packet.length} characters is over the limit of ${MAX_CONNECT_PACKET_LENGTH}`,
+      );
+    }
+    super.add(packet);
   }
 }
 
