@@ -10,6 +10,7 @@ import {
 } from "../protocol/schemas.ts";
 import {
   cancelExpiry,
+  closeConnectionAfterLeave,
   disconnectOnExpiry,
   handshakeMiddleware,
   socketIdentity,
@@ -117,6 +118,7 @@ function disconnectListener(
     cancelExpiry(this);
     deps.limits.forgetSocket(this.id);
     deps.logger.debug({ ...socketLogFields(this), reason }, "app disconnected");
+    closeConnectionAfterLeave(this, reason);
   };
 }
 

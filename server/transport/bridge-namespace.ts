@@ -13,6 +13,7 @@ import {
 } from "../protocol/schemas.ts";
 import {
   cancelExpiry,
+  closeConnectionAfterLeave,
   disconnectOnExpiry,
   handshakeMiddleware,
   socketIdentity,
@@ -177,6 +178,7 @@ function disconnectListener(
     cancelExpiry(this);
     deps.limits.forgetSocket(this.id);
     deps.logger.info({ ...fields, reason }, "bridge disconnected");
+    closeConnectionAfterLeave(this, reason);
     deps.sessions.release(session).catch((error: unknown) => {
       deps.logger.warn(
         { ...fields, err: error },

@@ -196,3 +196,17 @@ export function cancelExpiry(socket: Socket): void {
   clearTimeout(expiryTimers.get(socket));
   expiryTimers.delete(socket);
 }
+
+/**
+ * Closes the connection under `socket` when the client left the namespace
+ * but kept the connection. Socket.IO checks only once, at its join
+ * timeout, that a connection is in a namespace, so such a connection would
+ * otherwise stay open with no token checked. A client uses one namespace
+ * per connection, so none is left.
+ */
+export function closeConnectionAfterLeave(
+  socket: Socket,
+  reason: string,
+): void {
+  if (reason === "client namespace disconnect") socket.conn.close();
+}
