@@ -327,6 +327,13 @@ describe("http api: 2 workers on Redis", function () {
         headers: { "Idempotency-Key": "k".repeat(65) },
         message: /Idempotency-Key/,
       },
+      {
+        name: "Idempotency-Key not ASCII",
+        target: lightUrl(bridgeId, "a"),
+        body: JSON.stringify({ on: { on: true } }),
+        headers: { "Idempotency-Key": "caf\u00e9" },
+        message: /Idempotency-Key.*printable ASCII/,
+      },
     ];
     for (const testCase of cases) {
       const response = await send(testCase.target, {

@@ -34,8 +34,20 @@ const lightPathSchema = z.object({
   bridgeId: bridgeIdSchema,
   lightId: lightIdSchema,
 });
+/** Printable ASCII, space included. */
+const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
+
+/**
+ * HTTP carries header values as Latin-1 bytes, so a key with other
+ * characters would name another command than the same `commandId` sent
+ * over a socket: only printable ASCII is accepted.
+ */
 const idempotencyKeySchema = z.object({
-  "Idempotency-Key": commandIdSchema.optional(),
+  "Idempotency-Key": commandIdSchema
+    .refine((key) => PRINTABLE_ASCII.test(key), {
+      message: "must be printable ASCII",
+    })
+    .optional(),
 });
 
 /** Response locals set by `authenticate`. */
