@@ -45,7 +45,11 @@ describe("fault: the bridge's worker resumes after a command timed out", functio
     await stopRelayOnRedis({ relay, redis });
   });
 
-  it("never delivers the late command", async () => {
+  /**
+   * Connects a fake bridge with light "a" and an app on the other worker,
+   * and returns them with what the bridge receives and its worker's PID.
+   */
+  async function bridgeAndAppApart() {
     const bridgeId = randomBridgeId();
     const bridge = await connectBridge(relay.url, bridgeId);
     sockets.push(bridge);
@@ -67,6 +71,12 @@ describe("fault: the bridge's worker resumes after a command timed out", functio
     const ownerPid = relay
       .workers()
       .find((worker) => worker.serverId === owner)!.pid;
+    return { bridgeId, lights, received, app, ownerPid };
+  }
+
+  it("never delivers the late command", async () => {
+    const { bridgeId, lights, received, app, ownerPid } =
+      await bridgeAndAppApart();
 
     process.kill(ownerPid, "SIGSTOP");
     stoppedPid = ownerPid;
@@ -106,27 +116,7 @@ describe("fault: the bridge's worker resumes after a command timed out", functio
   });
 
   it("runs an in-time repeat of a late command", async () => {
-    const bridgeId = randomBridgeId();
-    const bridge = await connectBridge(relay.url, bridgeId);
-    sockets.push(bridge);
-    const lights = untypedLightMap("a");
-    const received = answerLightSet(bridge, lights);
-    await requestData(bridge, "state:snapshot", {
-      lights: [...lights.values()],
-    });
-    const { serverId: owner } = await requestData<{ serverId: string }>(
-      bridge,
-      "relay:info",
-      {},
-    );
-    const { socket: app } = await connectElsewhere(
-      () => connectApp(relay.url, [bridgeId]),
-      owner,
-    );
-    sockets.push(app);
-    const ownerPid = relay
-      .workers()
-      .find((worker) => worker.serverId === owner)!.pid;
+    const { bridgeId, received, app, ownerPid } = await bridgeAndAppApart();
     const command = {
       bridgeId,
       lightId: "a",
