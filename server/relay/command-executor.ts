@@ -12,10 +12,19 @@ import { describeFirstIssue } from "../protocol/validate.ts";
 import type { StateStore, StoredCommandAnswer } from "../state/store.ts";
 import type { BridgeSession, BridgeSessions } from "./bridge-sessions.ts";
 import type { CommandAnswer, RoutedCommand } from "./command-router.ts";
+import { setInputFirstTimeout } from "./input-first-timeout.ts";
 import type { StateWriter } from "./state-writer.ts";
 
 /** How long a bridge's answer is remembered for a repeated `commandId`, in ms. */
 export const COMMAND_ANSWER_TTL_MS = 60_000;
+
+/**
+ * How long after its timeout a command's answer is still read, in ms: the
+ * longest stop of this process after which a bridge's answer that arrived
+ * in time is applied. The worker watchdog kills a worker silent for 30 s
+ * at its default settings.
+ */
+const ANSWER_STALL_GRACE_MS = 30_000;
 
 /** Converts a remembered answer into the acknowledgement an app receives. */
 export function answerFromStored(
@@ -125,6 +134,14 @@ export class CommandExecutor {
     );
   }
 
+  /**
+   * Sends `command` to the bridge and waits `timeoutMs` for its answer.
+   * The timeout reads waiting input first, so an answer that came in time
+   * while this process was stopped still counts. Socket.IO's own ack
+   * timeout, ANSWER_STALL_GRACE_MS longer, only frees the callback of a
+   * bridge that never answers; an answer that comes between the two is
+   * read and dropped.
+   */
   private sendToBridge(
     session: BridgeSession,
     command: LightSetCommand,
@@ -132,29 +149,33 @@ export class CommandExecutor {
   ): Promise<unknown> {
     const { socket, bridgeId } = session;
     return new Promise((resolve, reject) => {
+      const settle = (error: RelayError | null, answer?: unknown): void => {
+        cancelTimeout();
+        socket.off("disconnect", onDisconnect);
+        if (error === null) resolve(answer);
+        else reject(error);
+      };
       const onDisconnect = (): void => {
-        reject(
+        settle(
           new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} disconnected`),
         );
       };
+      const cancelTimeout = setInputFirstTimeout(() => {
+        settle(
+          new RelayError(
+            "TIMEOUT",
+            `bridge ${bridgeId} did not answer within ${timeoutMs} ms`,
+          ),
+        );
+      }, timeoutMs);
       socket.once("disconnect", onDisconnect);
       socket
-        .timeout(timeoutMs)
+        .timeout(timeoutMs + ANSWER_STALL_GRACE_MS)
         .emit(
           "light:set",
           command,
           (error: Error | null, answer: LightSetAnswer) => {
-            socket.off("disconnect", onDisconnect);
-            if (error !== null) {
-              reject(
-                new RelayError(
-                  "TIMEOUT",
-                  `bridge ${bridgeId} did not answer within ${timeoutMs} ms`,
-                ),
-              );
-            } else {
-              resolve(answer);
-            }
+            if (error === null) settle(null, answer);
           },
         );
     });

@@ -4,6 +4,7 @@ import type { Ack, Light, LightPatch } from "../../client-sdk/src/protocol.ts";
 import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import type { BusMessage, ServerBus } from "../messaging/server-bus.ts";
+import { setInputFirstTimeout } from "./input-first-timeout.ts";
 
 export interface RoutedCommand {
   bridgeId: string;
@@ -33,7 +34,7 @@ export type CommandExecutor = (
 
 interface PendingRequest {
   resolve: (answer: CommandAnswer) => void;
-  timer: NodeJS.Timeout;
+  cancelTimeout: () => void;
 }
 
 /**
@@ -77,11 +78,13 @@ export class CommandRouter {
     if (serverId === this.bus.serverId) return this.execute(command);
     const requestId = randomUUID();
     const answer = new Promise<CommandAnswer>((resolve) => {
-      const timer = setTimeout(() => {
+      // Reads a reply that arrived while this process was stopped before
+      // giving up on it.
+      const cancelTimeout = setInputFirstTimeout(() => {
         this.pending.delete(requestId);
         resolve(timeoutAnswer(command.bridgeId));
       }, this.timeoutMs);
-      this.pending.set(requestId, { resolve, timer });
+      this.pending.set(requestId, { resolve, cancelTimeout });
     });
     const deadline = Date.now() + this.timeoutMs - this.replyMarginMs;
     const delivered = this.deliver(serverId, requestId, {
@@ -180,7 +183,7 @@ export class CommandRouter {
     const request = this.pending.get(requestId);
     if (request === undefined) return;
     this.pending.delete(requestId);
-    clearTimeout(request.timer);
+    request.cancelTimeout();
     if (answer !== undefined) request.resolve(answer);
   }
 
@@ -193,7 +196,7 @@ export class CommandRouter {
   private answerPending(message: string): void {
     for (const [requestId, request] of this.pending) {
       this.pending.delete(requestId);
-      clearTimeout(request.timer);
+      request.cancelTimeout();
       request.resolve({
         ok: false,
         error: new RelayError("UNAVAILABLE", message).toBody(),

@@ -25,7 +25,7 @@ const ORIGIN_WAIT_MS = COMMAND_TIMEOUT_MS + 1000;
 /** Long enough for the origin to give up, short of the worker watchdog's kill. */
 const STOP_MS = ORIGIN_WAIT_MS + 1000;
 
-describe("fault: the bridge's worker resumes after a command timed out", function () {
+describe("fault: a worker stops while a command is under way", function () {
   this.timeout(30_000);
   let redis: RedisServer;
   let relay: RelayProcess;
@@ -47,14 +47,16 @@ describe("fault: the bridge's worker resumes after a command timed out", functio
 
   /**
    * Connects a fake bridge with light "a" and an app on the other worker,
-   * and returns them with what the bridge receives and its worker's PID.
+   * and returns them with what the bridge receives and the PIDs of the
+   * bridge's worker (the owner) and the app's (the origin). `beforeAnswer`
+   * runs when a command reaches the bridge, before it answers.
    */
-  async function bridgeAndAppApart() {
+  async function bridgeAndAppApart(beforeAnswer?: () => void) {
     const bridgeId = randomBridgeId();
     const bridge = await connectBridge(relay.url, bridgeId);
     sockets.push(bridge);
     const lights = untypedLightMap("a");
-    const received = answerLightSet(bridge, lights);
+    const received = answerLightSet(bridge, lights, beforeAnswer);
     await requestData(bridge, "state:snapshot", {
       lights: [...lights.values()],
     });
@@ -68,10 +70,20 @@ describe("fault: the bridge's worker resumes after a command timed out", functio
       owner,
     );
     sockets.push(app);
-    const ownerPid = relay
-      .workers()
-      .find((worker) => worker.serverId === owner)!.pid;
-    return { bridgeId, lights, received, app, ownerPid };
+    const workers = relay.workers();
+    const ownerPid = workers.find((worker) => worker.serverId === owner)!.pid;
+    const originPid = workers.find((worker) => worker.serverId !== owner)!.pid;
+    return { bridgeId, lights, received, app, ownerPid, originPid };
+  }
+
+  /** Stops `pid` and sends it `SIGCONT` after STOP_MS. */
+  function stopFor(pid: number): Promise<void> {
+    process.kill(pid, "SIGSTOP");
+    stoppedPid = pid;
+    return sleep(STOP_MS).then(() => {
+      process.kill(pid, "SIGCONT");
+      stoppedPid = undefined;
+    });
   }
 
   it("never delivers the late command", async () => {
@@ -138,5 +150,70 @@ describe("fault: the bridge's worker resumes after a command timed out", functio
     const answer = await repeat;
     assert.equal(answer.ok ? "ok" : answer.error.code, "ok");
     assert.equal(received.length, 1, "the bridge got the command once");
+  });
+
+  it("stores an answer read on resume", async () => {
+    let stopped: Promise<void> | undefined;
+    let ownerPid = 0;
+    const { bridgeId, app, ...apart } = await bridgeAndAppApart(() => {
+      stopped = stopFor(ownerPid);
+    });
+    ownerPid = apart.ownerPid;
+    const command = {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: false } },
+      commandId: `stopped-owner-${bridgeId}`,
+    };
+
+    const sentAt = performance.now();
+    const first = await request(app, "light:set", command, STOP_MS * 2);
+    const answeredMs = Math.round(performance.now() - sentAt);
+    assert.equal(first.ok ? "ok" : first.error.code, "TIMEOUT");
+    await stopped;
+
+    // The owner read the answer on resume instead of timing out first: it
+    // stored the light and remembers the answer for a repeat.
+    const repeat = await request(app, "light:set", command);
+    assert.equal(repeat.ok ? "ok" : repeat.error.code, "ok");
+    assert.equal(apart.received.length, 1, "the bridge got the command once");
+    const view = await requestData<{ lights: { id: string; on: unknown }[] }>(
+      app,
+      "bridge:subscribe",
+      { bridgeId },
+    );
+    assert.deepEqual(view.lights.find((light) => light.id === "a")?.on, {
+      on: false,
+    });
+    printFigure(
+      `owner stopped ${STOP_MS} ms as the bridge answered: app answered TIMEOUT after ${answeredMs} ms, the answer was stored on resume and its repeat answered ok`,
+    );
+  });
+
+  it("answers with a reply read on resume", async () => {
+    let stopped: Promise<void> | undefined;
+    let originPid = 0;
+    const { bridgeId, app, ...apart } = await bridgeAndAppApart(() => {
+      stopped = stopFor(originPid);
+    });
+    originPid = apart.originPid;
+
+    const sentAt = performance.now();
+    const answer = await request(
+      app,
+      "light:set",
+      { bridgeId, lightId: "a", change: { on: { on: false } } },
+      STOP_MS * 2,
+    );
+    const answeredMs = Math.round(performance.now() - sentAt);
+    await stopped;
+    assert.equal(answer.ok ? "ok" : answer.error.code, "ok");
+    assert.ok(
+      answeredMs >= STOP_MS,
+      `answered after ${answeredMs} ms, past the ${ORIGIN_WAIT_MS} ms wait`,
+    );
+    printFigure(
+      `origin stopped ${STOP_MS} ms with the reply on its way: app answered ok after ${answeredMs} ms (wait ${ORIGIN_WAIT_MS} ms)`,
+    );
   });
 });

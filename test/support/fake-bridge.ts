@@ -68,16 +68,22 @@ export function applyLightCommand(
   return { ok: true, data: { light: next } };
 }
 
-/** Answers `light:set` on a raw Socket.IO bridge socket from `lights`, and returns the commands received. */
+/**
+ * Answers `light:set` on a raw Socket.IO bridge socket from `lights`, and
+ * returns the commands received. `beforeAnswer` runs between a command's
+ * arrival and its answer.
+ */
 export function answerLightSet(
   socket: Socket,
   lights: Map<string, Light>,
+  beforeAnswer: (command: LightSetCommand) => void = () => undefined,
 ): LightSetCommand[] {
   const received: LightSetCommand[] = [];
   socket.on(
     "light:set",
     (command: LightSetCommand, ack: (answer: BridgeCommandAnswer) => void) => {
       received.push(command);
+      beforeAnswer(command);
       ack(applyLightCommand(lights, command));
     },
   );
