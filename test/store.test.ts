@@ -245,9 +245,9 @@ for (const variant of variants) {
           at(1),
         );
         await store.claimConnection(bridgeId, "server-b", "socket-2", at(2));
-        assert.equal(
+        assert.deepEqual(
           await store.releaseSocket(bridgeId, "socket-1", at(3)),
-          false,
+          { released: false },
         );
         const [held] = await store.getPresence([bridgeId]);
         assert.deepEqual(held?.connection, {
@@ -257,20 +257,41 @@ for (const variant of variants) {
         });
         assert.equal(held?.lastSeen, at(2).toISOString());
 
-        assert.equal(
+        assert.deepEqual(
           await store.releaseSocket(bridgeId, "socket-2", at(4)),
-          true,
+          {
+            released: true,
+            replaced: { serverId: "server-a", socketId: "socket-1" },
+          },
         );
         const [released] = await store.getPresence([bridgeId]);
         assert.equal(released?.connection, null);
         assert.equal(released?.lastSeen, at(4).toISOString());
-        assert.equal(
+        assert.deepEqual(
           await store.releaseSocket(bridgeId, "socket-2", at(5)),
-          false,
+          { released: false },
         );
-        assert.equal(
+        assert.deepEqual(
           await store.releaseSocket(newBridgeId(), "socket-2", at(5)),
-          false,
+          { released: false },
+        );
+      });
+
+      it("reports no replaced connection after a release", async function () {
+        const bridgeId = newBridgeId();
+        await store.claimConnection(bridgeId, "server-a", "socket-1", at(1));
+        const { epoch } = await store.claimConnection(
+          bridgeId,
+          "server-b",
+          "socket-2",
+          at(2),
+        );
+        await store.releaseConnection(bridgeId, epoch, at(3));
+        // This claim replaced nothing: the bridge was offline.
+        await store.claimConnection(bridgeId, "server-c", "socket-3", at(4));
+        assert.deepEqual(
+          await store.releaseSocket(bridgeId, "socket-3", at(5)),
+          { released: true, replaced: null },
         );
       });
 

@@ -6,6 +6,7 @@ import type {
   BridgeStateRecord,
   ClaimResult,
   LightWrite,
+  SocketRelease,
   StateStore,
   StoredCommandAnswer,
   WriteResult,
@@ -21,6 +22,8 @@ interface BridgeRecord {
   epoch: number;
   version: number;
   connection: { serverId: string; socketId: string } | null;
+  /** The connection that the current one's claim replaced. */
+  replaced: { serverId: string; socketId: string } | null;
   lastSeen: string | null;
   /** Canonical light documents keyed by light ID. */
   lights: Map<string, Light>;
@@ -73,6 +76,7 @@ export class MemoryStore implements StateStore {
   ): Promise<ClaimResult> {
     const record = this.getOrCreateRecord(bridgeId);
     const previous = connectionOf(record);
+    record.replaced = record.connection;
     record.epoch += 1;
     record.connection = { serverId, socketId };
     record.lastSeen = now.toISOString();
@@ -93,6 +97,7 @@ export class MemoryStore implements StateStore {
       return false;
     }
     record.connection = null;
+    record.replaced = null;
     record.lastSeen = now.toISOString();
     return true;
   }
@@ -101,12 +106,14 @@ export class MemoryStore implements StateStore {
     bridgeId: string,
     socketId: string,
     now: Date,
-  ): Promise<boolean> {
+  ): Promise<SocketRelease> {
     const record = this.bridges.get(bridgeId);
-    if (record?.connection?.socketId !== socketId) return false;
+    if (record?.connection?.socketId !== socketId) return { released: false };
+    const { replaced } = record;
     record.connection = null;
+    record.replaced = null;
     record.lastSeen = now.toISOString();
-    return true;
+    return { released: true, replaced };
   }
 
   async getPresence(bridgeIds: string[]): Promise<BridgePresenceRecord[]> {
@@ -196,6 +203,7 @@ export class MemoryStore implements StateStore {
         epoch: 0,
         version: 0,
         connection: null,
+        replaced: null,
         lastSeen: null,
         lights: new Map(),
       };

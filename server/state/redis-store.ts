@@ -7,6 +7,7 @@ import type {
   BridgeStateRecord,
   ClaimResult,
   LightWrite,
+  SocketRelease,
   StateStore,
   StoredCommandAnswer,
   WriteResult,
@@ -53,11 +54,20 @@ const PRESENCE_FIELDS = ["server", "socket", "epoch", "lastSeen"];
 // reaches the client as null over RESP2 and RESP3 (measured with
 // redis-server 7.0 and node-redis 6.4). The parsers accept `false` as well.
 
-/** KEYS: meta. ARGV: serverId, socketId, lastSeen. Returns {epoch, prevServer, prevSocket, prevEpoch}. */
+/**
+ * KEYS: meta. ARGV: serverId, socketId, lastSeen. Returns {epoch,
+ * prevServer, prevSocket, prevEpoch}. The replaced connection is kept in
+ * `replacedServer` and `replacedSocket` for an undo of this claim.
+ */
 const CLAIM_SCRIPT = `
 local previous = redis.call('HMGET', KEYS[1], 'server', 'socket', 'epoch')
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'server', ARGV[1], 'socket', ARGV[2], 'lastSeen', ARGV[3])
+if previous[1] and previous[2] then
+  redis.call('HSET', KEYS[1], 'replacedServer', previous[1], 'replacedSocket', previous[2])
+else
+  redis.call('HDEL', KEYS[1], 'replacedServer', 'replacedSocket')
+end
 return {epoch, previous[1], previous[2], previous[3]}
 `;
 
@@ -67,19 +77,24 @@ local current = redis.call('HMGET', KEYS[1], 'epoch', 'socket')
 if tonumber(current[1]) ~= tonumber(ARGV[1]) or not current[2] then
   return 0
 end
-redis.call('HDEL', KEYS[1], 'server', 'socket')
+redis.call('HDEL', KEYS[1], 'server', 'socket', 'replacedServer', 'replacedSocket')
 redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
 return 1
 `;
 
-/** KEYS: meta. ARGV: socketId, lastSeen. Returns 1 when released, 0 when another socket holds the bridge. */
+/**
+ * KEYS: meta. ARGV: socketId, lastSeen. Returns {0} when another socket
+ * holds the bridge, else {1, replacedServer, replacedSocket}: the
+ * connection that this socket's claim replaced.
+ */
 const RELEASE_SOCKET_SCRIPT = `
-if redis.call('HGET', KEYS[1], 'socket') ~= ARGV[1] then
-  return 0
+local current = redis.call('HMGET', KEYS[1], 'socket', 'replacedServer', 'replacedSocket')
+if current[1] ~= ARGV[1] then
+  return {0}
 end
-redis.call('HDEL', KEYS[1], 'server', 'socket')
+redis.call('HDEL', KEYS[1], 'server', 'socket', 'replacedServer', 'replacedSocket')
 redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
-return 1
+return {1, current[2], current[3]}
 `;
 
 /**
@@ -204,7 +219,7 @@ export class RedisStore implements StateStore {
     bridgeId: string,
     socketId: string,
     now: Date,
-  ): Promise<boolean> {
+  ): Promise<SocketRelease> {
     // Sent with its source: this release runs when Redis is slow, and an
     // EVALSHA that Redis answers with NOSCRIPT after the command timed out
     // would never be followed by the EVAL that runs it.
@@ -212,7 +227,18 @@ export class RedisStore implements StateStore {
       keys: [this.metaKey(bridgeId)],
       arguments: [socketId, now.toISOString()],
     });
-    return asInteger(reply, "release") === 1;
+    const [released, replacedServer, replacedSocket] = asArray(
+      reply,
+      "release",
+    );
+    if (asInteger(released, "release") !== 1) return { released: false };
+    const serverId = asStringOrNull(replacedServer, "replacedServer");
+    const replacedSocketId = asStringOrNull(replacedSocket, "replacedSocket");
+    const replaced =
+      serverId === null || replacedSocketId === null
+        ? null
+        : { serverId, socketId: replacedSocketId };
+    return { released: true, replaced };
   }
 
   async getPresence(bridgeIds: string[]): Promise<BridgePresenceRecord[]> {

@@ -50,6 +50,15 @@ export type StoredCommandAnswer =
   | { ok: false; details: { code: string; message: string } };
 
 /**
+ * The outcome of undoing a claim by socket ID. A released claim reports
+ * the connection it had replaced, whose socket may still be open and
+ * fenced, so that its server can claim the bridge for it again.
+ */
+export type SocketRelease =
+  | { released: false }
+  | { released: true; replaced: { serverId: string; socketId: string } | null };
+
+/**
  * Per-bridge state shared by every relay process: presence, the last
  * reported lights with their version, and remembered command answers.
  * Implementations: memory (one process) and Redis (a cluster).
@@ -77,14 +86,13 @@ export interface StateStore {
    * Marks the bridge offline if `socketId` is still its connection. It undoes
    * a claim whose reply never came (Redis timed out), which Redis may have
    * run anyway: the socket was refused, so it must not keep the bridge
-   * online. Returns false, changing nothing, when another socket holds it.
+   * online. Changes nothing when another socket holds the bridge.
    */
   releaseSocket(
     bridgeId: string,
     socketId: string,
     now: Date,
-  ): Promise<boolean>;
-
+  ): Promise<SocketRelease>;
   /** Presence of each bridge, in the order of `bridgeIds`. */
   getPresence(bridgeIds: string[]): Promise<BridgePresenceRecord[]>;
 
