@@ -49,11 +49,16 @@ class RecordingBroadcaster implements AppBroadcaster {
 }
 
 /**
- * Returns a stand-in socket. A claim reads only its `id`, and replacing a
- * socket, which needs the namespace, happens in no test here.
+ * Returns a stand-in socket that records the events emitted to it. A claim
+ * reads only its `id`, and replacing a socket, which needs the namespace,
+ * happens in no test here.
  */
-function socketWithId(id: string): Socket {
-  return { id } as Socket;
+function socketWithId(id: string, emitted: string[] = []): Socket {
+  const emit = (event: string): boolean => {
+    emitted.push(event);
+    return true;
+  };
+  return { id, emit } as unknown as Socket;
 }
 
 describe("bridge sessions on a Redis that fails a claim", function () {
@@ -85,22 +90,28 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     await loadClaimScript(store);
   });
 
-  beforeEach(() => {
-    broadcaster = new RecordingBroadcaster();
+  /** Returns the sessions of server `serverId`, on the test's Redis. */
+  function sessionsOf(serverId: string) {
     const logger = pino({ level: "silent" });
     const bus = new RedisBus(
-      "server-a",
+      serverId,
       { main, subscriber, subscriberState: serverConnectionState(subscriber) },
       "sessions-test",
       logger,
     );
-    sessions = new BridgeSessions(
+    const recorder = new RecordingBroadcaster();
+    const serverSessions = new BridgeSessions(
       store,
       bus,
-      broadcaster,
+      recorder,
       {} as Namespace,
       logger,
     );
+    return { bus, broadcaster: recorder, sessions: serverSessions };
+  }
+
+  beforeEach(() => {
+    ({ sessions, broadcaster } = sessionsOf("server-a"));
   });
 
   after(async () => {
@@ -174,5 +185,59 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     assert.equal(sessions.idle, true, "nothing is owed after the retry");
     const [presence] = await store.getPresence([bridgeId]);
     assert.equal(presence?.connection, null);
+  });
+
+  it("has the replaced server claim again", async () => {
+    const bridgeId = randomBridgeId();
+    const emitted: string[] = [];
+    const holder = await sessions.claim(
+      bridgeId,
+      socketWithId("open-socket", emitted),
+    );
+    const firstEpoch = holder.epoch;
+    const { bus } = sessionsOf("server-a");
+    // As the relay does: the replaced server claims again when asked.
+    await bus.listen((message) => {
+      if (message.type === "reclaim") {
+        void sessions.reclaim(message.bridgeId, message.socketId);
+      }
+    });
+    const newcomer = sessionsOf("server-b").sessions;
+    try {
+      await pauseWrites(admin, COMMAND_TIMEOUT_MS + 100);
+      await assert.rejects(
+        newcomer.claim(bridgeId, socketWithId("refused-socket")),
+        /timed out/i,
+      );
+      await newcomer.settleReleases();
+
+      await waitUntil(
+        "the open socket holds the bridge again",
+        async () => {
+          const [presence] = await store.getPresence([bridgeId]);
+          return presence?.connection?.socketId === "open-socket";
+        },
+        3000,
+      );
+    } finally {
+      await bus.close();
+    }
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection?.serverId, "server-a");
+    assert.equal(
+      presence?.connection?.epoch,
+      firstEpoch + 2,
+      "a new epoch, past the undone claim's",
+    );
+    assert.equal(
+      holder.epoch,
+      presence?.connection?.epoch,
+      "the session's own",
+    );
+    assert.deepEqual(emitted, ["state:resync"]);
+    assert.deepEqual(
+      broadcaster.presences.map(({ online }) => online),
+      [true, true],
+    );
   });
 });

@@ -16,7 +16,8 @@ export type BusMessage =
       deadline?: number;
     }
   | { type: "reply"; requestId: string; answer: Ack<{ light: Light }> }
-  | { type: "replace"; bridgeId: string; socketId: string };
+  | { type: "replace"; bridgeId: string; socketId: string }
+  | { type: "reclaim"; bridgeId: string; socketId: string };
 
 export type BusHandler = (message: BusMessage) => void;
 

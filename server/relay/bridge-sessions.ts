@@ -187,7 +187,8 @@ export class BridgeSessions {
     socketId: string,
   ): Promise<void> {
     const now = new Date();
-    if (!(await this.store.releaseSocket(bridgeId, socketId, now))) return;
+    const release = await this.store.releaseSocket(bridgeId, socketId, now);
+    if (!release.released) return;
     this.logger.warn(
       { bridgeId, socketId },
       "released a claim that Redis ran after the handshake gave up on it",
@@ -197,6 +198,46 @@ export class BridgeSessions {
       online: false,
       lastSeen: now.toISOString(),
     });
+    if (release.replaced !== null) {
+      await this.askToReclaim(bridgeId, release.replaced);
+    }
+  }
+
+  /**
+   * Tells the server of the connection that an undone claim had replaced
+   * to claim the bridge again. That socket may still be open: without a
+   * claim it is fenced and its bridge shows offline until it reconnects.
+   */
+  private async askToReclaim(
+    bridgeId: string,
+    replaced: { serverId: string; socketId: string },
+  ): Promise<void> {
+    const { serverId, socketId } = replaced;
+    if (serverId === this.bus.serverId) {
+      await this.reclaim(bridgeId, socketId);
+      return;
+    }
+    try {
+      await this.bus.send(serverId, { type: "reclaim", bridgeId, socketId });
+    } catch (error) {
+      this.logger.warn(
+        { err: error, bridgeId, serverId, socketId },
+        "could not ask the previous server to claim a bridge again",
+      );
+    }
+  }
+
+  /**
+   * Claims the bridge again for local socket `socketId` when the store
+   * shows no connection, as after a Redis restart: an undone claim had
+   * replaced it. Does nothing when the socket is gone or another holds
+   * the bridge.
+   */
+  async reclaim(bridgeId: string, socketId: string): Promise<void> {
+    const session = this.sessions.get(bridgeId);
+    if (session?.socket.id !== socketId) return;
+    const [record] = await this.store.getPresence([bridgeId]);
+    await this.revalidateOne(session, record?.connection ?? null);
   }
 
   /** Resolves once every release in flight has finished (before Redis is closed on shutdown). */
@@ -316,6 +357,9 @@ export class BridgeSessions {
       return;
     }
     const now = new Date();
+    // NOTE: the claim is unconditional, so a connection that claims the
+    // bridge between the read above and this claim loses it to this older
+    // socket, and its server is not notified.
     const { epoch } = await this.store.claimConnection(
       session.bridgeId,
       this.bus.serverId,

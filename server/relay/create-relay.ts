@@ -217,6 +217,18 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       sessions.disconnectReplaced(message.bridgeId, message.socketId);
       return;
     }
+    if (message.type === "reclaim") {
+      const reclaiming = sessions
+        .reclaim(message.bridgeId, message.socketId)
+        .catch((error: unknown) => {
+          logger.warn(
+            { err: error, bridgeId: message.bridgeId },
+            "could not claim a bridge again after an undone claim",
+          );
+        });
+      drain.track(reclaiming);
+      return;
+    }
     const handling = router.handle(message).catch((error: unknown) => {
       logger.error({ err: error }, "could not handle a bus message");
     });
