@@ -10,7 +10,16 @@ import { RelayError } from "../errors.ts";
 import { observeCommand } from "../metrics/relay-metrics.ts";
 import type { StateStore } from "../state/store.ts";
 import { answerFromStored } from "./command-executor.ts";
-import type { CommandRouter } from "./command-router.ts";
+import {
+  NoReceiverError,
+  type CommandRouter,
+  type RoutedCommand,
+} from "./command-router.ts";
+
+/** How long a command that no process received is sent again, in ms. */
+const NO_RECEIVER_RETRY_MS = 2000;
+/** Time between those attempts, in ms. */
+const NO_RECEIVER_RETRY_GAP_MS = 100;
 
 export type Scope = "read" | "control";
 
@@ -104,7 +113,7 @@ export class AppService {
       this.local?.knowsLight(bridgeId, lightId) === true
         ? this.local.serverId
         : await this.findLight(bridgeId, lightId);
-    const answer = await this.router.send(serverId, {
+    const answer = await this.route(serverId, {
       bridgeId,
       lightId,
       change: request.change,
@@ -112,6 +121,31 @@ export class AppService {
       idempotent: request.commandId !== undefined,
     });
     return unwrap(answer);
+  }
+
+  /**
+   * Sends `command` to `serverId`. While no process receives it, looks up
+   * the bridge's server again and resends, for up to NO_RECEIVER_RETRY_MS:
+   * a crashed worker's bridges reconnect to another one, and a Redis
+   * Cluster failover moves the owner's subscription to the new master.
+   */
+  private async route(
+    serverId: string,
+    command: RoutedCommand,
+  ): Promise<Awaited<ReturnType<CommandRouter["send"]>>> {
+    const retryUntil = performance.now() + NO_RECEIVER_RETRY_MS;
+    let target = serverId;
+    for (;;) {
+      try {
+        return await this.router.send(target, command);
+      } catch (error) {
+        const retry =
+          error instanceof NoReceiverError && performance.now() < retryUntil;
+        if (!retry) throw error;
+      }
+      await sleep(NO_RECEIVER_RETRY_GAP_MS);
+      target = await this.findLight(command.bridgeId, command.lightId);
+    }
   }
 
   /** Returns the ID of the server with the bridge's connection, after checking that the light exists. */
@@ -132,6 +166,10 @@ export class AppService {
     }
     return connection.serverId;
   }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function unwrap(answer: Awaited<ReturnType<CommandRouter["send"]>>): Light {

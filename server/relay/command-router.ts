@@ -32,6 +32,21 @@ export type CommandExecutor = (
   command: RoutedCommand,
 ) => Promise<CommandAnswer>;
 
+/**
+ * `BRIDGE_OFFLINE` because no process received a routed command. Nothing
+ * ran it, so it may be sent again: the bridge may have reconnected to
+ * another process, or its process may be moving its subscription to a new
+ * Redis Cluster master.
+ */
+export class NoReceiverError extends RelayError {
+  constructor(bridgeId: string, serverId: string) {
+    super(
+      "BRIDGE_OFFLINE",
+      `bridge ${bridgeId} is offline: its server ${serverId} received no command`,
+    );
+  }
+}
+
 interface PendingRequest {
   resolve: (answer: CommandAnswer) => void;
   cancelTimeout: () => void;
@@ -135,10 +150,7 @@ export class CommandRouter {
       // The claim names a process that no longer runs (it crashed before it
       // could release the bridge), so no process has the bridge's socket.
       this.settle(requestId, undefined);
-      throw new RelayError(
-        "BRIDGE_OFFLINE",
-        `bridge ${command.bridgeId} is offline`,
-      );
+      throw new NoReceiverError(command.bridgeId, serverId);
     }
   }
 

@@ -37,13 +37,12 @@ const TAKEOVER_BOUND_MS = 15_000;
  */
 const RECOVERY_BOUND_MS = 3000;
 const COMMAND_GAP_MS = 50;
-/** Codes a command may end with while its master is gone. */
-const OUTAGE_CODES = new Set([
-  "ok",
-  "UNAVAILABLE",
-  "TIMEOUT",
-  "BRIDGE_OFFLINE",
-]);
+/**
+ * Codes a command may end with while its master is gone. Not
+ * `BRIDGE_OFFLINE`: the bridge stays connected, and a command that no
+ * process received while the owner's subscription moved is sent again.
+ */
+const OUTAGE_CODES = new Set(["ok", "UNAVAILABLE", "TIMEOUT"]);
 
 interface Sent {
   sentAt: number;
