@@ -2,13 +2,16 @@ import {
   RateLimiterMemory,
   RateLimiterRedis,
   RateLimiterRes,
-  type RateLimiterAbstract,
 } from "rate-limiter-flexible";
 import { Counter } from "prom-client";
 import type { RelayConfig } from "../config.ts";
 import { RelayError } from "../errors.ts";
 import { relayRegistry } from "../metrics/relay-metrics.ts";
 import type { RelayRedisClient } from "../redis/connection-state.ts";
+import {
+  LimiterRedisHealth,
+  RedisFirstLimiter,
+} from "./redis-first-limiter.ts";
 
 const handshakesRateLimited = new Counter({
   name: "relay_handshakes_rate_limited_total",
@@ -21,6 +24,11 @@ interface LimiterSpec {
   keyPrefix: string;
   points: number;
   duration: number;
+}
+
+/** A rate limiter as the limits use it, Redis-backed or in memory. */
+interface Limiter {
+  consume(key: string, points?: number): Promise<RateLimiterRes>;
 }
 
 /** Largest `retryAfterMs` sent with a handshake that this process rejects. */
@@ -110,8 +118,8 @@ export class HandshakeAdmission {
  */
 export class RateLimits {
   private readonly perProcess: HandshakeAdmission;
-  private readonly perAddress: RateLimiterAbstract;
-  private readonly perIdentity: RateLimiterAbstract;
+  private readonly perAddress: Limiter;
+  private readonly perIdentity: Limiter;
   private readonly perSocket: RateLimiterMemory;
 
   constructor(config: RelayConfig, redis: RelayRedisClient | undefined) {
@@ -119,12 +127,13 @@ export class RateLimits {
     this.perProcess = new HandshakeAdmission(
       limits.handshakesPerWorkerPerSecond,
     );
-    this.perAddress = createLimiter(redis, {
+    const health = new LimiterRedisHealth();
+    this.perAddress = createLimiter(redis, health, {
       keyPrefix: `${redisKeyPrefix}:rl:address`,
       points: limits.handshakesPerAddressPerMinute,
       duration: 60,
     });
-    this.perIdentity = createLimiter(redis, {
+    this.perIdentity = createLimiter(redis, health, {
       keyPrefix: `${redisKeyPrefix}:rl:identity`,
       points: limits.handshakesPerIdentityPerMinute,
       duration: 60,
@@ -206,19 +215,21 @@ function countRateLimited(error: unknown, limit: "address" | "identity") {
 
 function createLimiter(
   redis: RelayRedisClient | undefined,
+  health: LimiterRedisHealth,
   spec: LimiterSpec,
-): RateLimiterAbstract {
-  if (redis === undefined) return new RateLimiterMemory(spec);
-  return new RateLimiterRedis({
+): Limiter {
+  const memory = new RateLimiterMemory(spec);
+  if (redis === undefined) return memory;
+  const shared = new RateLimiterRedis({
     ...spec,
     storeClient: redis,
     useRedisPackage: true,
-    insuranceLimiter: new RateLimiterMemory(spec),
   });
+  return new RedisFirstLimiter(shared, memory, health);
 }
 
 async function consume(
-  limiter: RateLimiterAbstract,
+  limiter: Limiter,
   key: string,
   message: string,
   points = 1,
