@@ -3,7 +3,6 @@ import type { ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createClient, type RedisClientType } from "redis";
 import type { Socket } from "socket.io-client";
 import type { Light } from "../client-sdk/src/protocol.ts";
 import {
@@ -20,29 +19,13 @@ import {
   type RedisCluster,
 } from "./support/redis-cluster.ts";
 import {
+  connectionPorts,
   findFreePort,
   spawnRedis,
   stopProcess,
 } from "./support/redis-server.ts";
 import { startRelay, type RelayProcess } from "./support/relay-process.ts";
 import { redisTlsArgs, writeTestCertificate } from "./support/tls.ts";
-
-/** Local ports of the connections that Redis on `plainPort` serves, the asking one left out. */
-async function clientPorts(plainPort: number): Promise<number[]> {
-  const admin: RedisClientType = createClient({
-    url: `redis://127.0.0.1:${plainPort}`,
-  });
-  await admin.connect();
-  try {
-    const list = await admin.clientList();
-    const own = await admin.clientId();
-    return list
-      .filter((client) => Number(client.id) !== own)
-      .map((client) => Number((client.laddr ?? "").split(":").pop()));
-  } finally {
-    await admin.close();
-  }
-}
 
 /** Checks that every worker is ready and that a command crosses workers. */
 async function assertRelayServes(relay: RelayProcess): Promise<void> {
@@ -116,7 +99,7 @@ describe("Redis over TLS: one server", function () {
 
   it("serves commands over rediss://", async () => {
     await assertRelayServes(relay!);
-    const ports = await clientPorts(plainPort);
+    const ports = await connectionPorts(plainPort);
     assert.ok(ports.length > 0);
     assert.deepEqual(
       ports.filter((port) => port !== tlsPort),
@@ -149,7 +132,7 @@ describe("Redis Cluster over TLS", function () {
     await assertRelayServes(relay!);
     const tlsPorts = cluster!.tls!.urls.map((url) => Number(new URL(url).port));
     for (const [index, plainPort] of cluster!.ports.entries()) {
-      const ports = await clientPorts(plainPort);
+      const ports = await connectionPorts(plainPort);
       assert.ok(ports.length > 0, `master ${plainPort} has clients`);
       assert.deepEqual(
         ports.filter((port) => port !== tlsPorts[index]),

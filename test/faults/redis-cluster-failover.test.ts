@@ -22,6 +22,7 @@ import {
   startRedisCluster,
   type RedisCluster,
 } from "../support/redis-cluster.ts";
+import { connectionPorts } from "../support/redis-server.ts";
 import { startRelay, type RelayProcess } from "../support/relay-process.ts";
 
 /** How long a master may be unreachable before its replica takes over. */
@@ -84,109 +85,131 @@ async function sendCommand(
   return { sentAt, code, elapsedMs: performance.now() - sentAt };
 }
 
-describe("fault: a Redis Cluster master fails over to its replica", function () {
-  this.timeout(90_000);
-  let cluster: RedisCluster;
-  let relay: RelayProcess;
-  let probe: RedisClientType;
-  const sockets: Socket[] = [];
+for (const tls of [false, true]) {
+  describe(`fault: a Redis Cluster master fails over to its replica${tls ? ", over TLS" : ""}`, function () {
+    this.timeout(90_000);
+    let cluster: RedisCluster;
+    let relay: RelayProcess;
+    let probe: RedisClientType;
+    const sockets: Socket[] = [];
 
-  before(async () => {
-    cluster = await startRedisCluster({
-      masters: 3,
-      replicas: 1,
-      nodeTimeoutMs: NODE_TIMEOUT_MS,
+    before(async () => {
+      cluster = await startRedisCluster({
+        masters: 3,
+        replicas: 1,
+        nodeTimeoutMs: NODE_TIMEOUT_MS,
+        tls,
+      });
+      probe = createClient({ url: cluster.urls[0] });
+      probe.on("error", () => undefined);
+      await probe.connect();
+      relay = await startRelay({
+        redisClusterNodes: tls ? cluster.tls!.urls : cluster.urls,
+        workers: 2,
+        env: {
+          COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS),
+          ...(tls ? { NODE_EXTRA_CA_CERTS: cluster.tls!.certFile } : {}),
+        },
+      });
     });
-    probe = createClient({ url: cluster.urls[0] });
-    probe.on("error", () => undefined);
-    await probe.connect();
-    relay = await startRelay({
-      redisClusterNodes: cluster.urls,
-      workers: 2,
-      env: { COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS) },
+
+    after(async () => {
+      for (const socket of sockets.splice(0)) socket.close();
+      await relay?.stop();
+      await probe?.close();
+      await cluster?.stop();
     });
-  });
 
-  after(async () => {
-    for (const socket of sockets.splice(0)) socket.close();
-    await relay?.stop();
-    await probe?.close();
-    await cluster?.stop();
-  });
+    it("keeps serving through the takeover", async () => {
+      const victimPort = cluster.ports[1]!;
+      const [bridgeId] = await bridgeIdsOn(probe, victimPort, 1);
+      assert.ok(bridgeId);
+      const slot = await bridgeSlot(probe, bridgeId);
+      const bridge = await connectBridge(relay.url, bridgeId);
+      sockets.push(bridge);
+      const lights: Map<string, Light> = untypedLightMap("a");
+      answerLightSet(bridge, lights);
+      await requestData(bridge, "state:snapshot", {
+        lights: [...lights.values()],
+      });
+      const app = await connectApp(relay.url, [bridgeId]);
+      sockets.push(app);
+      await requestData(app, "bridge:subscribe", { bridgeId });
+      assert.equal((await sendCommand(app, bridgeId, true)).code, "ok");
 
-  it("keeps serving through the takeover", async () => {
-    const victimPort = cluster.ports[1]!;
-    const [bridgeId] = await bridgeIdsOn(probe, victimPort, 1);
-    assert.ok(bridgeId);
-    const slot = await bridgeSlot(probe, bridgeId);
-    const bridge = await connectBridge(relay.url, bridgeId);
-    sockets.push(bridge);
-    const lights: Map<string, Light> = untypedLightMap("a");
-    answerLightSet(bridge, lights);
-    await requestData(bridge, "state:snapshot", {
-      lights: [...lights.values()],
-    });
-    const app = await connectApp(relay.url, [bridgeId]);
-    sockets.push(app);
-    await requestData(app, "bridge:subscribe", { bridgeId });
-    assert.equal((await sendCommand(app, bridgeId, true)).code, "ok");
+      const sent: Promise<Sent>[] = [];
+      let stop = false;
+      const loop = (async () => {
+        for (let index = 0; !stop; index += 1) {
+          sent.push(sendCommand(app, bridgeId, index % 2 === 0));
+          await sleep(COMMAND_GAP_MS);
+        }
+      })();
+      await sleep(500);
+      const killedAt = performance.now();
+      await cluster.kill(victimPort);
+      const takenOverAt = await takenOver(probe, slot, victimPort);
 
-    const sent: Promise<Sent>[] = [];
-    let stop = false;
-    const loop = (async () => {
-      for (let index = 0; !stop; index += 1) {
-        sent.push(sendCommand(app, bridgeId, index % 2 === 0));
-        await sleep(COMMAND_GAP_MS);
+      // Recovered once a command sent after the takeover succeeds.
+      let recoveredAt: number | undefined;
+      while (recoveredAt === undefined) {
+        assert.ok(
+          performance.now() - takenOverAt < RECOVERY_BOUND_MS + 5000,
+          "no command succeeded after the takeover",
+        );
+        const settled = await Promise.all(sent);
+        const success = settled.find(
+          (entry) => entry.sentAt > killedAt + 100 && entry.code === "ok",
+        );
+        if (success !== undefined)
+          recoveredAt = success.sentAt + success.elapsedMs;
+        else await sleep(100);
       }
-    })();
-    await sleep(500);
-    const killedAt = performance.now();
-    await cluster.kill(victimPort);
-    const takenOverAt = await takenOver(probe, slot, victimPort);
+      const serverIds = relay.workers().map((worker) => worker.serverId);
+      await waitForReadiness(relay.url, serverIds, 200, TAKEOVER_BOUND_MS);
+      const readyAt = performance.now();
+      stop = true;
+      await loop;
+      const outcomes = await Promise.all(sent);
 
-    // Recovered once a command sent after the takeover succeeds.
-    let recoveredAt: number | undefined;
-    while (recoveredAt === undefined) {
+      const failed = outcomes.filter((entry) => entry.code !== "ok");
+      const durations = spread(outcomes.map((entry) => entry.elapsedMs));
+      printFigure(
+        `Redis Cluster${tls ? " over TLS" : ""}: master killed (node timeout ${NODE_TIMEOUT_MS} ms): replica took over ${Math.round(takenOverAt - killedAt)} ms after the kill, commands work again ${Math.round(recoveredAt - takenOverAt)} ms after that, every worker ready ${Math.round(readyAt - killedAt)} ms after the kill; ${outcomes.length} commands, ${failed.length} failed (${[...new Set(failed.map((entry) => entry.code))].join(", ") || "none"}), longest ${durations.max} ms`,
+      );
       assert.ok(
-        performance.now() - takenOverAt < RECOVERY_BOUND_MS + 5000,
-        "no command succeeded after the takeover",
+        recoveredAt - takenOverAt <= RECOVERY_BOUND_MS,
+        `commands failed for ${Math.round(recoveredAt - takenOverAt)} ms after the takeover`,
       );
-      const settled = await Promise.all(sent);
-      const success = settled.find(
-        (entry) => entry.sentAt > killedAt + 100 && entry.code === "ok",
-      );
-      if (success !== undefined)
-        recoveredAt = success.sentAt + success.elapsedMs;
-      else await sleep(100);
-    }
-    const serverIds = relay.workers().map((worker) => worker.serverId);
-    await waitForReadiness(relay.url, serverIds, 200, TAKEOVER_BOUND_MS);
-    const readyAt = performance.now();
-    stop = true;
-    await loop;
-    const outcomes = await Promise.all(sent);
-
-    const failed = outcomes.filter((entry) => entry.code !== "ok");
-    const durations = spread(outcomes.map((entry) => entry.elapsedMs));
-    printFigure(
-      `Redis Cluster master killed (node timeout ${NODE_TIMEOUT_MS} ms): replica took over ${Math.round(takenOverAt - killedAt)} ms after the kill, commands work again ${Math.round(recoveredAt - takenOverAt)} ms after that, every worker ready ${Math.round(readyAt - killedAt)} ms after the kill; ${outcomes.length} commands, ${failed.length} failed (${[...new Set(failed.map((entry) => entry.code))].join(", ") || "none"}), longest ${durations.max} ms`,
-    );
-    assert.ok(
-      recoveredAt - takenOverAt <= RECOVERY_BOUND_MS,
-      `commands failed for ${Math.round(recoveredAt - takenOverAt)} ms after the takeover`,
-    );
-    for (const entry of outcomes) {
-      assert.ok(OUTAGE_CODES.has(entry.code), `a command ended ${entry.code}`);
-      assert.ok(
-        entry.elapsedMs <= SETTLE_BOUND_MS,
-        `a command took ${Math.round(entry.elapsedMs)} ms`,
-      );
-    }
-    // The replica had the bridge's state, or the bridge was asked to send it again.
-    const state = await requestData<BridgeState>(app, "bridge:subscribe", {
-      bridgeId,
+      for (const entry of outcomes) {
+        assert.ok(
+          OUTAGE_CODES.has(entry.code),
+          `a command ended ${entry.code}`,
+        );
+        assert.ok(
+          entry.elapsedMs <= SETTLE_BOUND_MS,
+          `a command took ${Math.round(entry.elapsedMs)} ms`,
+        );
+      }
+      if (tls) {
+        // The relay found the promoted replica and reached it on its TLS port.
+        const promoted = await masterPortOf(probe, slot);
+        assert.ok(promoted !== undefined);
+        const ports = await connectionPorts(promoted);
+        const tlsPort = cluster.tls!.portOf.get(promoted);
+        assert.ok(ports.includes(tlsPort!), "the relay connected over TLS");
+        assert.deepEqual(
+          ports.filter((port) => port !== tlsPort),
+          [],
+          "every connection to the promoted replica uses its TLS port",
+        );
+      }
+      // The replica had the bridge's state, or the bridge was asked to send it again.
+      const state = await requestData<BridgeState>(app, "bridge:subscribe", {
+        bridgeId,
+      });
+      assert.equal(state.online, true);
+      assert.deepEqual(state.lights[0]?.on, lights.get("a")?.on);
     });
-    assert.equal(state.online, true);
-    assert.deepEqual(state.lights[0]?.on, lights.get("a")?.on);
   });
-});
+}

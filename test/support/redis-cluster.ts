@@ -21,10 +21,11 @@ export interface RedisCluster {
   replicaPorts: number[];
   /**
    * With the `tls` option: `rediss://127.0.0.1:<port>` of each master's TLS
-   * listener, and the certificate that a client must trust. The plain
-   * ports stay open for the test's own commands.
+   * listener, the certificate that a client must trust, and the TLS port
+   * of each node (replicas too) by its client port. The plain ports stay
+   * open for the test's own commands.
    */
-  tls?: { urls: string[]; certFile: string };
+  tls?: { urls: string[]; certFile: string; portOf: Map<number, number> };
   /** Kills the node on `port` with SIGKILL and resolves once it has exited. */
   kill(port: number): Promise<void>;
   /** Stops every node and removes their folder. */
@@ -121,6 +122,9 @@ export async function startRedisCluster(
                 .slice(0, masters)
                 .map((port) => `rediss://127.0.0.1:${port}`),
               certFile: certificate.certFile,
+              portOf: new Map(
+                clientPorts.map((port, index) => [port, tlsPorts[index]!]),
+              ),
             },
           }),
       kill: async (port) => {

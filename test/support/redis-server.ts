@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createClient, type RedisClientType } from "redis";
 
 /** A private `redis-server` process bound to loopback, for tests. */
 export interface RedisServer {
@@ -165,5 +166,22 @@ export async function stopProcess(child: ChildProcess): Promise<void> {
     await exited;
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/** Local ports of the connections that Redis on `plainPort` serves, the asking one left out. */
+export async function connectionPorts(plainPort: number): Promise<number[]> {
+  const admin: RedisClientType = createClient({
+    url: `redis://127.0.0.1:${plainPort}`,
+  });
+  await admin.connect();
+  try {
+    const list = await admin.clientList();
+    const own = await admin.clientId();
+    return list
+      .filter((client) => Number(client.id) !== own)
+      .map((client) => Number((client.laddr ?? "").split(":").pop()));
+  } finally {
+    await admin.close();
   }
 }
