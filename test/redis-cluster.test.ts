@@ -21,7 +21,7 @@ import {
   requestData,
 } from "./support/clients.ts";
 import { answerLightSet, untypedLightMap } from "./support/fake-bridge.ts";
-import { readinessByWorker, waitUntil } from "./support/faults.ts";
+import { readinessByWorker, sleep, waitUntil } from "./support/faults.ts";
 import { light } from "./support/fixtures.ts";
 import { send } from "./support/http.ts";
 import {
@@ -40,6 +40,10 @@ import {
 } from "./support/relay-process.ts";
 
 const MASTERS = 3;
+/** Bridges whose slots move while their apps send commands. */
+const LOADED_BRIDGES = 20;
+/** Pause after each of those commands, in ms. */
+const LOADED_COMMAND_GAP_MS = 10;
 /** The relay's default REDIS_KEY_PREFIX. */
 const KEY_PREFIX = "relay";
 /** pino's level number of `error`. */
@@ -319,6 +323,82 @@ describe("Redis Cluster: two relays on three masters", function () {
     const event = await changed;
     assert.equal(event.version, outcomes.length + 2);
     assert.equal((await bridgeList(app))[0]?.online, true);
+  });
+
+  it("moves many bridges' slots while commands run", async () => {
+    const ids = Array.from({ length: LOADED_BRIDGES }, randomBridgeId);
+    const apps: Socket[] = [];
+    for (const bridgeId of ids) {
+      const bridge = track(await connectBridge(bridgeSide().url, bridgeId));
+      answerLightSet(bridge, untypedLightMap("a"));
+      await requestData(bridge, "state:snapshot", { lights: [light("a")] });
+      // One app per bridge keeps each socket below its request limit.
+      const app = track(await connectApp(appSide().url, [bridgeId]));
+      await requestData(app, "bridge:subscribe", { bridgeId });
+      apps.push(app);
+    }
+    const admin = masters[0]!.client;
+    const byPort = new Map(masters.map(({ port, client }) => [port, client]));
+    const slots = new Set<number>();
+    for (const bridgeId of ids) {
+      slots.add(await bridgeSlot(admin, bridgeId));
+      slots.add(
+        await admin.clusterKeySlot(
+          `${KEY_PREFIX}:sio#/app#bridge:${bridgeId}#`,
+        ),
+      );
+    }
+
+    let moving = true;
+    const outcomes = ids.map(() => [] as string[]);
+    const traffic = ids.map(async (bridgeId, index) => {
+      while (moving) {
+        const ack = await request(apps[index]!, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { dimming: { brightness: outcomes[index]!.length % 100 } },
+        });
+        outcomes[index]!.push(ack.ok ? "ok" : ack.error.code);
+        await sleep(LOADED_COMMAND_GAP_MS);
+      }
+    });
+    const startedAt = performance.now();
+    // Each slot moves on to the next master, once to each master.
+    for (let round = 0; round < MASTERS; round += 1) {
+      for (const slot of slots) {
+        const from = await masterPortOf(admin, slot);
+        const index = masters.findIndex(({ port }) => port === from);
+        const to = masters[(index + 1) % MASTERS]!.port;
+        await moveSlot(byPort, slot, from!, to);
+      }
+    }
+    const movedMs = Math.round(performance.now() - startedAt);
+    moving = false;
+    await Promise.all(traffic);
+
+    const all = outcomes.flat();
+    console.log(
+      `      resharding figure: ${slots.size} slots of ${ids.length} bridges moved ${MASTERS} times each in ${movedMs} ms while ${all.length} commands ran`,
+    );
+    assert.ok(
+      outcomes.every((codes) => codes.length > 0),
+      "commands ran for every bridge during the moves",
+    );
+    assert.deepEqual(
+      all.filter((code) => code !== "ok"),
+      [],
+      `${all.length} commands during the moves`,
+    );
+    // Every bridge's state followed its slot: each command was stored once.
+    for (const [index, bridgeId] of ids.entries()) {
+      const state = await requestData<BridgeState>(
+        apps[index]!,
+        "bridge:subscribe",
+        { bridgeId },
+      );
+      assert.equal(state.online, true);
+      assert.equal(state.version, outcomes[index]!.length + 1);
+    }
   });
 
   it("logs no errors", () => {
