@@ -139,26 +139,14 @@ function authenticateWith(verifier: TokenVerifier): RequestHandler {
 }
 
 /**
- * Counts a request against the user's budget, keyed `http:<userId>`, so
- * every token of one user shares it. It reuses the per-socket request
- * limiter (`REQUESTS_PER_SOCKET_PER_10S`), which counts in the memory of
- * each process: a cluster of N workers admits up to N times the limit.
+ * Counts a request against the user's budget, so every token of one user
+ * shares it, on every process (`REQUESTS_PER_SOCKET_PER_10S` per 10 s).
  */
 function rateLimitPerUser(
   limits: RateLimits,
 ): (identity: AppIdentity, cost?: number) => Promise<void> {
-  return async (identity, cost = 1) => {
-    try {
-      await limits.consumeRequest(`http:${identity.userId}`, cost);
-    } catch (error) {
-      if (!(error instanceof RelayError) || error.code !== "RATE_LIMITED")
-        throw error;
-      // Replaces the limiter's message, which names a socket connection.
-      throw new RelayError("RATE_LIMITED", "too many requests for this user", {
-        retryAfterMs: error.retryAfterMs ?? 1000,
-      });
-    }
-  };
+  return (identity, cost = 1) =>
+    limits.consumeApiRequest(identity.userId, cost);
 }
 
 /** Returns the parsed JSON body, or throws when the request carried none. */

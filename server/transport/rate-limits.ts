@@ -121,6 +121,8 @@ export class RateLimits {
   private readonly perAddress: Limiter;
   private readonly perIdentity: Limiter;
   private readonly perSocket: RateLimiterMemory;
+  private readonly perApiUser: Limiter;
+  private readonly apiPoints: number;
 
   constructor(config: RelayConfig, redis: RelayRedisClient | undefined) {
     const { limits, redisKeyPrefix } = config;
@@ -140,6 +142,12 @@ export class RateLimits {
     });
     this.perSocket = new RateLimiterMemory({
       points: limits.requestsPerSocketPer10s,
+      duration: 10,
+    });
+    this.apiPoints = limits.requestsPerSocketPer10s;
+    this.perApiUser = createLimiter(redis, health, {
+      keyPrefix: `${redisKeyPrefix}:rl:api-user`,
+      points: this.apiPoints,
       duration: 10,
     });
   }
@@ -186,6 +194,21 @@ export class RateLimits {
       socketId,
       "too many requests on this connection",
       Math.min(cost, this.perSocket.points),
+    );
+  }
+
+  /**
+   * Counts an HTTP API request of `cost` against the user's budget of
+   * `REQUESTS_PER_SOCKET_PER_10S`, shared through Redis by every process
+   * (counted in memory while Redis fails). A cost above the whole budget
+   * counts as the budget, as on sockets.
+   */
+  consumeApiRequest(userId: string, cost = 1): Promise<void> {
+    return consume(
+      this.perApiUser,
+      userId,
+      "too many requests for this user",
+      Math.min(cost, this.apiPoints),
     );
   }
 
