@@ -7,8 +7,10 @@ import type { Logger } from "../logger.ts";
 import {
   bridgeRefusalAnswerSchema,
   bridgeSuccessAnswerSchema,
+  lightSchema,
 } from "../protocol/schemas.ts";
 import { describeFirstIssue } from "../protocol/validate.ts";
+import { canonicalLight } from "../state/lights.ts";
 import type { StateStore, StoredCommandAnswer } from "../state/store.ts";
 import type { BridgeSession, BridgeSessions } from "./bridge-sessions.ts";
 import type { CommandAnswer, RoutedCommand } from "./command-router.ts";
@@ -106,15 +108,36 @@ export class CommandExecutor {
       timeoutMs,
     );
     const stored = await this.interpret(session, command, raw);
-    if (idempotent) {
+    if (idempotent) await this.remember(command, stored);
+    return answerFromStored(command.bridgeId, stored);
+  }
+
+  /**
+   * Stores the bridge's answer for repeats of the command. A failure is
+   * logged and leaves the answer standing: the bridge has answered, and a
+   * repeat then reaches the bridge again.
+   */
+  private async remember(
+    command: RoutedCommand,
+    stored: StoredCommandAnswer,
+  ): Promise<void> {
+    try {
       await this.store.putCommandAnswer(
         command.bridgeId,
         command.commandId,
         stored,
         COMMAND_ANSWER_TTL_MS,
       );
+    } catch (error) {
+      this.logger.warn(
+        {
+          err: error,
+          bridgeId: command.bridgeId,
+          commandId: command.commandId,
+        },
+        "could not remember a command's answer for its repeats",
+      );
     }
-    return answerFromStored(command.bridgeId, stored);
   }
 
   /**
@@ -208,10 +231,41 @@ export class CommandExecutor {
         `answer names light ${JSON.stringify(light.id)} instead of ${JSON.stringify(command.lightId)}`,
       );
     }
-    const result = await this.writer.applyChanges(session, [light]);
-    const stored = result.lights[0];
-    if (stored === undefined) throw new Error("state writer returned no light");
-    return { ok: true, light: stored };
+    try {
+      const result = await this.writer.applyChanges(session, [light]);
+      const stored = result.lights[0];
+      if (stored === undefined)
+        throw new Error("state writer returned no light");
+      return { ok: true, light: stored };
+    } catch (error) {
+      return this.answerUnstored(session, command, light, error);
+    }
+  }
+
+  /**
+   * Returns the bridge's answer when storing its light failed (Redis down,
+   * the write fenced). The bridge applied the command, so `UNAVAILABLE`
+   * would tell the app to send it again. The writer asks the bridge for a
+   * snapshot after a store failure. An answer with part of the light only
+   * cannot stand for the light, so the error is raised then.
+   */
+  private answerUnstored(
+    session: BridgeSession,
+    command: RoutedCommand,
+    answered: unknown,
+    error: unknown,
+  ): StoredCommandAnswer {
+    const whole = lightSchema.safeParse(answered);
+    if (!(error instanceof RelayError) || !whole.success) throw error;
+    this.logger.warn(
+      {
+        err: error,
+        bridgeId: session.bridgeId,
+        commandId: command.commandId,
+      },
+      "could not store the light of a command the bridge applied, answering with the bridge's light",
+    );
+    return { ok: true, light: canonicalLight(whole.data) };
   }
 }
 

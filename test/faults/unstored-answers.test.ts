@@ -1,0 +1,123 @@
+import assert from "node:assert/strict";
+import { createClient, type RedisClientType } from "redis";
+import type { Socket } from "socket.io-client";
+import type { BridgeCommandAnswer } from "../../client-sdk/src/bridge-client.ts";
+import type {
+  BridgeState,
+  Light,
+  LightSetCommand,
+} from "../../client-sdk/src/protocol.ts";
+import {
+  connectApp,
+  connectBridge,
+  randomBridgeId,
+  request,
+  requestData,
+} from "../support/clients.ts";
+import { applyLightCommand, untypedLightMap } from "../support/fake-bridge.ts";
+import {
+  startRelayOnRedis,
+  stopRelayOnRedis,
+  waitUntil,
+} from "../support/faults.ts";
+import type { RedisServer } from "../support/redis-server.ts";
+import type { RelayProcess } from "../support/relay-process.ts";
+
+describe("fault: Redis fails while a bridge applies a command", function () {
+  this.timeout(30_000);
+  let redis: RedisServer;
+  let relay: RelayProcess;
+  let admin: RedisClientType;
+  const sockets: Socket[] = [];
+
+  beforeEach(async () => {
+    ({ redis, relay } = await startRelayOnRedis({ workers: 1 }));
+    admin = createClient({ url: redis.url });
+    admin.on("error", () => undefined);
+    await admin.connect();
+  });
+
+  afterEach(async () => {
+    for (const socket of sockets.splice(0)) socket.close();
+    admin.destroy();
+    await stopRelayOnRedis({ relay, redis });
+  });
+
+  /**
+   * Connects a bridge with light "a" that runs `meanwhile` between a
+   * command's arrival and its answer, and an app, and returns both with
+   * the bridge's lights and the resync requests it receives.
+   */
+  async function bridgeAndApp(meanwhile: () => Promise<void>) {
+    const bridgeId = randomBridgeId();
+    const bridge = await connectBridge(relay.url, bridgeId);
+    sockets.push(bridge);
+    const lights = untypedLightMap("a");
+    bridge.on(
+      "light:set",
+      (
+        command: LightSetCommand,
+        ack: (answer: BridgeCommandAnswer) => void,
+      ) => {
+        void meanwhile().then(() => ack(applyLightCommand(lights, command)));
+      },
+    );
+    // As a bridge does, it answers a resync request with its lights.
+    const resyncs: unknown[] = [];
+    bridge.on("state:resync", (event: unknown) => {
+      resyncs.push(event);
+      void request(bridge, "state:snapshot", { lights: [...lights.values()] });
+    });
+    await requestData(bridge, "state:snapshot", {
+      lights: [...lights.values()],
+    });
+    const app = await connectApp(relay.url, [bridgeId]);
+    sockets.push(app);
+    return { bridgeId, lights, app, resyncs };
+  }
+
+  const turnOff = (app: Socket, bridgeId: string) =>
+    request<{ light: Light }>(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: false } },
+      commandId: `off-${bridgeId}`,
+    });
+
+  it("answers with the bridge's light after a flush", async () => {
+    const { bridgeId, app, resyncs } = await bridgeAndApp(async () => {
+      await admin.flushAll();
+    });
+
+    const answer = await turnOff(app, bridgeId);
+
+    // The write was fenced: the flush took the bridge's claim with it.
+    assert.equal(answer.ok ? "ok" : answer.error.code, "ok");
+    assert.deepEqual(answer.ok ? answer.data.light.on : undefined, {
+      on: false,
+    });
+    await waitUntil("a resync request", () => resyncs.length > 0, 10_000);
+  });
+
+  it("answers with the bridge's light while Redis is down", async () => {
+    const { bridgeId, app, lights } = await bridgeAndApp(() => redis.stop());
+
+    const answer = await turnOff(app, bridgeId);
+    assert.equal(answer.ok ? "ok" : answer.error.code, "ok");
+    assert.deepEqual(lights.get("a")?.on, { on: false });
+
+    // Back up empty, the relay asks the bridge for its lights again.
+    await redis.restart();
+    await waitUntil(
+      "the bridge's light stored again",
+      async () => {
+        const view = await request<BridgeState>(app, "bridge:subscribe", {
+          bridgeId,
+        });
+        return view.ok && view.data.lights[0]?.on.on === false;
+      },
+      15_000,
+      200,
+    );
+  });
+});
