@@ -79,7 +79,13 @@ export async function runWorker(
     }),
     log,
   );
-  const bus = new RedisBus(serverId, redis, config.redisKeyPrefix, log);
+  const bus = new RedisBus(
+    serverId,
+    redis,
+    config.redisKeyPrefix,
+    log,
+    config.redis.kind === "standalone",
+  );
   const awaitSubscriptions = () => redis.awaitSubscriptions();
   const relay = await createRelay({
     config,

@@ -30,6 +30,13 @@ export type BusHandler = (message: BusMessage) => void;
  */
 export interface ServerBus {
   readonly serverId: string;
+  /**
+   * True when `send` returning false means that no process received the
+   * message. On Redis Cluster it can mean a delivered message: a replica
+   * that a stale slot map names as master passes SPUBLISH on to its shard
+   * but counts only its own subscribers, which are none.
+   */
+  readonly countsReceivers: boolean;
   /** Sends `message` and returns whether a process listening as `serverId` received it. */
   send(serverId: string, message: BusMessage): Promise<boolean>;
   listen(handler: BusHandler): Promise<void>;
@@ -43,6 +50,7 @@ export interface ServerBus {
 
 /** The bus of the embedded single-process relay: every message is local. */
 export class LocalBus implements ServerBus {
+  readonly countsReceivers = true;
   private handler: BusHandler | undefined;
 
   constructor(readonly serverId: string) {}
@@ -87,11 +95,16 @@ export interface BusRedisClients {
 export class RedisBus implements ServerBus {
   private readonly channel: string;
 
+  /**
+   * `countsReceivers` is false on Redis Cluster (see ServerBus), true on a
+   * single Redis server.
+   */
   constructor(
     readonly serverId: string,
     private readonly redis: BusRedisClients,
     private readonly keyPrefix: string,
     private readonly logger: Logger,
+    readonly countsReceivers = true,
   ) {
     this.channel = this.channelOf(serverId);
   }

@@ -146,12 +146,20 @@ export class CommandRouter {
         "could not reach the bridge's server, retry later",
       );
     }
-    if (!received) {
-      // The claim names a process that no longer runs (it crashed before it
-      // could release the bridge), so no process has the bridge's socket.
-      this.settle(requestId, undefined);
-      throw new NoReceiverError(command.bridgeId, serverId);
+    if (received) return;
+    if (!this.bus.countsReceivers) {
+      // The command may have arrived all the same, so the reply is awaited
+      // until the timeout rather than the command sent again.
+      this.logger.debug(
+        { bridgeId: command.bridgeId, serverId },
+        "a routed command counted no receiver on Redis Cluster, awaiting its reply",
+      );
+      return;
     }
+    // The claim names a process that no longer runs (it crashed before it
+    // could release the bridge), so no process has the bridge's socket.
+    this.settle(requestId, undefined);
+    throw new NoReceiverError(command.bridgeId, serverId);
   }
 
   /** Handles a command or reply that arrived on the bus. */

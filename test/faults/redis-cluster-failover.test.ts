@@ -5,6 +5,8 @@ import type { BridgeState, Light } from "../../client-sdk/src/protocol.ts";
 import {
   connectApp,
   connectBridge,
+  connectElsewhere,
+  randomBridgeId,
   request,
   requestData,
 } from "../support/clients.ts";
@@ -18,6 +20,7 @@ import {
 import {
   bridgeIdsOn,
   bridgeSlot,
+  failOverSlot,
   masterPortOf,
   startRedisCluster,
   type RedisCluster,
@@ -38,6 +41,8 @@ const TAKEOVER_BOUND_MS = 15_000;
  */
 const RECOVERY_BOUND_MS = 3000;
 const COMMAND_GAP_MS = 50;
+/** Commands sent after a manual failover of the owner's channel shard. */
+const FAILED_OVER_COMMANDS = 20;
 /**
  * Codes a command may end with while its master is gone. Not
  * `BRIDGE_OFFLINE`: the bridge stays connected, and a command that no
@@ -213,3 +218,71 @@ for (const tls of [false, true]) {
     });
   });
 }
+
+describe("fault: a manual failover of the shard of a worker's channel", function () {
+  this.timeout(90_000);
+  let cluster: RedisCluster;
+  let relay: RelayProcess;
+  let probe: RedisClientType;
+  const sockets: Socket[] = [];
+
+  before(async () => {
+    cluster = await startRedisCluster({ masters: 3, replicas: 1 });
+    probe = createClient({ url: cluster.urls[0] });
+    probe.on("error", () => undefined);
+    await probe.connect();
+    relay = await startRelay({ redisClusterNodes: cluster.urls, workers: 2 });
+  });
+
+  after(async () => {
+    for (const socket of sockets.splice(0)) socket.close();
+    await relay?.stop();
+    await probe?.close();
+    await cluster?.stop();
+  });
+
+  it("runs each routed command once", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = await connectBridge(relay.url, bridgeId);
+    sockets.push(bridge);
+    const lights = untypedLightMap("a");
+    const received = answerLightSet(bridge, lights);
+    await requestData(bridge, "state:snapshot", {
+      lights: [...lights.values()],
+    });
+    const { serverId: owner } = await requestData<{ serverId: string }>(
+      bridge,
+      "relay:info",
+      {},
+    );
+    const { socket: app } = await connectElsewhere(
+      () => connectApp(relay.url, [bridgeId]),
+      owner,
+    );
+    sockets.push(app);
+    assert.equal((await sendCommand(app, bridgeId, true)).code, "ok");
+
+    // The app's worker keeps publishing to the old master, now a replica,
+    // which passes each command on but counts no receiver.
+    const channelSlot = await probe.clusterKeySlot(`relay:server:${owner}`);
+    await failOverSlot(cluster, probe, channelSlot);
+    const codes: string[] = [];
+    for (let index = 0; index < FAILED_OVER_COMMANDS; index += 1) {
+      codes.push((await sendCommand(app, bridgeId, index % 2 === 0)).code);
+      await sleep(COMMAND_GAP_MS);
+    }
+
+    // A command published before the owner subscribed again on the new
+    // master is lost and times out; none is reported offline.
+    assert.deepEqual(
+      codes.filter((code) => code !== "ok" && code !== "TIMEOUT"),
+      [],
+    );
+    assert.deepEqual(codes.slice(-10), Array(10).fill("ok"), codes.join());
+    const ids = received.map((command) => command.commandId);
+    assert.equal(new Set(ids).size, ids.length, "each reached the bridge once");
+    printFigure(
+      `manual failover of the owner's channel shard: ${FAILED_OVER_COMMANDS} commands after it answered ${codes.join(", ")}; the bridge got ${ids.length - 1} of them, each once`,
+    );
+  });
+});

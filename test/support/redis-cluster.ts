@@ -256,6 +256,49 @@ export async function masterPortOf(
   return ranges.find(({ from, to }) => from <= slot && slot <= to)?.master.port;
 }
 
+/**
+ * Promotes the replica of the master that serves `slot` with a manual
+ * `CLUSTER FAILOVER`, as an operator does before maintenance, and returns
+ * its client port once it reports itself master. The old master becomes
+ * its replica.
+ */
+export async function failOverSlot(
+  cluster: RedisCluster,
+  probe: RedisClientType,
+  slot: number,
+): Promise<number> {
+  const master = await masterPortOf(probe, slot);
+  for (const port of cluster.replicaPorts) {
+    const replica: RedisClientType = createClient({
+      url: `redis://127.0.0.1:${port}`,
+    });
+    await replica.connect();
+    try {
+      // ROLE of a replica: ["slave", masterHost, masterPort, ...].
+      const role = (await replica.sendCommand(["ROLE"])) as unknown[];
+      if (Number(role[2]) !== master) continue;
+      await replica.sendCommand(["CLUSTER", "FAILOVER"]);
+      await waitForRole(replica, "master");
+      return port;
+    } finally {
+      await replica.close();
+    }
+  }
+  throw new Error(
+    `no replica of master ${String(master)} serving slot ${slot}`,
+  );
+}
+
+async function waitForRole(client: RedisClientType, role: string) {
+  const deadline = Date.now() + STATE_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    const reply = (await client.sendCommand(["ROLE"])) as unknown[];
+    if (reply[0] === role) return;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  throw new Error(`node did not become ${role} within ${STATE_TIMEOUT_MS} ms`);
+}
+
 /** Returns the hash slot of the keys of `bridgeId` under the relay's default key prefix. */
 export function bridgeSlot(
   probe: RedisClientType,
