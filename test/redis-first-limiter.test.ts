@@ -98,7 +98,7 @@ describe("Redis-first limiter", function () {
     ]);
     await address.consume("10.0.0.3");
     assert.equal(health.failing, true);
-    await sleep(MEMORY_ONLY_AFTER_FAILURE_MS);
+    await sleep(MEMORY_ONLY_AFTER_FAILURE_MS + 50);
 
     assert.equal(health.failing, false);
     await address.consume("10.0.0.4");
