@@ -9,6 +9,7 @@ import { serverConnectionState } from "../server/redis/connection-state.ts";
 import type { AppBroadcaster } from "../server/relay/broadcaster.ts";
 import { BridgeSessions } from "../server/relay/bridge-sessions.ts";
 import { RedisStore } from "../server/state/redis-store.ts";
+import type { StateStore } from "../server/state/store.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
 import { randomBridgeId } from "./support/clients.ts";
 import { waitUntil } from "./support/faults.ts";
@@ -90,8 +91,8 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     await loadClaimScript(store);
   });
 
-  /** Returns the sessions of server `serverId`, on the test's Redis. */
-  function sessionsOf(serverId: string) {
+  /** Returns the sessions of server `serverId`, on the test's Redis or `sessionStore`. */
+  function sessionsOf(serverId: string, sessionStore: StateStore = store) {
     const logger = pino({ level: "silent" });
     const bus = new RedisBus(
       serverId,
@@ -101,10 +102,10 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     );
     const recorder = new RecordingBroadcaster();
     const serverSessions = new BridgeSessions(
-      store,
+      sessionStore,
       bus,
       recorder,
-      {} as Namespace,
+      { sockets: new Map() } as unknown as Namespace,
       logger,
     );
     return { bus, broadcaster: recorder, sessions: serverSessions };
@@ -239,5 +240,36 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       broadcaster.presences.map(({ online }) => online),
       [true, true],
     );
+  });
+
+  it("leaves a newer connection's claim alone", async () => {
+    const bridgeId = randomBridgeId();
+    // A newer connection claims the bridge right after the presence read.
+    const racing = new Proxy(store, {
+      get(target, property, receiver) {
+        if (property === "getPresence") {
+          return async (bridgeIds: string[]) => {
+            const records = await target.getPresence(bridgeIds);
+            await target.claimConnection(
+              bridgeId,
+              "server-b",
+              "newer-socket",
+              new Date(),
+            );
+            return records;
+          };
+        }
+        const value = Reflect.get(target, property, receiver) as unknown;
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const old = sessionsOf("server-a", racing).sessions;
+    const { epoch } = await old.claim(bridgeId, socketWithId("old-socket"));
+    await store.releaseConnection(bridgeId, epoch, new Date());
+
+    await old.reclaim(bridgeId, "old-socket");
+
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection?.socketId, "newer-socket");
   });
 });

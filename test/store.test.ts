@@ -277,6 +277,32 @@ for (const variant of variants) {
         );
       });
 
+      it("claims only a free bridge", async function () {
+        const bridgeId = newBridgeId();
+        const first = await store.claimIfFree(
+          bridgeId,
+          "server-a",
+          "socket-1",
+          at(1),
+        );
+        assert.equal(first, 1);
+        assert.equal(
+          await store.claimIfFree(bridgeId, "server-b", "socket-2", at(2)),
+          null,
+        );
+        const [held] = await store.getPresence([bridgeId]);
+        assert.deepEqual(held?.connection, {
+          serverId: "server-a",
+          socketId: "socket-1",
+          epoch: 1,
+        });
+        await store.releaseConnection(bridgeId, 1, at(3));
+        assert.equal(
+          await store.claimIfFree(bridgeId, "server-b", "socket-2", at(4)),
+          2,
+        );
+      });
+
       it("reports no replaced connection after a release", async function () {
         const bridgeId = newBridgeId();
         await store.claimConnection(bridgeId, "server-a", "socket-1", at(1));

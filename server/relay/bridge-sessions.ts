@@ -213,13 +213,15 @@ export class BridgeSessions {
     replaced: { serverId: string; socketId: string },
   ): Promise<void> {
     const { serverId, socketId } = replaced;
-    if (serverId === this.bus.serverId) {
-      await this.reclaim(bridgeId, socketId);
-      return;
-    }
     try {
-      await this.bus.send(serverId, { type: "reclaim", bridgeId, socketId });
+      if (serverId === this.bus.serverId) {
+        await this.reclaim(bridgeId, socketId);
+      } else {
+        await this.bus.send(serverId, { type: "reclaim", bridgeId, socketId });
+      }
     } catch (error) {
+      // The release succeeded, so it is not owed again. The socket stays
+      // fenced until the next revalidation or its reconnect.
       this.logger.warn(
         { err: error, bridgeId, serverId, socketId },
         "could not ask the previous server to claim a bridge again",
@@ -229,9 +231,9 @@ export class BridgeSessions {
 
   /**
    * Claims the bridge again for local socket `socketId` when the store
-   * shows no connection, as after a Redis restart: an undone claim had
-   * replaced it. Does nothing when the socket is gone or another holds
-   * the bridge.
+   * shows no connection: an undone claim had replaced it. Disconnects the
+   * socket when a newer connection holds the bridge, and does nothing when
+   * the socket is gone.
    */
   async reclaim(bridgeId: string, socketId: string): Promise<void> {
     const session = this.sessions.get(bridgeId);
@@ -357,15 +359,18 @@ export class BridgeSessions {
       return;
     }
     const now = new Date();
-    // NOTE: the claim is unconditional, so a connection that claims the
-    // bridge between the read above and this claim loses it to this older
-    // socket, and its server is not notified.
-    const { epoch } = await this.store.claimConnection(
+    // Claims only a free bridge: a connection that claimed it since the read
+    // above is newer than this socket.
+    const epoch = await this.store.claimIfFree(
       session.bridgeId,
       this.bus.serverId,
       session.socket.id,
       now,
     );
+    if (epoch === null) {
+      this.disconnectReplaced(session.bridgeId, session.socket.id);
+      return;
+    }
     session.epoch = epoch;
     this.broadcaster.presence({
       bridgeId: session.bridgeId,

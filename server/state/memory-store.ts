@@ -83,6 +83,18 @@ export class MemoryStore implements StateStore {
     return { epoch: record.epoch, previous };
   }
 
+  async claimIfFree(
+    bridgeId: string,
+    serverId: string,
+    socketId: string,
+    now: Date,
+  ): Promise<number | null> {
+    const record = this.getOrCreateRecord(bridgeId);
+    if (record.connection !== null) return null;
+    return (await this.claimConnection(bridgeId, serverId, socketId, now))
+      .epoch;
+  }
+
   async releaseConnection(
     bridgeId: string,
     epoch: number,

@@ -71,6 +71,20 @@ end
 return {epoch, previous[1], previous[2], previous[3]}
 `;
 
+/**
+ * KEYS: meta. ARGV: serverId, socketId, lastSeen. Claims like CLAIM_SCRIPT
+ * when no connection holds the bridge and returns the epoch, else false.
+ */
+const CLAIM_IF_FREE_SCRIPT = `
+if redis.call('HEXISTS', KEYS[1], 'socket') == 1 then
+  return false
+end
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'server', ARGV[1], 'socket', ARGV[2], 'lastSeen', ARGV[3])
+redis.call('HDEL', KEYS[1], 'replacedServer', 'replacedSocket')
+return epoch
+`;
+
 /** KEYS: meta. ARGV: epoch, lastSeen. Returns 1 when released, 0 when `epoch` is not the current connection. */
 const RELEASE_SCRIPT = `
 local current = redis.call('HMGET', KEYS[1], 'epoch', 'socket')
@@ -162,6 +176,7 @@ export class RedisStore implements StateStore {
   private readonly keyPrefix: string;
   private readonly healthCheckKeys: (baseKey: string) => string[];
   private readonly claimScript = new LuaScript(CLAIM_SCRIPT);
+  private readonly claimIfFreeScript = new LuaScript(CLAIM_IF_FREE_SCRIPT);
   private readonly releaseScript = new LuaScript(RELEASE_SCRIPT);
   private readonly writeScript = new LuaScript(WRITE_SCRIPT);
   private readonly getStateScript = new LuaScript(GET_STATE_SCRIPT);
@@ -200,6 +215,20 @@ export class RedisStore implements StateStore {
       epoch: asInteger(epoch, "epoch"),
       previous: parseConnection(previousServer, previousSocket, previousEpoch),
     };
+  }
+
+  async claimIfFree(
+    bridgeId: string,
+    serverId: string,
+    socketId: string,
+    now: Date,
+  ): Promise<number | null> {
+    const reply = await this.runScript(
+      this.claimIfFreeScript,
+      [this.metaKey(bridgeId)],
+      [serverId, socketId, now.toISOString()],
+    );
+    return reply === null ? null : asInteger(reply, "claim");
   }
 
   async releaseConnection(

@@ -73,6 +73,17 @@ export interface StateStore {
   ): Promise<ClaimResult>;
 
   /**
+   * Claims the bridge for `socketId` on `serverId` only when no connection
+   * holds it, and returns the new epoch, or null when another connection
+   * holds the bridge. Used to claim again for a socket that lost its claim.
+   */
+  claimIfFree(
+    bridgeId: string,
+    serverId: string,
+    socketId: string,
+    now: Date,
+  ): Promise<number | null>;
+  /**
    * Marks the bridge offline if `epoch` is still its current connection.
    * Returns false, changing nothing, when a newer connection took over.
    */
