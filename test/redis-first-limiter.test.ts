@@ -5,7 +5,9 @@ import {
   RateLimiterRedis,
   RateLimiterRes,
 } from "rate-limiter-flexible";
+import { loadConfig } from "../server/config.ts";
 import { commandDeadline } from "../server/redis/clients.ts";
+import { RateLimits } from "../server/transport/rate-limits.ts";
 import {
   LimiterRedisHealth,
   MEMORY_ONLY_AFTER_FAILURE_MS,
@@ -105,6 +107,25 @@ describe("Redis-first limiter", function () {
     assert.equal(
       await countedInRedis("rl-recovered-address", "10.0.0.4"),
       true,
+    );
+  });
+
+  it("keeps the API limit's failures from the handshake limits", async () => {
+    const limits = new RateLimits(loadConfig({}), client);
+    await admin.sendCommand([
+      "CLIENT",
+      "PAUSE",
+      String(3 * COMMAND_TIMEOUT_MS),
+      "WRITE",
+    ]);
+    await limits.consumeApiRequest("api-user");
+
+    const startedAt = performance.now();
+    await limits.consumeHandshakeFromAddress("10.0.0.5");
+    const handshakeMs = performance.now() - startedAt;
+    assert.ok(
+      handshakeMs >= COMMAND_TIMEOUT_MS,
+      `the handshake limit asked Redis too: ${Math.round(handshakeMs)} ms`,
     );
   });
 });

@@ -145,7 +145,9 @@ export class RateLimits {
       duration: 10,
     });
     this.apiPoints = limits.requestsPerSocketPer10s;
-    this.perApiUser = createLimiter(redis, health, {
+    // API requests fail over to memory on their own, so a slow API
+    // request in Redis leaves the handshake limits shared.
+    this.perApiUser = createLimiter(redis, new LimiterRedisHealth(), {
       keyPrefix: `${redisKeyPrefix}:rl:api-user`,
       points: this.apiPoints,
       duration: 10,

@@ -11,11 +11,11 @@ export const MEMORY_ONLY_AFTER_FAILURE_MS = 1000;
 
 const redisFailures = new Counter({
   name: "relay_rate_limiter_redis_failures_total",
-  help: "Rate limiter requests that failed or timed out in Redis and were counted in memory instead.",
+  help: "Rate limiter requests (handshake and HTTP API limits) that failed or timed out in Redis and were counted in memory instead.",
   registers: [relayRegistry],
 });
 
-/** The time Redis last failed a limiter request, shared by the limiters of one process. */
+/** The time Redis last failed a limiter request, shared by the limiters that fail over together. */
 export class LimiterRedisHealth {
   private failedAt = Number.NEGATIVE_INFINITY;
 
