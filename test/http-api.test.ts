@@ -271,6 +271,7 @@ describe("http api: 2 workers on Redis", function () {
       target: string;
       body?: string;
       headers?: Record<string, string>;
+      repeatedHeaders?: string[];
       message: RegExp;
     }[] = [
       {
@@ -334,6 +335,13 @@ describe("http api: 2 workers on Redis", function () {
         headers: { "Idempotency-Key": "caf\u00e9" },
         message: /Idempotency-Key.*printable ASCII/,
       },
+      {
+        name: "Idempotency-Key twice",
+        target: lightUrl(bridgeId, "a"),
+        body: JSON.stringify({ on: { on: true } }),
+        repeatedHeaders: ["Idempotency-Key", "one", "Idempotency-Key", "two"],
+        message: /Idempotency-Key: send the header once/,
+      },
     ];
     for (const testCase of cases) {
       const response = await send(testCase.target, {
@@ -343,6 +351,7 @@ describe("http api: 2 workers on Redis", function () {
           ...bearer(token),
           ...testCase.headers,
         },
+        repeatedHeaders: testCase.repeatedHeaders,
         body: testCase.body,
       });
       assert.equal(response.status, 400, `${testCase.name}: ${response.text}`);

@@ -1,4 +1,8 @@
-import express, { type RequestHandler, type Router } from "express";
+import express, {
+  type Request,
+  type RequestHandler,
+  type Router,
+} from "express";
 import { z } from "zod";
 import type { AppIdentity } from "../auth/identity.ts";
 import type { TokenVerifier } from "../auth/verify.ts";
@@ -49,6 +53,24 @@ const idempotencyKeySchema = z.object({
     })
     .optional(),
 });
+
+/**
+ * Returns the request's `Idempotency-Key`, if any. Node joins repeated
+ * headers with ", ", which would make two keys one, so a repeated header
+ * is `INVALID_PAYLOAD`.
+ */
+function idempotencyKeyOf(request: Request): string | undefined {
+  const values = request.headersDistinct["idempotency-key"] ?? [];
+  if (values.length > 1) {
+    throw new RelayError(
+      "INVALID_PAYLOAD",
+      "invalid Idempotency-Key: send the header once",
+    );
+  }
+  return parsePayload(idempotencyKeySchema, { "Idempotency-Key": values[0] })[
+    "Idempotency-Key"
+  ];
+}
 
 /** Response locals set by `authenticate`. */
 interface ApiLocals {
@@ -101,10 +123,7 @@ export function createApiRouter(deps: ApiDeps): Router {
         request.params,
       );
       const change = parsePayload(lightPatchSchema, jsonBody(request.body));
-      const { "Idempotency-Key": commandId } = parsePayload(
-        idempotencyKeySchema,
-        { "Idempotency-Key": request.get("idempotency-key") },
-      );
+      const commandId = idempotencyKeyOf(request);
       authorize(identity, "control", bridgeId);
       await limitRate(identity);
       const light = await service.setLight({

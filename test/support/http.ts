@@ -13,6 +13,8 @@ export interface HttpResponse {
 export interface HttpOptions {
   method?: string;
   headers?: Record<string, string>;
+  /** Header names and values, alternately, sent after `headers`; a name may repeat. */
+  repeatedHeaders?: string[];
   body?: string | Buffer;
 }
 
@@ -29,7 +31,16 @@ export function send(
       url,
       {
         method: options.method ?? "GET",
-        headers: options.headers ?? {},
+        headers:
+          options.repeatedHeaders === undefined
+            ? (options.headers ?? {})
+            : [
+                // Node adds no Host header to headers given as a list.
+                "Host",
+                new URL(url).host,
+                ...Object.entries(options.headers ?? {}).flat(),
+                ...options.repeatedHeaders,
+              ],
         agent: false,
         timeout: 10_000,
       },
