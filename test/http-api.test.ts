@@ -16,6 +16,7 @@ import { LocalBus } from "../server/messaging/server-bus.ts";
 import { AppService } from "../server/relay/app-service.ts";
 import { CommandRouter } from "../server/relay/command-router.ts";
 import { MemoryStore } from "../server/state/memory-store.ts";
+import { StallMonitor } from "../server/relay/stall-monitor.ts";
 import { RateLimits } from "../server/transport/rate-limits.ts";
 import {
   connectBridge,
@@ -692,6 +693,7 @@ describe("http api: unexpected errors", () => {
         service: new FailingService(store, router),
         verifier: new TokenVerifier({ ...config.auth, secret: TEST_SECRET }),
         limits: new RateLimits(config, undefined),
+        stalls: new StallMonitor(config.commandTimeoutMs),
         maxPayloadBytes: config.maxPayloadBytes,
         logger,
       }),

@@ -11,6 +11,7 @@ import { LocalBus } from "../server/messaging/server-bus.ts";
 import { AppService } from "../server/relay/app-service.ts";
 import { CommandRouter } from "../server/relay/command-router.ts";
 import { MemoryStore } from "../server/state/memory-store.ts";
+import { StallMonitor } from "../server/relay/stall-monitor.ts";
 import { RateLimits } from "../server/transport/rate-limits.ts";
 import { send } from "./support/http.ts";
 import { TEST_SECRET } from "./support/relay-process.ts";
@@ -107,6 +108,7 @@ function buildApp(): { app: Express; close: () => Promise<void> } {
       service: new AppService(store, router),
       verifier: new TokenVerifier({ ...config.auth, secret: TEST_SECRET }),
       limits: new RateLimits(config, undefined),
+      stalls: new StallMonitor(config.commandTimeoutMs),
       maxPayloadBytes: config.maxPayloadBytes,
       logger,
     },

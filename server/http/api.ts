@@ -16,6 +16,7 @@ import {
 } from "../protocol/schemas.ts";
 import { parsePayload } from "../protocol/validate.ts";
 import { authorize, type AppService } from "../relay/app-service.ts";
+import { lateCommandError, type StallMonitor } from "../relay/stall-monitor.ts";
 import { bridgeListCost, type RateLimits } from "../transport/rate-limits.ts";
 import { apiErrorHandler } from "./api-errors.ts";
 import { authenticateApp } from "./bearer-auth.ts";
@@ -31,6 +32,8 @@ export interface ApiDeps {
   /** Largest request body, in bytes (`MAX_PAYLOAD_BYTES`). */
   maxPayloadBytes: number;
   logger: Logger;
+  /** Tells whether a command read now may have waited through a stall. */
+  stalls: StallMonitor;
 }
 
 const bridgePathSchema = z.object({ bridgeId: bridgeIdSchema });
@@ -74,6 +77,8 @@ function idempotencyKeyOf(request: Request): string | undefined {
 
 /** Response locals set by `authenticate`. */
 interface ApiLocals {
+  /** True when the request was read right after a stall of this process. */
+  lateInput: boolean;
   identity: AppIdentity;
   /** Logged on the request's completion line. */
   userId: string;
@@ -90,6 +95,11 @@ interface ApiLocals {
 export function createApiRouter(deps: ApiDeps): Router {
   const router = express.Router();
   const { service } = deps;
+  // Noted on arrival: the body is read in later loop turns.
+  router.use((_request, response, next) => {
+    (response.locals as ApiLocals).lateInput = deps.stalls.inputMayBeLate;
+    next();
+  });
   const authenticate = authenticateWith(deps.verifier);
   const limitRate = rateLimitPerUser(deps.limits);
 
@@ -117,7 +127,8 @@ export function createApiRouter(deps: ApiDeps): Router {
     authenticate,
     express.json({ limit: deps.maxPayloadBytes }),
     async (request, response) => {
-      const { identity } = response.locals as ApiLocals;
+      const { identity, lateInput } = response.locals as ApiLocals;
+      if (lateInput) throw lateCommandError();
       const { bridgeId, lightId } = parsePayload(
         lightPathSchema,
         request.params,

@@ -32,6 +32,7 @@ import { CommandRouter } from "./command-router.ts";
 import { ConnectionDrain } from "./drain.ts";
 import { PresenceLease } from "./presence-lease.ts";
 import { ResyncScheduler } from "./resync-scheduler.ts";
+import { StallMonitor } from "./stall-monitor.ts";
 import { StateWriter } from "./state-writer.ts";
 
 /** Interval at which a bridge whose write the store rejected is asked for a snapshot, in ms. */
@@ -141,6 +142,8 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     secret: options.secret,
   });
   const limits = new RateLimits(config, options.redis);
+  const stalls = new StallMonitor(config.commandTimeoutMs);
+  stalls.start();
   const broadcaster = namespaceBroadcaster(io.of(APP_NAMESPACE));
   const bridges = io.of(BRIDGE_NAMESPACE);
   const leaseTable = options.leaseTable;
@@ -249,6 +252,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   attachAppNamespace(io.of(APP_NAMESPACE), {
     ...common,
     service,
+    stalls,
     awaitSubscriptions: options.awaitSubscriptions ?? (async () => undefined),
     maxBufferedBytes: config.limits.appMaxBufferedBytes,
   });
@@ -268,6 +272,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       service,
       verifier,
       limits,
+      stalls,
       maxPayloadBytes: config.maxPayloadBytes,
       logger,
     },
@@ -294,6 +299,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     close: async () => {
       draining = true;
       resyncs.close();
+      stalls.stop();
       const summary = await drain.run([
         ...bridges.sockets.values(),
         ...io.of(APP_NAMESPACE).sockets.values(),

@@ -17,6 +17,7 @@ import {
   socketLogFields,
   type HandshakeDeps,
 } from "./handshake.ts";
+import { lateCommandError, type StallMonitor } from "../relay/stall-monitor.ts";
 import { bridgeListCost, type RateLimits } from "./rate-limits.ts";
 import {
   requestListeners,
@@ -34,6 +35,8 @@ export interface AppNamespaceDeps extends HandshakeDeps {
   /** Bytes waiting to be sent to one connection before the relay closes it. */
   maxBufferedBytes: number;
   serverInfo: ServerInfo;
+  /** Tells whether a command read now may have waited through a stall. */
+  stalls: StallMonitor;
   /**
    * Resolves once this process receives the broadcasts of rooms it just
    * joined, so a subscriber cannot miss an event published between its
@@ -98,6 +101,9 @@ function appRequests(deps: AppNamespaceDeps): Record<string, RequestHandler> {
       return {};
     },
     "light:set": async (payload, socket) => {
+      // Checked before the first wait, while the loop turn that read the
+      // command runs.
+      if (deps.stalls.inputMayBeLate) throw lateCommandError();
       const request = parsePayload(appLightSetPayloadSchema, payload);
       authorize(socketIdentity(socket, "app"), "control", request.bridgeId);
       await limits.consumeRequest(socket.id);

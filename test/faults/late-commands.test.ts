@@ -216,4 +216,68 @@ describe("fault: a worker stops while a command is under way", function () {
       `origin stopped ${STOP_MS} ms with the reply on its way: app answered ok after ${answeredMs} ms (wait ${ORIGIN_WAIT_MS} ms)`,
     );
   });
+
+  it("refuses a command read after a stall", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = await connectBridge(relay.url, bridgeId);
+    sockets.push(bridge);
+    const lights = untypedLightMap("a");
+    const received = answerLightSet(bridge, lights);
+    await requestData(bridge, "state:snapshot", {
+      lights: [...lights.values()],
+    });
+    const { serverId: owner } = await requestData<{ serverId: string }>(
+      bridge,
+      "relay:info",
+      {},
+    );
+    const app = await connectOn(owner, () => connectApp(relay.url, [bridgeId]));
+    sockets.push(app);
+    const ownerPid = relay
+      .workers()
+      .find((worker) => worker.serverId === owner)!.pid;
+
+    // The command waits in the stopped worker's socket, past the timeout.
+    const stopped = stopFor(ownerPid);
+    const answer = request(
+      app,
+      "light:set",
+      { bridgeId, lightId: "a", change: { on: { on: false } } },
+      STOP_MS * 2,
+    );
+    await stopped;
+    const late = await answer;
+
+    assert.equal(late.ok ? "ok" : late.error.code, "UNAVAILABLE");
+    assert.equal(
+      received.length,
+      0,
+      "the late command never reached the bridge",
+    );
+    const next = await request(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: false } },
+    });
+    assert.equal(next.ok ? "ok" : next.error.code, "ok");
+    assert.equal(received.length, 1);
+  });
 });
+
+/** Connects with `connect` until the socket lands on the worker `serverId`. */
+async function connectOn(
+  serverId: string,
+  connect: () => Promise<Socket>,
+): Promise<Socket> {
+  for (let attempt = 0; attempt < 20; attempt += 1) {
+    const socket = await connect();
+    const info = await requestData<{ serverId: string }>(
+      socket,
+      "relay:info",
+      {},
+    );
+    if (info.serverId === serverId) return socket;
+    socket.close();
+  }
+  throw new Error(`no connection landed on worker ${serverId}`);
+}
