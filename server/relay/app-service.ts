@@ -144,8 +144,18 @@ export class AppService {
         if (!retry) throw error;
       }
       await sleep(NO_RECEIVER_RETRY_GAP_MS);
-      target = await this.findLight(command.bridgeId, command.lightId);
+      target = await this.findServer(command.bridgeId);
     }
+  }
+
+  /** Returns the ID of the server with the bridge's connection; one read, for resends. */
+  private async findServer(bridgeId: string): Promise<string> {
+    const [presence] = await this.store.getPresence([bridgeId]);
+    const connection = presence?.connection ?? null;
+    if (connection === null) {
+      throw new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} is offline`);
+    }
+    return connection.serverId;
   }
 
   /** Returns the ID of the server with the bridge's connection, after checking that the light exists. */
