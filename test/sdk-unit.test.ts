@@ -16,10 +16,11 @@ import {
   RelayClientError,
   readHandshakeError,
 } from "../client-sdk/src/errors.ts";
-import type {
-  BridgeState,
-  Light,
-  LightsChangedEvent,
+import {
+  MAX_TOKEN_LENGTH,
+  type BridgeState,
+  type Light,
+  type LightsChangedEvent,
 } from "../client-sdk/src/protocol.ts";
 import { TypedEmitter } from "../client-sdk/src/typed-emitter.ts";
 import {
@@ -548,6 +549,24 @@ describe("clients against a stub Socket.IO server", () => {
     clients.push(client);
     return client;
   }
+
+  it("refuses a token over the relay's limit without connecting", async () => {
+    let handshakes = 0;
+    io.of("/app").use((_socket, next) => {
+      handshakes += 1;
+      next();
+    });
+    const client = new AppClient({
+      url,
+      token: "t".repeat(MAX_TOKEN_LENGTH + 1),
+      reconnect: FAST_RECONNECT,
+    });
+    clients.push(client);
+    await assert.rejects(client.connect(), { code: "UNAUTHORIZED" });
+    assert.equal(client.state, "unauthorized");
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(handshakes, 0);
+  });
 
   function rejectHandshakes(
     namespace: string,

@@ -11,7 +11,7 @@ import {
   readHandshakeError,
   type RelayClientErrorCode,
 } from "./errors.ts";
-import type { AckCallback } from "./protocol.ts";
+import { MAX_TOKEN_LENGTH, type AckCallback } from "./protocol.ts";
 import { TypedEmitter, type EventsMap } from "./typed-emitter.ts";
 
 const debug = createDebug("relay-sdk:connection");
@@ -110,6 +110,7 @@ export class RelayConnection<
   private attempt = 0;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly inFlight = new Set<(error: RelayClientError) => void>();
+  private readonly tokenTooLong: boolean;
 
   constructor(options: ConnectionOptions) {
     super();
@@ -123,6 +124,7 @@ export class RelayConnection<
       transports: options.transports,
       auth: { token: options.token },
     });
+    this.tokenTooLong = options.token.length > MAX_TOKEN_LENGTH;
     this.socket.on("connect", () => this.onConnect());
     this.socket.on("connect_error", (error) => this.onConnectError(error));
     this.socket.on("disconnect", (reason) => this.onDisconnect(reason));
@@ -149,6 +151,18 @@ export class RelayConnection<
   open(): Promise<void> {
     if (this.currentState === "connected") return Promise.resolve();
     if (isFinalState(this.currentState)) {
+      return Promise.reject(this.describeFinalState());
+    }
+    if (this.tokenTooLong) {
+      // The relay closes such a connection without an answer, which would
+      // look like a network failure and be retried forever.
+      this.close(
+        "unauthorized",
+        new RelayClientError(
+          "UNAUTHORIZED",
+          `token is longer than the relay's limit of ${MAX_TOKEN_LENGTH} characters`,
+        ),
+      );
       return Promise.reject(this.describeFinalState());
     }
     const outcome = this.waitForOutcome();

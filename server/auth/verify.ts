@@ -1,15 +1,18 @@
 import { createSecretKey, type KeyObject } from "node:crypto";
 import { errors as joseErrors, jwtVerify, type JWTPayload } from "jose";
 import { z } from "zod";
-import { normalizeBridgeId } from "../../client-sdk/src/protocol.ts";
+import {
+  MAX_TOKEN_LENGTH,
+  normalizeBridgeId,
+} from "../../client-sdk/src/protocol.ts";
 import { RelayError } from "../errors.ts";
 import type { Identity } from "./identity.ts";
 import { parsePublicKey } from "./public-key.ts";
 
 /** Clock leeway for `exp` and `nbf`, in seconds. */
 export const CLOCK_TOLERANCE_SECONDS = 60;
-/** Maximum token length accepted, so a huge `bridges` claim cannot exhaust memory. */
-export const MAX_TOKEN_LENGTH = 64 * 1024;
+// The maximum token length keeps a huge `bridges` claim from exhausting memory.
+export { MAX_TOKEN_LENGTH };
 
 export interface VerifierOptions {
   /** HS256 shared secret. */
