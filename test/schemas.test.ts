@@ -257,6 +257,7 @@ describe("snapshot payload schema", () => {
       ["33 emoji code points", "💡".repeat(33)],
       ["non-string name", 12],
       ["missing name", undefined],
+      ["unpaired surrogate", "Hall \ud83d"],
     ];
     for (const [label, name] of rejected) {
       it(`rejects ${label}`, () => {
@@ -313,6 +314,14 @@ describe("snapshot payload schema", () => {
         );
       });
     }
+
+    it("names the range for a huge mirek", () => {
+      const error = parseFailure(
+        snapshotPayloadSchema,
+        snapshotWith({ color_temperature: { mirek: 1e300 } }),
+      );
+      assert.match(error.message, /<=1000/);
+    });
   });
 
   describe("color xy", () => {

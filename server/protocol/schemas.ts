@@ -29,17 +29,28 @@ export const bridgeIdSchema = z.string().transform((value, context) => {
   return id;
 });
 
-const nameSchema = z.string().refine((name) => {
-  const length = [...name].length;
-  return length >= 1 && length <= MAX_NAME_CODE_POINTS;
-}, `must be 1-${MAX_NAME_CODE_POINTS} characters`);
+/** Matches a UTF-16 surrogate that is not part of a pair. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+const nameSchema = z
+  .string()
+  .refine((name) => {
+    const length = [...name].length;
+    return length >= 1 && length <= MAX_NAME_CODE_POINTS;
+  }, `must be 1-${MAX_NAME_CODE_POINTS} characters`)
+  // As commandIds: a lone surrogate turns into U+FFFD in UTF-8 consumers.
+  .refine((name) => !LONE_SURROGATE.test(name), {
+    message: "must be well-formed Unicode: it has an unpaired surrogate",
+  });
 
 const fieldSchemas = {
   metadata: z.object({ name: nameSchema }),
   on: z.object({ on: z.boolean() }),
   dimming: z.object({ brightness: z.number().min(0).max(100) }),
   color_temperature: z.object({
-    mirek: z.number().int().min(50).max(1000).nullable(),
+    // The range comes first, so that a huge value is reported against it
+    // rather than against the largest safe integer.
+    mirek: z.number().min(50).max(1000).int().nullable(),
   }),
   color: z.object({
     xy: z.object({
@@ -133,9 +144,6 @@ export const snapshotPayloadSchema = z.object({ lights: lightListSchema });
 export const changedPayloadSchema = z.object({ lights: changeListSchema });
 export const emptyPayloadSchema = z.object({}).optional();
 export const bridgeIdPayloadSchema = z.object({ bridgeId: bridgeIdSchema });
-
-/** Matches a UTF-16 surrogate that is not part of a pair. */
-const LONE_SURROGATE = /\p{Cs}/u;
 
 export const commandIdSchema = z
   .string()
