@@ -17,8 +17,8 @@ export const RESYNC_REASON =
 
 /** Claims checked per store round trip when revalidating after a Redis reconnect. */
 const REVALIDATE_BATCH = 500;
-/** Time between attempts to release failed claims while Redis does not answer, in ms. */
-const ABANDONED_RETRY_MS = 1000;
+/** Time between attempts to send releases that failed, in ms. */
+const RELEASE_RETRY_MS = 1000;
 
 /**
  * The set of bridges this process may hold, which a sweep goes through
@@ -40,11 +40,11 @@ export class BridgeSessions {
   private readonly releasing = new Set<Promise<void>>();
   /** Claims in flight per bridge ID, so a release does not untrack a bridge being claimed again. */
   private readonly claiming = new Map<string, number>();
-  /** Sessions whose release failed (Redis down), retried on the next revalidation. */
+  /** Sessions whose release failed, retried every second and on revalidation. */
   private readonly unreleased = new Map<string, BridgeSession>();
   /** Bridge IDs by socket ID of failed claims whose undoing failed too, retried every second. */
   private readonly abandoned = new Map<string, string>();
-  private abandonedRetry: NodeJS.Timeout | undefined;
+  private releaseRetry: NodeJS.Timeout | undefined;
   private revalidation: Promise<void> = Promise.resolve();
 
   constructor(
@@ -156,18 +156,23 @@ export class BridgeSessions {
       await this.releaseAbandoned(bridgeId, socketId);
     } catch (error) {
       this.abandoned.set(socketId, bridgeId);
-      this.scheduleAbandonedRetry();
+      this.scheduleReleaseRetry();
       throw error;
     }
   }
 
-  private scheduleAbandonedRetry(): void {
-    if (this.abandonedRetry !== undefined) return;
-    this.abandonedRetry = setTimeout(() => {
-      this.abandonedRetry = undefined;
-      void this.retryAbandoned();
-    }, ABANDONED_RETRY_MS);
-    this.abandonedRetry.unref();
+  /**
+   * Sends the owed releases again in a second. A release that failed while
+   * the connection stayed up (Redis rejected the write, or did not answer
+   * in time) would otherwise wait for a reconnect, with the bridge online.
+   */
+  private scheduleReleaseRetry(): void {
+    if (this.releaseRetry !== undefined) return;
+    this.releaseRetry = setTimeout(() => {
+      this.releaseRetry = undefined;
+      void this.retryReleases();
+    }, RELEASE_RETRY_MS);
+    this.releaseRetry.unref();
   }
 
   /** Sends every owed release of a failed claim again; returns how many failed. */
@@ -264,6 +269,7 @@ export class BridgeSessions {
       // the release is retried once Redis is back.
       if (!this.isLocal(session.bridgeId)) {
         this.unreleased.set(session.bridgeId, session);
+        this.scheduleReleaseRetry();
       }
       throw error;
     }
@@ -336,10 +342,11 @@ export class BridgeSessions {
       results.filter((result) => result.status === "rejected").length +
       abandonedFailed;
     const retried = pending.length + abandoned;
-    if (retried > 0) {
+    // Logged once some succeed, not every second while Redis stays down.
+    if (retried > failed) {
       this.logger.info(
         { retried, failed },
-        "retried bridge releases that failed while Redis was down",
+        "retried bridge releases that had failed",
       );
     }
   }

@@ -90,4 +90,32 @@ describe("fault: Redis rejects writes while reachable", function () {
       `redis rejects writes: the lost report stored ${syncedMs} ms after writes worked again, the app current ${currentMs} ms later`,
     );
   });
+
+  it("releases a bridge once writes work again", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge: FakeBridge = await startFakeBridge({
+      url: relay.url,
+      bridgeId,
+    });
+    const metaKey = `relay:{${bridgeId}}:meta`;
+    assert.notEqual(await admin.hGet(metaKey, "socket"), null);
+
+    // Every write fails for want of a replica, deletes included, so the
+    // release on disconnect fails. The connection to Redis stays up.
+    await admin.configSet("min-replicas-to-write", "1");
+    bridge.close();
+    await relay.waitForLog(
+      (line) => line.msg === "could not release the bridge's claim",
+    );
+    await admin.configSet("min-replicas-to-write", "0");
+
+    const releasedMs = await waitUntil(
+      "the bridge released",
+      async () => (await admin.hGet(metaKey, "socket")) === null,
+      5000,
+    );
+    printFigure(
+      `redis rejects writes: a failed release went through ${releasedMs} ms after writes worked again`,
+    );
+  });
 });
