@@ -272,4 +272,41 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     const [presence] = await store.getPresence([bridgeId]);
     assert.equal(presence?.connection?.socketId, "newer-socket");
   });
+
+  it("asks again when claiming again fails", async () => {
+    const bridgeId = randomBridgeId();
+    let failReads = 0;
+    // The first presence read of the claim made again fails, as on a
+    // Redis that times out.
+    const flaky = new Proxy(store, {
+      get(target, property, receiver) {
+        if (property === "getPresence" && failReads > 0) {
+          failReads -= 1;
+          return () => Promise.reject(new Error("presence read timed out"));
+        }
+        const value = Reflect.get(target, property, receiver) as unknown;
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const holder = sessionsOf("server-a", flaky).sessions;
+    await holder.claim(bridgeId, socketWithId("open-socket", []));
+
+    failReads = 1;
+    await pauseWrites(admin, COMMAND_TIMEOUT_MS + 100);
+    await assert.rejects(
+      holder.claim(bridgeId, socketWithId("refused-socket")),
+      /timed out/i,
+    );
+    await holder.settleReleases();
+
+    await waitUntil(
+      "the open socket holds the bridge again",
+      async () => {
+        const [presence] = await store.getPresence([bridgeId]);
+        return presence?.connection?.socketId === "open-socket";
+      },
+      3000,
+    );
+    assert.equal(failReads, 0, "the failing read happened");
+  });
 });

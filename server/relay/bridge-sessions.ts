@@ -44,6 +44,11 @@ export class BridgeSessions {
   private readonly unreleased = new Map<string, BridgeSession>();
   /** Bridge IDs by socket ID of failed claims whose undoing failed too, retried every second. */
   private readonly abandoned = new Map<string, string>();
+  /** Replaced connections by bridge ID whose server could not be asked to claim again. */
+  private readonly owedReclaims = new Map<
+    string,
+    { serverId: string; socketId: string }
+  >();
   private releaseRetry: NodeJS.Timeout | undefined;
   private revalidation: Promise<void> = Promise.resolve();
 
@@ -225,13 +230,23 @@ export class BridgeSessions {
         await this.bus.send(serverId, { type: "reclaim", bridgeId, socketId });
       }
     } catch (error) {
-      // The release succeeded, so it is not owed again. The socket stays
-      // fenced until the next revalidation or its reconnect.
+      // The release succeeded, so only the request is sent again.
+      this.owedReclaims.set(bridgeId, replaced);
+      this.scheduleReleaseRetry();
       this.logger.warn(
         { err: error, bridgeId, serverId, socketId },
         "could not ask the previous server to claim a bridge again",
       );
     }
+  }
+
+  /** Sends every owed request to claim again once more. */
+  private async retryReclaims(): Promise<void> {
+    const owed = [...this.owedReclaims];
+    this.owedReclaims.clear();
+    await Promise.all(
+      owed.map(([bridgeId, replaced]) => this.askToReclaim(bridgeId, replaced)),
+    );
   }
 
   /**
@@ -337,6 +352,7 @@ export class BridgeSessions {
     const [results, abandonedFailed] = await Promise.all([
       Promise.allSettled(pending.map((session) => this.releaseNow(session))),
       this.retryAbandoned(),
+      this.retryReclaims(),
     ]);
     const failed =
       results.filter((result) => result.status === "rejected").length +
