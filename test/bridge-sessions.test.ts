@@ -59,7 +59,10 @@ function socketWithId(id: string, emitted: string[] = []): Socket {
     emitted.push(event);
     return true;
   };
-  return { id, emit } as unknown as Socket;
+  const disconnect = (): void => {
+    emitted.push("disconnect");
+  };
+  return { id, emit, disconnect } as unknown as Socket;
 }
 
 describe("bridge sessions on a Redis that fails a claim", function () {
@@ -92,7 +95,11 @@ describe("bridge sessions on a Redis that fails a claim", function () {
   });
 
   /** Returns the sessions of server `serverId`, on the test's Redis or `sessionStore`. */
-  function sessionsOf(serverId: string, sessionStore: StateStore = store) {
+  function sessionsOf(
+    serverId: string,
+    sessionStore: StateStore = store,
+    sockets: Socket[] = [],
+  ) {
     const logger = pino({ level: "silent" });
     const bus = new RedisBus(
       serverId,
@@ -105,7 +112,9 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       sessionStore,
       bus,
       recorder,
-      { sockets: new Map() } as unknown as Namespace,
+      {
+        sockets: new Map(sockets.map((socket) => [socket.id, socket])),
+      } as unknown as Namespace,
       logger,
     );
     return { bus, broadcaster: recorder, sessions: serverSessions };
@@ -308,5 +317,25 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       3000,
     );
     assert.equal(failReads, 0, "the failing read happened");
+  });
+
+  it("keeps its own claim when two checks race", async () => {
+    const bridgeId = randomBridgeId();
+    const emitted: string[] = [];
+    const socket = socketWithId("open-socket", emitted);
+    const holder = sessionsOf("server-a", store, [socket]).sessions;
+    const { epoch } = await holder.claim(bridgeId, socket);
+    await store.releaseConnection(bridgeId, epoch, new Date());
+
+    // Both read no connection before either claims.
+    await Promise.all([
+      holder.reclaim(bridgeId, "open-socket"),
+      holder.reclaim(bridgeId, "open-socket"),
+    ]);
+
+    assert.ok(!emitted.includes("session:replaced"), emitted.join());
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection?.socketId, "open-socket");
+    assert.equal(presence?.connection?.epoch, holder.get(bridgeId)?.epoch);
   });
 });

@@ -90,6 +90,7 @@ export class MemoryStore implements StateStore {
     now: Date,
   ): Promise<number | null> {
     const record = this.getOrCreateRecord(bridgeId);
+    if (record.connection?.socketId === socketId) return record.epoch;
     if (record.connection !== null) return null;
     return (await this.claimConnection(bridgeId, serverId, socketId, now))
       .epoch;

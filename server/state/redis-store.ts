@@ -73,10 +73,15 @@ return {epoch, previous[1], previous[2], previous[3]}
 
 /**
  * KEYS: meta. ARGV: serverId, socketId, lastSeen. Claims like CLAIM_SCRIPT
- * when no connection holds the bridge and returns the epoch, else false.
+ * when no connection holds the bridge and returns the epoch. Returns the
+ * current epoch when `socketId` holds it already, else false.
  */
 const CLAIM_IF_FREE_SCRIPT = `
-if redis.call('HEXISTS', KEYS[1], 'socket') == 1 then
+local holder = redis.call('HGET', KEYS[1], 'socket')
+if holder == ARGV[2] then
+  return tonumber(redis.call('HGET', KEYS[1], 'epoch'))
+end
+if holder then
   return false
 end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
@@ -228,7 +233,7 @@ export class RedisStore implements StateStore {
       [this.metaKey(bridgeId)],
       [serverId, socketId, now.toISOString()],
     );
-    return reply === null ? null : asInteger(reply, "claim");
+    return reply === null || reply === false ? null : asInteger(reply, "claim");
   }
 
   async releaseConnection(

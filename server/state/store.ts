@@ -74,8 +74,10 @@ export interface StateStore {
 
   /**
    * Claims the bridge for `socketId` on `serverId` only when no connection
-   * holds it, and returns the new epoch, or null when another connection
-   * holds the bridge. Used to claim again for a socket that lost its claim.
+   * holds it, and returns the new epoch. Returns the current epoch when
+   * `socketId` holds it already (two checks raced), or null when another
+   * connection holds the bridge. Used to claim again for a socket that
+   * lost its claim.
    */
   claimIfFree(
     bridgeId: string,
