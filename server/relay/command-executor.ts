@@ -7,10 +7,8 @@ import type { Logger } from "../logger.ts";
 import {
   bridgeRefusalAnswerSchema,
   bridgeSuccessAnswerSchema,
-  lightSchema,
 } from "../protocol/schemas.ts";
 import { describeFirstIssue } from "../protocol/validate.ts";
-import { canonicalLight } from "../state/lights.ts";
 import type { StateStore, StoredCommandAnswer } from "../state/store.ts";
 import type { BridgeSession, BridgeSessions } from "./bridge-sessions.ts";
 import type { CommandAnswer, RoutedCommand } from "./command-router.ts";
@@ -238,34 +236,31 @@ export class CommandExecutor {
         throw new Error("state writer returned no light");
       return { ok: true, light: stored };
     } catch (error) {
-      return this.answerUnstored(session, command, light, error);
+      this.storeFailedAfterAnswer(session, command, error);
     }
   }
 
   /**
-   * Returns the bridge's answer when storing its light failed (Redis down,
-   * the write fenced). The bridge applied the command, so `UNAVAILABLE`
-   * would tell the app to send it again. The writer asks the bridge for a
-   * snapshot after a store failure. An answer with part of the light only
-   * cannot stand for the light, so the error is raised then.
+   * Raises the error of a store that failed after the bridge applied the
+   * command. It stays `UNAVAILABLE`, since the answer's light must be the
+   * stored one, and sending the command again is safe: a change replaces
+   * the fields it carries. The message says that the bridge applied it.
    */
-  private answerUnstored(
+  private storeFailedAfterAnswer(
     session: BridgeSession,
     command: RoutedCommand,
-    answered: unknown,
     error: unknown,
-  ): StoredCommandAnswer {
-    const whole = lightSchema.safeParse(answered);
-    if (!(error instanceof RelayError) || !whole.success) throw error;
+  ): never {
+    // NOT_FOUND too: after Redis lost its data the light reads as unknown.
+    if (!(error instanceof RelayError)) throw error;
     this.logger.warn(
-      {
-        err: error,
-        bridgeId: session.bridgeId,
-        commandId: command.commandId,
-      },
-      "could not store the light of a command the bridge applied, answering with the bridge's light",
+      { err: error, bridgeId: session.bridgeId, commandId: command.commandId },
+      "could not store the light of a command the bridge applied",
     );
-    return { ok: true, light: canonicalLight(whole.data) };
+    throw new RelayError(
+      "UNAVAILABLE",
+      `bridge ${session.bridgeId} applied the command, but the relay could not store its light (${error.message}); sending it again is safe`,
+    );
   }
 }
 
