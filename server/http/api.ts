@@ -128,7 +128,6 @@ export function createApiRouter(deps: ApiDeps): Router {
     express.json({ limit: deps.maxPayloadBytes }),
     async (request, response) => {
       const { identity, lateInput } = response.locals as ApiLocals;
-      if (lateInput) throw lateCommandError();
       const { bridgeId, lightId } = parsePayload(
         lightPathSchema,
         request.params,
@@ -136,6 +135,7 @@ export function createApiRouter(deps: ApiDeps): Router {
       const change = parsePayload(lightPatchSchema, jsonBody(request.body));
       const commandId = idempotencyKeyOf(request);
       authorize(identity, "control", bridgeId);
+      if (lateInput) throw lateCommandError();
       await limitRate(identity);
       const light = await service.setLight({
         bridgeId,

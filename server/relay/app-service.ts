@@ -126,8 +126,9 @@ export class AppService {
   /**
    * Sends `command` to `serverId`. While no process receives it, looks up
    * the bridge's server again and resends, for up to NO_RECEIVER_RETRY_MS:
-   * a crashed worker's bridges reconnect to another one, and a Redis
-   * Cluster failover moves the owner's subscription to the new master.
+   * a crashed worker's bridges reconnect to another one. Only a single
+   * Redis server reports that no process received a command (see
+   * ServerBus.countsReceivers).
    */
   private async route(
     serverId: string,

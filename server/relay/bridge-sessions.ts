@@ -50,6 +50,7 @@ export class BridgeSessions {
     { serverId: string; socketId: string }
   >();
   private releaseRetry: NodeJS.Timeout | undefined;
+  private retriesStopped = false;
   private revalidation: Promise<void> = Promise.resolve();
 
   constructor(
@@ -172,7 +173,7 @@ export class BridgeSessions {
    * in time) would otherwise wait for a reconnect, with the bridge online.
    */
   private scheduleReleaseRetry(): void {
-    if (this.releaseRetry !== undefined) return;
+    if (this.releaseRetry !== undefined || this.retriesStopped) return;
     this.releaseRetry = setTimeout(() => {
       this.releaseRetry = undefined;
       void this.retryReleases();
@@ -260,6 +261,13 @@ export class BridgeSessions {
     if (session?.socket.id !== socketId) return;
     const [record] = await this.store.getPresence([bridgeId]);
     await this.revalidateOne(session, record?.connection ?? null);
+  }
+
+  /** Stops sending owed releases again, once Redis is about to close. */
+  stopRetries(): void {
+    this.retriesStopped = true;
+    clearTimeout(this.releaseRetry);
+    this.releaseRetry = undefined;
   }
 
   /** Resolves once every release in flight has finished (before Redis is closed on shutdown). */

@@ -33,10 +33,10 @@ export type CommandExecutor = (
 ) => Promise<CommandAnswer>;
 
 /**
- * `BRIDGE_OFFLINE` because no process received a routed command. Nothing
- * ran it, so it may be sent again: the bridge may have reconnected to
- * another process, or its process may be moving its subscription to a new
- * Redis Cluster master.
+ * `BRIDGE_OFFLINE` because no process received a routed command, on a bus
+ * whose receiver count is exact (a single Redis server). Nothing ran it,
+ * so it may be sent again: the bridge may have reconnected to another
+ * process.
  */
 export class NoReceiverError extends RelayError {
   constructor(bridgeId: string, serverId: string) {
@@ -114,7 +114,8 @@ export class CommandRouter {
    * `UNAVAILABLE` when Redis fails the publish, `TIMEOUT` when the publish
    * was sent but Redis did not answer in time (Redis may still deliver it,
    * so the outcome is unknown), and `BRIDGE_OFFLINE` when no process
-   * receives it, after dropping the pending reply.
+   * receives it, after dropping the pending reply. On a bus whose count is
+   * not exact (Redis Cluster), a count of 0 leaves the reply awaited.
    */
   private async deliver(
     serverId: string,

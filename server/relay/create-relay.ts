@@ -315,6 +315,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       // Closing the sockets released their claims and broadcast the bridges'
       // offline presence. Both need Redis, so wait for them before it closes.
       await sessions.settleReleases();
+      sessions.stopRetries();
       await lease?.stop();
       await bus.close();
     },

@@ -9,9 +9,15 @@ const TICK_MS = 100;
  * waited in the kernel for up to the stall's length, and a command whose
  * app gave up waiting must not reach the bridge.
  *
- * Node runs due timers before it reads sockets, so the tick that measures
- * a stall runs first, and the input read in that loop turn finds
- * `inputMayBeLate`. The flag ends in the check phase of that turn.
+ * After a stop of the whole process (a stop signal, a paused VM) or a
+ * stall in a timer, Node runs due timers before it reads sockets, so the
+ * tick that measures the stall runs first, and the input read in that
+ * loop turn finds `inputMayBeLate`. The flag ends in the check phase of
+ * that turn.
+ *
+ * NOTE: a stall inside a socket callback (a slow handler, a garbage
+ * collection there) is not caught: the other sockets that were ready
+ * meanwhile are read in the same poll phase, before the tick runs.
  */
 export class StallMonitor {
   private lastTick: number;

@@ -101,11 +101,11 @@ function appRequests(deps: AppNamespaceDeps): Record<string, RequestHandler> {
       return {};
     },
     "light:set": async (payload, socket) => {
-      // Checked before the first wait, while the loop turn that read the
-      // command runs.
-      if (deps.stalls.inputMayBeLate) throw lateCommandError();
       const request = parsePayload(appLightSetPayloadSchema, payload);
       authorize(socketIdentity(socket, "app"), "control", request.bridgeId);
+      // Checked before the first wait, while the loop turn that read the
+      // command runs, and after the checks that come first in the contract.
+      if (deps.stalls.inputMayBeLate) throw lateCommandError();
       await limits.consumeRequest(socket.id);
       const light = await service.setLight(request);
       return { light };
