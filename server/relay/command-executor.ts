@@ -7,13 +7,15 @@ import type { Logger } from "../logger.ts";
 import {
   bridgeRefusalAnswerSchema,
   bridgeSuccessAnswerSchema,
+  lightSchema,
 } from "../protocol/schemas.ts";
 import { describeFirstIssue } from "../protocol/validate.ts";
+import { canonicalLight } from "../state/lights.ts";
 import type { StateStore, StoredCommandAnswer } from "../state/store.ts";
 import type { BridgeSession, BridgeSessions } from "./bridge-sessions.ts";
 import type { CommandAnswer, RoutedCommand } from "./command-router.ts";
 import { setInputFirstTimeout } from "./input-first-timeout.ts";
-import type { StateWriter } from "./state-writer.ts";
+import { FencedWrite, type StateWriter } from "./state-writer.ts";
 
 /** How long a bridge's answer is remembered for a repeated `commandId`, in ms. */
 export const COMMAND_ANSWER_TTL_MS = 60_000;
@@ -236,25 +238,38 @@ export class CommandExecutor {
         throw new Error("state writer returned no light");
       return { ok: true, light: stored };
     } catch (error) {
-      this.storeFailedAfterAnswer(session, command, error);
+      return this.answerUnstored(session, command, light, error);
     }
   }
 
   /**
-   * Raises the error of a store that failed after the bridge applied the
-   * command. It stays `UNAVAILABLE`, since the answer's light must be the
-   * stored one, and sending the command again is safe: a change replaces
-   * the fields it carries. The message says that the bridge applied it.
+   * Answers a command whose light could not be stored after the bridge
+   * applied it. A write fenced by a newer connection of the bridge answers
+   * `ok` with the bridge's light: that connection's snapshot stores it,
+   * and an error would report an applied command as failed. Any other
+   * failure stays `UNAVAILABLE`, since the answer's light must be the
+   * stored one, with a message that the bridge applied the command.
+   * Sending it again is safe: a change replaces the fields it carries.
    */
-  private storeFailedAfterAnswer(
+  private answerUnstored(
     session: BridgeSession,
     command: RoutedCommand,
+    answered: unknown,
     error: unknown,
-  ): never {
+  ): StoredCommandAnswer {
     // NOT_FOUND too: after Redis lost its data the light reads as unknown.
     if (!(error instanceof RelayError)) throw error;
+    const ids = { bridgeId: session.bridgeId, commandId: command.commandId };
+    const whole = lightSchema.safeParse(answered);
+    if (error instanceof FencedWrite && whole.success) {
+      this.logger.info(
+        ids,
+        "a newer connection of the bridge fenced the light of an applied command, answering with the bridge's light",
+      );
+      return { ok: true, light: canonicalLight(whole.data) };
+    }
     this.logger.warn(
-      { err: error, bridgeId: session.bridgeId, commandId: command.commandId },
+      { err: error, ...ids },
       "could not store the light of a command the bridge applied",
     );
     throw new RelayError(

@@ -227,4 +227,5 @@ export class StateWriter {
 class WriteConflict extends Error {}
 
 /** A write of a connection that a newer one replaced. */
-class FencedWrite extends RelayError {}
+/** A write that a newer claim of the bridge fenced off. */
+export class FencedWrite extends RelayError {}

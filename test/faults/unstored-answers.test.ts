@@ -104,6 +104,21 @@ describe("fault: Redis fails while a bridge applies a command", function () {
     await waitUntil("a resync request", () => resyncs.length > 0, 10_000);
   });
 
+  it("answers ok when a newer connection fenced the write", async () => {
+    let bridgeId = "";
+    const fresh = await bridgeAndApp(async () => {
+      // As a newer connection's claim does.
+      await admin.hIncrBy(`relay:{${bridgeId}}:meta`, "epoch", 1);
+    });
+    bridgeId = fresh.bridgeId;
+
+    const answer = await turnOff(fresh.app, bridgeId);
+    assert.equal(answer.ok ? "ok" : answer.error.code, "ok");
+    assert.deepEqual(answer.ok ? answer.data.light.on : undefined, {
+      on: false,
+    });
+  });
+
   it("says the bridge applied it while Redis is down", async () => {
     const { bridgeId, app, lights } = await bridgeAndApp(() => redis.stop());
 
