@@ -149,7 +149,7 @@ export class AppService {
     }
   }
 
-  /** Returns the ID of the server with the bridge's connection; one read, for resends. */
+  /** Returns the ID of the server with the bridge's connection, or raises `BRIDGE_OFFLINE`. */
   private async findServer(bridgeId: string): Promise<string> {
     const [presence] = await this.store.getPresence([bridgeId]);
     const connection = presence?.connection ?? null;
@@ -161,21 +161,19 @@ export class AppService {
 
   /** Returns the ID of the server with the bridge's connection, after checking that the light exists. */
   private async findLight(bridgeId: string, lightId: string): Promise<string> {
-    const [presence, stored] = await Promise.all([
-      this.store.getPresence([bridgeId]),
+    // Only the presence read raises BRIDGE_OFFLINE, so it still comes
+    // before NOT_FOUND, in the contract's order.
+    const [serverId, stored] = await Promise.all([
+      this.findServer(bridgeId),
       this.store.getLights(bridgeId, [lightId]),
     ]);
-    const connection = presence[0]?.connection ?? null;
-    if (connection === null) {
-      throw new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} is offline`);
-    }
     if ((stored.lights[0] ?? null) === null) {
       throw new RelayError(
         "NOT_FOUND",
         `light ${JSON.stringify(lightId)} not found on bridge ${bridgeId}`,
       );
     }
-    return connection.serverId;
+    return serverId;
   }
 }
 
