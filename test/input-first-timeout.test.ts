@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
-import { once } from "node:events";
-import net from "node:net";
 import { setInputFirstTimeout } from "../server/relay/input-first-timeout.ts";
+import { readAfterStall } from "./support/loopback-stall.ts";
 
 type StartTimeout = (onTimeout: () => void, ms: number) => void;
 
@@ -10,43 +9,22 @@ const TIMEOUT_MS = 20;
 const STALL_MS = 150;
 
 /**
- * Races a timeout against an answer that reaches the kernel in time while
- * the event loop is blocked past the timeout, and returns which one the
+ * Races a timeout against data that reaches the kernel in time while the
+ * event loop is blocked past the timeout, and returns which one the
  * process saw first.
  */
-async function raceAfterStall(
+function raceAfterStall(
   startTimeout: StartTimeout,
 ): Promise<"answer" | "timeout"> {
-  const server = net.createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const { port } = server.address() as net.AddressInfo;
-  const client = net.connect(port, "127.0.0.1");
-  const [peer] = (await once(server, "connection")) as [net.Socket];
-  try {
-    return await new Promise((resolve) => {
-      let first: "answer" | "timeout" | undefined;
-      const see = (event: "answer" | "timeout"): void => {
-        first ??= event;
-        resolve(first);
-      };
-      peer.once("data", () => see("answer"));
-      // Blocking from the check phase puts the timers phase, not the poll
-      // phase, first when the loop goes on.
-      setImmediate(() => {
-        startTimeout(() => see("timeout"), TIMEOUT_MS);
-        client.write("answer");
-        const until = performance.now() + STALL_MS;
-        while (performance.now() < until) {
-          // The process is stopped: nothing runs.
-        }
-      });
-    });
-  } finally {
-    client.destroy();
-    peer.destroy();
-    server.close();
-  }
+  let settleFirst: (value: "answer" | "timeout") => void = () => undefined;
+  return readAfterStall<"answer" | "timeout">({
+    stallMs: STALL_MS,
+    race: (settle) => {
+      settleFirst = settle;
+    },
+    beforeWrite: () => startTimeout(() => settleFirst("timeout"), TIMEOUT_MS),
+    onData: () => "answer",
+  });
 }
 
 describe("setInputFirstTimeout", () => {
@@ -68,16 +46,25 @@ describe("setInputFirstTimeout", () => {
 
   it("never calls back once cancelled, even after the timer fired", async () => {
     let called = false;
-    const cancel = setInputFirstTimeout(() => {
-      called = true;
-    }, 5);
-    // Cancels between the timer and the deferred call.
-    await new Promise<void>((resolve) =>
+    let cancel: () => void = () => undefined;
+    // Due after the timeout's timer, and in the same timers phase once the
+    // loop is blocked past both, so it cancels between the timer and the
+    // deferred call.
+    const cancelled = new Promise<void>((resolve) =>
       setTimeout(() => {
         cancel();
         resolve();
       }, 5),
     );
+    cancel = setInputFirstTimeout(() => {
+      called = true;
+    }, 1);
+    const until = performance.now() + 20;
+    while (performance.now() < until) {
+      // Blocks the loop until both timers are due.
+    }
+    await cancelled;
+
     await new Promise((resolve) => setTimeout(resolve, 30));
     assert.equal(called, false);
   });
