@@ -120,6 +120,31 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     return { bus, broadcaster: recorder, sessions: serverSessions };
   }
 
+  /** Returns the test's store with its presence reads replaced by `getPresence`. */
+  function storeReadingPresence(
+    getPresence: StateStore["getPresence"],
+  ): StateStore {
+    return new Proxy(store, {
+      get(target, property, receiver) {
+        if (property === "getPresence") return getPresence;
+        const value = Reflect.get(target, property, receiver) as unknown;
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+  }
+
+  /** Waits until `socketId` holds the bridge in the store again. */
+  async function waitForHolder(bridgeId: string, socketId: string) {
+    await waitUntil(
+      `socket ${socketId} holding the bridge`,
+      async () => {
+        const [presence] = await store.getPresence([bridgeId]);
+        return presence?.connection?.socketId === socketId;
+      },
+      3000,
+    );
+  }
+
   beforeEach(() => {
     ({ sessions, broadcaster } = sessionsOf("server-a"));
   });
@@ -221,14 +246,7 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       );
       await newcomer.settleReleases();
 
-      await waitUntil(
-        "the open socket holds the bridge again",
-        async () => {
-          const [presence] = await store.getPresence([bridgeId]);
-          return presence?.connection?.socketId === "open-socket";
-        },
-        3000,
-      );
+      await waitForHolder(bridgeId, "open-socket");
     } finally {
       await bus.close();
     }
@@ -254,23 +272,15 @@ describe("bridge sessions on a Redis that fails a claim", function () {
   it("leaves a newer connection's claim alone", async () => {
     const bridgeId = randomBridgeId();
     // A newer connection claims the bridge right after the presence read.
-    const racing = new Proxy(store, {
-      get(target, property, receiver) {
-        if (property === "getPresence") {
-          return async (bridgeIds: string[]) => {
-            const records = await target.getPresence(bridgeIds);
-            await target.claimConnection(
-              bridgeId,
-              "server-b",
-              "newer-socket",
-              new Date(),
-            );
-            return records;
-          };
-        }
-        const value = Reflect.get(target, property, receiver) as unknown;
-        return typeof value === "function" ? value.bind(target) : value;
-      },
+    const racing = storeReadingPresence(async (bridgeIds) => {
+      const records = await store.getPresence(bridgeIds);
+      await store.claimConnection(
+        bridgeId,
+        "server-b",
+        "newer-socket",
+        new Date(),
+      );
+      return records;
     });
     const old = sessionsOf("server-a", racing).sessions;
     const { epoch } = await old.claim(bridgeId, socketWithId("old-socket"));
@@ -287,15 +297,10 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     let failReads = 0;
     // The first presence read of the claim made again fails, as on a
     // Redis that times out.
-    const flaky = new Proxy(store, {
-      get(target, property, receiver) {
-        if (property === "getPresence" && failReads > 0) {
-          failReads -= 1;
-          return () => Promise.reject(new Error("presence read timed out"));
-        }
-        const value = Reflect.get(target, property, receiver) as unknown;
-        return typeof value === "function" ? value.bind(target) : value;
-      },
+    const flaky = storeReadingPresence((bridgeIds) => {
+      if (failReads === 0) return store.getPresence(bridgeIds);
+      failReads -= 1;
+      return Promise.reject(new Error("presence read timed out"));
     });
     const holder = sessionsOf("server-a", flaky).sessions;
     await holder.claim(bridgeId, socketWithId("open-socket", []));
@@ -308,14 +313,7 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     );
     await holder.settleReleases();
 
-    await waitUntil(
-      "the open socket holds the bridge again",
-      async () => {
-        const [presence] = await store.getPresence([bridgeId]);
-        return presence?.connection?.socketId === "open-socket";
-      },
-      3000,
-    );
+    await waitForHolder(bridgeId, "open-socket");
     assert.equal(failReads, 0, "the failing read happened");
   });
 
