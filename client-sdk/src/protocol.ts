@@ -14,7 +14,7 @@ export const APP_NAMESPACE = "/app";
 export const MAX_LIGHTS_PER_BRIDGE = 150;
 /** Maximum length of a `commandId`. */
 export const MAX_COMMAND_ID_LENGTH = 64;
-/** Longest token the relay accepts, in characters (UTF-16 code units). */
+/** Maximum token length the relay accepts, in characters (UTF-16 code units). */
 export const MAX_TOKEN_LENGTH = 64 * 1024;
 
 /** Error codes carried by a failed acknowledgement or HTTP error body. */

@@ -10,7 +10,7 @@ const TICK_MS = 100;
  * app gave up waiting must not reach the bridge.
  *
  * After a stop of the whole process (a stop signal, a paused VM) or a
- * stall in a timer, Node runs due timers before it reads sockets, so the
+ * stall in a timer, Node runs due timers before it reads sockets. So the
  * tick that measures the stall runs first, and the input read in that
  * loop turn finds `inputMayBeLate`. The flag ends in the check phase of
  * that turn.
