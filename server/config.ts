@@ -210,6 +210,10 @@ const envSchema = z.object({
       ),
   ),
   REQUESTS_PER_SOCKET_PER_10S: positiveInt("REQUESTS_PER_SOCKET_PER_10S", 300),
+  UNANSWERED_COMMANDS_PER_BRIDGE: positiveInt(
+    "UNANSWERED_COMMANDS_PER_BRIDGE",
+    256,
+  ),
   WORKER_UNRESPONSIVE_MS: positiveInt(
     "WORKER_UNRESPONSIVE_MS",
     5000,
@@ -276,6 +280,8 @@ export interface RelayConfig {
     /** Handshakes one process admits per second, checked before any other work. */
     handshakesPerWorkerPerSecond: number;
     requestsPerSocketPer10s: number;
+    /** Commands one bridge connection may leave unanswered before more are refused. */
+    unansweredCommandsPerBridge: number;
     /** Bytes waiting to be sent to one app connection before the relay closes it. */
     appMaxBufferedBytes: number;
   };
@@ -383,6 +389,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
       handshakesPerIdentityPerMinute: parsed.HANDSHAKES_PER_IDENTITY_PER_MINUTE,
       handshakesPerWorkerPerSecond: parsed.HANDSHAKES_PER_WORKER_PER_SECOND,
       requestsPerSocketPer10s: parsed.REQUESTS_PER_SOCKET_PER_10S,
+      unansweredCommandsPerBridge: parsed.UNANSWERED_COMMANDS_PER_BRIDGE,
       appMaxBufferedBytes: parsed.APP_MAX_BUFFERED_BYTES,
     },
     workerUnresponsiveMs: parsed.WORKER_UNRESPONSIVE_MS,

@@ -16,6 +16,7 @@ import type { BridgeSession, BridgeSessions } from "./bridge-sessions.ts";
 import type { CommandAnswer, RoutedCommand } from "./command-router.ts";
 import { setInputFirstTimeout } from "./input-first-timeout.ts";
 import { FencedWrite, type StateWriter } from "./state-writer.ts";
+import { UnansweredCommands } from "./unanswered-commands.ts";
 
 /** How long a bridge's answer is remembered for a repeated `commandId`, in ms. */
 export const COMMAND_ANSWER_TTL_MS = 60_000;
@@ -52,6 +53,7 @@ export function answerFromStored(
  */
 export class CommandExecutor {
   private readonly inFlight = new Map<string, Promise<CommandAnswer>>();
+  private readonly unanswered: UnansweredCommands;
 
   constructor(
     private readonly sessions: BridgeSessions,
@@ -59,7 +61,10 @@ export class CommandExecutor {
     private readonly writer: StateWriter,
     private readonly timeoutMs: number,
     private readonly logger: Logger,
-  ) {}
+    maxUnansweredPerBridge: number,
+  ) {
+    this.unanswered = new UnansweredCommands(maxUnansweredPerBridge);
+  }
 
   execute = (command: RoutedCommand): Promise<CommandAnswer> => {
     const key = `${command.bridgeId}\n${command.commandId}`;
@@ -171,18 +176,17 @@ export class CommandExecutor {
     timeoutMs: number,
   ): Promise<unknown> {
     const { socket, bridgeId } = session;
+    if (socket.disconnected) {
+      throw new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} disconnected`);
+    }
     return new Promise((resolve, reject) => {
       const settle = (error: RelayError | null, answer?: unknown): void => {
         cancelTimeout();
-        socket.off("disconnect", onDisconnect);
+        sent.stopWaiting();
         if (error === null) resolve(answer);
         else reject(error);
       };
-      const onDisconnect = (): void => {
-        settle(
-          new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} disconnected`),
-        );
-      };
+      const sent = this.unanswered.admit(socket, bridgeId, settle);
       const cancelTimeout = setInputFirstTimeout(() => {
         settle(
           new RelayError(
@@ -191,13 +195,13 @@ export class CommandExecutor {
           ),
         );
       }, timeoutMs);
-      socket.once("disconnect", onDisconnect);
       socket
         .timeout(timeoutMs + ANSWER_STALL_GRACE_MS)
         .emit(
           "light:set",
           command,
           (error: Error | null, answer: LightSetAnswer) => {
+            sent.acknowledged();
             if (error === null) settle(null, answer);
           },
         );

@@ -182,6 +182,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     writer,
     config.commandTimeoutMs,
     logger,
+    config.limits.unansweredCommandsPerBridge,
   );
   const router = new CommandRouter(
     bus,

@@ -1,0 +1,150 @@
+import assert from "node:assert/strict";
+import type { Socket } from "socket.io-client";
+import type { BridgeCommandAnswer } from "../client-sdk/src/bridge-client.ts";
+import type { Light, LightSetCommand } from "../client-sdk/src/protocol.ts";
+import {
+  connectApp,
+  connectBridge,
+  randomBridgeId,
+  request,
+  requestData,
+  settle,
+} from "./support/clients.ts";
+import { applyLightCommand, untypedLightMap } from "./support/fake-bridge.ts";
+import {
+  startRelayOnRedis,
+  stopRelayOnRedis,
+  waitUntil,
+} from "./support/faults.ts";
+import type { RedisServer } from "./support/redis-server.ts";
+import type { RelayProcess } from "./support/relay-process.ts";
+
+const LIMIT = 20;
+
+describe("unanswered commands per bridge", function () {
+  this.timeout(30_000);
+  let redis: RedisServer;
+  let relay: RelayProcess;
+  const sockets: Socket[] = [];
+
+  before(async () => {
+    ({ redis, relay } = await startRelayOnRedis({
+      workers: 1,
+      env: {
+        UNANSWERED_COMMANDS_PER_BRIDGE: String(LIMIT),
+        COMMAND_TIMEOUT_MS: "1000",
+      },
+    }));
+  });
+
+  after(async () => {
+    for (const socket of sockets.splice(0)) socket.close();
+    await stopRelayOnRedis({ relay, redis });
+  });
+
+  /**
+   * Connects a bridge with light "a" that keeps every command's
+   * acknowledgement without calling it, and an app; returns both with the
+   * kept commands.
+   */
+  async function silentBridgeAndApp() {
+    const bridgeId = randomBridgeId();
+    const bridge = await connectBridge(relay.url, bridgeId);
+    sockets.push(bridge);
+    const lights = untypedLightMap("a");
+    const unacknowledged: {
+      command: LightSetCommand;
+      ack: (answer: unknown) => void;
+    }[] = [];
+    bridge.on(
+      "light:set",
+      (command: LightSetCommand, ack: (answer: unknown) => void) => {
+        unacknowledged.push({ command, ack });
+      },
+    );
+    await requestData(bridge, "state:snapshot", {
+      lights: [...lights.values()],
+    });
+    const app = await connectApp(relay.url, [bridgeId]);
+    sockets.push(app);
+    /** Acknowledges every kept command late, as a slow bridge does. */
+    const acknowledgeAll = (): void => {
+      for (const { command, ack } of unacknowledged.splice(0)) {
+        ack(applyLightCommand(lights, command) satisfies BridgeCommandAnswer);
+      }
+    };
+    return { bridgeId, bridge, app, unacknowledged, acknowledgeAll };
+  }
+
+  const turnOn = (app: Socket, bridgeId: string) =>
+    request<{ light: Light }>(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: true } },
+    });
+
+  const codeOf = (answer: Awaited<ReturnType<typeof turnOn>>) =>
+    answer.ok ? "ok" : answer.error.code;
+
+  it("rejects commands past the limit", async () => {
+    const { bridgeId, app, unacknowledged, acknowledgeAll } =
+      await silentBridgeAndApp();
+    const waiting = Array.from({ length: LIMIT }, () => turnOn(app, bridgeId));
+    const started = performance.now();
+    const rejected = await turnOn(app, bridgeId);
+    assert.equal(codeOf(rejected), "RATE_LIMITED");
+    assert.equal(!rejected.ok && rejected.error.retryAfterMs, 1000);
+    assert.ok(performance.now() - started < 500, "rejected at once");
+    assert.match(!rejected.ok ? rejected.error.message : "", /not answered 20/);
+    await waitUntil(
+      "every command",
+      () => unacknowledged.length === LIMIT,
+      5000,
+    );
+    await settle(200);
+    assert.equal(
+      unacknowledged.length,
+      LIMIT,
+      "the rejected command was not sent",
+    );
+
+    // Past their timeout, Socket.IO keeps the callbacks, so the bridge
+    // stays at its limit.
+    const timedOut = await Promise.all(waiting);
+    assert.deepEqual(new Set(timedOut.map(codeOf)), new Set(["TIMEOUT"]));
+    assert.equal(codeOf(await turnOn(app, bridgeId)), "RATE_LIMITED");
+
+    // Late acknowledgements release the callbacks.
+    acknowledgeAll();
+    const next = turnOn(app, bridgeId);
+    await waitUntil(
+      "the next command",
+      () => unacknowledged.length === 1,
+      5000,
+    );
+    acknowledgeAll();
+    assert.equal(codeOf(await next), "ok");
+  });
+
+  it("fails all on disconnect", async () => {
+    const { bridgeId, bridge, app, unacknowledged } =
+      await silentBridgeAndApp();
+    const waiting = Array.from({ length: LIMIT }, () => turnOn(app, bridgeId));
+    await waitUntil(
+      "every command",
+      () => unacknowledged.length === LIMIT,
+      5000,
+    );
+    const started = performance.now();
+    bridge.close();
+    const answers = await Promise.all(waiting);
+    assert.deepEqual(new Set(answers.map(codeOf)), new Set(["BRIDGE_OFFLINE"]));
+    assert.ok(performance.now() - started < 1000, "failed before the timeout");
+    // One listener served them all; a listener per command passes Node's
+    // limit of 10 and prints a warning.
+    const warnings = relay.output.filter((line) =>
+      line.includes("MaxListenersExceededWarning"),
+    );
+    assert.deepEqual(warnings, []);
+  });
+});
