@@ -275,7 +275,16 @@ export class BridgeSessions {
     await Promise.allSettled([...this.releasing]);
   }
 
-  private async releaseNow(session: BridgeSession): Promise<void> {
+  /**
+   * Releases `session`'s claim and reports the bridge offline. `retried`
+   * marks a release sent again after a failure: an earlier attempt that
+   * timed out may have run in Redis, and this one then finds nothing to
+   * release.
+   */
+  private async releaseNow(
+    session: BridgeSession,
+    retried = false,
+  ): Promise<void> {
     if (this.sessions.get(session.bridgeId) === session) {
       this.sessions.delete(session.bridgeId);
     }
@@ -309,6 +318,30 @@ export class BridgeSessions {
         online: false,
         lastSeen: now.toISOString(),
       });
+    } else if (retried) {
+      await this.reportIfOffline(session.bridgeId);
+    }
+  }
+
+  /**
+   * Sends the offline presence event of a bridge that no socket holds. A
+   * retried release calls it, because the earlier attempt that Redis ran
+   * sent no event.
+   */
+  private async reportIfOffline(bridgeId: string): Promise<void> {
+    try {
+      const [record] = await this.store.getPresence([bridgeId]);
+      if (record === undefined || record.connection !== null) return;
+      this.broadcaster.presence({
+        bridgeId,
+        online: false,
+        lastSeen: record.lastSeen,
+      });
+    } catch (error) {
+      this.logger.warn(
+        { err: error, bridgeId },
+        "could not read the presence of a released bridge; subscribed apps may still see it online",
+      );
     }
   }
 
@@ -358,7 +391,9 @@ export class BridgeSessions {
     this.unreleased.clear();
     const abandoned = this.abandoned.size;
     const [results, abandonedFailed] = await Promise.all([
-      Promise.allSettled(pending.map((session) => this.releaseNow(session))),
+      Promise.allSettled(
+        pending.map((session) => this.releaseNow(session, true)),
+      ),
       this.retryAbandoned(),
       this.retryReclaims(),
     ]);

@@ -1,13 +1,16 @@
 import assert from "node:assert/strict";
 import { createClient } from "redis";
+import type { BridgePresence } from "../../client-sdk/src/protocol.ts";
 import type { Socket } from "socket.io-client";
 import {
   connectApp,
   connectBridge,
   connectError,
   randomBridgeId,
+  record,
   request,
   requestData,
+  settle,
 } from "../support/clients.ts";
 import { answerLightSet, untypedLightMap } from "../support/fake-bridge.ts";
 import {
@@ -17,8 +20,9 @@ import {
   waitUntil,
 } from "../support/faults.ts";
 import { bearer, send, sendJson } from "../support/http.ts";
-import type { RedisServer } from "../support/redis-server.ts";
-import type { RelayProcess } from "../support/relay-process.ts";
+import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
+import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
 import { appToken, bridgeToken } from "../support/tokens.ts";
 
 /** Duration of the Redis pause of every client's commands, in ms. */
@@ -198,5 +202,80 @@ describe("fault: Redis stops replying to requests", function () {
     } finally {
       for (const socket of sockets) socket.close();
     }
+  });
+});
+
+describe("fault: Redis runs a release whose reply is late", function () {
+  this.timeout(30_000);
+  let redis: RedisServer;
+  let proxy: TcpProxy;
+  let relay: RelayProcess;
+  const sockets: Socket[] = [];
+
+  before(async () => {
+    redis = await startRedisServer();
+    proxy = await startTcpProxy(redis.port);
+    relay = await startRelay({
+      redisUrl: proxy.redisUrl,
+      workers: 1,
+      env: { REDIS_COMMAND_TIMEOUT_MS: String(REDIS_COMMAND_TIMEOUT_MS) },
+    });
+  });
+
+  after(async () => {
+    for (const socket of sockets.splice(0)) socket.close();
+    await relay?.stop();
+    await proxy?.close();
+    await redis?.stop();
+  });
+
+  it("reports the bridge offline", async () => {
+    // A first release loads the release script, so the one below runs in
+    // Redis as sent and does not wait for a NOSCRIPT reply.
+    const first = await connectBridge(relay.url, randomBridgeId());
+    first.close();
+    await relay.waitForLog((line) => line.msg === "bridge disconnected");
+    await settle(200);
+
+    const bridgeId = randomBridgeId();
+    const bridge = await connectBridge(relay.url, bridgeId);
+    await requestData(bridge, "state:snapshot", {
+      lights: [...untypedLightMap("a").values()],
+    });
+    const app = await connectApp(relay.url, [bridgeId]);
+    sockets.push(bridge, app);
+    await requestData(app, "bridge:subscribe", { bridgeId });
+    const presence = record<BridgePresence>(app, "bridge:presence");
+
+    // Redis runs the release, but its reply comes after the relay's limit.
+    // The retry then finds nothing to release.
+    proxy.holdReplies();
+    const closedAt = Date.now();
+    bridge.close();
+    await relay.waitForLog(
+      (line) => line.msg === "could not release the bridge's claim",
+    );
+    proxy.passReplies();
+    await waitUntil(
+      "an offline presence event",
+      () => presence.some((event) => !event.online),
+      10_000,
+    );
+    printFigure(
+      `redis reply to a release late: apps saw the bridge offline ${Date.now() - closedAt} ms after it disconnected`,
+    );
+    console.log(
+      relay.logs
+        .map((l) =>
+          `${String(l.time)} ${String(l.released)} ${l.msg} ${JSON.stringify(l.err ?? "")}`.slice(
+            0,
+            250,
+          ),
+        )
+        .slice(-12)
+        .join("\n"),
+    );
+    const offline = presence.find((event) => !event.online);
+    assert.equal(typeof offline?.lastSeen, "string");
   });
 });

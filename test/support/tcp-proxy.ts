@@ -10,6 +10,13 @@ export interface TcpProxy {
   cut: () => Promise<void>;
   /** Listens again on the same port. */
   restore: () => Promise<void>;
+  /**
+   * Delays the server's replies on open and new connections, while
+   * requests still reach the server, as a slow return path does.
+   */
+  holdReplies: () => void;
+  /** Forwards the delayed replies, and later ones at once. */
+  passReplies: () => void;
   close: () => Promise<void>;
 }
 
@@ -20,6 +27,8 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
   };
+  const replies = new Map<Socket, Socket>();
+  let holding = false;
   const forward = (client: Socket): void => {
     const upstream = connect({ host: "127.0.0.1", port: targetPort });
     track(client);
@@ -27,9 +36,13 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
     client.on("error", () => upstream.destroy());
     upstream.on("error", () => client.destroy());
     client.once("close", () => upstream.destroy());
-    upstream.once("close", () => client.destroy());
+    upstream.once("close", () => {
+      replies.delete(upstream);
+      client.destroy();
+    });
     client.pipe(upstream);
-    upstream.pipe(client);
+    replies.set(upstream, client);
+    if (!holding) upstream.pipe(client);
   };
   let server = createServer(forward);
   server.listen(0, "127.0.0.1");
@@ -54,6 +67,17 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
       server = createServer(forward);
       server.listen(port, "127.0.0.1");
       await once(server, "listening");
+    },
+    holdReplies: () => {
+      holding = true;
+      for (const [upstream, client] of replies) {
+        upstream.unpipe(client);
+        upstream.pause();
+      }
+    },
+    passReplies: () => {
+      holding = false;
+      for (const [upstream, client] of replies) upstream.pipe(client);
     },
     close: stopListening,
   };
