@@ -76,6 +76,7 @@ export async function runWorker(
     new RedisStore(redis.main, {
       keyPrefix: config.redisKeyPrefix,
       healthCheckKeys: (baseKey) => redis.keysOnEveryMaster(baseKey),
+      releaseClient: redis.background,
     }),
     log,
   );

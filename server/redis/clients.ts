@@ -15,6 +15,11 @@ export interface RedisClients<
 > {
   /** Commands and publishes. */
   main: Client;
+  /**
+   * The main client with a command limit BACKGROUND_LIMIT_FACTOR times as
+   * long, for commands that no request waits for (claim releases).
+   */
+  background: Client;
   /** Subscriptions: the adapter's rooms and this process's bus channel. */
   subscriber: Client;
   mainState: ConnectionState;
@@ -86,6 +91,15 @@ function watch(client: RedisClientType, role: string, logger: Logger): void {
 }
 
 /**
+ * Factor from the main command limit to that of background commands. A
+ * limit also runs while this process stalls: after a burst of thousands
+ * of disconnects, releases failed that Redis had run or never received.
+ * A release is correct whenever Redis runs it, since it names the claim's
+ * epoch or socket, so it can wait longer.
+ */
+export const BACKGROUND_LIMIT_FACTOR = 5;
+
+/**
  * Options of the main client's commands: each fails once Redis has not
  * replied within `timeoutMs`, also after it was sent, so a Redis that
  * accepts connections but does not respond fails requests with
@@ -127,6 +141,9 @@ export async function connectRedis(
   await Promise.all([main.connect(), subscriber.connect()]);
   return {
     main,
+    background: main.withCommandOptions(
+      commandDeadline(commandTimeoutMs * BACKGROUND_LIMIT_FACTOR),
+    ),
     subscriber,
     mainState: serverConnectionState(main),
     subscriberState: serverConnectionState(subscriber),

@@ -2,6 +2,7 @@ import { createCluster, type RedisClusterType } from "redis";
 import type { Logger } from "../logger.ts";
 import { redisErrors, redisReconnects } from "../metrics/relay-metrics.ts";
 import {
+  BACKGROUND_LIMIT_FACTOR,
   commandDeadline,
   reconnectDelay,
   subscriptionsUnavailable,
@@ -209,6 +210,9 @@ export async function connectRedisCluster(
   ]);
   return {
     main,
+    background: main.withCommandOptions(
+      commandDeadline(commandTimeoutMs * BACKGROUND_LIMIT_FACTOR),
+    ),
     subscriber,
     mainState: clusterConnectionState(main, commandConnections),
     subscriberState: clusterConnectionState(

@@ -44,6 +44,11 @@ export interface RedisStoreOptions {
    * every master. Defaults to the given key alone.
    */
   healthCheckKeys?: (baseKey: string) => string[];
+  /**
+   * Client for claim releases, which may have a longer command limit than
+   * the main one. Defaults to the main client.
+   */
+  releaseClient?: RedisCommandClient;
 }
 
 /** Fields of the `meta` hash read for presence, in this order. */
@@ -182,6 +187,7 @@ export class RedisStore implements StateStore {
   private readonly healthCheckKeys: (baseKey: string) => string[];
   private readonly claimScript = new LuaScript(CLAIM_SCRIPT);
   private readonly claimIfFreeScript = new LuaScript(CLAIM_IF_FREE_SCRIPT);
+  private readonly releaseClient: RedisCommandClient;
   private readonly releaseScript = new LuaScript(RELEASE_SCRIPT);
   private readonly writeScript = new LuaScript(WRITE_SCRIPT);
   private readonly getStateScript = new LuaScript(GET_STATE_SCRIPT);
@@ -199,6 +205,7 @@ export class RedisStore implements StateStore {
     }
     this.keyPrefix = options.keyPrefix;
     this.healthCheckKeys = options.healthCheckKeys ?? ((key) => [key]);
+    this.releaseClient = options.releaseClient ?? client;
   }
 
   async claimConnection(
@@ -245,6 +252,7 @@ export class RedisStore implements StateStore {
       this.releaseScript,
       [this.metaKey(bridgeId)],
       [String(epoch), now.toISOString()],
+      this.releaseClient,
     );
     return asInteger(reply, "release") === 1;
   }
@@ -257,7 +265,7 @@ export class RedisStore implements StateStore {
     // Sent with its source: this release runs when Redis is slow, and an
     // EVALSHA that Redis answers with NOSCRIPT after the command timed out
     // would never be followed by the EVAL that runs it.
-    const reply = await this.client.eval(RELEASE_SOCKET_SCRIPT, {
+    const reply = await this.releaseClient.eval(RELEASE_SOCKET_SCRIPT, {
       keys: [this.metaKey(bridgeId)],
       arguments: [socketId, now.toISOString()],
     });
@@ -428,13 +436,14 @@ export class RedisStore implements StateStore {
     script: LuaScript,
     keys: string[],
     args: string[],
+    client = this.client,
   ): Promise<unknown> {
     const options = { keys, arguments: args };
     try {
-      return await this.client.evalSha(script.sha1, options);
+      return await client.evalSha(script.sha1, options);
     } catch (error) {
       if (!isNoScriptError(error)) throw error;
-      return await this.client.eval(script.source, options);
+      return await client.eval(script.source, options);
     }
   }
 

@@ -205,8 +205,10 @@ describe("fault: Redis stops replying to requests", function () {
   });
 });
 
-describe("fault: Redis runs a release whose reply is late", function () {
+describe("fault: Redis replies to a release late", function () {
   this.timeout(30_000);
+  /** The relay's limit on one Redis command; releases may take 5 times as long. */
+  const LIMIT_MS = 300;
   let redis: RedisServer;
   let proxy: TcpProxy;
   let relay: RelayProcess;
@@ -218,8 +220,14 @@ describe("fault: Redis runs a release whose reply is late", function () {
     relay = await startRelay({
       redisUrl: proxy.redisUrl,
       workers: 1,
-      env: { REDIS_COMMAND_TIMEOUT_MS: String(REDIS_COMMAND_TIMEOUT_MS) },
+      env: { REDIS_COMMAND_TIMEOUT_MS: String(LIMIT_MS) },
     });
+    // A first release loads the release script, so that later ones run
+    // in Redis as sent instead of waiting for a NOSCRIPT reply.
+    const first = await connectBridge(relay.url, randomBridgeId());
+    first.close();
+    await relay.waitForLog((line) => line.msg === "bridge disconnected");
+    await settle(200);
   });
 
   after(async () => {
@@ -229,14 +237,8 @@ describe("fault: Redis runs a release whose reply is late", function () {
     await redis?.stop();
   });
 
-  it("reports the bridge offline", async () => {
-    // A first release loads the release script, so the one below runs in
-    // Redis as sent and does not wait for a NOSCRIPT reply.
-    const first = await connectBridge(relay.url, randomBridgeId());
-    first.close();
-    await relay.waitForLog((line) => line.msg === "bridge disconnected");
-    await settle(200);
-
+  /** Connects a bridge with light "a" and an app subscribed to it, and records the app's presence events. */
+  async function subscribedBridge() {
     const bridgeId = randomBridgeId();
     const bridge = await connectBridge(relay.url, bridgeId);
     await requestData(bridge, "state:snapshot", {
@@ -246,36 +248,59 @@ describe("fault: Redis runs a release whose reply is late", function () {
     sockets.push(bridge, app);
     await requestData(app, "bridge:subscribe", { bridgeId });
     const presence = record<BridgePresence>(app, "bridge:presence");
+    return { bridgeId, bridge, presence };
+  }
 
-    // Redis runs the release, but its reply comes after the relay's limit.
-    // The retry then finds nothing to release.
-    proxy.holdReplies();
-    const closedAt = Date.now();
-    bridge.close();
-    await relay.waitForLog(
-      (line) => line.msg === "could not release the bridge's claim",
-    );
-    proxy.passReplies();
+  /** Waits for an offline presence event and checks its `lastSeen`. */
+  async function assertReportedOffline(presence: BridgePresence[]) {
     await waitUntil(
       "an offline presence event",
       () => presence.some((event) => !event.online),
       10_000,
     );
-    printFigure(
-      `redis reply to a release late: apps saw the bridge offline ${Date.now() - closedAt} ms after it disconnected`,
-    );
-    console.log(
-      relay.logs
-        .map((l) =>
-          `${String(l.time)} ${String(l.released)} ${l.msg} ${JSON.stringify(l.err ?? "")}`.slice(
-            0,
-            250,
-          ),
-        )
-        .slice(-12)
-        .join("\n"),
-    );
     const offline = presence.find((event) => !event.online);
     assert.equal(typeof offline?.lastSeen, "string");
+  }
+
+  const releaseFailures = () =>
+    relay.logs.filter(
+      (line) => line.msg === "could not release the bridge's claim",
+    ).length;
+
+  it("waits past the request limit", async () => {
+    const { bridge, presence } = await subscribedBridge();
+    const failuresBefore = releaseFailures();
+
+    // Twice the limit of requests, within that of releases.
+    proxy.holdReplies();
+    bridge.close();
+    await relay.waitForLog((line) => line.msg === "bridge disconnected");
+    await settle(2 * LIMIT_MS);
+    proxy.passReplies();
+
+    await assertReportedOffline(presence);
+    assert.equal(releaseFailures(), failuresBefore, "no release failed");
+  });
+
+  it("reports the bridge offline after the retry", async () => {
+    const { bridge, presence } = await subscribedBridge();
+
+    // Redis runs the release, but its reply comes after the limit of
+    // releases. The retry then finds nothing to release.
+    const failuresBefore = releaseFailures();
+    proxy.holdReplies();
+    const closedAt = Date.now();
+    bridge.close();
+    await waitUntil(
+      "a failed release",
+      () => releaseFailures() > failuresBefore,
+      10_000,
+    );
+    proxy.passReplies();
+
+    await assertReportedOffline(presence);
+    printFigure(
+      `redis replies to a release late: apps saw the bridge offline ${Date.now() - closedAt} ms after it disconnected`,
+    );
   });
 });
