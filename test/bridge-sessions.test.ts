@@ -120,13 +120,13 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     return { bus, broadcaster: recorder, sessions: serverSessions };
   }
 
-  /** Returns the test's store with its presence reads replaced by `getPresence`. */
-  function storeReadingPresence(
-    getPresence: StateStore["getPresence"],
-  ): StateStore {
+  /** Returns the test's store with the methods in `overrides` replaced. */
+  function storeWith(overrides: Partial<StateStore>): StateStore {
     return new Proxy(store, {
       get(target, property, receiver) {
-        if (property === "getPresence") return getPresence;
+        if (Object.hasOwn(overrides, property)) {
+          return overrides[property as keyof StateStore];
+        }
         const value = Reflect.get(target, property, receiver) as unknown;
         return typeof value === "function" ? value.bind(target) : value;
       },
@@ -272,15 +272,17 @@ describe("bridge sessions on a Redis that fails a claim", function () {
   it("leaves a newer connection's claim alone", async () => {
     const bridgeId = randomBridgeId();
     // A newer connection claims the bridge right after the presence read.
-    const racing = storeReadingPresence(async (bridgeIds) => {
-      const records = await store.getPresence(bridgeIds);
-      await store.claimConnection(
-        bridgeId,
-        "server-b",
-        "newer-socket",
-        new Date(),
-      );
-      return records;
+    const racing = storeWith({
+      getPresence: async (bridgeIds) => {
+        const records = await store.getPresence(bridgeIds);
+        await store.claimConnection(
+          bridgeId,
+          "server-b",
+          "newer-socket",
+          new Date(),
+        );
+        return records;
+      },
     });
     const old = sessionsOf("server-a", racing).sessions;
     const { epoch } = await old.claim(bridgeId, socketWithId("old-socket"));
@@ -297,10 +299,12 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     let failReads = 0;
     // The first presence read of the claim made again fails, as on a
     // Redis that times out.
-    const flaky = storeReadingPresence((bridgeIds) => {
-      if (failReads === 0) return store.getPresence(bridgeIds);
-      failReads -= 1;
-      return Promise.reject(new Error("presence read timed out"));
+    const flaky = storeWith({
+      getPresence: (bridgeIds) => {
+        if (failReads === 0) return store.getPresence(bridgeIds);
+        failReads -= 1;
+        return Promise.reject(new Error("presence read timed out"));
+      },
     });
     const holder = sessionsOf("server-a", flaky).sessions;
     await holder.claim(bridgeId, socketWithId("open-socket", []));
@@ -315,6 +319,31 @@ describe("bridge sessions on a Redis that fails a claim", function () {
 
     await waitForHolder(bridgeId, "open-socket");
     assert.equal(failReads, 0, "the failing read happened");
+  });
+
+  it("stays busy while a release is retried", async () => {
+    const bridgeId = randomBridgeId();
+    let attempts = 0;
+    let finishRetry = (): void => undefined;
+    // The first release fails, and its retry waits for the test.
+    const slow = storeWith({
+      releaseConnection: async (...args) => {
+        attempts += 1;
+        if (attempts === 1) throw new Error("release timed out");
+        await new Promise<void>((resolve) => (finishRetry = resolve));
+        return store.releaseConnection(...args);
+      },
+    });
+    const holder = sessionsOf("server-a", slow).sessions;
+    const session = await holder.claim(bridgeId, socketWithId("gone-socket"));
+    await assert.rejects(holder.release(session), /timed out/);
+
+    await waitUntil("the retry sent", () => attempts === 2, 3000);
+    assert.equal(holder.idle, false, "busy while the retry runs");
+    finishRetry();
+    await waitUntil("nothing owed", () => holder.idle, 3000);
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection, null);
   });
 
   it("keeps its own claim when two checks race", async () => {

@@ -50,6 +50,8 @@ export class BridgeSessions {
     { serverId: string; socketId: string }
   >();
   private releaseRetry: NodeJS.Timeout | undefined;
+  /** Releases sent again and not finished, which `unreleased` and `abandoned` no longer list. */
+  private retriedReleases = 0;
   private retriesStopped = false;
   private revalidation: Promise<void> = Promise.resolve();
 
@@ -76,7 +78,8 @@ export class BridgeSessions {
       this.sessions.size === 0 &&
       this.claiming.size === 0 &&
       this.unreleased.size === 0 &&
-      this.abandoned.size === 0
+      this.abandoned.size === 0 &&
+      this.retriedReleases === 0
     );
   }
 
@@ -185,9 +188,12 @@ export class BridgeSessions {
   private async retryAbandoned(): Promise<number> {
     const owed = [...this.abandoned];
     this.abandoned.clear();
+    this.retriedReleases += owed.length;
     const results = await Promise.allSettled(
       owed.map(([socketId, bridgeId]) =>
-        this.releaseAbandonedOrOwe(bridgeId, socketId),
+        this.releaseAbandonedOrOwe(bridgeId, socketId).finally(() => {
+          this.retriedReleases -= 1;
+        }),
       ),
     );
     return results.filter((result) => result.status === "rejected").length;
@@ -390,9 +396,14 @@ export class BridgeSessions {
     const pending = [...this.unreleased.values()];
     this.unreleased.clear();
     const abandoned = this.abandoned.size;
+    this.retriedReleases += pending.length;
     const [results, abandonedFailed] = await Promise.all([
       Promise.allSettled(
-        pending.map((session) => this.releaseNow(session, true)),
+        pending.map((session) =>
+          this.releaseNow(session, true).finally(() => {
+            this.retriedReleases -= 1;
+          }),
+        ),
       ),
       this.retryAbandoned(),
       this.retryReclaims(),
