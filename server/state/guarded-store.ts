@@ -5,25 +5,39 @@ import type { StateStore } from "./store.ts";
 /**
  * Wraps a store so that any failure of its backend (Redis down, command
  * rejected while reconnecting) reaches callers as `UNAVAILABLE`, which the
- * contract marks safe to retry. The original error is logged, with repeats
- * counted per second rather than logged one by one.
+ * contract marks safe to retry. The first failure in each `windowMs` is
+ * logged with its error, and the rest of the window's failures are counted
+ * in one line when it ends.
  */
-export function guardStore(store: StateStore, logger: Logger): StateStore {
-  let suppressed = 0;
-  let windowStart = 0;
+export function guardStore(
+  store: StateStore,
+  logger: Logger,
+  windowMs = 1000,
+): StateStore {
+  let windowStart = -Infinity;
+  let suppressed: Record<string, number> = {};
+  let summary: NodeJS.Timeout | undefined;
+
+  const reportSuppressed = (): void => {
+    summary = undefined;
+    const count = Object.values(suppressed).reduce((sum, n) => sum + n, 0);
+    logger.error(
+      { suppressed: count, methods: suppressed },
+      "state store requests failed after the one logged",
+    );
+    suppressed = {};
+  };
 
   const report = (method: string, error: unknown): void => {
     const now = Date.now();
-    if (now - windowStart >= 1000) {
-      logger.error(
-        { err: error, method, suppressed },
-        "state store request failed",
-      );
+    if (now - windowStart >= windowMs) {
+      logger.error({ err: error, method }, "state store request failed");
       windowStart = now;
-      suppressed = 0;
-    } else {
-      suppressed += 1;
+      return;
     }
+    suppressed[method] = (suppressed[method] ?? 0) + 1;
+    summary ??= setTimeout(reportSuppressed, windowStart + windowMs - now);
+    summary.unref();
   };
 
   return new Proxy(store, {
