@@ -33,10 +33,42 @@ export function canonicalLight(light: Light): Light {
   return result;
 }
 
+/**
+ * Returns true when two lights have the same ID and the same value in each
+ * field that `canonicalLight` keeps. It runs once per light a bridge
+ * reports, so it compares the fields without building copies.
+ */
 export function lightsEqual(a: Light, b: Light): boolean {
   return (
-    JSON.stringify(canonicalLight(a)) === JSON.stringify(canonicalLight(b))
+    a.id === b.id &&
+    a.on.on === b.on.on &&
+    sameWhenPresent(a.metadata, b.metadata, (x, y) => x.name === y.name) &&
+    sameWhenPresent(
+      a.dimming,
+      b.dimming,
+      (x, y) => x.brightness === y.brightness,
+    ) &&
+    sameWhenPresent(
+      a.color_temperature,
+      b.color_temperature,
+      (x, y) => x.mirek === y.mirek,
+    ) &&
+    sameWhenPresent(
+      a.color,
+      b.color,
+      (x, y) => x.xy.x === y.xy.x && x.xy.y === y.xy.y,
+    )
   );
+}
+
+/** Returns true when both values are absent, or both present and `equal`. */
+function sameWhenPresent<T>(
+  a: T | undefined,
+  b: T | undefined,
+  equal: (a: T, b: T) => boolean,
+): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return equal(a, b);
 }
 
 /** Applies a change: each top-level field it carries replaces the stored one whole. */
