@@ -18,6 +18,7 @@ import { TEST_SECRET } from "../test/support/relay-process.ts";
 import { startRedisServer } from "../test/support/redis-server.ts";
 import { integerOption, parseBenchArgs } from "./lib/cli.ts";
 import { measureCommandStep, pairSpecs } from "./lib/command-steps.ts";
+import { COMPILED_RELAY, ensureCompiled } from "./lib/compiled.ts";
 import { ROOT, printTable } from "./lib/results.ts";
 import { BENCH_RELAY_ENV } from "./lib/servers.ts";
 import { round } from "./lib/stats.ts";
@@ -113,15 +114,10 @@ async function startProfiledRelay(
   redisUrl: string,
   profileDir: string,
 ): Promise<ProfiledRelay> {
+  ensureCompiled();
   const child = spawn(
     process.execPath,
-    [
-      "--cpu-prof",
-      `--cpu-prof-dir=${profileDir}`,
-      "--import",
-      "tsx",
-      "server/main.ts",
-    ],
+    ["--cpu-prof", `--cpu-prof-dir=${profileDir}`, COMPILED_RELAY],
     {
       cwd: ROOT,
       env: {

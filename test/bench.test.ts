@@ -4,6 +4,8 @@ import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { COMPILED_BARE, COMPILED_RELAY } from "../bench/lib/compiled.ts";
+import { startBare, startBenchRelay } from "../bench/lib/servers.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -243,4 +245,29 @@ describe("benchmark scenarios at smoke size", function () {
       CHECKS[name]!(result);
     });
   }
+});
+
+describe("benchmark servers", function () {
+  this.timeout(60_000);
+
+  /** Returns the command line of process `pid`, as its arguments. */
+  async function commandLine(pid: number): Promise<string[]> {
+    const raw = await readFile(`/proc/${pid}/cmdline`, "utf8");
+    return raw.split("\0").filter((arg) => arg !== "");
+  }
+
+  it("run compiled JavaScript", async () => {
+    const relay = await startBenchRelay(undefined);
+    const bare = await startBare(1);
+    try {
+      const [relayArgs, bareArgs] = await Promise.all([
+        commandLine(relay.relay.pid),
+        commandLine(bare.pids()[0]!),
+      ]);
+      assert.deepEqual(relayArgs.slice(1), [COMPILED_RELAY]);
+      assert.deepEqual(bareArgs.slice(1), [COMPILED_BARE]);
+    } finally {
+      await Promise.all([relay.stop(), bare.stop()]);
+    }
+  });
 });

@@ -9,6 +9,7 @@ import {
   startRelay,
   type RelayProcess,
 } from "../../test/support/relay-process.ts";
+import { COMPILED_BARE, ensureCompiled } from "./compiled.ts";
 import { ROOT } from "./results.ts";
 
 /**
@@ -46,10 +47,12 @@ export async function startBenchRelay(
   workers = 2,
   env: Record<string, string> = {},
 ): Promise<RelayGroup> {
+  ensureCompiled();
   const relay = await startRelay({
     ...(redisUrl === undefined ? {} : { redisUrl }),
     workers,
     env: { ...BENCH_RELAY_ENV, ...env },
+    compiled: true,
     startTimeoutMs: 60_000,
   });
   const workerPids = (): number[] =>
@@ -100,14 +103,13 @@ async function stopChild(child: ChildProcess): Promise<void> {
   clearTimeout(timer);
 }
 
-const BARE_SCRIPT = join(ROOT, "bench", "baselines", "bare-socketio.ts");
-
 /** Starts one bare Socket.IO process and resolves with its port once it listens. */
 async function startBareProcess(
   redisUrl: string | undefined,
   env: Record<string, string>,
 ): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, ["--import", "tsx", BARE_SCRIPT], {
+  ensureCompiled();
+  const child = spawn(process.execPath, [COMPILED_BARE], {
     cwd: ROOT,
     env: { ...process.env, ...env, PORT: "0", REDIS_URL: redisUrl ?? "" },
     stdio: ["ignore", "pipe", "pipe"],
