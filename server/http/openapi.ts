@@ -27,7 +27,7 @@ const ERROR_DESCRIPTIONS: Record<ErrorCode, string> = {
   BRIDGE_OFFLINE: "BRIDGE_OFFLINE: the bridge is not connected to the relay",
   PAYLOAD_TOO_LARGE: "PAYLOAD_TOO_LARGE: the body is over MAX_PAYLOAD_BYTES",
   RATE_LIMITED:
-    "RATE_LIMITED: too many requests for this user; wait Retry-After seconds",
+    "RATE_LIMITED: too many requests for this user, or too many commands the bridge's connection has not answered; wait Retry-After seconds",
   INTERNAL: "INTERNAL: unexpected error; details are logged, never sent",
   BRIDGE_ERROR:
     "BRIDGE_ERROR: the bridge refused the command or answered invalidly; error.details has its code",

@@ -176,7 +176,10 @@ export class CommandExecutor {
     timeoutMs: number,
   ): Promise<unknown> {
     const { socket, bridgeId } = session;
-    if (socket.disconnected) {
+    // Not `socket.disconnected`: a socket whose handshake is still being
+    // completed reads as disconnected, and Socket.IO delivers a command
+    // sent to it once the handshake ends.
+    if (socket.conn.readyState !== "open") {
       throw new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} disconnected`);
     }
     return new Promise((resolve, reject) => {
@@ -186,7 +189,8 @@ export class CommandExecutor {
         if (error === null) resolve(answer);
         else reject(error);
       };
-      const sent = this.unanswered.admit(socket, bridgeId, settle);
+      const callbackMs = timeoutMs + ANSWER_STALL_GRACE_MS;
+      const sent = this.unanswered.admit(socket, bridgeId, callbackMs, settle);
       const cancelTimeout = setInputFirstTimeout(() => {
         settle(
           new RelayError(
@@ -196,7 +200,7 @@ export class CommandExecutor {
         );
       }, timeoutMs);
       socket
-        .timeout(timeoutMs + ANSWER_STALL_GRACE_MS)
+        .timeout(callbackMs)
         .emit(
           "light:set",
           command,

@@ -1,13 +1,16 @@
 import type { Socket } from "socket.io";
 import { RelayError } from "../errors.ts";
 
-/** `retryAfterMs` sent with a command rejected because its bridge is at its limit. */
-const FULL_RETRY_AFTER_MS = 1000;
+/**
+ * `retryAfterMs` of a command rejected while some commands at the limit
+ * still wait for answers, which may come at any moment.
+ */
+const WAITING_RETRY_AFTER_MS = 1000;
 
 /** Commands sent on one bridge connection whose acknowledgement is pending. */
 interface SocketCommands {
-  /** Acknowledgement callbacks that Socket.IO still holds for this socket. */
-  unanswered: number;
+  /** Expiry times (`performance.now()`) of the callbacks Socket.IO still holds. */
+  readonly callbacks: Set<{ expiresAt: number }>;
   /** Commands whose caller still waits, failed with `BRIDGE_OFFLINE` on disconnect. */
   readonly waiting: Set<(error: RelayError) => void>;
   readonly onDisconnect: () => void;
@@ -30,7 +33,8 @@ export interface SentCommand {
  * Socket.IO keeps a command's acknowledgement callback until the bridge
  * answers or the callback's own timeout passes, after the caller's. A
  * bridge that stops answering would hold one per command; past `limit`,
- * commands to it are rejected with `RATE_LIMITED` and not sent.
+ * commands to that connection are rejected with `RATE_LIMITED` and not
+ * sent. A new connection of the bridge starts with none.
  */
 export class UnansweredCommands {
   private readonly bySocket = new Map<Socket, SocketCommands>();
@@ -38,49 +42,44 @@ export class UnansweredCommands {
   constructor(private readonly limit: number) {}
 
   /**
-   * Counts a command about to be sent on `socket`, or throws `RATE_LIMITED`
+   * Counts a command about to be sent on `socket`, whose acknowledgement
+   * callback Socket.IO drops after `callbackMs`, or throws `RATE_LIMITED`
    * when the socket has `limit` unanswered. `onDisconnect` fails the
    * command if the socket closes while its caller waits.
    */
   admit(
     socket: Socket,
     bridgeId: string,
+    callbackMs: number,
     onDisconnect: (error: RelayError) => void,
   ): SentCommand {
     const commands = this.bySocket.get(socket) ?? this.track(socket, bridgeId);
-    if (commands.unanswered >= this.limit) {
+    if (commands.callbacks.size >= this.limit) {
       this.forgetIfDone(socket, commands);
       throw new RelayError(
         "RATE_LIMITED",
-        `bridge ${bridgeId} has not answered ${commands.unanswered} commands; retry after retryAfterMs`,
-        { retryAfterMs: FULL_RETRY_AFTER_MS },
+        `bridge ${bridgeId} has not answered ${commands.callbacks.size} commands on this connection; retry after retryAfterMs`,
+        { retryAfterMs: retryAfterMs(commands) },
       );
     }
-    commands.unanswered += 1;
+    const callback = { expiresAt: performance.now() + callbackMs };
+    commands.callbacks.add(callback);
     commands.waiting.add(onDisconnect);
-    let acknowledged = false;
     return {
       stopWaiting: () => {
         commands.waiting.delete(onDisconnect);
         this.forgetIfDone(socket, commands);
       },
       acknowledged: () => {
-        if (acknowledged) return;
-        acknowledged = true;
-        commands.unanswered -= 1;
+        commands.callbacks.delete(callback);
         this.forgetIfDone(socket, commands);
       },
     };
   }
 
-  /** Number of commands `socket` has not answered. */
-  unansweredOn(socket: Socket): number {
-    return this.bySocket.get(socket)?.unanswered ?? 0;
-  }
-
   private track(socket: Socket, bridgeId: string): SocketCommands {
     const commands: SocketCommands = {
-      unanswered: 0,
+      callbacks: new Set(),
       waiting: new Set(),
       onDisconnect: () => {
         this.bySocket.delete(socket);
@@ -99,9 +98,23 @@ export class UnansweredCommands {
 
   /** Drops a socket's entry and listener once nothing waits and every callback came back. */
   private forgetIfDone(socket: Socket, commands: SocketCommands): void {
-    if (commands.unanswered > 0 || commands.waiting.size > 0) return;
+    if (commands.callbacks.size > 0 || commands.waiting.size > 0) return;
     if (this.bySocket.get(socket) !== commands) return;
     this.bySocket.delete(socket);
     socket.off("disconnect", commands.onDisconnect);
   }
+}
+
+/**
+ * Returns when a rejected command may succeed: soon while some commands
+ * still wait for answers, else when the oldest callback expires, since a
+ * bridge that let every command time out frees none before then.
+ */
+function retryAfterMs(commands: SocketCommands): number {
+  if (commands.waiting.size > 0) return WAITING_RETRY_AFTER_MS;
+  let oldest = Infinity;
+  for (const { expiresAt } of commands.callbacks) {
+    oldest = Math.min(oldest, expiresAt);
+  }
+  return Math.max(1, Math.ceil(oldest - performance.now()));
 }
