@@ -69,6 +69,25 @@ describe("guarded store", function () {
     assert.deepEqual(lines[1]?.methods, { getPresence: 5, getState: 3 });
   });
 
+  it("counts a burst cut short by close", async () => {
+    const store = guarded();
+    const failures = Array.from({ length: 3 }, () =>
+      store.getPresence([randomBridgeId()]),
+    );
+    await Promise.allSettled(failures);
+    await store.close();
+
+    assert.deepEqual(
+      lines.map((line) => [line.msg, line.suppressed]),
+      [
+        ["state store request failed", undefined],
+        ["state store requests failed after the one logged", 2],
+      ],
+    );
+    await settle(WINDOW_MS + 50);
+    assert.equal(lines.length, 2, "nothing logged after close");
+  });
+
   it("logs the first failure of the next window", async () => {
     const store = guarded();
     await store.getPresence([randomBridgeId()]).catch(() => undefined);

@@ -137,7 +137,11 @@ export async function runWorker(
     bodyTimeoutMs: config.requestBodyTimeoutMs,
   });
   bindSessionsBeforeHandshake(relay.io);
-  installShutdown(relay, config, log, async () => redis.close());
+  installShutdown(relay, config, log, async () => {
+    // Logs the count of store failures not yet reported.
+    await store.close();
+    await redis.close();
+  });
   logPrimaryLoss(log);
   process.on("message", (message) => {
     if (message === PING_MESSAGE) process.send?.(PONG_MESSAGE);

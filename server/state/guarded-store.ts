@@ -19,6 +19,7 @@ export function guardStore(
   let summary: NodeJS.Timeout | undefined;
 
   const reportSuppressed = (): void => {
+    clearTimeout(summary);
     summary = undefined;
     const count = Object.values(suppressed).reduce((sum, n) => sum + n, 0);
     logger.error(
@@ -26,6 +27,11 @@ export function guardStore(
       "state store requests failed after the one logged",
     );
     suppressed = {};
+  };
+
+  /** Logs the count of a window cut short by `close()`. */
+  const reportBeforeClose = (): void => {
+    if (summary !== undefined) reportSuppressed();
   };
 
   const report = (method: string, error: unknown): void => {
@@ -43,7 +49,13 @@ export function guardStore(
   return new Proxy(store, {
     get(target, property, receiver) {
       const value = Reflect.get(target, property, receiver) as unknown;
-      if (typeof value !== "function" || property === "close") return value;
+      if (typeof value !== "function") return value;
+      if (property === "close") {
+        return (...args: unknown[]) => {
+          reportBeforeClose();
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      }
       return async (...args: unknown[]) => {
         try {
           return await (value as (...a: unknown[]) => Promise<unknown>).apply(
