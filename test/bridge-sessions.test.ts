@@ -346,6 +346,29 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     assert.equal(presence?.connection, null);
   });
 
+  it("bounds the wait for a slow release", async () => {
+    const bridgeId = randomBridgeId();
+    let finishRelease = (): void => undefined;
+    const slow = storeWith({
+      releaseConnection: async (...args) => {
+        await new Promise<void>((resolve) => (finishRelease = resolve));
+        return store.releaseConnection(...args);
+      },
+    });
+    const holder = sessionsOf("server-a", slow).sessions;
+    const session = await holder.claim(bridgeId, socketWithId("gone-socket"));
+    const released = holder.release(session);
+
+    const startedAt = performance.now();
+    await holder.settleReleases(100);
+    const waitedMs = performance.now() - startedAt;
+    assert.ok(waitedMs >= 90 && waitedMs < 1000, `waited ${waitedMs} ms`);
+    assert.equal(holder.idle, false, "busy while the release runs");
+    finishRelease();
+    await released;
+    await waitUntil("idle once released", () => holder.idle, 1000);
+  });
+
   it("keeps its own claim when two checks race", async () => {
     const bridgeId = randomBridgeId();
     const emitted: string[] = [];

@@ -314,8 +314,10 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       untrackConnections();
       await new Promise<void>((resolve) => io.close(() => resolve()));
       // Closing the sockets released their claims and broadcast the bridges'
-      // offline presence. Both need Redis, so wait for them before it closes.
-      await sessions.settleReleases();
+      // offline presence. Both need Redis, so wait for them before it closes,
+      // for one request limit: releases may take 5 times as long, and a
+      // release left running keeps the lease to expire into a sweep.
+      await sessions.settleReleases(config.redisCommandTimeoutMs);
       sessions.stopRetries();
       await lease?.stop();
       await bus.close();
