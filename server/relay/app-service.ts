@@ -23,6 +23,8 @@ const NO_RECEIVER_RETRY_GAP_MS = 100;
 
 export type Scope = "read" | "control";
 
+type Answer = Awaited<ReturnType<CommandRouter["send"]>>;
+
 export interface SetLightRequest {
   bridgeId: string;
   lightId: string;
@@ -128,17 +130,18 @@ export class AppService {
    * the bridge's server again and resends, for up to NO_RECEIVER_RETRY_MS:
    * a crashed worker's bridges reconnect to another one. Only a single
    * Redis server reports that no process received a command (see
-   * ServerBus.countsReceivers).
+   * ServerBus.countsReceivers); on Redis Cluster, `sendFollowingMoves`
+   * resends only to a new server of the bridge.
    */
   private async route(
     serverId: string,
     command: RoutedCommand,
-  ): Promise<Awaited<ReturnType<CommandRouter["send"]>>> {
+  ): Promise<Answer> {
     const retryUntil = performance.now() + NO_RECEIVER_RETRY_MS;
     let target = serverId;
     for (;;) {
       try {
-        return await this.router.send(target, command);
+        return await this.sendFollowingMoves(target, command, retryUntil);
       } catch (error) {
         const retry =
           error instanceof NoReceiverError && performance.now() < retryUntil;
@@ -147,6 +150,71 @@ export class AppService {
       await sleep(NO_RECEIVER_RETRY_GAP_MS);
       target = await this.findServer(command.bridgeId);
     }
+  }
+
+  /**
+   * Sends `command` to `serverId`. On Redis Cluster a count of no receiver
+   * may hide a delivery, so the reply is awaited. Meanwhile the bridge's
+   * presence is read again. Once it names another server (a crashed
+   * worker's bridge reconnected elsewhere), the command goes there too.
+   * The first `ok` answers, else the resent command's answer. A bridge
+   * that got both applies the same change twice, which leaves the same
+   * light.
+   */
+  private async sendFollowingMoves(
+    serverId: string,
+    command: RoutedCommand,
+    retryUntil: number,
+  ): Promise<Answer> {
+    let counted: () => void = () => undefined;
+    const uncounted = new Promise<undefined>((resolve) => {
+      counted = () => resolve(undefined);
+    });
+    const answer = this.router.send(serverId, command, () => counted());
+    const first = await Promise.race([answer, uncounted]);
+    if (first !== undefined) return first;
+    const moved = await this.waitForMove(
+      serverId,
+      command.bridgeId,
+      answer,
+      retryUntil,
+    );
+    if (moved === null) return answer;
+    const resent = this.sendFollowingMoves(moved, command, retryUntil);
+    return new Promise((resolve, reject) => {
+      void answer.then(
+        (original) => {
+          if (original.ok) resolve(original);
+        },
+        () => undefined,
+      );
+      void resent.then(resolve, () => answer.then(resolve, reject));
+    });
+  }
+
+  /**
+   * Reads the bridge's presence every NO_RECEIVER_RETRY_GAP_MS until it
+   * names a server other than `serverId`, and returns that server. Returns
+   * null once `answer` settles or `retryUntil` passes.
+   */
+  private async waitForMove(
+    serverId: string,
+    bridgeId: string,
+    answer: Promise<Answer>,
+    retryUntil: number,
+  ): Promise<string | null> {
+    let answered = false;
+    const onSettled = (): void => {
+      answered = true;
+    };
+    void answer.then(onSettled, onSettled);
+    while (performance.now() < retryUntil) {
+      await sleep(NO_RECEIVER_RETRY_GAP_MS);
+      if (answered) return null;
+      const current = await this.findServer(bridgeId).catch(() => serverId);
+      if (current !== serverId) return current;
+    }
+    return null;
   }
 
   /** Returns the ID of the server with the bridge's connection, or raises `BRIDGE_OFFLINE`. */
@@ -181,7 +249,7 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-function unwrap(answer: Awaited<ReturnType<CommandRouter["send"]>>): Light {
+function unwrap(answer: Answer): Light {
   if (answer.ok) return answer.data.light;
   const { code, message, ...rest } = answer.error;
   throw new RelayError(code, message, rest);

@@ -88,8 +88,14 @@ export class CommandRouter {
   /**
    * Sends `command` to `serverId`. Returns a `TIMEOUT` answer if no reply
    * comes within the timeout, also while the publish still waits for Redis.
+   * `onUncounted` runs when a bus whose count is not exact counted no
+   * receiver, while the reply is still awaited.
    */
-  async send(serverId: string, command: RoutedCommand): Promise<CommandAnswer> {
+  async send(
+    serverId: string,
+    command: RoutedCommand,
+    onUncounted?: () => void,
+  ): Promise<CommandAnswer> {
     if (serverId === this.bus.serverId) return this.execute(command);
     const requestId = randomUUID();
     const answer = new Promise<CommandAnswer>((resolve) => {
@@ -102,10 +108,12 @@ export class CommandRouter {
       this.pending.set(requestId, { resolve, cancelTimeout });
     });
     const deadline = Date.now() + this.timeoutMs - this.replyMarginMs;
-    const delivered = this.deliver(serverId, requestId, {
-      ...command,
-      deadline,
-    });
+    const delivered = this.deliver(
+      serverId,
+      requestId,
+      { ...command, deadline },
+      onUncounted,
+    );
     return Promise.race([answer, delivered.then(() => answer)]);
   }
 
@@ -121,6 +129,7 @@ export class CommandRouter {
     serverId: string,
     requestId: string,
     command: RoutedCommand,
+    onUncounted?: () => void,
   ): Promise<void> {
     let received: boolean;
     try {
@@ -155,6 +164,7 @@ export class CommandRouter {
         { bridgeId: command.bridgeId, serverId },
         "a routed command counted no receiver on Redis Cluster, awaiting its reply",
       );
+      onUncounted?.();
       return;
     }
     // The claim names a process that no longer runs (it crashed before it
