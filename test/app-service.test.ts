@@ -5,7 +5,11 @@ import type { Light } from "../client-sdk/src/protocol.ts";
 import { RedisBus } from "../server/messaging/server-bus.ts";
 import { serverConnectionState } from "../server/redis/connection-state.ts";
 import { AppService } from "../server/relay/app-service.ts";
-import { CommandRouter } from "../server/relay/command-router.ts";
+import {
+  CommandRouter,
+  type CommandAnswer,
+  type RoutedCommand,
+} from "../server/relay/command-router.ts";
 import { RedisStore } from "../server/state/redis-store.ts";
 import { randomBridgeId } from "./support/clients.ts";
 import { sleep } from "./support/faults.ts";
@@ -132,5 +136,131 @@ describe("app service routing to a server that receives nothing", function () {
       elapsedMs >= 2000 && elapsedMs < 3000,
       `answered after ${Math.round(elapsedMs)} ms`,
     );
+  });
+});
+
+describe("app service on Redis Cluster, where no count proves anything", function () {
+  this.timeout(15_000);
+  let redis: RedisServer;
+  let main: RedisClientType;
+  let store: RedisStore;
+
+  /** How the stand-in router treats a command sent to one server. */
+  type Script = (onUncounted: () => void) => Promise<CommandAnswer>;
+
+  /**
+   * Returns a service whose router counts no receiver for every command,
+   * as a Redis Cluster publish may, and answers as `scripts` say, with
+   * the servers each command was sent to.
+   */
+  function serviceWith(scripts: Record<string, Script>) {
+    const sent: string[] = [];
+    const router = {
+      send: (
+        serverId: string,
+        _command: RoutedCommand,
+        onUncounted?: () => void,
+      ) => {
+        sent.push(serverId);
+        const script = scripts[serverId] ?? scripts.default!;
+        return script(onUncounted ?? (() => undefined));
+      },
+    } as unknown as CommandRouter;
+    return { service: new AppService(store, router), sent };
+  }
+
+  const ok: CommandAnswer = { ok: true, data: { light: LIGHT } };
+  const refused: CommandAnswer = {
+    ok: false,
+    error: { code: "BRIDGE_ERROR", message: "refused" },
+  };
+  /** Counts no receiver, then answers `answer` after `ms`. */
+  const uncountedThen =
+    (answer: CommandAnswer, ms: number): Script =>
+    async (onUncounted) => {
+      onUncounted();
+      await sleep(ms);
+      return answer;
+    };
+
+  async function claim(bridgeId: string, serverId: string): Promise<void> {
+    const { epoch } = await store.claimConnection(
+      bridgeId,
+      serverId,
+      `socket-of-${serverId}`,
+      new Date(),
+    );
+    await store.writeLights(bridgeId, {
+      epoch,
+      expectedVersion: 0,
+      replaceAll: true,
+      lights: [LIGHT],
+    });
+  }
+
+  const turnOn = (service: AppService, bridgeId: string) =>
+    service.setLight({ bridgeId, lightId: "a", change: { on: { on: true } } });
+
+  before(async () => {
+    redis = await startRedisServer();
+    main = createClient({ url: redis.url });
+    await main.connect();
+    store = new RedisStore(main, { keyPrefix: KEY_PREFIX });
+  });
+
+  after(async () => {
+    await main.close();
+    await redis.stop();
+  });
+
+  it("answers when the reply comes", async () => {
+    const bridgeId = randomBridgeId();
+    await claim(bridgeId, "owner");
+    const { service, sent } = serviceWith({ owner: uncountedThen(ok, 10) });
+
+    const startedAt = performance.now();
+    await turnOn(service, bridgeId);
+    const elapsedMs = performance.now() - startedAt;
+
+    assert.ok(elapsedMs < 80, `answered after ${Math.round(elapsedMs)} ms`);
+    assert.deepEqual(sent, ["owner"]);
+  });
+
+  it("sends once to each server", async () => {
+    const bridgeId = randomBridgeId();
+    await claim(bridgeId, "first");
+    const { service, sent } = serviceWith({
+      default: uncountedThen(ok, 1500),
+    });
+    // Presence flips between two new servers while the command waits.
+    let flips = 0;
+    const flipping = setInterval(() => {
+      flips += 1;
+      void claim(bridgeId, flips % 2 === 0 ? "second" : "third");
+    }, 50);
+    try {
+      await turnOn(service, bridgeId);
+    } finally {
+      clearInterval(flipping);
+    }
+
+    assert.equal(new Set(sent).size, sent.length, sent.join());
+    assert.ok(sent.length <= 3, sent.join());
+  });
+
+  it("prefers a later ok to a resend's error", async () => {
+    const bridgeId = randomBridgeId();
+    await claim(bridgeId, "old-owner");
+    const { service } = serviceWith({
+      "old-owner": uncountedThen(ok, 400),
+      "new-owner": async () => {
+        await sleep(20);
+        return refused;
+      },
+    });
+    setTimeout(() => void claim(bridgeId, "new-owner"), 10);
+
+    const light = await turnOn(service, bridgeId);
+    assert.deepEqual(light.on, LIGHT.on);
   });
 });

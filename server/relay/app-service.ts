@@ -138,34 +138,40 @@ export class AppService {
     command: RoutedCommand,
   ): Promise<Answer> {
     const retryUntil = performance.now() + NO_RECEIVER_RETRY_MS;
+    const moves: Moves = { tried: new Set(), done: false, retryUntil };
     let target = serverId;
-    for (;;) {
-      try {
-        return await this.sendFollowingMoves(target, command, retryUntil);
-      } catch (error) {
-        const retry =
-          error instanceof NoReceiverError && performance.now() < retryUntil;
-        if (!retry) throw error;
+    try {
+      for (;;) {
+        try {
+          return await this.sendFollowingMoves(target, command, moves);
+        } catch (error) {
+          const retry =
+            error instanceof NoReceiverError && performance.now() < retryUntil;
+          if (!retry) throw error;
+        }
+        await sleep(NO_RECEIVER_RETRY_GAP_MS);
+        target = await this.findServer(command.bridgeId);
       }
-      await sleep(NO_RECEIVER_RETRY_GAP_MS);
-      target = await this.findServer(command.bridgeId);
+    } finally {
+      moves.done = true;
     }
   }
 
   /**
    * Sends `command` to `serverId`. On Redis Cluster a count of no receiver
    * may hide a delivery, so the reply is awaited. Meanwhile the bridge's
-   * presence is read again. Once it names another server (a crashed
-   * worker's bridge reconnected elsewhere), the command goes there too.
-   * The first `ok` answers, else the resent command's answer. A bridge
-   * that got both applies the same change twice, which leaves the same
-   * light.
+   * presence is read again. Once it names a server not tried yet (a
+   * crashed worker's bridge reconnected elsewhere), the command goes there
+   * too. The first `ok` answers, else the resent command's answer. A
+   * bridge that got both applies the same change twice, which leaves the
+   * same light.
    */
   private async sendFollowingMoves(
     serverId: string,
     command: RoutedCommand,
-    retryUntil: number,
+    moves: Moves,
   ): Promise<Answer> {
+    moves.tried.add(serverId);
     let counted: () => void = () => undefined;
     const uncounted = new Promise<undefined>((resolve) => {
       counted = () => resolve(undefined);
@@ -173,46 +179,39 @@ export class AppService {
     const answer = this.router.send(serverId, command, () => counted());
     const first = await Promise.race([answer, uncounted]);
     if (first !== undefined) return first;
-    const moved = await this.waitForMove(
-      serverId,
-      command.bridgeId,
-      answer,
-      retryUntil,
-    );
+    const moved = await Promise.race([
+      answer.then(
+        () => null,
+        () => null,
+      ),
+      this.waitForMove(command.bridgeId, answer, moves),
+    ]);
     if (moved === null) return answer;
-    const resent = this.sendFollowingMoves(moved, command, retryUntil);
-    return new Promise((resolve, reject) => {
-      void answer.then(
-        (original) => {
-          if (original.ok) resolve(original);
-        },
-        () => undefined,
-      );
-      void resent.then(resolve, () => answer.then(resolve, reject));
-    });
+    return firstOk(answer, this.sendFollowingMoves(moved, command, moves));
   }
 
   /**
    * Reads the bridge's presence every NO_RECEIVER_RETRY_GAP_MS until it
-   * names a server other than `serverId`, and returns that server. Returns
-   * null once `answer` settles or `retryUntil` passes.
+   * names a server not in `moves.tried`, and returns that server. Returns
+   * null once `answer` settles, the command is answered, or
+   * `moves.retryUntil` passes.
    */
   private async waitForMove(
-    serverId: string,
     bridgeId: string,
     answer: Promise<Answer>,
-    retryUntil: number,
+    moves: Moves,
   ): Promise<string | null> {
     let answered = false;
     const onSettled = (): void => {
       answered = true;
     };
     void answer.then(onSettled, onSettled);
-    while (performance.now() < retryUntil) {
+    while (performance.now() < moves.retryUntil) {
       await sleep(NO_RECEIVER_RETRY_GAP_MS);
-      if (answered) return null;
-      const current = await this.findServer(bridgeId).catch(() => serverId);
-      if (current !== serverId) return current;
+      if (answered || moves.done) return null;
+      // A failed read (Redis Cluster failing over) counts as no move.
+      const current = await this.findServer(bridgeId).catch(() => null);
+      if (current !== null && !moves.tried.has(current)) return current;
     }
     return null;
   }
@@ -243,6 +242,43 @@ export class AppService {
     }
     return serverId;
   }
+}
+
+/** The servers a command went to, and when to stop following its bridge. */
+interface Moves {
+  tried: Set<string>;
+  /** Set once the command is answered, which ends every presence read loop. */
+  done: boolean;
+  retryUntil: number;
+}
+
+/**
+ * Resolves with the first `ok` of two answers to one command. Without
+ * one, it waits for both and resolves with the resent command's answer,
+ * or the original's when the resend failed.
+ */
+function firstOk(
+  original: Promise<Answer>,
+  resent: Promise<Answer>,
+): Promise<Answer> {
+  const outcomes = [original, resent].map((answer) =>
+    answer.then(
+      (value) => ({ value }),
+      (error: unknown) => ({ error }),
+    ),
+  );
+  return new Promise((resolve, reject) => {
+    for (const outcome of outcomes) {
+      void outcome.then((settled) => {
+        if ("value" in settled && settled.value.ok) resolve(settled.value);
+      });
+    }
+    void Promise.all(outcomes).then(([first, second]) => {
+      if (second !== undefined && "value" in second) resolve(second.value);
+      else if (first !== undefined && "value" in first) resolve(first.value);
+      else reject(second?.error ?? first?.error);
+    });
+  });
 }
 
 function sleep(ms: number): Promise<void> {
