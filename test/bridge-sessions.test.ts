@@ -346,7 +346,7 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     assert.equal(presence?.connection, null);
   });
 
-  it("bounds the wait for a slow release", async () => {
+  it("stays busy while a first release runs", async () => {
     const bridgeId = randomBridgeId();
     let finishRelease = (): void => undefined;
     const slow = storeWith({
@@ -359,10 +359,7 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     const session = await holder.claim(bridgeId, socketWithId("gone-socket"));
     const released = holder.release(session);
 
-    const startedAt = performance.now();
-    await holder.settleReleases(100);
-    const waitedMs = performance.now() - startedAt;
-    assert.ok(waitedMs >= 90 && waitedMs < 1000, `waited ${waitedMs} ms`);
+    await sleep(50);
     assert.equal(holder.idle, false, "busy while the release runs");
     finishRelease();
     await released;

@@ -277,24 +277,9 @@ export class BridgeSessions {
     this.releaseRetry = undefined;
   }
 
-  /**
-   * Resolves once every release in flight has finished, or after `maxWaitMs`
-   * (before Redis is closed on shutdown). A release still running then
-   * keeps the sessions from being idle, so the presence lease is left to
-   * expire and another server's sweep releases the bridge.
-   */
-  async settleReleases(maxWaitMs = Infinity): Promise<void> {
-    const settled = Promise.allSettled([...this.releasing]);
-    if (maxWaitMs === Infinity) {
-      await settled;
-      return;
-    }
-    let timer: NodeJS.Timeout | undefined;
-    const waited = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, maxWaitMs);
-    });
-    await Promise.race([settled, waited]);
-    clearTimeout(timer);
+  /** Resolves once every release in flight has finished (before Redis is closed on shutdown). */
+  async settleReleases(): Promise<void> {
+    await Promise.allSettled([...this.releasing]);
   }
 
   /**

@@ -314,10 +314,11 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       untrackConnections();
       await new Promise<void>((resolve) => io.close(() => resolve()));
       // Closing the sockets released their claims and broadcast the bridges'
-      // offline presence. Both need Redis, so wait for them before it closes,
-      // for one request limit: releases may take 5 times as long, and a
-      // release left running keeps the lease to expire into a sweep.
-      await sessions.settleReleases(config.redisCommandTimeoutMs);
+      // offline presence. Both need Redis, so wait for them before it closes.
+      // Releases may take 5 times the Redis limit, within the shutdown's
+      // own deadline, and a release still running then keeps the presence
+      // lease from being dropped, so that it expires into a sweep.
+      await sessions.settleReleases();
       sessions.stopRetries();
       await lease?.stop();
       await bus.close();
