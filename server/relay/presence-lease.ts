@@ -9,6 +9,15 @@ import type { StateStore } from "../state/store.ts";
 import type { BridgeSessions, ConnectionIndex } from "./bridge-sessions.ts";
 import type { AppBroadcaster } from "./broadcaster.ts";
 
+/**
+ * TTLs that a process renews its own lease for, after renewals failed,
+ * before it sweeps others. In a CI run of a Redis Cluster failover with a
+ * 1.5 s TTL, one process resumed renewing more than a TTL after another,
+ * whose sweep then released its live bridges.
+ * NOTE: two TTLs is an estimate from that one run, not a bound.
+ */
+const RECOVERY_TTLS = 2;
+
 /** Bridges read and released per store round trip during a sweep. */
 const SWEEP_BATCH = 500;
 /** Expired servers looked at per sweep check. */
@@ -47,13 +56,17 @@ export class PresenceLease {
   private sweeping: Promise<void> = Promise.resolve();
   /**
    * `performance.now()` of the first renewal since the last failed one, or
-   * null while renewals fail. After an outage every process needs a
-   * heartbeat to renew its lease, so sweeping waits a whole TTL: otherwise
-   * live processes would be swept for the outage's gap.
+   * null while renewals fail. After an outage every process needs time to
+   * renew its lease, so sweeping waits `sweepAfterMs`: otherwise live
+   * processes would be swept for the outage's gap.
    */
   private renewingSince: number | null = null;
+  /** A TTL from the start, and RECOVERY_TTLS of them once a renewal failed. */
+  private sweepAfterMs: number;
 
-  constructor(private readonly options: PresenceLeaseOptions) {}
+  constructor(private readonly options: PresenceLeaseOptions) {
+    this.sweepAfterMs = this.ttlMs;
+  }
 
   /** Index of this process's bridges in the lease table, for BridgeSessions. */
   static connectionIndex(
@@ -109,6 +122,7 @@ export class PresenceLease {
       result = await table.renew(serverId, this.ttlMs);
     } catch (error) {
       this.renewingSince = null;
+      this.sweepAfterMs = RECOVERY_TTLS * this.ttlMs;
       presenceLeaseRenewals.inc({ result: "failed" });
       throw error;
     }
@@ -136,7 +150,7 @@ export class PresenceLease {
     const { table, serverId } = this.options;
     if (
       this.renewingSince === null ||
-      performance.now() - this.renewingSince < this.ttlMs
+      performance.now() - this.renewingSince < this.sweepAfterMs
     ) {
       return;
     }

@@ -129,8 +129,9 @@ describe("fault: the master of the presence leases fails over", function () {
     );
     const renewedMs = Math.round(performance.now() - killedAt);
     // Long enough for a sweep: a server sweeps others once its own lease
-    // has been renewed for a whole TTL, and looks 4 times a heartbeat.
-    await sleep(2 * HEARTBEAT_MS);
+    // has been renewed for two TTLs (3 heartbeats), and looks 4 times a
+    // heartbeat.
+    await sleep(4 * HEARTBEAT_MS);
 
     const sweeps = relays.flatMap((relay) =>
       relay.logs.filter((line) => line.msg === SWEEP_LOG),
