@@ -19,6 +19,26 @@ const COMMAND_TIMEOUT_MS = 1000;
 const KEY_PREFIX = "app-service-test";
 const LIGHT: Light = { id: "a", type: "light", on: { on: true } };
 
+/** Claims `bridgeId` for `serverId` in `store` and stores its light "a". */
+async function claimWithLight(
+  store: RedisStore,
+  bridgeId: string,
+  serverId: string,
+): Promise<void> {
+  const { epoch } = await store.claimConnection(
+    bridgeId,
+    serverId,
+    `socket-of-${serverId}`,
+    new Date(),
+  );
+  await store.writeLights(bridgeId, {
+    epoch,
+    expectedVersion: 0,
+    replaceAll: true,
+    lights: [LIGHT],
+  });
+}
+
 describe("app service routing to a server that receives nothing", function () {
   this.timeout(15_000);
   let redis: RedisServer;
@@ -56,18 +76,7 @@ describe("app service routing to a server that receives nothing", function () {
   /** Stores a bridge with light "a", claimed by `serverId`. */
   async function bridgeOn(serverId: string): Promise<string> {
     const bridgeId = randomBridgeId();
-    const { epoch } = await store.claimConnection(
-      bridgeId,
-      serverId,
-      `socket-of-${serverId}`,
-      new Date(),
-    );
-    await store.writeLights(bridgeId, {
-      epoch,
-      expectedVersion: 0,
-      replaceAll: true,
-      lights: [LIGHT],
-    });
+    await claimWithLight(store, bridgeId, serverId);
     return bridgeId;
   }
 
@@ -150,8 +159,8 @@ describe("app service on Redis Cluster, where no count proves anything", functio
 
   /**
    * Returns a service whose router counts no receiver for every command,
-   * as a Redis Cluster publish may, and answers as `scripts` say, with
-   * the servers each command was sent to.
+   * as a Redis Cluster publish may, and replies as `scripts` say. Also
+   * returns the servers each command was sent to.
    */
   function serviceWith(scripts: Record<string, Script>) {
     const sent: string[] = [];
@@ -170,11 +179,11 @@ describe("app service on Redis Cluster, where no count proves anything", functio
   }
 
   const ok: CommandAnswer = { ok: true, data: { light: LIGHT } };
-  const refused: CommandAnswer = {
+  const bridgeError: CommandAnswer = {
     ok: false,
     error: { code: "BRIDGE_ERROR", message: "refused" },
   };
-  /** Counts no receiver, then answers `answer` after `ms`. */
+  /** Counts no receiver, then replies with `answer` after `ms`. */
   const uncountedThen =
     (answer: CommandAnswer, ms: number): Script =>
     async (onUncounted) => {
@@ -183,20 +192,8 @@ describe("app service on Redis Cluster, where no count proves anything", functio
       return answer;
     };
 
-  async function claim(bridgeId: string, serverId: string): Promise<void> {
-    const { epoch } = await store.claimConnection(
-      bridgeId,
-      serverId,
-      `socket-of-${serverId}`,
-      new Date(),
-    );
-    await store.writeLights(bridgeId, {
-      epoch,
-      expectedVersion: 0,
-      replaceAll: true,
-      lights: [LIGHT],
-    });
-  }
+  const claim = (bridgeId: string, serverId: string) =>
+    claimWithLight(store, bridgeId, serverId);
 
   const turnOn = (service: AppService, bridgeId: string) =>
     service.setLight({ bridgeId, lightId: "a", change: { on: { on: true } } });
@@ -255,7 +252,7 @@ describe("app service on Redis Cluster, where no count proves anything", functio
       "old-owner": uncountedThen(ok, 400),
       "new-owner": async () => {
         await sleep(20);
-        return refused;
+        return bridgeError;
       },
     });
     setTimeout(() => void claim(bridgeId, "new-owner"), 10);

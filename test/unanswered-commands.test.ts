@@ -83,20 +83,30 @@ describe("unanswered commands per bridge", function () {
       change: { on: { on: true } },
     });
 
+  /** Sends LIMIT commands and waits until the bridge has received them all. */
+  async function fillToLimit(
+    app: Socket,
+    bridgeId: string,
+    unacknowledged: unknown[],
+  ) {
+    const waiting = Array.from({ length: LIMIT }, () => turnOn(app, bridgeId));
+    await waitUntil(
+      "every command",
+      () => unacknowledged.length === LIMIT,
+      5000,
+    );
+    return waiting;
+  }
+
   const codeOf = (answer: Awaited<ReturnType<typeof turnOn>>) =>
     answer.ok ? "ok" : answer.error.code;
 
   it("rejects commands past the limit", async () => {
     const { bridgeId, app, unacknowledged, acknowledgeAll } =
       await silentBridgeAndApp();
-    const waiting = Array.from({ length: LIMIT }, () => turnOn(app, bridgeId));
     // The relay may admit concurrent requests in another order, so the
     // extra command goes once all of them have reached the bridge.
-    await waitUntil(
-      "every command",
-      () => unacknowledged.length === LIMIT,
-      5000,
-    );
+    const waiting = await fillToLimit(app, bridgeId, unacknowledged);
     const started = performance.now();
     const rejected = await turnOn(app, bridgeId);
     assert.equal(codeOf(rejected), "RATE_LIMITED");
@@ -140,12 +150,7 @@ describe("unanswered commands per bridge", function () {
   it("fails all on disconnect", async () => {
     const { bridgeId, bridge, app, unacknowledged } =
       await silentBridgeAndApp();
-    const waiting = Array.from({ length: LIMIT }, () => turnOn(app, bridgeId));
-    await waitUntil(
-      "every command",
-      () => unacknowledged.length === LIMIT,
-      5000,
-    );
+    const waiting = await fillToLimit(app, bridgeId, unacknowledged);
     const started = performance.now();
     bridge.close();
     const answers = await Promise.all(waiting);

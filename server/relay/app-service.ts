@@ -162,7 +162,7 @@ export class AppService {
    * may hide a delivery, so the reply is awaited. Meanwhile the bridge's
    * presence is read again. Once it names a server not tried yet (a
    * crashed worker's bridge reconnected elsewhere), the command goes there
-   * too. The first `ok` answers, else the resent command's answer. A
+   * too. The result is the first `ok`, else the resent command's answer. A
    * bridge that got both applies the same change twice, which leaves the
    * same light.
    */
@@ -247,7 +247,7 @@ export class AppService {
 /** The servers a command went to, and when to stop following its bridge. */
 interface Moves {
   tried: Set<string>;
-  /** Set once the command is answered, which ends every presence read loop. */
+  /** Set once the command has its result, which ends every presence read loop. */
   done: boolean;
   retryUntil: number;
 }
