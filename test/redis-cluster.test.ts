@@ -28,9 +28,10 @@ import { send } from "./support/http.ts";
 import {
   bridgeIdsOn,
   bridgeSlot,
-  masterPortOf,
   moveSlot,
+  slotOwner,
   startRedisCluster,
+  waitForSettledSlots,
   type RedisCluster,
 } from "./support/redis-cluster.ts";
 import { findFreePort } from "./support/redis-server.ts";
@@ -279,10 +280,11 @@ describe("Redis Cluster: two relays on three masters", function () {
     // has a slot of its own.
     const admin = masters[0]!.client;
     const byPort = new Map(masters.map(({ port, client }) => [port, client]));
+    await waitForSettledSlots(byPort);
     const moveAway = async (slot: number): Promise<number> => {
-      const from = await masterPortOf(admin, slot);
+      const from = await slotOwner(byPort, slot);
       const to = masters.find(({ port }) => port !== from)!.port;
-      await moveSlot(byPort, slot, from!, to);
+      await moveSlot(byPort, slot, from, to);
       return to;
     };
     const roomChannel = `${KEY_PREFIX}:sio#/app#bridge:${bridgeId}#`;
@@ -301,10 +303,15 @@ describe("Redis Cluster: two relays on three masters", function () {
         outcomes.push(ack.ok ? "ok" : ack.error.code);
       }
     })();
-    const keysTo = await moveAway(keySlot);
-    const roomTo = roomSlot === keySlot ? keysTo : await moveAway(roomSlot);
-    moving = false;
-    await traffic;
+    let keysTo: number;
+    let roomTo: number;
+    try {
+      keysTo = await moveAway(keySlot);
+      roomTo = roomSlot === keySlot ? keysTo : await moveAway(roomSlot);
+    } finally {
+      moving = false;
+      await traffic;
+    }
     assert.ok(outcomes.length > 0, "commands ran during the move");
     assert.deepEqual(
       outcomes.filter((code) => code !== "ok"),
@@ -390,18 +397,31 @@ describe("Redis Cluster: two relays on three masters", function () {
       }
     });
     const startedAt = performance.now();
-    // Each slot moves on to the next master, once to each master.
-    for (let round = 0; round < MASTERS; round += 1) {
-      for (const slot of slots) {
-        const from = await masterPortOf(admin, slot);
-        const index = masters.findIndex(({ port }) => port === from);
-        const to = masters[(index + 1) % MASTERS]!.port;
-        await moveSlot(byPort, slot, from!, to);
+    try {
+      // Each slot moves on to the next master, once to each master. A round
+      // plans its moves from a slot table that every master agrees on.
+      for (let round = 0; round < MASTERS; round += 1) {
+        await waitForSettledSlots(byPort);
+        const moves: [slot: number, from: number][] = [];
+        for (const slot of slots) {
+          moves.push([slot, await slotOwner(byPort, slot)]);
+        }
+        for (const [slot, from] of moves) {
+          const index = masters.findIndex(({ port }) => port === from);
+          await moveSlot(
+            byPort,
+            slot,
+            from,
+            masters[(index + 1) % MASTERS]!.port,
+          );
+        }
       }
+      await waitForSettledSlots(byPort);
+    } finally {
+      moving = false;
+      await Promise.all(traffic);
     }
     const movedMs = Math.round(performance.now() - startedAt);
-    moving = false;
-    await Promise.all(traffic);
 
     const all = outcomes.flat();
     console.log(

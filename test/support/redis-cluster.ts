@@ -385,3 +385,104 @@ export async function moveSlot(
     await client.sendCommand(["CLUSTER", "SETSLOT", slotArg, "NODE", targetId]);
   }
 }
+
+/** One node as a master's `CLUSTER NODES` describes it. */
+interface NodeView {
+  configEpoch: string;
+  /** Slot ranges it serves, with migrations in brackets left out. */
+  slots: string;
+  /** Whether a slot of this node is marked importing or migrating. */
+  migrating: boolean;
+}
+
+/** Returns whether `slot` lies in one of the `CLUSTER NODES` ranges in `slots`. */
+function inRanges(slots: string, slot: number): boolean {
+  return slots.split(" ").some((range) => {
+    const [from, to = from] = range.split("-").map(Number);
+    return from !== undefined && to !== undefined && from <= slot && slot <= to;
+  });
+}
+
+/**
+ * Returns the client port of the master that serves `slot` by its own
+ * account, which is the one that `CLUSTER SETSLOT ... MIGRATING` accepts.
+ * The slot table of another master can lag behind a move for a moment.
+ * Polls until exactly one master claims the slot.
+ */
+export async function slotOwner(
+  masters: Map<number, RedisClientType>,
+  slot: number,
+): Promise<number> {
+  const deadline = Date.now() + STATE_TIMEOUT_MS;
+  let claims: number[] = [];
+  while (Date.now() < deadline) {
+    claims = [];
+    for (const [port, client] of masters) {
+      const myself = String(await client.clusterNodes())
+        .split("\n")
+        .find((line) => line.split(" ")[2]?.split(",").includes("myself"));
+      const slots = parseClusterNodes(myself ?? "")
+        .values()
+        .next().value;
+      if (slots !== undefined && inRanges(slots.slots, slot)) claims.push(port);
+    }
+    if (claims.length === 1) return claims[0]!;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(
+    `slot ${slot} claimed by ${claims.length} masters (${claims.join(", ")}) for ${STATE_TIMEOUT_MS} ms`,
+  );
+}
+
+/** Parses a `CLUSTER NODES` reply into node views by node ID. */
+function parseClusterNodes(reply: string): Map<string, NodeView> {
+  const views = new Map<string, NodeView>();
+  for (const line of reply.split("\n")) {
+    const fields = line.trim().split(" ");
+    if (fields.length < 8) continue;
+    const ranges = fields.slice(8);
+    views.set(fields[0]!, {
+      configEpoch: fields[6]!,
+      slots: ranges.filter((range) => !range.startsWith("[")).join(" "),
+      migrating: ranges.some((range) => range.startsWith("[")),
+    });
+  }
+  return views;
+}
+
+/**
+ * Resolves once every master in `masters` has the same slot table and the
+ * same config epoch of every node, with no slot importing or migrating.
+ *
+ * A move's target bumps its config epoch, and the others learn the new
+ * epoch from its next ping. Until then, a ping that the source sent before
+ * the move still claims the slot with an epoch that the others take as
+ * newer, and they hand the slot back to the source for a while. A move
+ * planned from such a view names the wrong source, which Redis refuses
+ * with "I'm not the owner of hash slot".
+ */
+export async function waitForSettledSlots(
+  masters: Map<number, RedisClientType>,
+): Promise<void> {
+  const deadline = Date.now() + STATE_TIMEOUT_MS;
+  let last = "";
+  while (Date.now() < deadline) {
+    const views = await Promise.all(
+      [...masters.values()].map(async (client) =>
+        parseClusterNodes(String(await client.clusterNodes())),
+      ),
+    );
+    const texts = views.map((view) =>
+      JSON.stringify([...view.entries()].sort()),
+    );
+    last = texts.join("\n");
+    const migrating = views.some((view) =>
+      [...view.values()].some((node) => node.migrating),
+    );
+    if (!migrating && texts.every((text) => text === texts[0])) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(
+    `masters did not agree on slots within ${STATE_TIMEOUT_MS} ms:\n${last}`,
+  );
+}
