@@ -430,7 +430,7 @@ export async function slotOwner(
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   throw new Error(
-    `slot ${slot} claimed by ${claims.length} masters (${claims.join(", ")}) for ${STATE_TIMEOUT_MS} ms`,
+    `slot ${slot} claimed by ${claims.length} masters (${claims.join(", ")}), expected 1, for ${STATE_TIMEOUT_MS} ms`,
   );
 }
 
@@ -454,12 +454,9 @@ function parseClusterNodes(reply: string): Map<string, NodeView> {
  * Resolves once every master in `masters` has the same slot table and the
  * same config epoch of every node, with no slot importing or migrating.
  *
- * A move's target bumps its config epoch, and the others learn the new
- * epoch from its next ping. Until then, a ping that the source sent before
- * the move still claims the slot with an epoch that the others take as
- * newer, and they hand the slot back to the source for a while. A move
- * planned from such a view names the wrong source, which Redis refuses
- * with "I'm not the owner of hash slot".
+ * A move's target bumps its config epoch and broadcasts it. Until a master
+ * has that epoch, a ping that the source sent before the move can still
+ * claim the slot there and hand it back to the source.
  */
 export async function waitForSettledSlots(
   masters: Map<number, RedisClientType>,
