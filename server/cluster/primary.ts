@@ -144,6 +144,12 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   const draining = new Set<number>();
   /** Workers whose exit is planned, so that it does not count as a crash. */
   const plannedExits = new Set<number>();
+  /**
+   * Old workers of a rolling restart in progress. One that dies is not
+   * restarted, because its replacement is starting. A restart that fails
+   * starts workers for those that died.
+   */
+  const replaced = new Set<number>();
 
   let listening = false;
   const listen = (): void => {
@@ -194,13 +200,25 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     return worker;
   };
 
+  /**
+   * Asks `worker` to drain and exit. A worker listens for the message only
+   * once it is ready, so one still starting gets SIGTERM instead. That ends
+   * it at once, or drains it if its shutdown handler is already installed.
+   */
+  const stopWorker = (worker: Worker): void => {
+    if (ready.has(worker.id) && worker.isConnected()) {
+      worker.send(SHUTDOWN_MESSAGE);
+    } else {
+      worker.kill("SIGTERM");
+    }
+  };
+
   /** Drains `worker` and resolves once it has exited, killing it after the shutdown deadline. */
   const retire = async (worker: Worker): Promise<void> => {
     plannedExits.add(worker.id);
     draining.add(worker.id);
     hideFromBalancer(worker);
-    if (worker.isConnected()) worker.send(SHUTDOWN_MESSAGE);
-    else worker.kill("SIGTERM");
+    stopWorker(worker);
     const started = Date.now();
     const killTimer = setTimeout(() => {
       logger.error(
@@ -224,10 +242,66 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   };
 
   /**
-   * Replaces the live workers one at a time: starts a new worker, waits
-   * for it to report ready, then drains the old one and waits for its
-   * exit. A replacement that fails to start stops the restart, and the
-   * remaining old workers keep serving.
+   * Starts one replacement per worker in `previous` and resolves with each
+   * replacement and whether it reported ready in time. Until then, a
+   * replacement's exit stops the restart instead of restarting it.
+   */
+  const startReplacements = (
+    previous: Worker[],
+  ): Promise<{ worker: Worker; started: boolean }[]> =>
+    Promise.all(
+      previous.map(async (old) => {
+        const worker = fork();
+        plannedExits.add(worker.id);
+        logger.info(
+          { workerId: worker.id, replaces: old.id },
+          "rolling restart: replacement worker started",
+        );
+        const started = await waitForReady(worker, WORKER_START_TIMEOUT_MS);
+        if (started) plannedExits.delete(worker.id);
+        return { worker, started };
+      }),
+    );
+
+  /**
+   * Ends a restart whose replacements did not all start: kills those that
+   * failed, keeps ready ones in place of old workers that died meanwhile,
+   * starts any still missing, and drains the ready ones left over. The old
+   * workers that live keep serving.
+   */
+  const abandonReplacements = async (
+    previous: Worker[],
+    replacements: { worker: Worker; started: boolean }[],
+  ): Promise<void> => {
+    const failed = replacements.filter(({ started }) => !started);
+    for (const { worker } of failed) worker.kill("SIGKILL");
+    const running = replacements
+      .filter(({ started, worker }) => started && live.has(worker.id))
+      .map(({ worker }) => worker);
+    const lost = previous.filter((old) => !live.has(old.id)).length;
+    const surplus = running.slice(lost);
+    const missing = Math.max(0, lost - running.length);
+    logger.error(
+      {
+        failed: failed.map(({ worker }) => worker.id),
+        timeoutMs: WORKER_START_TIMEOUT_MS,
+        keptReplacements: running.length - surplus.length,
+        forked: missing,
+        remaining: previous.length - lost,
+      },
+      "rolling restart stopped: a replacement worker exited or did not report ready, old workers keep serving",
+    );
+    for (let index = 0; index < missing; index += 1) fork();
+    await Promise.all(surplus.map((worker) => retire(worker)));
+  };
+
+  /**
+   * Replaces the live workers: starts a replacement for each, and once all
+   * report ready, takes the old ones out of the balancer together and
+   * drains them one at a time. So a client of an old worker reconnects to
+   * a replacement, never to another old worker that closes it again. For
+   * that time the machine runs twice the workers. A replacement that fails
+   * to start stops the restart, and the old workers keep serving.
    */
   const rollingRestart = async (signal: string): Promise<void> => {
     if (stopping) return;
@@ -239,54 +313,38 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
       return;
     }
     restarting = true;
-    const started = Date.now();
+    const restartBegan = Date.now();
     const previous = [...live.values()].filter(
       (worker) => !draining.has(worker.id),
     );
+    for (const worker of previous) replaced.add(worker.id);
     logger.info(
       { signal, workers: previous.length },
       "rolling restart started",
     );
     try {
-      for (const old of previous) {
-        if (stopping) return;
-        // A worker that died meanwhile was already replaced by the crash restart.
-        if (!live.has(old.id)) continue;
-        const replacement = fork();
-        // Until it is ready, the replacement's exit stops the restart
-        // instead of restarting it.
-        plannedExits.add(replacement.id);
-        logger.info(
-          { workerId: replacement.id, replaces: old.id },
-          "rolling restart: replacement worker started",
-        );
-        const ready = await waitForReady(replacement, WORKER_START_TIMEOUT_MS);
-        if (stopping) return;
-        if (!ready) {
-          replacement.kill("SIGKILL");
-          logger.error(
-            {
-              workerId: replacement.id,
-              timeoutMs: WORKER_START_TIMEOUT_MS,
-              remaining: previous.filter((worker) => live.has(worker.id))
-                .length,
-            },
-            "rolling restart stopped: the replacement worker exited or did not report ready, old workers keep serving",
-          );
-          return;
-        }
-        plannedExits.delete(replacement.id);
-        logger.info(
-          { workerId: replacement.id, oldWorkerId: old.id },
-          "rolling restart: replacement ready, draining the old worker",
-        );
-        await retire(old);
+      const replacements = await startReplacements(previous);
+      if (stopping) return;
+      if (replacements.some(({ started }) => !started)) {
+        await abandonReplacements(previous, replacements);
+        return;
       }
+      const remaining = previous.filter((old) => live.has(old.id));
+      for (const old of remaining) hideFromBalancer(old);
       logger.info(
-        { durationMs: Date.now() - started, workers: live.size },
+        {
+          workers: replacements.map(({ worker }) => worker.id),
+          draining: remaining.map((old) => old.id),
+        },
+        "rolling restart: replacements ready, draining the old workers",
+      );
+      for (const old of remaining) await retire(old);
+      logger.info(
+        { durationMs: Date.now() - restartBegan, workers: live.size },
         "rolling restart finished",
       );
     } finally {
+      replaced.clear();
       restarting = false;
     }
   };
@@ -298,6 +356,13 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     draining.delete(worker.id);
     ready.delete(worker.id);
     if (plannedExits.delete(worker.id) || stopping) return;
+    if (replaced.delete(worker.id)) {
+      logger.error(
+        { workerId: worker.id, workerPid: worker.process.pid, code, signal },
+        "worker died during a rolling restart, its replacement takes over",
+      );
+      return;
+    }
     metrics.workerRestarts.inc();
     recentCrashes = uptime >= STABLE_UPTIME_MS ? 1 : recentCrashes + 1;
     const delay = Math.min(
@@ -344,10 +409,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     stopWatchdog();
     logger.info({ reason }, "primary shutting down, draining workers");
     httpServer.close();
-    for (const worker of live.values()) {
-      if (worker.isConnected()) worker.send(SHUTDOWN_MESSAGE);
-      else worker.kill("SIGTERM");
-    }
+    for (const worker of live.values()) stopWorker(worker);
     const deadline = setTimeout(() => {
       logger.error("workers did not exit by the deadline, killing them");
       for (const worker of live.values()) worker.kill("SIGKILL");

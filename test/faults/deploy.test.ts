@@ -4,12 +4,15 @@ import { randomBytes, randomUUID } from "node:crypto";
 import {
   copyFileSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readFileSync,
   rmSync,
   symlinkSync,
+  writeFileSync,
 } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -35,6 +38,7 @@ import {
   startRelay,
   TEST_SECRET,
   type LogLine,
+  type RelayProcess,
 } from "../support/relay-process.ts";
 import { appToken, bridgeToken } from "../support/tokens.ts";
 
@@ -526,6 +530,20 @@ describe("deploys", function () {
       // makes every Socket.IO client reconnect, not only the SDK.
       for (const close of fleet.closes())
         assert.equal(close.reason, "disconnected: transport close");
+      // The old workers leave the balancer together, so no client moves
+      // from one old worker to another that closes it again.
+      const logs = [
+        ...fleet.bridges.map((bridge) => bridge.log),
+        ...fleet.apps.map((app) => app.log),
+      ];
+      for (const [index, log] of logs.entries()) {
+        const closes = log.closes.filter((close) => close.at >= restartAt);
+        assert.equal(
+          closes.length,
+          1,
+          `client ${index} closed ${closes.length} times`,
+        );
+      }
 
       const exits = relay.logs.filter(
         (line) => line.msg === "rolling restart: old worker exited",
@@ -818,6 +836,125 @@ describe("deploys", function () {
         fleet.close();
       }
     });
+  });
+});
+
+describe("worker count after a rolling restart", function () {
+  this.timeout(60_000);
+  let redis: RedisServer;
+  let directory = "";
+
+  before(async () => {
+    redis = await startRedisServer();
+    directory = mkdtempSync(join(tmpdir(), "relay-test-restart-"));
+  });
+  after(async () => {
+    await redis?.stop();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  const start = (env: Record<string, string> = {}) =>
+    startRelay({
+      redisUrl: redis.url,
+      workers: 2,
+      env: {
+        REDIS_KEY_PREFIX: `restart${randomBytes(4).toString("hex")}`,
+        ...env,
+      },
+    });
+
+  /** Returns the workers that reported ready and still run. */
+  const liveWorkers = (relay: RelayProcess) =>
+    relay.workers().filter((worker) => isAlive(worker.pid));
+
+  it("replaces a worker killed during a restart once", async () => {
+    const relay = await start();
+    try {
+      const [first, second] = relay.workers();
+      process.kill(relay.pid, "SIGUSR2");
+      process.kill(first!.pid, "SIGKILL");
+      await relay.waitForLog(
+        (line) => line.msg === "rolling restart finished",
+        30_000,
+      );
+      // A crash restart would fork its worker within a second.
+      await sleep(1500);
+
+      const running = liveWorkers(relay);
+      assert.equal(running.length, 2, JSON.stringify(running));
+      assert.equal(isAlive(second!.pid), false, "the other old worker runs");
+      assert.ok(
+        relay.logs.some(
+          (line) =>
+            line.msg ===
+            "worker died during a rolling restart, its replacement takes over",
+        ),
+      );
+      const restarts = relay.logs.filter(
+        (line) => line.msg === "worker died, restarting",
+      );
+      assert.equal(restarts.length, 0);
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  it("keeps old workers when replacements fail", async () => {
+    const secretFile = join(directory, "auth-secret");
+    writeFileSync(secretFile, `${TEST_SECRET}\n`, { mode: 0o600 });
+    const relay = await start({
+      AUTH_SECRET: "",
+      AUTH_SECRET_FILE: secretFile,
+    });
+    try {
+      const old = relay.workers();
+      // A worker reads the secret file as it starts, and a folder in its
+      // place makes every replacement fail.
+      rmSync(secretFile);
+      mkdirSync(secretFile);
+      process.kill(relay.pid, "SIGUSR2");
+      const stopped = await relay.waitForLog((line) =>
+        line.msg.startsWith("rolling restart stopped"),
+      );
+      assert.equal(stopped.keptReplacements, 0);
+      assert.equal(stopped.forked, 0);
+      assert.equal(stopped.remaining, 2);
+      await sleep(500);
+
+      const running = liveWorkers(relay);
+      assert.deepEqual(
+        running.map((worker) => worker.pid),
+        old.map((worker) => worker.pid),
+      );
+      const bridge = await connectBridge(relay.url, randomBridgeId());
+      try {
+        const info = await requestData<ServerInfo>(bridge, "relay:info", {});
+        assert.ok(old.some((worker) => worker.serverId === info.serverId));
+      } finally {
+        bridge.close();
+      }
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  it("stops at once while replacements start", async () => {
+    const relay = await start({ SHUTDOWN_TIMEOUT_MS: "4000" });
+    process.kill(relay.pid, "SIGUSR2");
+    await relay.waitForLog(
+      (line) => line.msg === "rolling restart: replacement worker started",
+    );
+    const stoppedAt = Date.now();
+    const code = await relay.stop();
+    const stopMs = Date.now() - stoppedAt;
+
+    console.log(
+      `fault figure: SIGTERM while replacements start: exit code ${code} after ${stopMs} ms (deadline 4000 ms)`,
+    );
+    assert.equal(code, 0);
+    assert.ok(stopMs < 4000, `the relay took ${stopMs} ms to stop`);
+    for (const worker of relay.workers())
+      assert.equal(isAlive(worker.pid), false, `worker ${worker.pid} runs`);
   });
 });
 
