@@ -15,9 +15,10 @@ const TICK_MS = 100;
  * loop turn finds `inputMayBeLate`. The flag ends in the check phase of
  * that turn.
  *
- * NOTE: a stall inside a socket callback (a slow handler, a garbage
- * collection there) is not caught: the other sockets that were ready
- * meanwhile are read in the same poll phase, before the tick runs.
+ * A stall inside a socket callback (a slow handler, a garbage collection
+ * there) ends in the poll phase, and the other sockets that were ready
+ * meanwhile are read in that phase, before the tick runs. Input read then
+ * finds the tick overdue by at least `lateAfterMs`, which also counts.
  */
 export class StallMonitor {
   private lastTick: number;
@@ -40,11 +41,17 @@ export class StallMonitor {
 
   stop(): void {
     clearInterval(this.timer);
+    this.timer = undefined;
   }
 
-  /** True in the loop turn that follows a stall of at least `lateAfterMs`. */
+  /**
+   * True in the loop turn that follows a stall of at least `lateAfterMs`,
+   * and while the next tick is overdue by that much.
+   */
   get inputMayBeLate(): boolean {
-    return this.late;
+    if (this.late) return true;
+    if (this.timer === undefined) return false;
+    return this.now() - this.lastTick >= TICK_MS + this.lateAfterMs;
   }
 
   private tick(): void {

@@ -47,3 +47,52 @@ export async function readAfterStall<T>(options: {
     server.close();
   }
 }
+
+/**
+ * Opens two loopback TCP connections and writes to both in one loop turn,
+ * so that their data is read in the same poll phase, in write order (as
+ * observed on Linux).
+ * The first one's data callback blocks the event loop for `stallMs`, and
+ * the result is what `onSecond` returns when the second one's data is read.
+ */
+export async function readBehindStalledCallback<T>(options: {
+  stallMs: number;
+  onSecond: () => T;
+}): Promise<T> {
+  const server = net.createServer();
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as net.AddressInfo;
+  const peers: net.Socket[] = [];
+  server.on("connection", (peer: net.Socket) => peers.push(peer));
+  const clients = [
+    net.connect(port, "127.0.0.1"),
+    net.connect(port, "127.0.0.1"),
+  ];
+  try {
+    await Promise.all(clients.map((client) => once(client, "connect")));
+    while (peers.length < 2) await once(server, "connection");
+    // Peers arrive in accept order, which need not be the clients' order.
+    const [first, second] = peers as [net.Socket, net.Socket];
+    const [firstClient, secondClient] =
+      first.remotePort === clients[0]!.localPort
+        ? clients
+        : [clients[1]!, clients[0]!];
+    return await new Promise<T>((resolve) => {
+      first.once("data", () => {
+        const until = performance.now() + options.stallMs;
+        while (performance.now() < until) {
+          // A slow handler: nothing else runs.
+        }
+      });
+      second.once("data", () => resolve(options.onSecond()));
+      setImmediate(() => {
+        firstClient!.write("first");
+        secondClient!.write("second");
+      });
+    });
+  } finally {
+    for (const socket of [...clients, ...peers]) socket.destroy();
+    server.close();
+  }
+}
