@@ -22,6 +22,7 @@ import {
   type Light,
   type LightsChangedEvent,
 } from "../client-sdk/src/protocol.ts";
+import { RecentAnswers } from "../client-sdk/src/recent-answers.ts";
 import { TypedEmitter } from "../client-sdk/src/typed-emitter.ts";
 import {
   VersionTracker,
@@ -246,6 +247,184 @@ describe("VersionTracker", () => {
     assert.equal(tracker.versionOf(BRIDGE_ID), undefined);
     assert.equal(tracker.settle(second, bridgeState(4)).status, "synced");
     assert.equal(tracker.versionOf(BRIDGE_ID), 4);
+  });
+});
+
+describe("RecentAnswers", () => {
+  const TTL_MS = 60_000;
+
+  /** Creates a promise that the test resolves or rejects by hand. */
+  function deferred<T>() {
+    let resolve!: (value: T) => void;
+    let reject!: (error: unknown) => void;
+    const promise = new Promise<T>((onResolve, onReject) => {
+      resolve = onResolve;
+      reject = onReject;
+    });
+    return { promise, resolve, reject };
+  }
+
+  /** Creates a cache whose clock the test moves with `clock.ms`. */
+  function answersAt(options: { maxEntries?: number } = {}) {
+    const clock = { ms: 1_000_000 };
+    const answers = new RecentAnswers<string>({
+      ttlMs: TTL_MS,
+      now: () => clock.ms,
+      ...options,
+    });
+    return { answers, clock };
+  }
+
+  it("runs a new key once", async () => {
+    const { answers } = answersAt();
+    let calls = 0;
+    const answer = await answers.run("c1", () => {
+      calls += 1;
+      return "done";
+    });
+    assert.equal(answer, "done");
+    assert.equal(calls, 1);
+    assert.equal(answers.size, 1);
+  });
+
+  it("shares a pending answer with a repeat", async () => {
+    const { answers } = answersAt();
+    const first = deferred<string>();
+    let calls = 0;
+    const operation = () => {
+      calls += 1;
+      return first.promise;
+    };
+    const original = answers.run("c1", operation);
+    const repeat = answers.run("c1", operation);
+    assert.equal(calls, 1, "the repeat did not run the operation");
+    first.resolve("done");
+    assert.equal(await original, "done");
+    assert.equal(await repeat, "done");
+  });
+
+  it("keeps a settled answer for ttlMs", async () => {
+    const { answers, clock } = answersAt();
+    let calls = 0;
+    const operation = () => {
+      calls += 1;
+      return `answer ${calls}`;
+    };
+    assert.equal(await answers.run("c1", operation), "answer 1");
+    clock.ms += TTL_MS - 1;
+    assert.equal(await answers.run("c1", operation), "answer 1");
+    assert.equal(calls, 1, "a repeat within ttlMs did not run again");
+    clock.ms += 1;
+    assert.equal(await answers.run("c1", operation), "answer 2");
+    assert.equal(calls, 2, "a repeat after ttlMs ran again");
+  });
+
+  it("starts ttlMs when the answer settles", async () => {
+    const { answers, clock } = answersAt();
+    const first = deferred<string>();
+    let calls = 0;
+    const operation = () => {
+      calls += 1;
+      return first.promise;
+    };
+    const original = answers.run("c1", operation);
+    clock.ms += 2 * TTL_MS;
+    assert.equal(
+      answers.run("c1", operation),
+      original,
+      "pending never expires",
+    );
+    first.resolve("done");
+    await original;
+    clock.ms += TTL_MS - 1;
+    assert.equal(await answers.run("c1", operation), "done");
+    assert.equal(calls, 1);
+  });
+
+  it("drops expired answers on the next run", async () => {
+    const { answers, clock } = answersAt();
+    await answers.run("c1", () => "one");
+    await answers.run("c2", () => "two");
+    clock.ms += TTL_MS;
+    await answers.run("c3", () => "three");
+    assert.equal(answers.size, 1);
+  });
+
+  it("drops the oldest key beyond maxEntries", async () => {
+    const { answers } = answersAt({ maxEntries: 2 });
+    const calls: string[] = [];
+    const operation = (key: string) => () => {
+      calls.push(key);
+      return key;
+    };
+    for (const key of ["c1", "c2", "c3"])
+      await answers.run(key, operation(key));
+    assert.equal(answers.size, 2);
+    await answers.run("c2", operation("c2"));
+    await answers.run("c3", operation("c3"));
+    assert.deepEqual(calls, ["c1", "c2", "c3"], "c2 and c3 were kept");
+    await answers.run("c1", operation("c1"));
+    assert.deepEqual(calls, ["c1", "c2", "c3", "c1"], "c1 was dropped");
+    assert.equal(answers.size, 2);
+  });
+
+  it("shares a thrown error with repeats", async () => {
+    const { answers } = answersAt();
+    const failure = new Error("bulb unreachable");
+    let calls = 0;
+    const operation = (): string => {
+      calls += 1;
+      throw failure;
+    };
+    const original = answers.run("c1", operation);
+    const pendingRepeat = answers.run("c1", operation);
+    await assert.rejects(original, (error) => error === failure);
+    await assert.rejects(pendingRepeat, (error) => error === failure);
+    await assert.rejects(
+      answers.run("c1", operation),
+      (error) => error === failure,
+    );
+    assert.equal(calls, 1);
+  });
+
+  it("shares a rejected answer with repeats", async () => {
+    const { answers } = answersAt();
+    const first = deferred<string>();
+    let calls = 0;
+    const operation = () => {
+      calls += 1;
+      return first.promise;
+    };
+    const original = answers.run("c1", operation);
+    const pendingRepeat = answers.run("c1", operation);
+    first.reject(new Error("bulb unreachable"));
+    await assert.rejects(original, /bulb unreachable/);
+    await assert.rejects(pendingRepeat, /bulb unreachable/);
+    await assert.rejects(answers.run("c1", operation), /bulb unreachable/);
+    assert.equal(calls, 1);
+  });
+
+  it("forgets every key on clear", async () => {
+    const { answers } = answersAt();
+    let calls = 0;
+    const operation = () => {
+      calls += 1;
+      return "done";
+    };
+    await answers.run("c1", operation);
+    answers.clear();
+    assert.equal(answers.size, 0);
+    await answers.run("c1", operation);
+    assert.equal(calls, 2);
+  });
+
+  it("rejects invalid options", () => {
+    for (const ttlMs of [-1, Number.NaN, Infinity]) {
+      assert.throws(() => new RecentAnswers({ ttlMs }), RangeError);
+    }
+    for (const maxEntries of [0, 1.5, Number.NaN]) {
+      assert.throws(() => new RecentAnswers({ maxEntries }), RangeError);
+    }
   });
 });
 
