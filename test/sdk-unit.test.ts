@@ -11,6 +11,7 @@ import { backoffDelay } from "../client-sdk/src/backoff.ts";
 import {
   BridgeClient,
   type BridgeClientEvents,
+  type BridgeCommandAnswer,
 } from "../client-sdk/src/bridge-client.ts";
 import {
   RelayClientError,
@@ -20,6 +21,7 @@ import {
   MAX_TOKEN_LENGTH,
   type BridgeState,
   type Light,
+  type LightSetCommand,
   type LightsChangedEvent,
 } from "../client-sdk/src/protocol.ts";
 import { RecentAnswers } from "../client-sdk/src/recent-answers.ts";
@@ -857,6 +859,85 @@ describe("clients against a stub Socket.IO server", () => {
       ok: false,
       error: { code: "HANDLER_FAILED", message: "bulb unreachable" },
     });
+  });
+
+  /** Sends `light:set` for `lightId` and resolves with the bridge's answer. */
+  function sendCommand(
+    socket: ServerSocket,
+    commandId: string,
+    lightId: string,
+  ): Promise<unknown> {
+    const command = { commandId, lightId, change: { on: { on: true } } };
+    return new Promise((resolve, reject) => {
+      socket
+        .timeout(2000)
+        .emit("light:set", command, (error: Error | null, answer: unknown) =>
+          error === null ? resolve(answer) : reject(error),
+        );
+    });
+  }
+
+  /**
+   * Sends `c1` twice, then `c2`, then `c1` again once the first three are
+   * answered. The handler of `c1` waits until `c2` arrives, so the first
+   * repeat meets a pending `c1` and the last one a settled `c1`. Socket.IO
+   * delivers the packets in order, and BridgeClient takes a command up
+   * before the next packet is read. Returns the handler calls and the
+   * three answers to `c1`.
+   */
+  async function repeatCommand(
+    finish: (command: LightSetCommand) => BridgeCommandAnswer,
+  ): Promise<{ calls: string[]; answers: unknown[] }> {
+    const connected = new Promise<ServerSocket>((resolve) =>
+      io.of("/bridge").on("connection", resolve),
+    );
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const calls: string[] = [];
+    await bridgeClient({
+      onCommand: async (command) => {
+        calls.push(command.commandId);
+        if (command.commandId === "c2") release();
+        else await released;
+        return finish(command);
+      },
+    }).connect();
+    const socket = await connected;
+    const [original, pendingRepeat] = await Promise.all([
+      sendCommand(socket, "c1", "a"),
+      sendCommand(socket, "c1", "a"),
+      sendCommand(socket, "c2", "b"),
+    ]);
+    const settledRepeat = await sendCommand(socket, "c1", "a");
+    return { calls, answers: [original, pendingRepeat, settledRepeat] };
+  }
+
+  it("bridge runs a repeated commandId once", async () => {
+    const { calls, answers } = await repeatCommand((command) => ({
+      ok: true,
+      data: { light: light(command.lightId, true) },
+    }));
+    assert.deepEqual(calls, ["c1", "c2"]);
+    const expected = { ok: true, data: { light: light("a", true) } };
+    assert.deepEqual(answers[0], expected);
+    assert.deepEqual(answers[1], expected, "the pending repeat");
+    assert.deepEqual(answers[2], expected, "the settled repeat");
+  });
+
+  it("bridge repeats a handler failure", async () => {
+    const { calls, answers } = await repeatCommand(() => {
+      throw new Error("bulb unreachable");
+    });
+    assert.deepEqual(calls, ["c1", "c2"]);
+    const expected = {
+      ok: false,
+      error: { code: "HANDLER_FAILED", message: "bulb unreachable" },
+    };
+    assert.deepEqual(answers[0], expected);
+    assert.deepEqual(answers[1], expected, "the pending repeat");
+    assert.deepEqual(answers[2], expected, "the settled repeat");
   });
 
   it("bridge reportChanges rejects with the relay code", async () => {

@@ -6,6 +6,7 @@ import {
   type BridgeCommandAnswer,
   type ConnectionState,
   type Light,
+  type LightSetCommand,
   type ResyncedEvent,
   type SyncedEvent,
 } from "../client-sdk/src/index.ts";
@@ -48,6 +49,22 @@ function waitFor<T>(
   });
 }
 
+/** Applies a command to the lights in a map and returns firmware's answer. */
+function applyCommand(
+  lights: Map<string, Light>,
+  { lightId, change }: LightSetCommand,
+): BridgeCommandAnswer {
+  const current = lights.get(lightId);
+  if (current === undefined)
+    return {
+      ok: false,
+      error: { code: "UNKNOWN_LIGHT", message: lightId },
+    };
+  const next = { ...current, ...change };
+  lights.set(lightId, next);
+  return { ok: true, data: { light: next } };
+}
+
 /** A bridge on the SDK whose lights live in a map, answering commands as firmware would. */
 function simulatedBridge(
   url: string,
@@ -59,17 +76,7 @@ function simulatedBridge(
     token,
     reconnect: FAST_RECONNECT,
     getLights: () => [...lights.values()],
-    onCommand: ({ lightId, change }): BridgeCommandAnswer => {
-      const current = lights.get(lightId);
-      if (current === undefined)
-        return {
-          ok: false,
-          error: { code: "UNKNOWN_LIGHT", message: lightId },
-        };
-      const next = { ...current, ...change };
-      lights.set(lightId, next);
-      return { ok: true, data: { light: next } };
-    },
+    onCommand: (command) => applyCommand(lights, command),
   });
 }
 
@@ -253,6 +260,60 @@ describe("sdk against a clustered relay", function () {
     await assert.rejects(app.setLight(bridgeId, "zz", { on: { on: true } }), {
       code: "NOT_FOUND",
     });
+  });
+
+  it("runs a retried command once", async () => {
+    const bridgeId = randomBridgeId();
+    const lights = lightMap("a", "b");
+    const calls: string[] = [];
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const bridge = track(
+      new BridgeClient({
+        url,
+        token: await bridgeToken(bridgeId),
+        reconnect: FAST_RECONNECT,
+        getLights: () => [...lights.values()],
+        onCommand: async (command) => {
+          calls.push(command.commandId);
+          // "retried" outlasts the relay's timeout and ends once "release" arrives.
+          if (command.commandId === "release") release();
+          else await released;
+          return applyCommand(lights, command);
+        },
+      }),
+    );
+    await bridge.connect();
+    await waitFor<SyncedEvent>(bridge, "synced");
+    const app = track(
+      new AppClient({ url, token: await appToken("u1", [bridgeId]) }),
+    );
+    await app.connect();
+
+    // The relay does not remember a TIMEOUT, so it sends the retry to the
+    // bridge again. The retry reaches the bridge before or after the first
+    // run ends, and in both cases must get its answer without a second run.
+    const change = { dimming: { brightness: 12 } };
+    const options = { commandId: "retried" };
+    await assert.rejects(app.setLight(bridgeId, "a", change, options), {
+      code: "TIMEOUT",
+    });
+    const retry = app.setLight(bridgeId, "a", change, options);
+    await app.setLight(
+      bridgeId,
+      "b",
+      { on: { on: true } },
+      { commandId: "release" },
+    );
+    const result = await retry;
+    assert.deepEqual(result.dimming, { brightness: 12 });
+    assert.deepEqual(
+      calls.filter((commandId) => commandId === "retried"),
+      ["retried"],
+      "the bridge ran the retried command once",
+    );
   });
 
   it("app stops on a rejected token", async () => {

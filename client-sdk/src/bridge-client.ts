@@ -20,6 +20,7 @@ import {
   type ServerInfo,
   type VersionData,
 } from "./protocol.ts";
+import { RecentAnswers } from "./recent-answers.ts";
 import { TypedEmitter } from "./typed-emitter.ts";
 
 const debug = createDebug("relay-sdk:bridge");
@@ -56,6 +57,9 @@ export interface BridgeClientOptions {
   /**
    * Applies a `light:set` command and returns the answer. An exception is
    * answered as `{ ok: false, error: { code: "HANDLER_FAILED", message } }`.
+   * Called once per `commandId`, because the relay can send a command
+   * again. A repeat within 60 s of the answer, for the latest 1,000
+   * commands, gets the first answer without a second call.
    */
   onCommand: (
     command: LightSetCommand,
@@ -131,6 +135,8 @@ export class BridgeClient extends TypedEmitter<BridgeClientEvents> {
     BridgeToRelayEvents
   >;
   private readonly ackTimeoutMs: number;
+  /** Answers by `commandId`, for commands the relay sends again. */
+  private readonly commandAnswers = new RecentAnswers<BridgeCommandAnswer>();
   private snapshotInFlight: Promise<void> | undefined;
   private snapshotRetryTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -184,9 +190,13 @@ export class BridgeClient extends TypedEmitter<BridgeClientEvents> {
     return this.connection.request("relay:info", {}, this.ackTimeoutMs);
   }
 
-  /** Disconnects for good: no reconnect, requests in flight reject. */
+  /**
+   * Disconnects for good: no reconnect, requests in flight reject, and the
+   * remembered command answers are forgotten.
+   */
   close(): void {
     this.stopSnapshotRetry();
+    this.commandAnswers.clear();
     this.connection.close("closed");
   }
 
@@ -202,6 +212,7 @@ export class BridgeClient extends TypedEmitter<BridgeClientEvents> {
       debug("session replaced: %s", reason);
       const error = new RelayClientError("UNAVAILABLE", `replaced: ${reason}`);
       this.stopSnapshotRetry();
+      this.commandAnswers.clear();
       this.connection.close("replaced", error);
       this.emit("replaced", { reason });
     });
@@ -213,21 +224,39 @@ export class BridgeClient extends TypedEmitter<BridgeClientEvents> {
     this.emit("state", event);
   }
 
+  /**
+   * Acknowledges `command` with the answer of its `commandId`. The handler
+   * runs only for the first arrival of an ID, and a repeat gets the same
+   * answer.
+   */
   private async answerCommand(
     command: LightSetCommand,
     ack: (answer: BridgeCommandAnswer) => void,
   ): Promise<void> {
     debug("light:set %s for light %s", command.commandId, command.lightId);
-    let answer: BridgeCommandAnswer;
+    let repeated = true;
+    const answer = await this.commandAnswers.run(command.commandId, () => {
+      repeated = false;
+      return this.runCommand(command);
+    });
+    if (repeated) {
+      debug("light:set %s repeated, answering as before", command.commandId);
+    }
+    ack(answer);
+  }
+
+  /** Calls `onCommand`, turning an exception into a `HANDLER_FAILED` answer. */
+  private async runCommand(
+    command: LightSetCommand,
+  ): Promise<BridgeCommandAnswer> {
     try {
-      answer = await this.options.onCommand(command);
+      return await this.options.onCommand(command);
     } catch (error) {
       debug("command handler failed for %s: %O", command.commandId, error);
       const text = error instanceof Error ? error.message : String(error);
       const message = text.slice(0, MAX_ANSWER_MESSAGE_LENGTH) || "failed";
-      answer = { ok: false, error: { code: "HANDLER_FAILED", message } };
+      return { ok: false, error: { code: "HANDLER_FAILED", message } };
     }
-    ack(answer);
   }
 
   /** Starts a snapshot round; `reportChanges` waits for it. */
