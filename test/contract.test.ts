@@ -523,6 +523,7 @@ for (const variant of VARIANTS) {
         );
         assert.equal(before.online, false);
         assert.equal(before.lastSeen, null);
+        assert.equal(before.epoch, 0);
         assert.equal(before.version, 0);
         const online = nextEvent<BridgePresence>(
           watcher,
@@ -532,6 +533,7 @@ for (const variant of VARIANTS) {
         const bridge = track(await connectBridge(url, bridgeId));
         const up = await online;
         assert.equal(up.bridgeId, bridgeId);
+        assert.equal(up.epoch, 1);
         assert.ok(
           !Number.isNaN(Date.parse(up.lastSeen ?? "")),
           "lastSeen is a timestamp",
@@ -543,6 +545,7 @@ for (const variant of VARIANTS) {
         );
         bridge.close();
         const down = await offline;
+        assert.equal(down.epoch, 1, "offline at the epoch it ends");
         assert.ok(
           Date.parse(down.lastSeen ?? "") >= Date.parse(up.lastSeen ?? ""),
         );
@@ -552,7 +555,7 @@ for (const variant of VARIANTS) {
           {},
         );
         assert.deepEqual(list.bridges, [
-          { bridgeId, online: false, lastSeen: down.lastSeen },
+          { bridgeId, online: false, lastSeen: down.lastSeen, epoch: 1 },
         ]);
       });
 
@@ -605,6 +608,7 @@ for (const variant of VARIANTS) {
           Date.parse(after.lastSeen ?? "") > Date.parse(first.lastSeen ?? ""),
           "lastSeen moved",
         );
+        assert.equal(after.epoch, first.epoch + 1, "the takeover's epoch");
       });
     });
 
@@ -627,6 +631,7 @@ for (const variant of VARIANTS) {
           bridgeId: never,
           online: false,
           lastSeen: null,
+          epoch: 0,
         });
       });
 

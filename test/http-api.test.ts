@@ -183,6 +183,7 @@ describe("http api: 2 workers on Redis", function () {
       bridgeId,
       online: false,
       lastSeen: null,
+      epoch: 0,
       version: 0,
       lights: [],
     });

@@ -19,6 +19,7 @@ import {
 } from "../client-sdk/src/errors.ts";
 import {
   MAX_TOKEN_LENGTH,
+  type BridgePresence,
   type BridgeState,
   type Light,
   type LightSetCommand,
@@ -59,7 +60,14 @@ function snapshot(version: number, ...lights: Light[]): VersionedEvent {
 }
 
 function bridgeState(version: number, ...lights: Light[]): BridgeState {
-  return { bridgeId: BRIDGE_ID, online: true, lastSeen: null, version, lights };
+  return {
+    bridgeId: BRIDGE_ID,
+    online: true,
+    lastSeen: null,
+    epoch: 1,
+    version,
+    lights,
+  };
 }
 
 describe("backoffDelay", () => {
@@ -1259,6 +1267,7 @@ describe("clients against a stub Socket.IO server", () => {
           bridgeId: BRIDGE_ID,
           online: false,
           lastSeen: null,
+          epoch: 1,
         });
       });
       socket.on("relay:info", (_payload, ack) =>
@@ -1275,5 +1284,80 @@ describe("clients against a stub Socket.IO server", () => {
     // The events were sent before this answer, so they have arrived.
     await client.serverInfo();
     assert.equal(passedOn, 0);
+  });
+
+  /**
+   * Subscribes through a stub relay whose state is at `epoch`, sends
+   * `events` as presence, and returns the `online` of each event the
+   * client emitted.
+   */
+  async function presenceDelivered(
+    epoch: number,
+    events: { online: boolean; epoch?: number }[],
+  ): Promise<boolean[]> {
+    io.of("/app").on("connection", (socket) => {
+      socket.on("bridge:subscribe", (_payload, ack) =>
+        ack({ ok: true, data: { ...bridgeState(1), epoch } }),
+      );
+      socket.on("relay:info", (_payload, ack) => {
+        for (const event of events) {
+          socket.emit("bridge:presence", {
+            bridgeId: BRIDGE_ID,
+            lastSeen: null,
+            ...event,
+          } as BridgePresence);
+        }
+        ack({ ok: true, data: { serverId: "stub" } });
+      });
+    });
+    const client = appClient();
+    const emitted: boolean[] = [];
+    client.on("bridge:presence", (event) => emitted.push(event.online));
+    await client.connect();
+    await client.subscribe(BRIDGE_ID);
+    // The events were sent before this answer, so they have arrived.
+    await client.serverInfo();
+    client.close();
+    return emitted;
+  }
+
+  it("app drops offline of older epoch", async () => {
+    const emitted = await presenceDelivered(3, [{ online: false, epoch: 2 }]);
+    assert.deepEqual(emitted, []);
+  });
+
+  it("app drops online after same-epoch offline", async () => {
+    const emitted = await presenceDelivered(3, [
+      { online: false, epoch: 3 },
+      { online: true, epoch: 3 },
+    ]);
+    assert.deepEqual(emitted, [false]);
+  });
+
+  it("app delivers presence in epoch order", async () => {
+    const emitted = await presenceDelivered(3, [
+      { online: false, epoch: 3 },
+      { online: true, epoch: 4 },
+      { online: false, epoch: 4 },
+    ]);
+    assert.deepEqual(emitted, [false, true, false]);
+  });
+
+  it("app delivers online at a lower epoch", async () => {
+    // As after Redis lost its data and counts epochs from 1 again.
+    const emitted = await presenceDelivered(7, [
+      { online: false, epoch: 7 },
+      { online: true, epoch: 1 },
+      { online: false, epoch: 1 },
+    ]);
+    assert.deepEqual(emitted, [false, true, false]);
+  });
+
+  it("app delivers presence without epoch", async () => {
+    const emitted = await presenceDelivered(3, [
+      { online: false },
+      { online: false },
+    ]);
+    assert.deepEqual(emitted, [false, false]);
   });
 });

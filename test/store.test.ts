@@ -127,6 +127,7 @@ for (const variant of variants) {
         assert.deepEqual(presence, {
           bridgeId,
           connection: null,
+          epoch: 0,
           lastSeen: null,
         });
       });
@@ -216,6 +217,7 @@ for (const variant of variants) {
         );
         const [presence] = await store.getPresence([bridgeId]);
         assert.equal(presence?.connection, null);
+        assert.equal(presence?.epoch, epoch, "the released claim's epoch");
         assert.equal(presence?.lastSeen, at(7).toISOString());
       });
 
@@ -261,11 +263,13 @@ for (const variant of variants) {
           await store.releaseSocket(bridgeId, "socket-2", at(4)),
           {
             released: true,
+            epoch: first.epoch + 1,
             replaced: { serverId: "server-a", socketId: "socket-1" },
           },
         );
         const [released] = await store.getPresence([bridgeId]);
         assert.equal(released?.connection, null);
+        assert.equal(released?.epoch, first.epoch + 1);
         assert.equal(released?.lastSeen, at(4).toISOString());
         assert.deepEqual(
           await store.releaseSocket(bridgeId, "socket-2", at(5)),
@@ -317,7 +321,7 @@ for (const variant of variants) {
         await store.claimConnection(bridgeId, "server-c", "socket-3", at(4));
         assert.deepEqual(
           await store.releaseSocket(bridgeId, "socket-3", at(5)),
-          { released: true, replaced: null },
+          { released: true, epoch: epoch + 1, replaced: null },
         );
       });
 
@@ -698,6 +702,7 @@ for (const variant of variants) {
         assert.deepEqual(presence[0], {
           bridgeId: offline,
           connection: null,
+          epoch: released.epoch,
           lastSeen: at(3).toISOString(),
         });
         assert.deepEqual(presence[1], {
@@ -707,11 +712,13 @@ for (const variant of variants) {
             socketId: "socket-1",
             epoch: claim.epoch,
           },
+          epoch: claim.epoch,
           lastSeen: at(1).toISOString(),
         });
         assert.deepEqual(presence[2], {
           bridgeId: unknown,
           connection: null,
+          epoch: 0,
           lastSeen: null,
         });
         assert.equal(presence.length, 3);

@@ -96,6 +96,7 @@ export class BridgeCard {
       bridgeId: state.bridgeId,
       online: state.online,
       lastSeen: state.lastSeen,
+      epoch: state.epoch,
     };
     this.loaded = true;
     this.replaceLights(state.lights);

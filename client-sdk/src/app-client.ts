@@ -10,6 +10,7 @@ import {
   type TransportName,
 } from "./connection.ts";
 import { RelayClientError, toRelayClientError } from "./errors.ts";
+import { PresenceOrder } from "./presence-order.ts";
 import {
   APP_NAMESPACE,
   normalizeBridgeId,
@@ -130,6 +131,7 @@ export class AppClient extends TypedEmitter<AppClientEvents> {
   >;
   private readonly requestTimeoutMs: number;
   private readonly tracker = new VersionTracker();
+  private readonly presence = new PresenceOrder();
   private readonly subscribing = new Map<string, Promise<BridgeState>>();
   private readonly resyncTimers = new Map<
     string,
@@ -190,7 +192,10 @@ export class AppClient extends TypedEmitter<AppClientEvents> {
       return await this.syncBridge(id);
     } catch (error) {
       if (wasTracked) this.retryResync(id, error, 1);
-      else this.tracker.forget(id);
+      else {
+        this.tracker.forget(id);
+        this.presence.forget(id);
+      }
       throw error;
     }
   }
@@ -203,6 +208,7 @@ export class AppClient extends TypedEmitter<AppClientEvents> {
   async unsubscribe(bridgeId: string): Promise<void> {
     const id = requireBridgeId(bridgeId);
     this.tracker.forget(id);
+    this.presence.forget(id);
     // A later subscribe must send its own request, after this unsubscribe.
     this.subscribing.delete(id);
     this.cancelResync(id);
@@ -239,6 +245,7 @@ export class AppClient extends TypedEmitter<AppClientEvents> {
   close(): void {
     this.cancelAllResyncs();
     this.tracker.clear();
+    this.presence.clear();
     this.connection.close("closed");
   }
 
@@ -265,7 +272,17 @@ export class AppClient extends TypedEmitter<AppClientEvents> {
     this.connection.listen("bridge:presence", (event) => {
       // NOTE: presence has no version, so one that arrives while a subscribe
       // is in flight may be older or newer than the acknowledged `online`.
-      if (this.tracker.has(event.bridgeId)) this.emit("bridge:presence", event);
+      if (!this.tracker.has(event.bridgeId)) return;
+      if (this.presence.accept(event)) {
+        this.emit("bridge:presence", event);
+      } else {
+        debug(
+          "dropped presence of %s: %s at epoch %d is stale",
+          event.bridgeId,
+          event.online ? "online" : "offline",
+          event.epoch,
+        );
+      }
     });
   }
 
@@ -325,7 +342,10 @@ export class AppClient extends TypedEmitter<AppClientEvents> {
       const round = this.tracker.begin(bridgeId);
       const acknowledged = await this.request("bridge:subscribe", { bridgeId });
       const outcome = this.tracker.settle(round, acknowledged);
-      if (outcome.status !== "gap") return outcome.state;
+      if (outcome.status !== "gap") {
+        this.presence.record(outcome.state);
+        return outcome.state;
+      }
       debug("events of %s skipped a version during subscribe", bridgeId);
     }
     const message = `events of bridge ${bridgeId} kept skipping versions during subscribe`;
@@ -350,6 +370,7 @@ export class AppClient extends TypedEmitter<AppClientEvents> {
     if (FINAL_SUBSCRIBE_CODES.has(failure.code)) {
       debug("resubscribe to %s failed for good: %s", bridgeId, failure.message);
       this.tracker.forget(bridgeId);
+      this.presence.forget(bridgeId);
       this.emit("error", { bridgeId, error: failure });
       return;
     }

@@ -88,6 +88,13 @@ export interface BridgePresence {
   online: boolean;
   /** ISO 8601 UTC time of the last connection or disconnection. */
   lastSeen: string | null;
+  /**
+   * Count of the bridge's connections: each one that takes the bridge over
+   * increments it, and 0 means never connected. It orders presence from
+   * several servers: a lower epoch is older, and at the same epoch offline
+   * follows online. The count restarts when Redis loses its data.
+   */
+  epoch: number;
 }
 
 export interface BridgeState extends BridgePresence {

@@ -138,7 +138,7 @@ const schemas = {
   },
   BridgePresence: {
     type: "object",
-    required: ["bridgeId", "online", "lastSeen"],
+    required: ["bridgeId", "online", "lastSeen", "epoch"],
     properties: {
       bridgeId: { type: "string", pattern: "^[0-9a-f]{16}$" },
       online: { type: "boolean" },
@@ -146,6 +146,12 @@ const schemas = {
         type: ["string", "null"],
         format: "date-time",
         description: "Last connection or disconnection, null if never seen",
+      },
+      epoch: {
+        type: "integer",
+        minimum: 0,
+        description:
+          "Count of the bridge's connections, 0 if never connected. A lower epoch is older; at the same epoch, offline follows online.",
       },
     },
   },

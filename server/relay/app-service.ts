@@ -82,6 +82,7 @@ export class AppService {
       bridgeId: record.bridgeId,
       online: record.connection !== null,
       lastSeen: record.lastSeen,
+      epoch: record.epoch,
     }));
   }
 
@@ -91,6 +92,7 @@ export class AppService {
       bridgeId,
       online: record.connection !== null,
       lastSeen: record.lastSeen,
+      epoch: record.epoch,
       version: record.version,
       lights: record.lights,
     };

@@ -125,6 +125,7 @@ export class BridgeSessions {
         bridgeId,
         online: true,
         lastSeen: now.toISOString(),
+        epoch,
       });
     } else if (previous.socketId !== socket.id) {
       await this.replace(bridgeId, previous.serverId, previous.socketId);
@@ -215,6 +216,7 @@ export class BridgeSessions {
       bridgeId,
       online: false,
       lastSeen: now.toISOString(),
+      epoch: release.epoch,
     });
     if (release.replaced !== null) {
       await this.askToReclaim(bridgeId, release.replaced);
@@ -324,6 +326,7 @@ export class BridgeSessions {
         bridgeId: session.bridgeId,
         online: false,
         lastSeen: now.toISOString(),
+        epoch: session.epoch,
       });
     } else if (retried) {
       await this.reportIfOffline(session.bridgeId);
@@ -343,6 +346,7 @@ export class BridgeSessions {
         bridgeId,
         online: false,
         lastSeen: record.lastSeen,
+        epoch: record.epoch,
       });
     } catch (error) {
       this.logger.warn(
@@ -454,6 +458,7 @@ export class BridgeSessions {
       bridgeId: session.bridgeId,
       online: true,
       lastSeen: now.toISOString(),
+      epoch,
     });
     this.logger.info(
       { bridgeId: session.bridgeId, socketId: session.socket.id, epoch },

@@ -210,6 +210,7 @@ export class PresenceLease {
             bridgeId,
             online: false,
             lastSeen: now.toISOString(),
+            epoch: connection.epoch,
           });
         }
         return released;

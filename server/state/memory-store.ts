@@ -126,7 +126,7 @@ export class MemoryStore implements StateStore {
     record.connection = null;
     record.replaced = null;
     record.lastSeen = now.toISOString();
-    return { released: true, replaced };
+    return { released: true, epoch: record.epoch, replaced };
   }
 
   async getPresence(bridgeIds: string[]): Promise<BridgePresenceRecord[]> {
@@ -230,6 +230,7 @@ export class MemoryStore implements StateStore {
     return {
       bridgeId,
       connection: record === undefined ? null : connectionOf(record),
+      epoch: record?.epoch ?? 0,
       lastSeen: record?.lastSeen ?? null,
     };
   }

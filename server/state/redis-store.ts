@@ -108,17 +108,19 @@ return 1
 
 /**
  * KEYS: meta. ARGV: socketId, lastSeen. Returns {0} when another socket
- * holds the bridge, else {1, replacedServer, replacedSocket}: the
- * connection that this socket's claim replaced.
+ * holds the bridge, else {1, epoch, replacedServer, replacedSocket}: the
+ * released claim's epoch and the connection that it replaced. The epoch
+ * comes before the two fields that may be nil, because Redis ends a Lua
+ * array reply at its first nil.
  */
 const RELEASE_SOCKET_SCRIPT = `
-local current = redis.call('HMGET', KEYS[1], 'socket', 'replacedServer', 'replacedSocket')
+local current = redis.call('HMGET', KEYS[1], 'socket', 'replacedServer', 'replacedSocket', 'epoch')
 if current[1] ~= ARGV[1] then
   return {0}
 end
 redis.call('HDEL', KEYS[1], 'server', 'socket', 'replacedServer', 'replacedSocket')
 redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
-return {1, current[2], current[3]}
+return {1, tonumber(current[4]), current[2], current[3]}
 `;
 
 /**
@@ -269,7 +271,7 @@ export class RedisStore implements StateStore {
       keys: [this.metaKey(bridgeId)],
       arguments: [socketId, now.toISOString()],
     });
-    const [released, replacedServer, replacedSocket] = asArray(
+    const [released, epoch, replacedServer, replacedSocket] = asArray(
       reply,
       "release",
     );
@@ -280,7 +282,7 @@ export class RedisStore implements StateStore {
       serverId === null || replacedSocketId === null
         ? null
         : { serverId, socketId: replacedSocketId };
-    return { released: true, replaced };
+    return { released: true, epoch: asInteger(epoch, "epoch"), replaced };
   }
 
   async getPresence(bridgeIds: string[]): Promise<BridgePresenceRecord[]> {
@@ -300,6 +302,7 @@ export class RedisStore implements StateStore {
       return {
         bridgeId,
         connection: parseConnection(server, socket, epoch),
+        epoch: parseEpoch(epoch),
         lastSeen: asStringOrNull(lastSeen, "lastSeen"),
       };
     });
@@ -326,6 +329,7 @@ export class RedisStore implements StateStore {
     return {
       bridgeId,
       connection: parseConnection(server, socket, epoch),
+      epoch: parseEpoch(epoch),
       lastSeen: asStringOrNull(lastSeen, "lastSeen"),
       version: parseVersion(version),
       lights,
@@ -510,6 +514,10 @@ function asStringOrNull(value: unknown, replyName: string): string | null {
 
 function parseVersion(value: unknown): number {
   return isMissing(value) ? 0 : asInteger(value, "version");
+}
+
+function parseEpoch(value: unknown): number {
+  return isMissing(value) ? 0 : asInteger(value, "epoch");
 }
 
 /** Builds the connection from `meta` fields, or null (offline) when no socket is stored. */

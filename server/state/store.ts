@@ -13,6 +13,8 @@ export interface BridgePresenceRecord {
   bridgeId: string;
   /** Null when no socket holds the bridge anywhere. */
   connection: BridgeConnection | null;
+  /** Epoch of the current or last connection, 0 for a bridge never claimed. */
+  epoch: number;
   /** ISO 8601 UTC time of the last connection or disconnection, or null. */
   lastSeen: string | null;
 }
@@ -56,7 +58,12 @@ export type StoredCommandAnswer =
  */
 export type SocketRelease =
   | { released: false }
-  | { released: true; replaced: { serverId: string; socketId: string } | null };
+  | {
+      released: true;
+      /** Epoch of the released claim. */
+      epoch: number;
+      replaced: { serverId: string; socketId: string } | null;
+    };
 
 /**
  * Per-bridge state shared by every relay process: presence, the last

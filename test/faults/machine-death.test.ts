@@ -134,6 +134,10 @@ describe("fault: a whole machine dies", function () {
       (event) => comeBack.includes(event.bridgeId) && !event.online,
     );
     assert.deepEqual(flapped, []);
+    // Each swept bridge goes offline at the epoch of its only connection.
+    for (const event of presence.filter((item) => !item.online)) {
+      assert.equal(event.epoch, 1, event.bridgeId);
+    }
     const metrics = await (await fetch(`${survivor.url}/metrics`)).text();
     assert.match(metrics, /^relay_presence_swept_bridges_total 6$/m);
   });

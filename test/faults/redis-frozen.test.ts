@@ -260,6 +260,7 @@ describe("fault: Redis replies to a release late", function () {
     );
     const offline = presence.find((event) => !event.online);
     assert.equal(typeof offline?.lastSeen, "string");
+    assert.equal(offline?.epoch, 1, "the epoch of the released claim");
   }
 
   const releaseFailures = () =>
