@@ -8,12 +8,20 @@ import { spawnSync } from "node:child_process";
 import { createHash, type Hash } from "node:crypto";
 import {
   existsSync,
+  mkdirSync,
   readFileSync,
   readdirSync,
   rmSync,
   writeFileSync,
 } from "node:fs";
 import { join, relative, sep } from "node:path";
+import {
+  describeOwner,
+  removeStaleLock,
+  sleepPollInterval,
+  tryLock,
+  unlock,
+} from "./build-lock.ts";
 import { ROOT } from "./results.ts";
 
 /** Folders whose TypeScript `tsconfig.build.json` compiles into dist/. */
@@ -36,6 +44,8 @@ const CONFIG_FILES = [
 const OUT_DIR = "dist";
 /** Fingerprint of the last successful build, under OUT_DIR. */
 export const FINGERPRINT_FILE = ".bench-build-fingerprint.json";
+/** Lock directory under OUT_DIR that a process holds while it builds. */
+export const LOCK_DIR = ".bench-build-lock";
 
 /** Entry of the compiled relay, relative to the repository root. */
 export const COMPILED_RELAY = join("dist", "server", "main.js");
@@ -76,12 +86,35 @@ export function ensureCompiled(): void {
 /**
  * Runs `tsc -p tsconfig.build.json` in `project.root` when its fingerprint
  * differs from the one that the last successful build stored, or when none
- * is stored. Returns true when it ran tsc.
+ * is stored. Only one process builds at a time, and the others wait for its
+ * lock and then check the fingerprint again. Returns true when it ran tsc.
  */
 export function compileIfChanged(project: BuildProject): boolean {
-  if (isUpToDate(project)) return false;
-  build(project);
-  return true;
+  const outDir = join(project.root, OUT_DIR);
+  const lock = join(outDir, LOCK_DIR);
+  let waiting = false;
+  for (;;) {
+    if (isUpToDate(project)) return false;
+    mkdirSync(outDir, { recursive: true });
+    if (tryLock(lock)) {
+      try {
+        // Another process may have finished a build since the check above.
+        if (isUpToDate(project)) return false;
+        build(project);
+        return true;
+      } finally {
+        unlock(lock);
+      }
+    }
+    if (removeStaleLock(lock)) continue;
+    if (!waiting) {
+      console.error(
+        `waiting for the build into ${outDir} (${describeOwner(lock)})`,
+      );
+      waiting = true;
+    }
+    sleepPollInterval();
+  }
 }
 
 /** Empties the output folders, runs tsc, then stores the fingerprint of the result. */
