@@ -1,10 +1,27 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
+import { existsSync, statSync, utimesSync } from "node:fs";
+import {
+  cp,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  rm,
+  unlink,
+  writeFile,
+} from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { COMPILED_BARE, COMPILED_RELAY } from "../bench/lib/compiled.ts";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import {
+  COMPILED_BARE,
+  COMPILED_RELAY,
+  FINGERPRINT_FILE,
+  LOCK_DIR,
+  compileIfChanged,
+  type BuildProject,
+} from "../bench/lib/compiled.ts";
 import { startBare, startBenchRelay } from "../bench/lib/servers.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -269,5 +286,260 @@ describe("benchmark servers", function () {
     } finally {
       await Promise.all([relay.stop(), bare.stop()]);
     }
+  });
+});
+
+describe("compiling for the benchmarks", function () {
+  this.timeout(60_000);
+  /** A time long before any test run, for files whose mtime must look old. */
+  const OLD_TIME = new Date("2001-01-01T00:00:00Z");
+  let project: BuildProject;
+
+  /** Writes a two-file project with its own tsconfig files into a temporary folder. */
+  async function createProject(): Promise<BuildProject> {
+    const root = await mkdtemp(join(tmpdir(), "relay-bench-compile-"));
+    const compilerOptions = {
+      target: "ES2022",
+      module: "NodeNext",
+      strict: true,
+      skipLibCheck: true,
+      types: [],
+    };
+    await writeJson(join(root, "tsconfig.json"), {
+      compilerOptions,
+      include: ["src"],
+    });
+    await writeJson(join(root, "tsconfig.build.json"), {
+      extends: "./tsconfig.json",
+      compilerOptions: { rootDir: ".", outDir: "dist" },
+      include: ["src"],
+    });
+    await writeJson(join(root, "package.json"), {
+      name: "compile-test",
+      type: "module",
+    });
+    await writeJson(join(root, "package-lock.json"), {
+      name: "compile-test",
+      lockfileVersion: 3,
+    });
+    await mkdir(join(root, "src"));
+    await writeFile(join(root, "src", "a.ts"), 'export const a = "first";\n');
+    await writeFile(join(root, "src", "b.ts"), "export const b = 2;\n");
+    return { root, sourceDirs: ["src"] };
+  }
+
+  async function writeJson(path: string, value: unknown): Promise<void> {
+    await writeFile(path, JSON.stringify(value, null, 2) + "\n");
+  }
+
+  /** Sets the modification time of `path` in the project to `time`. */
+  function setModified(path: string, time: Date): void {
+    utimesSync(join(project.root, path), time, time);
+  }
+
+  function outputPath(name: string): string {
+    return join(project.root, "dist", "src", name);
+  }
+
+  // The fingerprint covers paths relative to the project root, so a copy
+  // of a built project is up to date. Copying saves a tsc run per test.
+  let builtTemplate: BuildProject;
+
+  before(async () => {
+    builtTemplate = await createProject();
+    assert.equal(compileIfChanged(builtTemplate), true, "first build skipped");
+  });
+
+  after(async () => {
+    if (builtTemplate !== undefined)
+      await rm(builtTemplate.root, { recursive: true, force: true });
+  });
+
+  beforeEach(async () => {
+    const root = await mkdtemp(join(tmpdir(), "relay-bench-compile-"));
+    await cp(builtTemplate.root, root, {
+      recursive: true,
+      preserveTimestamps: true,
+    });
+    project = { ...builtTemplate, root };
+    assert.ok(existsSync(outputPath("a.js")), "copied project has no a.js");
+    assert.equal(
+      compileIfChanged(project),
+      false,
+      "copied project was not up to date",
+    );
+  });
+
+  afterEach(async () => {
+    await rm(project.root, { recursive: true, force: true });
+  });
+
+  it("rebuilds after edit keeping old mtime", async () => {
+    await writeFile(
+      join(project.root, "src", "a.ts"),
+      'export const a = "second";\n',
+    );
+    setModified("src/a.ts", OLD_TIME);
+
+    assert.equal(compileIfChanged(project), true);
+    assert.match(await readFile(outputPath("a.js"), "utf8"), /second/);
+  });
+
+  for (const file of [
+    "package-lock.json",
+    "package.json",
+    "tsconfig.json",
+    "tsconfig.build.json",
+  ]) {
+    it(`rebuilds after ${file} change`, async () => {
+      const path = join(project.root, file);
+      const config = JSON.parse(await readFile(path, "utf8")) as Record<
+        string,
+        unknown
+      >;
+      await writeJson(path, { ...config, description: "changed" });
+      setModified(file, OLD_TIME);
+
+      assert.equal(compileIfChanged(project), true);
+    });
+  }
+
+  it("rebuilds after output edit", async () => {
+    await writeFile(outputPath("a.js"), "broken\n");
+    setModified("dist/src/a.js", new Date());
+
+    assert.equal(compileIfChanged(project), true);
+    assert.match(await readFile(outputPath("a.js"), "utf8"), /first/);
+  });
+
+  it("removes output of deleted source", async () => {
+    assert.ok(existsSync(outputPath("b.js")), "first build wrote no b.js");
+    await unlink(join(project.root, "src", "b.ts"));
+
+    assert.equal(compileIfChanged(project), true);
+    assert.equal(
+      existsSync(outputPath("b.js")),
+      false,
+      "b.js is still in dist/",
+    );
+    assert.ok(
+      existsSync(outputPath("a.js")),
+      "a.js is missing after the rebuild",
+    );
+  });
+
+  it("skips tsc when only mtimes change", () => {
+    const fingerprintFile = join(project.root, "dist", FINGERPRINT_FILE);
+    const builtAt = statSync(outputPath("a.js")).mtimeMs;
+    const fingerprintAt = statSync(fingerprintFile, {
+      throwIfNoEntry: false,
+    })?.mtimeMs;
+    const later = new Date(Date.now() + 60_000);
+    for (const file of ["src/a.ts", "src/b.ts", "tsconfig.build.json"]) {
+      setModified(file, later);
+    }
+
+    assert.equal(compileIfChanged(project), false);
+    assert.equal(
+      statSync(outputPath("a.js")).mtimeMs,
+      builtAt,
+      "a.js rewritten",
+    );
+    assert.equal(
+      statSync(fingerprintFile).mtimeMs,
+      fingerprintAt,
+      "fingerprint rewritten",
+    );
+  });
+
+  it("takes over stale lock", async () => {
+    await writeFile(join(project.root, "src", "b.ts"), "export const b = 3;\n");
+    const lock = join(project.root, "dist", LOCK_DIR);
+    await mkdir(lock);
+    const staleTime = new Date(Date.now() - 200_000);
+    utimesSync(lock, staleTime, staleTime);
+
+    const startedAt = Date.now();
+    assert.equal(compileIfChanged(project), true);
+    assert.ok(
+      Date.now() - startedAt < 30_000,
+      `took ${Date.now() - startedAt} ms, expected no wait for a stale lock`,
+    );
+    assert.equal(existsSync(lock), false, "lock directory left behind");
+    assert.match(await readFile(outputPath("b.js"), "utf8"), /3/);
+  });
+
+  it("waits for live lock", async () => {
+    await writeFile(join(project.root, "src", "b.ts"), "export const b = 4;\n");
+    const lock = join(project.root, "dist", LOCK_DIR);
+    const releasedFile = join(project.root, "released-at");
+    const holdMs = 5000;
+    await mkdir(lock);
+    // A separate process releases the lock, because the synchronous wait
+    // below blocks this process's event loop. It holds the lock for longer
+    // than a tsc run of this small project usually takes, so that a build
+    // that ignored the lock would write b.js before the release.
+    const holder = spawn(
+      process.execPath,
+      [
+        "-e",
+        `setTimeout(() => {
+          const fs = require("node:fs");
+          fs.writeFileSync(${JSON.stringify(releasedFile)}, String(Date.now()));
+          fs.rmSync(${JSON.stringify(lock)}, { recursive: true });
+        }, ${holdMs});`,
+      ],
+      { stdio: "inherit" },
+    );
+    try {
+      assert.equal(compileIfChanged(project), true);
+    } finally {
+      holder.kill();
+    }
+
+    assert.ok(existsSync(releasedFile), "the build did not wait for the lock");
+    const releasedAt = Number(await readFile(releasedFile, "utf8"));
+    const builtAt = statSync(outputPath("b.js")).mtimeMs;
+    assert.ok(
+      builtAt >= releasedAt,
+      `b.js written at ${builtAt}, before the lock was released at ${releasedAt}`,
+    );
+    assert.match(await readFile(outputPath("b.js"), "utf8"), /4/);
+  });
+
+  it("runs tsc once for concurrent calls", async () => {
+    await rm(join(project.root, "dist"), { recursive: true, force: true });
+    const moduleUrl = pathToFileURL(
+      join(ROOT, "bench", "lib", "compiled.ts"),
+    ).href;
+    const script =
+      `import { compileIfChanged } from ${JSON.stringify(moduleUrl)};\n` +
+      `const built = compileIfChanged(${JSON.stringify(project)});\n` +
+      `console.log(built ? "built" : "up to date");\n`;
+    const run = (): Promise<Run> =>
+      new Promise((resolve) => {
+        const child = spawn(
+          process.execPath,
+          ["--import", "tsx", "--input-type=module", "-e", script],
+          { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
+        );
+        let output = "";
+        child.stdout.on("data", (chunk: Buffer) => (output += chunk));
+        child.stderr.on("data", (chunk: Buffer) => (output += chunk));
+        child.once("exit", (code) => resolve({ code, output }));
+      });
+
+    const runs = await Promise.all([run(), run()]);
+
+    for (const { code, output } of runs) {
+      assert.equal(code, 0, `compiling process failed:\n${output}`);
+    }
+    const builds = runs.filter(({ output }) => /^built$/m.test(output));
+    assert.equal(
+      builds.length,
+      1,
+      `expected one build, got ${builds.length}:\n${runs.map((r) => r.output).join("\n---\n")}`,
+    );
+    assert.ok(existsSync(outputPath("a.js")), "a.js is missing");
   });
 });
