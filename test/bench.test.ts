@@ -20,6 +20,7 @@ import {
   FINGERPRINT_FILE,
   LOCK_DIR,
   compileIfChanged,
+  ensureCompiled,
   type BuildProject,
 } from "../bench/lib/compiled.ts";
 import { startBare, startBenchRelay } from "../bench/lib/servers.ts";
@@ -225,6 +226,8 @@ describe("benchmark scenarios at smoke size", function () {
   const runs = new Map<string, Run>();
 
   before(async () => {
+    // Compiles once here, so that the scenarios below find dist/ up to date.
+    ensureCompiled();
     outDir = await mkdtemp(join(tmpdir(), "relay-bench-smoke-"));
     const queue = [...SCENARIOS];
     const worker = async (): Promise<void> => {
