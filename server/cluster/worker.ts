@@ -73,7 +73,7 @@ export async function runWorker(
     log,
   );
   const store = guardStore(
-    new RedisStore(redis.main, {
+    new RedisStore(redis.requests, {
       keyPrefix: config.redisKeyPrefix,
       healthCheckKeys: (baseKey) => redis.keysOnEveryMaster(baseKey),
       releaseClient: redis.background,
@@ -82,7 +82,11 @@ export async function runWorker(
   );
   const bus = new RedisBus(
     serverId,
-    redis,
+    {
+      main: redis.requests,
+      subscriber: redis.subscriber,
+      subscriberState: redis.subscriberState,
+    },
     config.redisKeyPrefix,
     log,
     config.redis.kind === "standalone",

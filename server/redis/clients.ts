@@ -8,16 +8,29 @@ import {
   type RelayRedisClient,
 } from "./connection-state.ts";
 import { retryShardedSubscriptions } from "./sharded-subscriptions.ts";
+import {
+  limitedCommands,
+  QUEUE_LIMIT_FACTOR,
+  StallTolerantLimit,
+} from "./stall-tolerant-limit.ts";
 
 /** The two Redis clients of a relay process, for one Redis server or for a Redis Cluster. */
 export interface RedisClients<
   Client extends RelayRedisClient = RedisClientType,
 > {
-  /** Commands and publishes. */
+  /**
+   * Commands and publishes of the adapter, the rate limiters and the
+   * lease table, with node-redis's command timeout.
+   */
   main: Client;
   /**
-   * The main client with a command limit BACKGROUND_LIMIT_FACTOR times as
-   * long, for commands that no request waits for (claim releases).
+   * The main client under a StallTolerantLimit of the command timeout,
+   * for the requests' state store and bus.
+   */
+  requests: Client;
+  /**
+   * The main client under a limit BACKGROUND_LIMIT_FACTOR times as long,
+   * for commands that no request waits for (claim releases).
    */
   background: Client;
   /** Subscriptions: the adapter's rooms and this process's bus channel. */
@@ -91,13 +104,35 @@ function watch(client: RedisClientType, role: string, logger: Logger): void {
 }
 
 /**
- * Factor from the main command limit to that of background commands. A
- * limit also runs while this process stalls: after a burst of thousands
- * of disconnects, releases failed that Redis had run or never received.
- * A release is correct whenever Redis runs it, since it names the claim's
- * epoch or socket, so it can wait longer.
+ * Factor from the main command limit to that of background commands.
+ * After a burst of thousands of disconnects, releases failed that Redis
+ * had not yet received within the request limit. A release is correct
+ * whenever Redis runs it, since it names the claim's epoch or socket, so
+ * it can wait longer.
  */
 export const BACKGROUND_LIMIT_FACTOR = 5;
+
+/**
+ * Returns the limited views of `main` that requests and background
+ * commands use. Each fails commands after its StallTolerantLimit, and
+ * node-redis's own timeout, QUEUE_LIMIT_FACTOR times as long, ends those
+ * that stay in its queue.
+ */
+export function limitedClients<
+  Client extends {
+    withCommandOptions(options: ReturnType<typeof commandDeadline>): Client;
+  },
+>(main: Client, limitMs: number): { requests: Client; background: Client } {
+  const limited = (ms: number): Client =>
+    limitedCommands(
+      main.withCommandOptions(commandDeadline(ms * QUEUE_LIMIT_FACTOR)),
+      new StallTolerantLimit(ms),
+    );
+  return {
+    requests: limited(limitMs),
+    background: limited(limitMs * BACKGROUND_LIMIT_FACTOR),
+  };
+}
 
 /**
  * Options of the main client's commands: each fails once Redis has not
@@ -141,9 +176,7 @@ export async function connectRedis(
   await Promise.all([main.connect(), subscriber.connect()]);
   return {
     main,
-    background: main.withCommandOptions(
-      commandDeadline(commandTimeoutMs * BACKGROUND_LIMIT_FACTOR),
-    ),
+    ...limitedClients(main, commandTimeoutMs),
     subscriber,
     mainState: serverConnectionState(main),
     subscriberState: serverConnectionState(subscriber),

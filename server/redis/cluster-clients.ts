@@ -2,8 +2,8 @@ import { createCluster, type RedisClusterType } from "redis";
 import type { Logger } from "../logger.ts";
 import { redisErrors, redisReconnects } from "../metrics/relay-metrics.ts";
 import {
-  BACKGROUND_LIMIT_FACTOR,
   commandDeadline,
+  limitedClients,
   reconnectDelay,
   subscriptionsUnavailable,
   type RedisClients,
@@ -210,9 +210,7 @@ export async function connectRedisCluster(
   ]);
   return {
     main,
-    background: main.withCommandOptions(
-      commandDeadline(commandTimeoutMs * BACKGROUND_LIMIT_FACTOR),
-    ),
+    ...limitedClients(main, commandTimeoutMs),
     subscriber,
     mainState: clusterConnectionState(main, commandConnections),
     subscriberState: clusterConnectionState(

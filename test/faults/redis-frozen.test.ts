@@ -15,6 +15,7 @@ import {
 import { answerLightSet, untypedLightMap } from "../support/fake-bridge.ts";
 import {
   printFigure,
+  sleep,
   startRelayOnRedis,
   stopRelayOnRedis,
   waitUntil,
@@ -303,5 +304,88 @@ describe("fault: Redis replies to a release late", function () {
     printFigure(
       `redis replies to a release late: apps saw the bridge offline ${Date.now() - closedAt} ms after it disconnected`,
     );
+  });
+});
+
+describe("fault: a worker stalls while Redis replies", function () {
+  this.timeout(30_000);
+  /** The relay's limit on one Redis command, in ms. */
+  const LIMIT_MS = 500;
+  /** How long the worker is stopped, in ms, which is longer than the limit. */
+  const STALL_MS = 3 * LIMIT_MS;
+  let redis: RedisServer;
+  let proxy: TcpProxy;
+  let relay: RelayProcess;
+  let worker: number | undefined;
+  const sockets: Socket[] = [];
+
+  before(async () => {
+    redis = await startRedisServer();
+    proxy = await startTcpProxy(redis.port);
+    relay = await startRelay({
+      redisUrl: proxy.redisUrl,
+      workers: 1,
+      env: { REDIS_COMMAND_TIMEOUT_MS: String(LIMIT_MS) },
+    });
+    worker = relay.workers()[0]?.pid;
+  });
+
+  after(async () => {
+    if (worker !== undefined) process.kill(worker, "SIGCONT");
+    proxy?.passReplies();
+    for (const socket of sockets.splice(0)) socket.close();
+    await relay?.stop();
+    await proxy?.close();
+    await redis?.stop();
+  });
+
+  it("stores a report across a worker stall", async () => {
+    assert.notEqual(worker, undefined, "the relay has a worker");
+    const bridgeId = randomBridgeId();
+    const bridge = await connectBridge(relay.url, bridgeId);
+    sockets.push(bridge);
+    await requestData(bridge, "state:snapshot", {
+      lights: [...untypedLightMap("a").values()],
+    });
+    // A first change reads the lights into the worker's cache, so that the
+    // next one sends Redis nothing but its write.
+    const { version } = await requestData<{ version: number }>(
+      bridge,
+      "state:changed",
+      { lights: [{ id: "a", dimming: { brightness: 5 } }] },
+    );
+    const admin = createClient({ url: redis.url });
+    await admin.connect();
+    try {
+      // Redis runs the write, and its reply reaches the worker while the
+      // worker is stopped, to be read after it continues.
+      proxy.holdReplies();
+      const ack = request<{ version: number }>(bridge, "state:changed", {
+        lights: [{ id: "a", dimming: { brightness: 7 } }],
+      });
+      await waitUntil(
+        "the write in Redis",
+        async () =>
+          (await admin.hGet(`relay:{${bridgeId}}:lights`, "a"))?.includes(
+            '"brightness":7',
+          ) === true,
+        LIMIT_MS / 2,
+        5,
+      );
+      process.kill(worker!, "SIGSTOP");
+      proxy.passReplies();
+      await sleep(STALL_MS);
+      process.kill(worker!, "SIGCONT");
+
+      const answer = await ack;
+      assert.ok(answer.ok, JSON.stringify(answer));
+      assert.equal(answer.data.version, version + 1);
+      const failures = relay.logs.filter(
+        (line) => line.msg === "state store request failed",
+      );
+      assert.deepEqual(failures, []);
+    } finally {
+      admin.destroy();
+    }
   });
 });
