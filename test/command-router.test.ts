@@ -2,8 +2,9 @@ import assert from "node:assert/strict";
 import { pino } from "pino";
 import { createClient, type RedisClientType } from "redis";
 import { RedisBus } from "../server/messaging/server-bus.ts";
-import { commandDeadline } from "../server/redis/clients.ts";
+import { commandDeadline, limitedClients } from "../server/redis/clients.ts";
 import { serverConnectionState } from "../server/redis/connection-state.ts";
+import { QUEUE_LIMIT_FACTOR } from "../server/redis/stall-tolerant-limit.ts";
 import { CommandRouter } from "../server/relay/command-router.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
 
@@ -106,6 +107,53 @@ describe("command router", function () {
       );
     } finally {
       limited.destroy();
+    }
+  });
+  it("answers TIMEOUT when the limit fails a publish", async () => {
+    // The relay's bus, whose publishes node-redis's timeout would end
+    // only after QUEUE_LIMIT_FACTOR limits.
+    const limitMs = COMMAND_TIMEOUT_MS / 3;
+    const client: RedisClientType = createClient({
+      url: redis.url,
+      commandOptions: commandDeadline(limitMs),
+    });
+    await client.connect();
+    try {
+      const { requests } = limitedClients(client, limitMs);
+      const bus = new RedisBus(
+        "router-test-stall-limit",
+        {
+          main: requests,
+          subscriber,
+          subscriberState: serverConnectionState(subscriber),
+        },
+        "relay",
+        pino({ level: "silent" }),
+      );
+      const limitedRouter = new CommandRouter(
+        bus,
+        () => Promise.reject(new Error("no local bridge in this test")),
+        PAUSE_MS * 2,
+        pino({ level: "silent" }),
+      );
+      await admin.sendCommand(["CLIENT", "PAUSE", String(PAUSE_MS), "WRITE"]);
+      const startedAt = performance.now();
+      await assert.rejects(
+        limitedRouter.send("other-server", {
+          bridgeId: "0017880a1b2c3d4e",
+          commandId: "command-3",
+          lightId: "a",
+          change: { on: { on: true } },
+        }),
+        { code: "TIMEOUT", message: /may still reach the bridge/ },
+      );
+      const elapsedMs = performance.now() - startedAt;
+      assert.ok(
+        elapsedMs < (limitMs * QUEUE_LIMIT_FACTOR) / 2,
+        `answered after ${Math.round(elapsedMs)} ms, not by the limit`,
+      );
+    } finally {
+      client.destroy();
     }
   });
 });
