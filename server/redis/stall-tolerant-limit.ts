@@ -65,6 +65,11 @@ interface RunningCommand {
  * A failed command rejects with node-redis's `TimeoutReadError`, which
  * means that Redis may have run it, as node-redis does with
  * `rejectInFlight`.
+ *
+ * NOTE: the limit cannot see whether node-redis has written a command,
+ * so one still in node-redis's write queue (a socket that Redis stopped
+ * reading) also fails with `TimeoutReadError`, where node-redis's own
+ * timeout throws `TimeoutError`.
  */
 export class StallTolerantLimit {
   private readonly running = new Set<RunningCommand>();
