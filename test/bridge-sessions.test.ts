@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { EventEmitter } from "node:events";
 import { pino } from "pino";
 import { createClient, type RedisClientType } from "redis";
 import type { Namespace, Socket } from "socket.io";
@@ -51,8 +52,8 @@ class RecordingBroadcaster implements AppBroadcaster {
 
 /**
  * Returns a stand-in socket that records the events emitted to it. A claim
- * reads only its `id`, and replacing a socket, which needs the namespace,
- * happens in no test here.
+ * reads its `id` and listens for its transport's close, and replacing a
+ * socket, which needs the namespace, happens in no test here.
  */
 function socketWithId(id: string, emitted: string[] = []): Socket {
   const emit = (event: string): boolean => {
@@ -62,7 +63,12 @@ function socketWithId(id: string, emitted: string[] = []): Socket {
   const disconnect = (): void => {
     emitted.push("disconnect");
   };
-  return { id, emit, disconnect } as unknown as Socket;
+  return {
+    id,
+    emit,
+    disconnect,
+    conn: new EventEmitter(),
+  } as unknown as Socket;
 }
 
 describe("bridge sessions on a Redis that fails a claim", function () {

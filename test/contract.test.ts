@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { Socket } from "socket.io-client";
+import { io, type Socket } from "socket.io-client";
 import type {
   BridgePresence,
   BridgeSnapshotEvent,
@@ -21,9 +21,13 @@ import {
   settle,
 } from "./support/clients.ts";
 import { answerLightSet, untypedLightMap } from "./support/fake-bridge.ts";
+import { waitUntil } from "./support/faults.ts";
 import { light, realLights } from "./support/fixtures.ts";
 import { appToken, bridgeToken, signClaims } from "./support/tokens.ts";
 import { CONTRACT_ENV, VARIANTS, type Deployment } from "./support/variants.ts";
+
+/** Connections of one bridge opened at the same moment. */
+const CONCURRENT_CONNECTIONS = 12;
 
 for (const variant of VARIANTS) {
   describe(`contract: ${variant.name}`, function () {
@@ -609,6 +613,47 @@ for (const variant of VARIANTS) {
           "lastSeen moved",
         );
         assert.equal(after.epoch, first.epoch + 1, "the takeover's epoch");
+      });
+    });
+
+    describe("concurrent connections of one bridge", () => {
+      it("keeps only the newest connected", async () => {
+        const bridgeId = randomBridgeId();
+        const token = await bridgeToken(bridgeId);
+        const replaced = new Set<Socket>();
+        const bridges = Array.from({ length: CONCURRENT_CONNECTIONS }, () => {
+          const socket = track(
+            io(`${url}/bridge`, {
+              auth: { token },
+              transports: ["websocket"],
+              reconnection: false,
+              forceNew: true,
+            }),
+          );
+          socket.on("session:replaced", () => replaced.add(socket));
+          return socket;
+        });
+        const connected = () => bridges.filter((socket) => socket.connected);
+        const describeSockets = () =>
+          `${connected().length} connected, ${replaced.size} replaced`;
+
+        const settled = () =>
+          connected().length === 1 &&
+          replaced.size === CONCURRENT_CONNECTIONS - 1;
+        await waitUntil("one connection left", settled, 5000).catch(() =>
+          assert.fail(`after 5 s: ${describeSockets()}`),
+        );
+        // No late handshake brings a second connection.
+        await settle(500);
+        assert.equal(connected().length, 1, describeSockets());
+        assert.equal(replaced.has(connected()[0]!), false);
+
+        const watcher = await app([bridgeId]);
+        const { bridges: listed } = await requestData<{
+          bridges: BridgePresence[];
+        }>(watcher, "bridge:list", {});
+        assert.equal(listed[0]?.online, true);
+        assert.equal(listed[0]?.epoch, CONCURRENT_CONNECTIONS);
       });
     });
 

@@ -3,6 +3,7 @@ import type { Logger } from "../logger.ts";
 import type { ServerBus } from "../messaging/server-bus.ts";
 import type { ClaimResult, StateStore } from "../state/store.ts";
 import type { AppBroadcaster } from "./broadcaster.ts";
+import { HandshakingSockets } from "./handshaking-sockets.ts";
 
 /** A bridge connection held by this process. */
 export interface BridgeSession {
@@ -37,6 +38,7 @@ export interface ConnectionIndex {
  */
 export class BridgeSessions {
   private readonly sessions = new Map<string, BridgeSession>();
+  private readonly handshaking = new HandshakingSockets();
   private readonly releasing = new Set<Promise<void>>();
   /** Claims in flight per bridge ID, so a release does not untrack a bridge being claimed again. */
   private readonly claiming = new Map<string, number>();
@@ -84,11 +86,18 @@ export class BridgeSessions {
     );
   }
 
-  /** Claims the bridge for `socket`, replacing any older connection. */
+  /**
+   * Claims the bridge for `socket`, replacing any older connection. The
+   * caller calls `connected` once the socket connects.
+   */
   async claim(bridgeId: string, socket: Socket): Promise<BridgeSession> {
     this.claiming.set(bridgeId, (this.claiming.get(bridgeId) ?? 0) + 1);
+    this.handshaking.begin(socket);
     try {
       return await this.claimTracked(bridgeId, socket);
+    } catch (error) {
+      this.handshaking.end(socket);
+      throw error;
     } finally {
       const remaining = (this.claiming.get(bridgeId) ?? 1) - 1;
       if (remaining === 0) this.claiming.delete(bridgeId);
@@ -467,9 +476,29 @@ export class BridgeSessions {
     session.socket.emit("state:resync", { reason: RESYNC_REASON });
   }
 
-  /** Disconnects a local socket that a newer connection replaced. */
+  /**
+   * Ends the handshake of `socket`, which claimed `bridgeId`, and
+   * disconnects it when a newer connection replaced it meanwhile.
+   */
+  connected(bridgeId: string, socket: Socket): void {
+    if (this.handshaking.end(socket)) {
+      this.disconnectReplaced(bridgeId, socket.id);
+    }
+  }
+
+  /**
+   * Disconnects a local socket that a newer connection replaced. A socket
+   * still in its handshake is disconnected once it connects.
+   */
   disconnectReplaced(bridgeId: string, socketId: string): void {
     const socket = this.bridges.sockets.get(socketId);
+    if (socket === undefined && this.handshaking.markReplaced(socketId)) {
+      this.logger.info(
+        { bridgeId, socketId },
+        "bridge connection replaced during its handshake, disconnecting it once connected",
+      );
+      return;
+    }
     if (socket === undefined) {
       this.logger.debug(
         { bridgeId, socketId },

@@ -130,14 +130,16 @@ function serveBridge(
   requests: RequestListeners,
   onDisconnect: SocketListener<[reason: string]>,
 ): void {
-  const { exp } = socketIdentity(socket, "bridge");
+  const { exp, bridgeId } = socketIdentity(socket, "bridge");
   const { epoch } = socketSession(socket);
   serveRequests(socket, requests);
   socket.on("disconnect", onDisconnect);
   deps.logger.info({ ...socketLogFields(socket), epoch }, "bridge connected");
-  // Last, because a token that expired during the claim disconnects the
-  // socket at once, and the disconnect listener must release the claim.
+  // Last, because a token that expired during the claim, or a newer
+  // connection's claim meanwhile, disconnects the socket at once, and the
+  // disconnect listener must release the claim.
   disconnectOnExpiry(socket, exp, deps.logger);
+  deps.sessions.connected(bridgeId, socket);
 }
 
 function bridgeRequests(
