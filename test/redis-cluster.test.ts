@@ -69,8 +69,10 @@ function keysOn(master: MasterClient, pattern: string): Promise<string[]> {
  * the head of its empty reply queue. The client then resets that
  * connection and subscribes again, and every command of that test
  * succeeded.
- * NOTE: the cause was not traced further than node-redis's sharded
- * subscribe and unsubscribe confirmations during a slot move.
+ * NOTE: a likely cause, read from node-redis 6.4's `#onPush` and not
+ * reproduced: a SUNSUBSCRIBE that Redis sends by itself for a moved slot
+ * is taken as the confirmation of whatever command waits at that moment,
+ * so the real confirmation later finds the queue empty.
  */
 function isPushHandlerFault(line: LogLine): boolean {
   const error = line.err as { type?: string; stack?: string } | undefined;
