@@ -295,6 +295,24 @@ describe("http api: 2 workers on Redis", function () {
         message: /not valid JSON/,
       },
       {
+        name: "JSON null body",
+        target: lightUrl(bridgeId, "a"),
+        body: "null",
+        message: /must be a JSON object/,
+      },
+      {
+        name: "JSON string body",
+        target: lightUrl(bridgeId, "a"),
+        body: '"on"',
+        message: /must be a JSON object/,
+      },
+      {
+        name: "malformed percent-encoding in the path",
+        target: lightUrl(bridgeId, "%E0%A4%A"),
+        body: JSON.stringify({ on: { on: true } }),
+        message: /path is not valid percent-encoding/,
+      },
+      {
         name: "undecodable gzip body",
         target: lightUrl(bridgeId, "a"),
         body: "not-compressed",

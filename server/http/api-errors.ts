@@ -51,6 +51,18 @@ export function sendError(
 interface BodyParserError {
   type: string;
   status: number;
+  /** The raw body, on a parse failure. */
+  body?: unknown;
+}
+
+function isJson(text: unknown): boolean {
+  if (typeof text !== "string") return false;
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function isBodyParserError(error: unknown): error is BodyParserError {
@@ -67,6 +79,14 @@ function isBodyParserError(error: unknown): error is BodyParserError {
  * or encoding, or an aborted upload is `INVALID_PAYLOAD`.
  */
 export function toBodyError(error: unknown, maxBytes: number): unknown {
+  // Express raises a URIError, with status 400, for a path parameter
+  // whose percent-encoding does not decode.
+  if (error instanceof URIError) {
+    return new RelayError(
+      "INVALID_PAYLOAD",
+      "request path is not valid percent-encoding: encode each byte as %XX",
+    );
+  }
   if (!isBodyParserError(error)) return error;
   if (error.type === "entity.too.large") {
     return new RelayError(
@@ -75,7 +95,12 @@ export function toBodyError(error: unknown, maxBytes: number): unknown {
     );
   }
   if (error.type === "entity.parse.failed") {
-    return new RelayError("INVALID_PAYLOAD", "request body is not valid JSON");
+    // express.json parses only objects and arrays, so valid JSON such as
+    // `null` or `"on"` fails here too.
+    const message = isJson(error.body)
+      ? "request body must be a JSON object"
+      : "request body is not valid JSON";
+    return new RelayError("INVALID_PAYLOAD", message);
   }
   if (error.status >= 400 && error.status < 500) {
     // A body whose Content-Encoding does not decode fails in zlib, whose
