@@ -29,7 +29,11 @@ describe("connection drain with shared request listeners", () => {
           }),
         echo: async (payload) => payload,
       },
-      { maxPayloadBytes: 1000, logger: pino({ level: "silent" }) },
+      {
+        maxPayloadBytes: 1000,
+        maxEventsPerWindow: 1000,
+        logger: pino({ level: "silent" }),
+      },
     );
     drain.watchNamespace(server.of("/"));
     const connected = new Promise<ServerSocket>((resolve) => {

@@ -47,7 +47,7 @@ describe("request handling", () => {
         echo: async (payload) => ({ payload }),
         whoami: async (_payload, socket) => ({ socketId: socket.id }),
       },
-      { maxPayloadBytes: 1000, logger },
+      { maxPayloadBytes: 1000, maxEventsPerWindow: 1000, logger },
     );
     server.on("connection", (socket) => {
       serveRequests(socket, requests);

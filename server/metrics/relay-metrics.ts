@@ -79,6 +79,13 @@ export const socketRequests = new Counter({
   registers: [relayRegistry],
 });
 
+export const socketFloodDisconnects = new Counter({
+  name: "relay_socket_flood_disconnects_total",
+  help: "Connections closed for sending more events in 10 s than FLOOD_FACTOR times REQUESTS_PER_SOCKET_PER_10S, by namespace.",
+  labelNames: ["namespace"] as const,
+  registers: [relayRegistry],
+});
+
 const commands = new Counter({
   name: "relay_commands_total",
   help: "light:set commands that passed validation, grants and rate limits, by outcome (ok, or the error code).",

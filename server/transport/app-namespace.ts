@@ -53,6 +53,7 @@ export function attachAppNamespace(
   apps.use(handshakeMiddleware("app", deps));
   const requests = requestListeners(appRequests(deps), {
     maxPayloadBytes: deps.maxPayloadBytes,
+    maxEventsPerWindow: deps.limits.maxEventsPerSocketPerWindow,
     logger: deps.logger,
   });
   const onDisconnect = disconnectListener(deps);

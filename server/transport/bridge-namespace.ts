@@ -52,6 +52,7 @@ export function attachBridgeNamespace(
   bridges.use(claimMiddleware(deps));
   const requests = requestListeners(bridgeRequests(deps), {
     maxPayloadBytes: deps.maxPayloadBytes,
+    maxEventsPerWindow: deps.limits.maxEventsPerSocketPerWindow,
     logger: deps.logger,
   });
   const onDisconnect = disconnectListener(deps);

@@ -12,6 +12,7 @@ import {
   LimiterRedisHealth,
   RedisFirstLimiter,
 } from "./redis-first-limiter.ts";
+import { FLOOD_FACTOR } from "./flood-guard.ts";
 
 const handshakesRateLimited = new Counter({
   name: "relay_handshakes_rate_limited_total",
@@ -123,6 +124,8 @@ export class RateLimits {
   private readonly perSocket: RateLimiterMemory;
   private readonly perApiUser: Limiter;
   private readonly apiPoints: number;
+  /** Events of any kind a connection may send per flood window before it is closed. */
+  readonly maxEventsPerSocketPerWindow: number;
 
   constructor(config: RelayConfig, redis: RelayRedisClient | undefined) {
     const { limits, redisKeyPrefix } = config;
@@ -145,6 +148,8 @@ export class RateLimits {
       duration: 10,
     });
     this.apiPoints = limits.requestsPerSocketPer10s;
+    this.maxEventsPerSocketPerWindow =
+      limits.requestsPerSocketPer10s * FLOOD_FACTOR;
     // API requests fail over to memory on their own, so a slow API
     // request in Redis leaves the handshake limits shared.
     this.perApiUser = createLimiter(redis, new LimiterRedisHealth(), {

@@ -3,6 +3,7 @@ import type { Ack } from "../../client-sdk/src/protocol.ts";
 import { RelayError, toErrorBody } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { outcomeOf, socketRequests } from "../metrics/relay-metrics.ts";
+import { FloodGuard } from "./flood-guard.ts";
 import { socketLogFields } from "./handshake.ts";
 
 /** Serves one request event for `socket` and resolves with the acknowledgement's `data`. */
@@ -13,6 +14,8 @@ export type RequestHandler = (
 
 export interface RequestOptions {
   maxPayloadBytes: number;
+  /** Events of any kind that a connection may send per FLOOD_WINDOW_MS before it is closed. */
+  maxEventsPerWindow: number;
   logger: Logger;
 }
 
@@ -84,6 +87,7 @@ export function requestListeners(
   options: RequestOptions,
 ): RequestListeners {
   const byEvent = new Map<string, SocketListener>();
+  const floodGuard = new FloodGuard(options.maxEventsPerWindow, options.logger);
   for (const [event, handler] of Object.entries(handlers)) {
     byEvent.set(event, function serveRequest(this: Socket, ...args) {
       const { payload, ack } = splitArguments(args);
@@ -98,11 +102,14 @@ export function requestListeners(
       void answer(this, event, payload, handler, respond, options);
     });
   }
+  // Socket.IO calls `onAny` listeners first for every event, and drops an
+  // event whose socket this disconnected.
   const unknown: SocketListener = function rejectUnknown(
     this: Socket,
     event,
     ...args
   ) {
+    if (!floodGuard.admit(this)) return;
     // A Map, so an event named like an Object.prototype key is unknown.
     if (typeof event === "string" && byEvent.has(event)) return;
     const { ack } = splitArguments(args);

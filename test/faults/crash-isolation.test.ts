@@ -447,7 +447,7 @@ describe("crash isolation", function () {
           },
           "test:echo": async (payload) => payload,
         },
-        { maxPayloadBytes: 1024, logger },
+        { maxPayloadBytes: 1024, maxEventsPerWindow: 1000, logger },
       );
       ioServer.on("connection", (socket: ServerSocket) => {
         serveRequests(socket, requests);
