@@ -102,6 +102,7 @@ export function handshakeMiddleware(
           "the relay is shutting down, connect again",
         );
       }
+      deps.limits.rejectBlockedAddress(address);
       deps.limits.admitHandshakeOnProcess();
       await deps.limits.consumeHandshakeFromAddress(address);
       const auth = socket.handshake.auth as { token?: unknown } | undefined;

@@ -126,6 +126,11 @@ export class RateLimits {
   private readonly apiPoints: number;
   /** Events of any kind a connection may send per flood window before it is closed. */
   readonly maxEventsPerSocketPerWindow: number;
+  /**
+   * Addresses that the address limit rejected, with the time (from
+   * `performance.now()`) at which it admits them again, oldest first.
+   */
+  private readonly blockedAddresses = new Map<string, number>();
 
   constructor(config: RelayConfig, redis: RelayRedisClient | undefined) {
     const { limits, redisKeyPrefix } = config;
@@ -164,16 +169,44 @@ export class RateLimits {
     this.perProcess.admit();
   }
 
+  /**
+   * Throws `RATE_LIMITED` for an address that the address limit rejected
+   * on this process and still rejects. Checked before this process's
+   * handshake budget, so that a flood from one address, already over its
+   * own limit, does not use up the budget that every other address needs.
+   */
+  rejectBlockedAddress(address: string): void {
+    const admittedAt = this.blockedAddresses.get(address);
+    if (admittedAt === undefined) return;
+    const waitMs = admittedAt - performance.now();
+    if (waitMs <= 0) {
+      this.blockedAddresses.delete(address);
+      return;
+    }
+    handshakesRateLimited.inc({ limit: "address" });
+    throw new RelayError("RATE_LIMITED", ADDRESS_LIMIT_MESSAGE, {
+      retryAfterMs: Math.max(1, Math.ceil(waitMs)),
+    });
+  }
+
   async consumeHandshakeFromAddress(address: string): Promise<void> {
     try {
-      await consume(
-        this.perAddress,
-        address,
-        "too many connection attempts from this address",
-      );
+      await consume(this.perAddress, address, ADDRESS_LIMIT_MESSAGE);
     } catch (error) {
       countRateLimited(error, "address");
+      this.rememberBlockedAddress(address, error);
       throw error;
+    }
+  }
+
+  private rememberBlockedAddress(address: string, error: unknown): void {
+    if (!(error instanceof RelayError) || error.code !== "RATE_LIMITED") return;
+    const waitMs = error.retryAfterMs ?? 0;
+    this.blockedAddresses.delete(address);
+    this.blockedAddresses.set(address, performance.now() + waitMs);
+    if (this.blockedAddresses.size > MAX_BLOCKED_ADDRESSES) {
+      const oldest = this.blockedAddresses.keys().next();
+      if (oldest.done !== true) this.blockedAddresses.delete(oldest.value);
     }
   }
 
@@ -226,6 +259,14 @@ export class RateLimits {
 
 /** Bridges that a listing may read for the cost of one request. */
 export const BRIDGES_PER_REQUEST = 100;
+
+const ADDRESS_LIMIT_MESSAGE = "too many connection attempts from this address";
+
+/**
+ * Addresses over their limit that a process remembers. Past it, the oldest
+ * is forgotten and checked against the shared limit again.
+ */
+const MAX_BLOCKED_ADDRESSES = 10_000;
 
 /**
  * Returns the requests a listing of `bridges` bridges counts as: one per
