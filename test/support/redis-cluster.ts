@@ -327,6 +327,12 @@ export async function bridgeIdsOn(
  * `to`, in the steps of `redis-cli --cluster reshard`. The slot is marked
  * importing and migrating, its keys are migrated, and then every master
  * in `masters` (a client of each, by port) is told the new owner.
+ *
+ * It starts once the masters agree on every node's config epoch. The
+ * target raises its epoch above the highest that it knows of, and a
+ * target that had not yet heard of the previous move's epoch took a lower
+ * one: a ping of the source then handed the slot back to the source on
+ * one master for good (seen in a CI run).
  */
 export async function moveSlot(
   masters: Map<number, RedisClientType>,
@@ -339,6 +345,7 @@ export async function moveSlot(
   if (source === undefined || target === undefined) {
     throw new Error(`no client of master ${from} or ${to}`);
   }
+  await waitForSettledSlots(masters);
   const sourceId = String(await source.sendCommand(["CLUSTER", "MYID"]));
   const targetId = String(await target.sendCommand(["CLUSTER", "MYID"]));
   const slotArg = String(slot);
