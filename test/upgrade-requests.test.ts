@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { connect as netConnect, type AddressInfo } from "node:net";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { Server as SocketServer } from "socket.io";
@@ -155,5 +155,46 @@ describe("upgrade requests in the relay", function () {
       requests.map((request) => request.deref()),
       [undefined, undefined, undefined],
     );
+  });
+
+  /** Sends `request` over a new TCP connection and resolves with all it received once the relay closes it. */
+  async function exchange(request: string): Promise<string> {
+    const { port } = new URL(url);
+    const socket = netConnect(Number(port), "127.0.0.1");
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.write(request);
+    await once(socket, "close");
+    return Buffer.concat(chunks).toString("utf8");
+  }
+
+  const h2cHeaders =
+    "Host: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\n" +
+    "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n";
+
+  it("answers an h2c upgrade as HTTP/1.1", async () => {
+    const reply = await exchange(`GET /healthz HTTP/1.1\r\n${h2cHeaders}\r\n`);
+
+    assert.match(reply, /^HTTP\/1\.1 200 /);
+    assert.match(reply, /\r\nConnection: close\r\n/i);
+  });
+
+  it("answers a websocket upgrade elsewhere", async () => {
+    const reply = await exchange(
+      "GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n" +
+        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n" +
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+
+    assert.match(reply, /^HTTP\/1\.1 404 /);
+  });
+
+  it("rejects an upgrade with a body", async () => {
+    const reply = await exchange(
+      `PUT /api/v1/bridges HTTP/1.1\r\n${h2cHeaders}Content-Length: 2\r\n\r\n{}`,
+    );
+
+    assert.match(reply, /^HTTP\/1\.1 400 /);
+    assert.match(reply, /cannot carry a body/);
   });
 });

@@ -20,6 +20,7 @@ import type { StateStore } from "../state/store.ts";
 import { attachAppNamespace } from "../transport/app-namespace.ts";
 import { attachBridgeNamespace } from "../transport/bridge-namespace.ts";
 import { releaseUpgradeRequests } from "../transport/upgrade-requests.ts";
+import { servePlainUpgrades } from "../transport/plain-upgrades.ts";
 import { HandshakeError, MAX_TIMER_MS } from "../transport/handshake.ts";
 import { jsonOnlyParser } from "../transport/json-only-parser.ts";
 import { RateLimits } from "../transport/rate-limits.ts";
@@ -134,6 +135,9 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     serveClient: false,
     parser: jsonOnlyParser,
     connectTimeout: NAMESPACE_JOIN_TIMEOUT_MS,
+    // Upgrade requests outside Socket.IO's path are served as plain
+    // requests (servePlainUpgrades), which Engine.IO would close after 1 s.
+    destroyUpgrade: false,
     ...(options.adapter === undefined ? {} : { adapter: options.adapter }),
   });
 
@@ -284,6 +288,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const httpServer = createServer(app);
   io.attach(httpServer);
   releaseUpgradeRequests(httpServer);
+  servePlainUpgrades(httpServer, `${io.path().replace(/\/$/, "")}/`);
   drain.watchHttp(httpServer);
 
   return {
