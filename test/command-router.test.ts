@@ -64,6 +64,52 @@ describe("command router", function () {
       `answered after ${Math.round(elapsedMs)} ms, with the pause`,
     );
   });
+  /** Returns a router whose bus publishes through `publisher`, with PAUSE_MS * 2 as its own timeout. */
+  function routerOn(
+    serverId: string,
+    publisher: RedisClientType,
+  ): CommandRouter {
+    const bus = new RedisBus(
+      serverId,
+      {
+        main: publisher,
+        subscriber,
+        subscriberState: serverConnectionState(subscriber),
+      },
+      "relay",
+      pino({ level: "silent" }),
+    );
+    return new CommandRouter(
+      bus,
+      () => Promise.reject(new Error("no local bridge in this test")),
+      PAUSE_MS * 2,
+      pino({ level: "silent" }),
+    );
+  }
+
+  /**
+   * Pauses every write of Redis, sends command `commandId` through
+   * `limitedRouter`, checks that it fails with `TIMEOUT`, and returns how
+   * long that took in ms.
+   */
+  async function timeOutDuringPause(
+    limitedRouter: CommandRouter,
+    commandId: string,
+  ): Promise<number> {
+    await admin.sendCommand(["CLIENT", "PAUSE", String(PAUSE_MS), "WRITE"]);
+    const startedAt = performance.now();
+    await assert.rejects(
+      limitedRouter.send("other-server", {
+        bridgeId: "0017880a1b2c3d4e",
+        commandId,
+        lightId: "a",
+        change: { on: { on: true } },
+      }),
+      { code: "TIMEOUT", message: /may still reach the bridge/ },
+    );
+    return performance.now() - startedAt;
+  }
+
   it("answers TIMEOUT when Redis does not confirm a sent publish", async () => {
     // The relay's settings: a publish fails once Redis has not answered
     // within the command limit, also after it was sent.
@@ -73,34 +119,10 @@ describe("command router", function () {
     });
     await limited.connect();
     try {
-      const bus = new RedisBus(
-        "router-test-limited",
-        {
-          main: limited,
-          subscriber,
-          subscriberState: serverConnectionState(subscriber),
-        },
-        "relay",
-        pino({ level: "silent" }),
+      const elapsedMs = await timeOutDuringPause(
+        routerOn("router-test-limited", limited),
+        "command-2",
       );
-      const limitedRouter = new CommandRouter(
-        bus,
-        () => Promise.reject(new Error("no local bridge in this test")),
-        PAUSE_MS * 2,
-        pino({ level: "silent" }),
-      );
-      await admin.sendCommand(["CLIENT", "PAUSE", String(PAUSE_MS), "WRITE"]);
-      const startedAt = performance.now();
-      await assert.rejects(
-        limitedRouter.send("other-server", {
-          bridgeId: "0017880a1b2c3d4e",
-          commandId: "command-2",
-          lightId: "a",
-          change: { on: { on: true } },
-        }),
-        { code: "TIMEOUT", message: /may still reach the bridge/ },
-      );
-      const elapsedMs = performance.now() - startedAt;
       assert.ok(
         elapsedMs < PAUSE_MS - 500,
         `answered after ${Math.round(elapsedMs)} ms, with the pause`,
@@ -109,6 +131,7 @@ describe("command router", function () {
       limited.destroy();
     }
   });
+
   it("answers TIMEOUT when the limit fails a publish", async () => {
     // The relay's bus, whose publishes node-redis's timeout would end
     // only after QUEUE_LIMIT_FACTOR limits.
@@ -120,34 +143,10 @@ describe("command router", function () {
     await client.connect();
     try {
       const { requests } = limitedClients(client, limitMs);
-      const bus = new RedisBus(
-        "router-test-stall-limit",
-        {
-          main: requests,
-          subscriber,
-          subscriberState: serverConnectionState(subscriber),
-        },
-        "relay",
-        pino({ level: "silent" }),
+      const elapsedMs = await timeOutDuringPause(
+        routerOn("router-test-stall-limit", requests),
+        "command-3",
       );
-      const limitedRouter = new CommandRouter(
-        bus,
-        () => Promise.reject(new Error("no local bridge in this test")),
-        PAUSE_MS * 2,
-        pino({ level: "silent" }),
-      );
-      await admin.sendCommand(["CLIENT", "PAUSE", String(PAUSE_MS), "WRITE"]);
-      const startedAt = performance.now();
-      await assert.rejects(
-        limitedRouter.send("other-server", {
-          bridgeId: "0017880a1b2c3d4e",
-          commandId: "command-3",
-          lightId: "a",
-          change: { on: { on: true } },
-        }),
-        { code: "TIMEOUT", message: /may still reach the bridge/ },
-      );
-      const elapsedMs = performance.now() - startedAt;
       assert.ok(
         elapsedMs < (limitMs * QUEUE_LIMIT_FACTOR) / 2,
         `answered after ${Math.round(elapsedMs)} ms, not by the limit`,
