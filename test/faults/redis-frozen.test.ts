@@ -61,6 +61,29 @@ function startRelayWithLimit(commandTimeoutMs: number) {
   });
 }
 
+/** A relay of one worker whose Redis connections pass a proxy that can hold replies. */
+async function startRelayBehindProxy(limitMs: number): Promise<{
+  redis: RedisServer;
+  proxy: TcpProxy;
+  relay: RelayProcess;
+}> {
+  const redis = await startRedisServer();
+  const proxy = await startTcpProxy(redis.port);
+  try {
+    const relay = await startRelay({
+      redisUrl: proxy.redisUrl,
+      workers: 1,
+      env: { REDIS_COMMAND_TIMEOUT_MS: String(limitMs) },
+    });
+    return { redis, proxy, relay };
+  } catch (error) {
+    // The describe's after hook sees none of these if the relay fails.
+    await proxy.close();
+    await redis.stop();
+    throw error;
+  }
+}
+
 describe("fault: Redis accepts connections but does not respond", function () {
   this.timeout(30_000);
   let redis: RedisServer;
@@ -216,13 +239,7 @@ describe("fault: Redis replies to a release late", function () {
   const sockets: Socket[] = [];
 
   before(async () => {
-    redis = await startRedisServer();
-    proxy = await startTcpProxy(redis.port);
-    relay = await startRelay({
-      redisUrl: proxy.redisUrl,
-      workers: 1,
-      env: { REDIS_COMMAND_TIMEOUT_MS: String(LIMIT_MS) },
-    });
+    ({ redis, proxy, relay } = await startRelayBehindProxy(LIMIT_MS));
     // A first release loads the release script, so that later ones run
     // in Redis as sent instead of waiting for a NOSCRIPT reply.
     const first = await connectBridge(relay.url, randomBridgeId());
@@ -320,13 +337,7 @@ describe("fault: a worker stalls while Redis replies", function () {
   const sockets: Socket[] = [];
 
   before(async () => {
-    redis = await startRedisServer();
-    proxy = await startTcpProxy(redis.port);
-    relay = await startRelay({
-      redisUrl: proxy.redisUrl,
-      workers: 1,
-      env: { REDIS_COMMAND_TIMEOUT_MS: String(LIMIT_MS) },
-    });
+    ({ redis, proxy, relay } = await startRelayBehindProxy(LIMIT_MS));
     worker = relay.workers()[0]?.pid;
   });
 
