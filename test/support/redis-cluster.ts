@@ -329,10 +329,10 @@ export async function bridgeIdsOn(
  * in `masters` (a client of each, by port) is told the new owner.
  *
  * It starts once the masters agree on every node's config epoch. The
- * target raises its epoch above the highest that it knows of, and a
- * target that had not yet heard of the previous move's epoch took a lower
- * one: a ping of the source then handed the slot back to the source on
- * one master for good (seen in a CI run).
+ * target raises its epoch above the highest epoch it has seen. A target
+ * that had not yet seen the previous move's epoch took a lower one, so a
+ * ping of the source handed the slot back to the source on one master
+ * for good (seen in a CI run).
  */
 export async function moveSlot(
   masters: Map<number, RedisClientType>,
