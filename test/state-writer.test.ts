@@ -256,6 +256,15 @@ describe("StateWriter", () => {
       assert.equal(broadcaster.sent.length, 1);
     });
 
+    it("rejects unchanged snapshot from replaced connection", async () => {
+      await writer.applySnapshot(session, [lamp("a")]);
+      await claim(BRIDGE_ID);
+      const error = await rejection(writer.applySnapshot(session, [lamp("a")]));
+      assert.equal(error.code, "UNAVAILABLE");
+      assert.match(error.message, /newer connection/);
+      assert.equal((await store.getState(BRIDGE_ID)).version, 1);
+    });
+
     it("retries snapshot after write conflict", async () => {
       await writer.applySnapshot(session, [lamp("a")]);
       store.otherWrite = {

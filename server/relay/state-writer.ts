@@ -68,6 +68,8 @@ export class StateWriter {
         // Snapshots are rare, and idle bridges should cost no cache entry.
         this.cache.forget(session.bridgeId);
         const current = await this.store.getState(session.bridgeId);
+        // A write would be fenced; one that changes nothing must be too.
+        if (current.epoch !== session.epoch) throw fencedWrite(session);
         if (!snapshotDiffers(current.lights, next)) return current.version;
         const version = await this.write(session, {
           epoch: session.epoch,
@@ -195,12 +197,7 @@ export class StateWriter {
     if (result.status === "written") return result.version;
     // The stored state differs from the cached copy, or the write was fenced.
     this.cache.forget(session.bridgeId);
-    if (result.status === "fenced") {
-      throw new FencedWrite(
-        "UNAVAILABLE",
-        `bridge ${session.bridgeId} has a newer connection; this write was ignored`,
-      );
-    }
+    if (result.status === "fenced") throw fencedWrite(session);
     throw new WriteConflict();
   }
 
@@ -226,6 +223,12 @@ export class StateWriter {
 
 class WriteConflict extends Error {}
 
-/** A write of a connection that a newer one replaced. */
 /** A write that a newer claim of the bridge fenced off. */
 export class FencedWrite extends RelayError {}
+
+function fencedWrite(session: WriterSession): FencedWrite {
+  return new FencedWrite(
+    "UNAVAILABLE",
+    `bridge ${session.bridgeId} has a newer connection; this write was ignored`,
+  );
+}
