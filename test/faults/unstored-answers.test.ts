@@ -45,7 +45,7 @@ describe("fault: Redis fails while a bridge applies a command", function () {
   });
 
   /**
-   * Connects a bridge with light "a" that runs `meanwhile` between a
+   * Connects a bridge with light "a", on, that runs `meanwhile` between a
    * command's arrival and its answer, and an app, and returns both with
    * the bridge's lights and the resync requests it receives.
    */
@@ -54,6 +54,8 @@ describe("fault: Redis fails while a bridge applies a command", function () {
     const bridge = await connectBridge(relay.url, bridgeId);
     sockets.push(bridge);
     const lights = untypedLightMap("a");
+    // On, so that the command to turn it off changes it and is written.
+    lights.get("a")!.on = { on: true };
     bridge.on(
       "light:set",
       (
