@@ -3,6 +3,7 @@ import { once } from "node:events";
 import { createServer, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { pino } from "pino";
+import type { Light } from "../client-sdk/src/protocol.ts";
 import { Server, type Socket as ServerSocket } from "socket.io";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import type { BridgeSessions } from "../server/relay/bridge-sessions.ts";
@@ -11,6 +12,7 @@ import type { AppBroadcaster } from "../server/relay/broadcaster.ts";
 import { StateWriter } from "../server/relay/state-writer.ts";
 import { MemoryStore } from "../server/state/memory-store.ts";
 import { waitUntil } from "./support/faults.ts";
+import { light } from "./support/fixtures.ts";
 
 const BRIDGE_ID = "bridge-executor-1";
 const TIMEOUT_MS = 1000;
@@ -42,11 +44,23 @@ describe("CommandExecutor on a real socket", () => {
     });
     [socket] = (await connected) as [ServerSocket];
     store = new MemoryStore();
+    const { epoch } = await store.claimConnection(
+      BRIDGE_ID,
+      "server-1",
+      socket.id,
+      new Date(),
+    );
+    await store.writeLights(BRIDGE_ID, {
+      epoch,
+      expectedVersion: 0,
+      replaceAll: true,
+      lights: [light("lamp") as unknown as Light],
+    });
     // The registry is a stand-in because the race it covers, a session
     // still listed after its transport closed, cannot be produced on demand.
     const sessions = {
       get: (bridgeId: string) =>
-        bridgeId === BRIDGE_ID ? { bridgeId, epoch: 1, socket } : undefined,
+        bridgeId === BRIDGE_ID ? { bridgeId, epoch, socket } : undefined,
     } as unknown as BridgeSessions;
     executor = new CommandExecutor(
       sessions,
@@ -64,10 +78,10 @@ describe("CommandExecutor on a real socket", () => {
     await store.close();
   });
 
-  const command = (commandId: string) => ({
+  const command = (commandId: string, lightId = "lamp") => ({
     bridgeId: BRIDGE_ID,
     commandId,
-    lightId: "lamp",
+    lightId,
     change: { on: { on: true } },
   });
 
@@ -82,6 +96,16 @@ describe("CommandExecutor on a real socket", () => {
 
     assert.equal(answer.ok, false);
     assert.equal(answer.ok ? undefined : answer.error.code, "BRIDGE_ERROR");
+  });
+
+  it("rejects an unknown light", async () => {
+    let received = 0;
+    client.on("light:set", () => (received += 1));
+
+    const answer = await executor.execute(command("unknown-1", "no-such"));
+
+    assert.equal(answer.ok ? undefined : answer.error.code, "NOT_FOUND");
+    assert.equal(received, 0);
   });
 
   it("rejects a closed transport at once", async () => {

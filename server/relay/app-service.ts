@@ -65,9 +65,9 @@ export interface LocalBridges {
 
 /**
  * Operations that apps request, shared by every transport. Callers have
- * validated the payload and checked grants and rate limits; these run the
- * remaining checks in the contract's order (presence, then the light's
- * existence) before a command is routed to the bridge's process.
+ * validated the payload and checked grants and rate limits. These check
+ * the bridge's presence and route a command to the bridge's process. That
+ * process then checks that the light exists, in the contract's order.
  */
 export class AppService {
   constructor(
@@ -113,10 +113,11 @@ export class AppService {
       if (remembered !== null)
         return unwrap(answerFromStored(bridgeId, remembered));
     }
+    // The process with the bridge's connection checks that the light exists.
     const serverId =
       this.local?.knowsLight(bridgeId, lightId) === true
         ? this.local.serverId
-        : await this.findLight(bridgeId, lightId);
+        : await this.findServer(bridgeId);
     const answer = await this.route(serverId, {
       bridgeId,
       lightId,
@@ -226,23 +227,6 @@ export class AppService {
       throw new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} is offline`);
     }
     return connection.serverId;
-  }
-
-  /** Returns the ID of the server with the bridge's connection, after checking that the light exists. */
-  private async findLight(bridgeId: string, lightId: string): Promise<string> {
-    // Only the presence read raises BRIDGE_OFFLINE, so it still comes
-    // before NOT_FOUND, in the contract's order.
-    const [serverId, stored] = await Promise.all([
-      this.findServer(bridgeId),
-      this.store.getLights(bridgeId, [lightId]),
-    ]);
-    if ((stored.lights[0] ?? null) === null) {
-      throw new RelayError(
-        "NOT_FOUND",
-        `light ${JSON.stringify(lightId)} not found on bridge ${bridgeId}`,
-      );
-    }
-    return serverId;
   }
 }
 

@@ -62,6 +62,8 @@ export class CommandExecutor {
     private readonly timeoutMs: number,
     private readonly logger: Logger,
     maxUnansweredPerBridge: number,
+    /** Reports false while the store is unreachable, so that no cached copy is trusted. */
+    private readonly storeReady: () => boolean = () => true,
   ) {
     this.unanswered = new UnansweredCommands(maxUnansweredPerBridge);
   }
@@ -103,6 +105,7 @@ export class CommandExecutor {
         `bridge ${command.bridgeId} is offline`,
       );
     }
+    await this.checkLight(session, command.lightId);
     const raw = await this.sendToBridge(
       session,
       {
@@ -115,6 +118,28 @@ export class CommandExecutor {
     const stored = await this.interpret(session, command, raw);
     if (idempotent) await this.remember(command, stored);
     return answerFromStored(command.bridgeId, stored);
+  }
+
+  /**
+   * Raises `NOT_FOUND` unless the bridge has the light. This process's
+   * copy of the bridge's lights usually decides it without a store read.
+   * It runs after the session check, because `BRIDGE_OFFLINE` comes first
+   * in the contract's order. While the store is unreachable the read
+   * fails, so no command reaches a bridge whose answer could not be stored.
+   * The read is not cached, so the answer's write reads the light again
+   * and notices a store that lost its data meanwhile.
+   */
+  private async checkLight(
+    session: BridgeSession,
+    lightId: string,
+  ): Promise<void> {
+    if (this.storeReady() && this.writer.knowsLight(session, lightId)) return;
+    const stored = await this.store.getLights(session.bridgeId, [lightId]);
+    if ((stored.lights[0] ?? null) !== null) return;
+    throw new RelayError(
+      "NOT_FOUND",
+      `light ${JSON.stringify(lightId)} not found on bridge ${session.bridgeId}`,
+    );
   }
 
   /**

@@ -180,6 +180,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     windowMs: config.drainWindowMs,
     forceAfterMs: config.shutdownTimeoutMs - CLOSE_MARGIN_MS,
   });
+  const redisReady = (): boolean => options.redisState?.isReady() ?? true;
   const executor = new CommandExecutor(
     sessions,
     store,
@@ -187,6 +188,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     config.commandTimeoutMs,
     logger,
     config.limits.unansweredCommandsPerBridge,
+    redisReady,
   );
   const router = new CommandRouter(
     bus,
@@ -198,7 +200,6 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     logger,
     ROUTING_MARGIN_MS,
   );
-  const redisReady = (): boolean => options.redisState?.isReady() ?? true;
   const service = new AppService(store, router, {
     serverId: bus.serverId,
     knowsLight: (bridgeId, lightId) => {
