@@ -213,8 +213,15 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     }
   };
 
-  /** Drains `worker` and resolves once it has exited, killing it after the shutdown deadline. */
-  const retire = async (worker: Worker): Promise<void> => {
+  /**
+   * Drains `worker` and resolves once it has exited, killing it after the
+   * shutdown deadline. `role` names the worker in the log: an old worker,
+   * or a replacement left over when a restart stopped.
+   */
+  const retire = async (
+    worker: Worker,
+    role: "old worker" | "surplus replacement",
+  ): Promise<void> => {
     plannedExits.add(worker.id);
     draining.add(worker.id);
     hideFromBalancer(worker);
@@ -237,7 +244,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
         signal,
         drainMs: Date.now() - started,
       },
-      "rolling restart: old worker exited",
+      `rolling restart: ${role} exited`,
     );
   };
 
@@ -292,7 +299,9 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
       "rolling restart stopped: a replacement worker exited or did not report ready, old workers keep serving",
     );
     for (let index = 0; index < missing; index += 1) fork();
-    await Promise.all(surplus.map((worker) => retire(worker)));
+    await Promise.all(
+      surplus.map((worker) => retire(worker, "surplus replacement")),
+    );
   };
 
   /**
@@ -338,7 +347,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
         },
         "rolling restart: replacements ready, draining the old workers",
       );
-      for (const old of remaining) await retire(old);
+      for (const old of remaining) await retire(old, "old worker");
       logger.info(
         { durationMs: Date.now() - restartBegan, workers: live.size },
         "rolling restart finished",

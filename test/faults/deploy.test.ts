@@ -938,6 +938,55 @@ describe("worker count after a rolling restart", function () {
     }
   });
 
+  it("drains the replacement left over", async () => {
+    const relay = await start();
+    try {
+      const old = relay.workers().map((worker) => worker.pid);
+      process.kill(relay.pid, "SIGUSR2");
+      await waitUntil(
+        "both replacements forked",
+        () =>
+          relay.logs.filter(
+            (line) =>
+              line.msg === "rolling restart: replacement worker started",
+          ).length === 2,
+        10_000,
+        5,
+      );
+      // The kill comes milliseconds after the fork, before the replacement
+      // can report ready, so the restart stops.
+      const children = readFileSync(
+        `/proc/${relay.pid}/task/${relay.pid}/children`,
+        "utf8",
+      );
+      const fresh = children.trim().split(/\s+/).map(Number);
+      const victim = fresh.find((pid) => !old.includes(pid));
+      assert.ok(victim !== undefined, `no replacement among ${children}`);
+      process.kill(victim, "SIGKILL");
+
+      const stopped = await relay.waitForLog((line) =>
+        line.msg.startsWith("rolling restart stopped"),
+      );
+      assert.equal(stopped.keptReplacements, 0);
+      assert.equal(stopped.remaining, 2);
+      await relay.waitForLog(
+        (line) => line.msg === "rolling restart: surplus replacement exited",
+      );
+      await sleep(500);
+
+      assert.deepEqual(
+        liveWorkers(relay).map((worker) => worker.pid),
+        old,
+      );
+      const oldExits = relay.logs.filter(
+        (line) => line.msg === "rolling restart: old worker exited",
+      );
+      assert.equal(oldExits.length, 0);
+    } finally {
+      await relay.stop();
+    }
+  });
+
   it("stops at once while replacements start", async () => {
     const relay = await start({ SHUTDOWN_TIMEOUT_MS: "4000" });
     process.kill(relay.pid, "SIGUSR2");
