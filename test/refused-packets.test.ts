@@ -9,8 +9,10 @@ import {
   randomBridgeId,
   requestData,
 } from "./support/clients.ts";
+import { waitUntil } from "./support/faults.ts";
 import { light } from "./support/fixtures.ts";
 import { startRelay, type RelayProcess } from "./support/relay-process.ts";
+import { appToken } from "./support/tokens.ts";
 
 /** Time within which the relay must close a connection that sent binary. */
 const CLOSE_BOUND_MS = 1000;
@@ -86,6 +88,48 @@ describe("packets the relay refuses", function () {
       sender.close();
     }
   });
+  it("closes on an unsafe acknowledgement ID", async () => {
+    const engine = await openEngine(relay.url);
+    try {
+      const received: string[] = [];
+      engine.on("packet", (packet) => {
+        if (packet.type === "message") received.push(String(packet.data));
+      });
+      const token = await appToken("user-ack", [randomBridgeId()]);
+      engine.send(`0/app,${JSON.stringify({ token })}`);
+      await waitUntil(
+        "the app namespace joined",
+        () => received.some((data) => data.startsWith("0/app,")),
+        5000,
+      );
+
+      const closed = timeUntil(engine, "close", CLOSE_BOUND_MS * 5);
+      engine.send('2/app,99999999999999999999999["bridge:list",{}]');
+      assert.ok((await closed) <= CLOSE_BOUND_MS);
+      const acks = received.filter((data) => data.startsWith("3"));
+      assert.deepEqual(acks, []);
+    } finally {
+      engine.close();
+    }
+  });
+
+  it("acknowledges the largest safe ID", async () => {
+    const app = await connectApp(relay.url, [randomBridgeId()]);
+    try {
+      const id = Number.MAX_SAFE_INTEGER;
+      const acknowledged = new Promise<string>((resolve) => {
+        app.io.engine.on("packet", (packet: { data?: unknown }) => {
+          const data = String(packet.data ?? "");
+          if (data.startsWith("3/app,")) resolve(data);
+        });
+      });
+      app.io.engine.send(`2/app,${id}["bridge:list",{}]`);
+      assert.match(await acknowledged, new RegExp(`^3/app,${id}\\[`));
+    } finally {
+      app.close();
+    }
+  });
+
   it("closes on an overlong CONNECT", async () => {
     const engine = await openEngine(relay.url);
     try {

@@ -1,4 +1,4 @@
-import { Decoder, Encoder } from "socket.io-parser";
+import { Decoder, Encoder, type Packet } from "socket.io-parser";
 import { MAX_TOKEN_LENGTH } from "../auth/verify.ts";
 
 /**
@@ -18,6 +18,10 @@ const CONNECT_TYPE = "0";
  * connection. The contract carries JSON only. A packet that announces an
  * attachment fails to decode, and Socket.IO closes the connection.
  *
+ * A packet's acknowledgement ID must be a safe integer. The stock decoder
+ * reads any run of digits as a number, and acknowledged a packet with the ID
+ * 99999999999999999999999 as `1e+23`.
+ *
  * A CONNECT packet carries only the namespace and the token, so one longer
  * than `MAX_CONNECT_PACKET_LENGTH` is refused before it is parsed. A
  * refused handshake leaves the connection open, so a client without a
@@ -26,6 +30,9 @@ const CONNECT_TYPE = "0";
 class JsonOnlyDecoder extends Decoder {
   constructor() {
     super({ maxAttachments: 0 });
+    // Registered before Socket.IO's own listener, so the throw reaches the
+    // caller of `add`, which closes the connection.
+    this.on("decoded", rejectUnsafeAckId);
   }
 
   override add(packet: unknown): void {
@@ -40,6 +47,13 @@ class JsonOnlyDecoder extends Decoder {
     }
     super.add(packet);
   }
+}
+
+function rejectUnsafeAckId(packet: Packet): void {
+  if (packet.id === undefined || Number.isSafeInteger(packet.id)) return;
+  throw new Error(
+    `invalid acknowledgement ID ${packet.id}: expected an integer up to ${Number.MAX_SAFE_INTEGER}`,
+  );
 }
 
 /** The parser for the `parser` option of the Socket.IO server. */
