@@ -136,6 +136,14 @@ for (const tls of [false, true]) {
       sockets.push(bridge);
       const lights: Map<string, Light> = untypedLightMap("a");
       answerLightSet(bridge, lights);
+      // The bridge sends a snapshot on each `state:resync`, as bridge
+      // firmware does. A snapshot that fails leaves the resync pending, so
+      // the relay requests another one.
+      bridge.on("state:resync", () => {
+        void request(bridge, "state:snapshot", {
+          lights: [...lights.values()],
+        }).catch(() => undefined);
+      });
       await requestData(bridge, "state:snapshot", {
         lights: [...lights.values()],
       });
@@ -213,7 +221,8 @@ for (const tls of [false, true]) {
       }
       // The replica had the bridge's state, or the bridge was asked to send
       // it again: a command the bridge applied while writes failed leaves a
-      // resync that may still be running.
+      // resync that may still be running. The relay requests a snapshot
+      // every 2 s until one is stored, so the wait covers two requests.
       let state: BridgeState | undefined;
       await waitUntil(
         "the stored light equal to the bridge's",
