@@ -14,7 +14,11 @@ import {
   type WriterSession,
 } from "../server/relay/state-writer.ts";
 import { MemoryStore } from "../server/state/memory-store.ts";
-import type { BridgeStateRecord } from "../server/state/store.ts";
+import type {
+  BridgeStateRecord,
+  LightWrite,
+  WriteResult,
+} from "../server/state/store.ts";
 
 const BRIDGE_ID = "001788fffe4f3a2b";
 const OTHER_BRIDGE_ID = "001788fffe4f3a2c";
@@ -75,6 +79,19 @@ class RacedMemoryStore extends MemoryStore {
     const result = await super.getLights(bridgeId, lightIds);
     await this.writeAsOtherWriter(result.version);
     return result;
+  }
+
+  /** Writes whose reply is lost after the write: they apply, then throw. */
+  lostReplies = 0;
+
+  override async writeLights(
+    bridgeId: string,
+    write: LightWrite,
+  ): Promise<WriteResult> {
+    const result = await super.writeLights(bridgeId, write);
+    if (this.lostReplies === 0) return result;
+    this.lostReplies -= 1;
+    throw new Error("the write's reply timed out");
   }
 
   private async writeAsOtherWriter(readVersion: number): Promise<void> {
@@ -560,6 +577,21 @@ describe("StateWriter", () => {
       });
       assert.deepEqual(result, { version: 4, lights: [expected] });
       assert.equal(store.lightReads, 2);
+    });
+
+    it("reads again after a lost write reply", async () => {
+      await writer.applyChanges(session, [{ id: "a", on: { on: true } }]);
+      // Redis ran the write, but its reply did not arrive in time.
+      store.lostReplies = 1;
+      await assert.rejects(
+        writer.applyChanges(session, [{ id: "a", on: { on: false } }]),
+      );
+      assert.equal(writer.knowsLight(session, "a"), false);
+
+      await writer.applyChanges(session, [{ id: "a", on: { on: true } }]);
+      const state = await store.getState(BRIDGE_ID);
+      assert.deepEqual(state.lights[0]?.on, { on: true });
+      assert.equal(state.version, 4);
     });
 
     it("knows lights under the session's epoch only", async () => {

@@ -85,6 +85,11 @@ export class LightCache {
     this.bridges.delete(bridgeId);
   }
 
+  /** Drops every bridge's copy. */
+  clear(): void {
+    this.bridges.clear();
+  }
+
   get size(): number {
     return this.bridges.size;
   }

@@ -7,7 +7,7 @@ import {
   lightsEqual,
   snapshotDiffers,
 } from "../state/lights.ts";
-import type { LightWrite, StateStore } from "../state/store.ts";
+import type { LightWrite, StateStore, WriteResult } from "../state/store.ts";
 import type { AppBroadcaster } from "./broadcaster.ts";
 import { KeyedQueue } from "./keyed-queue.ts";
 import { LightCache } from "./light-cache.ts";
@@ -54,6 +54,16 @@ export class StateWriter {
     private readonly broadcaster: AppBroadcaster,
     private readonly listener?: WriteListener,
   ) {}
+
+  /**
+   * Drops the copies of all bridges' lights, after the connection to Redis
+   * was lost. Redis may have lost acknowledged writes meanwhile, when a
+   * replica was promoted before it received them. A change that matches
+   * the copy would then be skipped, since no write reveals the conflict.
+   */
+  forgetCachedLights(): void {
+    this.cache.clear();
+  }
 
   /** Returns true when the light is in this process's copy of the bridge's current state. */
   knowsLight(session: WriterSession, lightId: string): boolean {
@@ -189,7 +199,15 @@ export class StateWriter {
     session: WriterSession,
     write: LightWrite,
   ): Promise<number> {
-    const result = await this.store.writeLights(session.bridgeId, write);
+    let result: WriteResult;
+    try {
+      result = await this.store.writeLights(session.bridgeId, write);
+    } catch (error) {
+      // Redis may have run a write whose reply timed out. A change that
+      // matches the copy would then be skipped while Redis has another value.
+      this.cache.forget(session.bridgeId);
+      throw error;
+    }
     stateWrites.inc({
       kind: write.replaceAll ? "snapshot" : "change",
       result: result.status,
