@@ -87,7 +87,7 @@ export interface Relay {
   readonly io: Server;
   /** Stops admitting connections and fails readiness, before `close()`. */
   drain(): void;
-  /** Re-checks the claims of this process's bridges after a Redis outage. */
+  /** Re-checks the claims of this process's bridges and drops its copies of lights, after a Redis outage. */
   revalidateBridges(): Promise<void>;
   /** Asks this process's apps to subscribe again, after a subscriber reconnect. */
   refreshApps(): void;
@@ -299,7 +299,10 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     drain: () => {
       draining = true;
     },
-    revalidateBridges: () => sessions.revalidate(),
+    revalidateBridges: () => {
+      writer.forgetCachedLights();
+      return sessions.revalidate();
+    },
     refreshApps: () => {
       askAppsToResubscribe(io.of(APP_NAMESPACE), logger);
     },
