@@ -65,7 +65,7 @@ const CHECKS_PER_TIMEOUT = 8;
 const forwardedBytes = new WeakMap<Duplex, { bytes: number }>();
 
 /** Returns true when the header of `request` announces a body. */
-function hasBody(request: IncomingMessage): boolean {
+export function hasBody(request: IncomingMessage): boolean {
   if (request.headers["transfer-encoding"] !== undefined) return true;
   const length = Number(request.headers["content-length"] ?? 0);
   return Number.isFinite(length) && length > 0;

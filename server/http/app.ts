@@ -1,9 +1,16 @@
-import express, { type Express } from "express";
+import express, {
+  type Express,
+  type NextFunction,
+  type Request,
+  type Response,
+} from "express";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { hasBody } from "../cluster/stalled-connections.ts";
 import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import { apiErrorHandler } from "./api-errors.ts";
 import { API_BASE_PATH, createApiRouter, type ApiDeps } from "./api.ts";
 import { metricsHandler } from "./metrics-route.ts";
 import {
@@ -93,6 +100,7 @@ export function createHttpApp(deps: HttpDeps): Express {
     response.set(SECURITY_HEADERS);
     next();
   });
+  app.use(closeUnreadBodies);
   app.use(requestLogging(deps.logger), requestMetrics());
   if (!deps.production) app.use(relayServerHeader(deps.serverId));
 
@@ -130,7 +138,36 @@ export function createHttpApp(deps: HttpDeps): Express {
   app.use(API_BASE_PATH, createApiRouter(deps.api));
 
   serveDashboard(app, DEFAULT_DASHBOARD_DIR, deps.logger);
+  // Express's own 404 waits for the request's body. After the 408 of a
+  // stalled body it wrote a second response, which threw and ended the
+  // process. The message leaves out the path, which may carry a token.
+  app.use((request) => {
+    throw new RelayError(
+      "NOT_FOUND",
+      `no route for ${request.method} at this path; the API is under ${API_BASE_PATH}`,
+    );
+  });
+  app.use(apiErrorHandler(deps.api.maxPayloadBytes, deps.logger));
   return app;
+}
+
+/**
+ * Closes the connection of a request whose response finished before its
+ * body arrived in full, such as a 401 or a 404. Node would read the rest of
+ * the body to reuse the connection, so a client sending one byte at a time
+ * could keep it open without a token.
+ */
+function closeUnreadBodies(
+  request: Request,
+  response: Response,
+  next: NextFunction,
+): void {
+  response.once("finish", () => {
+    if (request.complete || !hasBody(request)) return;
+    request.destroy();
+    request.socket.destroy();
+  });
+  next();
 }
 
 /**

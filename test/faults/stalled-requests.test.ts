@@ -77,11 +77,11 @@ function exchange(
     });
     socket.on("data", (chunk: Buffer) => {
       response += chunk.toString();
-      // A complete response other than 408 or 401 ends the exchange, because
-      // the server may keep that connection open.
+      // A complete response other than 408, 401 or 404 ends the exchange,
+      // because the server may keep that connection open.
       if (
         response.includes("\r\n\r\n") &&
-        !/^HTTP\/1\.1 (408|401) /.test(response)
+        !/^HTTP\/1\.1 (408|401|404) /.test(response)
       ) {
         socket.destroy();
       }
@@ -125,6 +125,35 @@ async function commandInParts(parts: number): Promise<string[]> {
   );
   chunks[0] = header + chunks[0]!;
   return chunks;
+}
+
+/** The start of a POST to a path that no route serves, with 2 of its 10 body bytes. */
+const UNKNOWN_PATH_PART =
+  "POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab";
+
+/**
+ * Sends the start of a body to a path that no route serves, and asserts a
+ * 404 that closes the connection before the body timeout, and that `relay`
+ * still serves after that timeout.
+ */
+async function assertUnknownPathClosed(relay: RelayProcess): Promise<void> {
+  const { response, closedAfterMs } = await exchange(relay.port, [
+    UNKNOWN_PATH_PART,
+  ]);
+  assert.match(response, /^HTTP\/1\.1 404 /);
+  assert.match(response, /"code":"NOT_FOUND"/);
+  assert.ok(
+    closedAfterMs < BODY_TIMEOUT_MS,
+    `closed after ${closedAfterMs} ms`,
+  );
+
+  await sleep(BODY_TIMEOUT_MS * 1.5);
+  const health = await fetch(`${relay.url}/healthz`);
+  assert.equal(health.status, 200);
+  const crashes = relay.logs.filter(
+    (line) => line.msg === "uncaught exception, shutting down",
+  );
+  assert.deepEqual(crashes, []);
 }
 
 /** Opens an Engine.IO session over polling, joins it to `/app`, and returns its ID. */
@@ -282,6 +311,10 @@ describe("fault: clients stall their request", function () {
     );
   });
 
+  it("answers an unknown path before its body", async () => {
+    await assertUnknownPathClosed(relay);
+  });
+
   it("closes idle connections in the primary", async () => {
     const body = JSON.stringify({ on: { on: true } });
     const request = (await commandHeader(Buffer.byteLength(body))) + body;
@@ -368,5 +401,24 @@ describe("fault: a stalled body on the embedded relay", function () {
       closedAfterMs < BODY_TIMEOUT_MS * 1.25 + 1000,
       `closed after ${closedAfterMs} ms`,
     );
+  });
+
+  it("closes after an early response", async () => {
+    const header = (await commandHeader(100)).replace(
+      /Authorization: Bearer \S+/,
+      "Authorization: Bearer not-a-token",
+    );
+    const { response, closedAfterMs } = await exchange(relay.port, [
+      `${header}{"on":`,
+    ]);
+    assert.match(response, /^HTTP\/1\.1 401 /);
+    assert.ok(
+      closedAfterMs < BODY_TIMEOUT_MS,
+      `closed after ${closedAfterMs} ms`,
+    );
+  });
+
+  it("answers an unknown path before its body", async () => {
+    await assertUnknownPathClosed(relay);
   });
 });
