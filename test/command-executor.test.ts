@@ -108,6 +108,35 @@ describe("CommandExecutor on a real socket", () => {
     assert.equal(received, 0);
   });
 
+  it("stores an answer after the timeout", async () => {
+    let received = 0;
+    client.on(
+      "light:set",
+      (_command: unknown, ack: (answer: unknown) => void) => {
+        received += 1;
+        setTimeout(
+          () => ack({ ok: true, data: { light: light("lamp", true) } }),
+          TIMEOUT_MS + 200,
+        );
+      },
+    );
+
+    const answer = await executor.execute(command("late-1"));
+    assert.equal(answer.ok ? undefined : answer.error.code, "TIMEOUT");
+    await waitUntil(
+      "the late answer's light stored",
+      async () => {
+        const state = await store.getState(BRIDGE_ID);
+        return state.lights[0]?.on.on === true;
+      },
+      2000,
+    );
+
+    const repeated = await executor.execute(command("late-1"));
+    assert.equal(repeated.ok, true);
+    assert.equal(received, 1);
+  });
+
   it("rejects a closed transport at once", async () => {
     let received = 0;
     client.on("light:set", () => (received += 1));

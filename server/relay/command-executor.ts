@@ -114,10 +114,45 @@ export class CommandExecutor {
         change: command.change,
       },
       timeoutMs,
+      (late) => void this.applyLateAnswer(session, command, late),
     );
+    return this.applyAnswer(session, command, raw);
+  }
+
+  /** Stores the light of the bridge's answer, remembers the answer, and returns it. */
+  private async applyAnswer(
+    session: BridgeSession,
+    command: RoutedCommand,
+    raw: unknown,
+  ): Promise<CommandAnswer> {
     const stored = await this.interpret(session, command, raw);
-    if (idempotent) await this.remember(command, stored);
+    if (command.idempotent ?? true) await this.remember(command, stored);
     return answerFromStored(command.bridgeId, stored);
+  }
+
+  /**
+   * Applies an answer that came after the command's timeout. The app was
+   * told `TIMEOUT`, but the bridge did apply the command, so its light is
+   * stored and broadcast, and a repeat of the command gets the answer.
+   */
+  private async applyLateAnswer(
+    session: BridgeSession,
+    command: RoutedCommand,
+    raw: unknown,
+  ): Promise<void> {
+    const ids = { bridgeId: command.bridgeId, commandId: command.commandId };
+    try {
+      const answer = await this.applyAnswer(session, command, raw);
+      this.logger.info(
+        { ...ids, ok: answer.ok },
+        "applied a bridge's answer that came after its command's timeout",
+      );
+    } catch (error) {
+      this.logger.warn(
+        { err: error, ...ids },
+        "could not apply a bridge's answer that came after its command's timeout",
+      );
+    }
   }
 
   /**
@@ -191,14 +226,15 @@ export class CommandExecutor {
    * Sends `command` to the bridge and waits `timeoutMs` for its answer.
    * The timeout reads waiting input first, so an answer that came in time
    * while this process was stopped still counts. Socket.IO's own ack
-   * timeout, ANSWER_STALL_GRACE_MS longer, only frees the callback of a
-   * bridge that never answers; an answer that comes between the two is
-   * read and dropped.
+   * timeout, ANSWER_STALL_GRACE_MS longer, frees the callback of a bridge
+   * that never answers. An answer that comes between the two goes to
+   * `onLate`.
    */
   private sendToBridge(
     session: BridgeSession,
     command: LightSetCommand,
     timeoutMs: number,
+    onLate: (answer: unknown) => void,
   ): Promise<unknown> {
     const { socket, bridgeId } = session;
     // Not `socket.disconnected`: a socket whose handshake is still being
@@ -208,7 +244,9 @@ export class CommandExecutor {
       throw new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} disconnected`);
     }
     return new Promise((resolve, reject) => {
+      let settled = false;
       const settle = (error: RelayError | null, answer?: unknown): void => {
+        settled = true;
         cancelTimeout();
         sent.stopWaiting();
         if (error === null) resolve(answer);
@@ -231,7 +269,9 @@ export class CommandExecutor {
           command,
           (error: Error | null, answer: LightSetAnswer) => {
             sent.acknowledged();
-            if (error === null) settle(null, answer);
+            if (error !== null) return;
+            if (settled) onLate(answer);
+            else settle(null, answer);
           },
         );
     });
