@@ -31,6 +31,13 @@ export async function runEmbedded(
     secret,
   });
   installShutdown(relay, config, log, () => store.close());
+  // The signal's default action ends the process at once, with every
+  // bridge's state, where on the clustered relay it replaces the workers.
+  process.on("SIGUSR2", () => {
+    log.warn(
+      "SIGUSR2 ignored: a rolling restart needs the clustered relay (REDIS_URL and WORKERS); the embedded relay keeps its state in this one process",
+    );
+  });
   closeStalledConnections(relay.httpServer, {
     headersTimeoutMs: HEADERS_TIMEOUT_MS,
     bodyTimeoutMs: config.requestBodyTimeoutMs,

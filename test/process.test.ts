@@ -7,6 +7,7 @@ import {
   connectApp,
   connectBridge,
   randomBridgeId,
+  requestData,
   settle,
 } from "./support/clients.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
@@ -144,6 +145,25 @@ describe("relay processes", function () {
     );
     assert.equal(await relay.stop("SIGINT"), 0);
     assert.equal(await gone, "transport close");
+  });
+
+  it("keeps the embedded relay on SIGUSR2", async () => {
+    const relay = await startRelay();
+    try {
+      const bridge = await connectBridge(relay.url, randomBridgeId());
+      process.kill(relay.pid, "SIGUSR2");
+      await relay.waitForLog((line) => line.msg.startsWith("SIGUSR2 ignored"));
+
+      const info = await requestData<{ serverId: string }>(
+        bridge,
+        "relay:info",
+        {},
+      );
+      assert.equal(typeof info.serverId, "string");
+      bridge.close();
+    } finally {
+      await relay.stop();
+    }
   });
 
   it("restarts dying workers with growing delays", async () => {
