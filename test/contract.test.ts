@@ -421,6 +421,14 @@ for (const variant of VARIANTS) {
         assert.equal(info.polluted, undefined);
       });
 
+      it("takes null as no payload", async () => {
+        const watcher = await app([randomBridgeId()]);
+        const info = await request(watcher, "relay:info", null);
+        assert.equal(info.ok, true, JSON.stringify(info));
+        const list = await request(watcher, "bridge:list", null);
+        assert.equal(list.ok, true, JSON.stringify(list));
+      });
+
       it("answers PAYLOAD_TOO_LARGE and stays connected", async () => {
         const bridge = track(await connectBridge(url, randomBridgeId()));
         const padding = "x".repeat(1024 * 1024 + 10);

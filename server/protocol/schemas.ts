@@ -142,7 +142,8 @@ const changeListSchema = z
 
 export const snapshotPayloadSchema = z.object({ lights: lightListSchema });
 export const changedPayloadSchema = z.object({ lights: changeListSchema });
-export const emptyPayloadSchema = z.object({}).optional();
+// Null too: socket.io-client sends an `undefined` argument as null.
+export const emptyPayloadSchema = z.object({}).nullish();
 export const bridgeIdPayloadSchema = z.object({ bridgeId: bridgeIdSchema });
 
 export const commandIdSchema = z
