@@ -127,6 +127,26 @@ async function commandInParts(parts: number): Promise<string[]> {
   return chunks;
 }
 
+/**
+ * Sends a light command with a bad token and part of its body, and asserts
+ * a 401 that closes the connection before the body timeout. The primary of
+ * a clustered relay ends a forwarded connection after its response.
+ */
+async function assertEarlyResponseCloses(relay: RelayProcess): Promise<void> {
+  const header = (await commandHeader(100)).replace(
+    /Authorization: Bearer \S+/,
+    "Authorization: Bearer not-a-token",
+  );
+  const { response, closedAfterMs } = await exchange(relay.port, [
+    `${header}{"on":`,
+  ]);
+  assert.match(response, /^HTTP\/1\.1 401 /);
+  assert.ok(
+    closedAfterMs < BODY_TIMEOUT_MS,
+    `closed after ${closedAfterMs} ms`,
+  );
+}
+
 /** The start of a POST to a path that no route serves, with 2 of its 10 body bytes. */
 const UNKNOWN_PATH_PART =
   "POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab";
@@ -296,19 +316,7 @@ describe("fault: clients stall their request", function () {
   });
 
   it("closes after an early response", async () => {
-    const header = (await commandHeader(100)).replace(
-      /Authorization: Bearer \S+/,
-      "Authorization: Bearer not-a-token",
-    );
-    const { response, closedAfterMs } = await exchange(relay.port, [
-      `${header}{"on":`,
-    ]);
-    assert.match(response, /^HTTP\/1\.1 401 /);
-    // The primary ends a forwarded connection after its response.
-    assert.ok(
-      closedAfterMs < BODY_TIMEOUT_MS,
-      `closed after ${closedAfterMs} ms`,
-    );
+    await assertEarlyResponseCloses(relay);
   });
 
   it("answers an unknown path before its body", async () => {
@@ -404,18 +412,7 @@ describe("fault: a stalled body on the embedded relay", function () {
   });
 
   it("closes after an early response", async () => {
-    const header = (await commandHeader(100)).replace(
-      /Authorization: Bearer \S+/,
-      "Authorization: Bearer not-a-token",
-    );
-    const { response, closedAfterMs } = await exchange(relay.port, [
-      `${header}{"on":`,
-    ]);
-    assert.match(response, /^HTTP\/1\.1 401 /);
-    assert.ok(
-      closedAfterMs < BODY_TIMEOUT_MS,
-      `closed after ${closedAfterMs} ms`,
-    );
+    await assertEarlyResponseCloses(relay);
   });
 
   it("answers an unknown path before its body", async () => {

@@ -141,4 +141,47 @@ describe("fault: Redis fails while a bridge applies a command", function () {
       200,
     );
   });
+  it("reads lights again after Redis lost a write", async () => {
+    const { bridgeId, app } = await bridgeAndApp(async () => undefined);
+    const lightsKey = `relay:{${bridgeId}}:lights`;
+    const onDocument = await admin.hGet(lightsKey, "a");
+    assert.ok(typeof onDocument === "string", "the stored light");
+    // Without a commandId, so that a repeat reaches the bridge again.
+    const switchOff = () =>
+      request(app, "light:set", {
+        bridgeId,
+        lightId: "a",
+        change: { on: { on: false } },
+      });
+    const first = await switchOff();
+    assert.equal(first.ok, true);
+
+    // Redis goes back to the light and version before the write, as a
+    // replica promoted before it received the write would be.
+    await admin.hSet(lightsKey, "a", onDocument);
+    await admin.hIncrBy(`relay:{${bridgeId}}:meta`, "version", -1);
+    const reconnects = () =>
+      relay.logs.filter((line) => line.msg === "redis connection restored")
+        .length;
+    const before = reconnects();
+    await admin.sendCommand(["CLIENT", "KILL", "TYPE", "normal"]);
+    await waitUntil(
+      "the relay reconnected",
+      () => reconnects() > before,
+      10_000,
+    );
+
+    await waitUntil(
+      "the command stored in Redis",
+      async () => {
+        await switchOff();
+        const view = await request<BridgeState>(app, "bridge:subscribe", {
+          bridgeId,
+        });
+        return view.ok && view.data.lights[0]?.on.on === false;
+      },
+      5000,
+      200,
+    );
+  });
 });
