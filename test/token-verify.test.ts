@@ -39,6 +39,8 @@ interface SignOptions {
   expiresIn?: number;
   /** Start of validity (`nbf`) in seconds from now. */
   notBeforeIn?: number;
+  /** Time of issue (`iat`) in seconds from now; 0 by default. */
+  issuedIn?: number;
   issuer?: string;
   audience?: string | string[];
 }
@@ -61,7 +63,7 @@ function sign(
   const alg = options.alg ?? "HS256";
   const jwt = new SignJWT(claims as JWTPayload)
     .setProtectedHeader({ alg })
-    .setIssuedAt();
+    .setIssuedAt(nowSeconds() + (options.issuedIn ?? 0));
   if (options.expiresIn !== undefined) {
     jwt.setExpirationTime(nowSeconds() + options.expiresIn);
   }
@@ -407,6 +409,19 @@ describe("TokenVerifier", () => {
     it("rejects nbf 120 s ahead", async () => {
       const token = await sign(bridgeClaims, { notBeforeIn: 120 });
       await assertUnauthorized(hs256, token);
+    });
+
+    it("accepts iat 30 s ahead", async () => {
+      const token = await sign(bridgeClaims, { issuedIn: 30 });
+      const identity = await hs256.verify(token);
+      assert.equal(identity.role, "bridge");
+    });
+
+    it("rejects iat 120 s ahead", async () => {
+      const token = await sign(bridgeClaims, { issuedIn: 120 });
+      const error = await rejection(hs256, token);
+      assert.equal(error.code, "UNAUTHORIZED");
+      assert.match(error.message, /invalid token claim iat/);
     });
 
     it("rejects non-numeric exp", async () => {

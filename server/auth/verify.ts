@@ -9,7 +9,7 @@ import { RelayError } from "../errors.ts";
 import type { Identity } from "./identity.ts";
 import { parsePublicKey } from "./public-key.ts";
 
-/** Clock leeway for `exp` and `nbf`, in seconds. */
+/** Clock leeway for `exp`, `nbf` and `iat`, in seconds. */
 export const CLOCK_TOLERANCE_SECONDS = 60;
 // The maximum token length keeps a huge `bridges` claim from exhausting memory.
 export { MAX_TOKEN_LENGTH };
@@ -101,6 +101,7 @@ export class TokenVerifier {
           clockTolerance: CLOCK_TOLERANCE_SECONDS,
         },
       );
+      rejectFutureIssue(payload);
       return payload;
     } catch (error) {
       throw new RelayError("UNAUTHORIZED", describeJoseError(error));
@@ -138,6 +139,23 @@ export class TokenVerifier {
       exp,
     };
   }
+}
+
+/**
+ * Rejects a token issued more than the clock leeway in the future. jose
+ * checks `iat` against the clock only with a maximum token age, which
+ * would make `iat` required.
+ */
+function rejectFutureIssue(payload: JWTPayload): void {
+  const nowSeconds = Date.now() / 1000;
+  if (payload.iat === undefined) return;
+  if (payload.iat <= nowSeconds + CLOCK_TOLERANCE_SECONDS) return;
+  throw new joseErrors.JWTClaimValidationFailed(
+    "token issued in the future",
+    payload,
+    "iat",
+    "check_failed",
+  );
 }
 
 function describeJoseError(error: unknown): string {
