@@ -152,10 +152,18 @@ export function createHttpApp(deps: HttpDeps): Express {
 }
 
 /**
- * Closes the connection of a request whose response finished before its
- * body arrived in full, such as a 401 or a 404. Node would read the rest of
- * the body to reuse the connection, so a client sending one byte at a time
- * could keep it open without a token.
+ * Time the rest of an unread body has to arrive once the response has
+ * finished, in ms. A body sent at once is there in much less, so its
+ * connection stays open for the client's next request.
+ */
+const UNREAD_BODY_GRACE_MS = 1000;
+
+/**
+ * Reads and drops the body of a request whose response finished before
+ * the body was read, such as a 401 or a 404, and closes the connection
+ * when the rest does not arrive within UNREAD_BODY_GRACE_MS. Node would
+ * wait for the rest however long it takes, so a client sending one byte
+ * at a time could keep the connection open without a token.
  */
 function closeUnreadBodies(
   request: Request,
@@ -164,8 +172,15 @@ function closeUnreadBodies(
 ): void {
   response.once("finish", () => {
     if (request.complete || !hasBody(request)) return;
-    request.destroy();
-    request.socket.destroy();
+    const timer = setTimeout(() => {
+      request.destroy();
+      request.socket.destroy();
+    }, UNREAD_BODY_GRACE_MS);
+    timer.unref();
+    const stop = (): void => clearTimeout(timer);
+    request.once("end", stop);
+    request.once("close", stop);
+    request.resume();
   });
   next();
 }

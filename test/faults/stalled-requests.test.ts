@@ -99,6 +99,44 @@ function exchange(
   });
 }
 
+/**
+ * Sends `first` on one connection and, once its whole response has come,
+ * `second` on the same connection. Resolves with the second response, and
+ * rejects when the server closes the connection before it.
+ */
+function keepAliveExchange(
+  port: number,
+  first: string,
+  second: string,
+): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let received = "";
+    let sentSecond = false;
+    const socket: Socket = connect(port, "127.0.0.1", () =>
+      socket.write(first),
+    );
+    socket.on("data", (chunk: Buffer) => {
+      received += chunk.toString();
+      const headerEnd = received.indexOf("\r\n\r\n");
+      if (headerEnd === -1) return;
+      const length = Number(/content-length: (\d+)/i.exec(received)?.[1] ?? 0);
+      if (received.length < headerEnd + 4 + length) return;
+      if (sentSecond) {
+        socket.destroy();
+        resolve(received);
+        return;
+      }
+      sentSecond = true;
+      received = "";
+      socket.write(second);
+    });
+    socket.on("error", () => undefined);
+    socket.on("close", () =>
+      reject(new Error(`closed before the second response: ${received}`)),
+    );
+  });
+}
+
 /** Builds the header of a light command whose body is `bodyBytes` long. */
 async function commandHeader(bodyBytes: number): Promise<string> {
   const bridgeId = randomBridgeId();
@@ -417,5 +455,14 @@ describe("fault: a stalled body on the embedded relay", function () {
 
   it("answers an unknown path before its body", async () => {
     await assertUnknownPathClosed(relay);
+  });
+
+  it("keeps a connection after an unread whole body", async () => {
+    const response = await keepAliveExchange(
+      relay.port,
+      "POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+      "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert.match(response, /^HTTP\/1\.1 200 /);
   });
 });
