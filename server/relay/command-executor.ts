@@ -156,6 +156,20 @@ export class CommandExecutor {
   }
 
   /**
+   * Returns true when this process has the bridge's connection, the store
+   * is reachable, and this process's copy of the bridge's lights contains
+   * the light, so that a command to it needs no store read first.
+   */
+  knowsLight(bridgeId: string, lightId: string): boolean {
+    const session = this.sessions.get(bridgeId);
+    return session !== undefined && this.knowsSessionLight(session, lightId);
+  }
+
+  private knowsSessionLight(session: BridgeSession, lightId: string): boolean {
+    return this.storeReady() && this.writer.knowsLight(session, lightId);
+  }
+
+  /**
    * Raises `NOT_FOUND` unless the bridge has the light. This process's
    * copy of the bridge's lights usually decides it without a store read.
    * It runs after the session check, because `BRIDGE_OFFLINE` comes first
@@ -168,7 +182,7 @@ export class CommandExecutor {
     session: BridgeSession,
     lightId: string,
   ): Promise<void> {
-    if (this.storeReady() && this.writer.knowsLight(session, lightId)) return;
+    if (this.knowsSessionLight(session, lightId)) return;
     const stored = await this.store.getLights(session.bridgeId, [lightId]);
     if ((stored.lights[0] ?? null) !== null) return;
     throw new RelayError(

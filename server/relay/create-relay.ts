@@ -180,7 +180,6 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     windowMs: config.drainWindowMs,
     forceAfterMs: config.shutdownTimeoutMs - CLOSE_MARGIN_MS,
   });
-  const redisReady = (): boolean => options.redisState?.isReady() ?? true;
   const executor = new CommandExecutor(
     sessions,
     store,
@@ -188,7 +187,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     config.commandTimeoutMs,
     logger,
     config.limits.unansweredCommandsPerBridge,
-    redisReady,
+    () => options.redisState?.isReady() ?? true,
   );
   const router = new CommandRouter(
     bus,
@@ -202,14 +201,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   );
   const service = new AppService(store, router, {
     serverId: bus.serverId,
-    knowsLight: (bridgeId, lightId) => {
-      const session = sessions.get(bridgeId);
-      return (
-        session !== undefined &&
-        redisReady() &&
-        writer.knowsLight(session, lightId)
-      );
-    },
+    knowsLight: (bridgeId, lightId) => executor.knowsLight(bridgeId, lightId),
   });
   const untrackConnections = trackConnections({
     bridges: () => sessions.count,
