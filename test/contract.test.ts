@@ -26,6 +26,16 @@ import { light, realLights } from "./support/fixtures.ts";
 import { appToken, bridgeToken, signClaims } from "./support/tokens.ts";
 import { CONTRACT_ENV, VARIANTS, type Deployment } from "./support/variants.ts";
 
+type Answer = (answer: unknown) => void;
+
+/** Orders in which a bridge sends a snapshot and a command's answer. */
+const WRITE_ORDERS = [
+  { name: "a snapshot, then the answer", answerFirst: false, late: false },
+  { name: "the answer, then a snapshot", answerFirst: true, late: false },
+  { name: "a snapshot, then a late answer", answerFirst: false, late: true },
+  { name: "a late answer, then a snapshot", answerFirst: true, late: true },
+];
+
 /** Connections of one bridge opened at the same moment. */
 const CONCURRENT_CONNECTIONS = 12;
 
@@ -1159,6 +1169,66 @@ for (const variant of VARIANTS) {
         });
         assert.equal(ack.ok && ack.data.light.metadata?.name, "Light 2");
       });
+
+      for (const order of WRITE_ORDERS) {
+        it(`stores ${order.name} in arrival order`, async function () {
+          this.timeout(10_000);
+          const bridgeId = randomBridgeId();
+          // Polling sends the packets buffered meanwhile in one request
+          // body, so the relay reads the snapshot and the answer together.
+          const bridge = track(
+            await connectBridge(url, bridgeId, { transports: ["polling"] }),
+          );
+          await requestData(bridge, "state:snapshot", {
+            lights: [light("a", true, 50)],
+          });
+          bridge.on("light:set", (_command: unknown, answer: Answer) => {
+            const send = (): void => {
+              // Holds the transport's one POST, so the next two wait together.
+              bridge.emit("relay:info");
+              const reply = (): void =>
+                answer({ ok: true, data: { light: light("a", true, 90) } });
+              const snapshot = (): void =>
+                void bridge.emit(
+                  "state:snapshot",
+                  { lights: [light("a", true, 10)] },
+                  () => undefined,
+                );
+              if (order.answerFirst) reply();
+              snapshot();
+              if (!order.answerFirst) reply();
+            };
+            if (order.late) setTimeout(send, 1700);
+            else send();
+          });
+          const controller = await app([bridgeId]);
+          const ack = await request(controller, "light:set", {
+            bridgeId,
+            lightId: "a",
+            change: { dimming: { brightness: 90 } },
+          });
+          assert.equal(
+            ack.ok ? "ok" : ack.error.code,
+            order.late ? "TIMEOUT" : "ok",
+          );
+          // Each write changes the light: the second one brings version 3.
+          let state: BridgeState | undefined;
+          await waitUntil(
+            "both writes stored",
+            async () => {
+              state = await requestData<BridgeState>(
+                controller,
+                "bridge:subscribe",
+                { bridgeId },
+              );
+              return state.version >= 3;
+            },
+            5000,
+          );
+          const expected = order.answerFirst ? 10 : 90;
+          assert.equal(state?.lights[0]?.dimming?.brightness, expected);
+        });
+      }
     });
   });
 }

@@ -106,7 +106,7 @@ export class CommandExecutor {
       );
     }
     await this.checkLight(session, command.lightId);
-    const raw = await this.sendToBridge(
+    const stored = this.sendToBridge(
       session,
       {
         commandId: command.commandId,
@@ -114,35 +114,33 @@ export class CommandExecutor {
         change: command.change,
       },
       timeoutMs,
-      (late) => void this.applyLateAnswer(session, command, late),
+      (raw) => this.interpret(session, command, raw),
+      (late) => void this.applyLateAnswer(command, late),
     );
-    return this.applyAnswer(session, command, raw);
+    return this.settleAnswer(command, await stored);
   }
 
-  /** Stores the light of the bridge's answer, remembers the answer, and returns it. */
-  private async applyAnswer(
-    session: BridgeSession,
+  /** Remembers the stored answer for repeats of the command, and returns it. */
+  private async settleAnswer(
     command: RoutedCommand,
-    raw: unknown,
+    stored: StoredCommandAnswer,
   ): Promise<CommandAnswer> {
-    const stored = await this.interpret(session, command, raw);
     if (command.idempotent ?? true) await this.remember(command, stored);
     return answerFromStored(command.bridgeId, stored);
   }
 
   /**
-   * Applies an answer that came after the command's timeout. The app was
+   * Finishes an answer that came after the command's timeout. The app was
    * told `TIMEOUT`, but the bridge did apply the command, so its light is
    * stored and broadcast, and a repeat of the command gets the answer.
    */
   private async applyLateAnswer(
-    session: BridgeSession,
     command: RoutedCommand,
-    raw: unknown,
+    stored: Promise<StoredCommandAnswer>,
   ): Promise<void> {
     const ids = { bridgeId: command.bridgeId, commandId: command.commandId };
     try {
-      const answer = await this.applyAnswer(session, command, raw);
+      const answer = await this.settleAnswer(command, await stored);
       this.logger.info(
         { ...ids, ok: answer.ok },
         "applied a bridge's answer that came after its command's timeout",
@@ -237,19 +235,21 @@ export class CommandExecutor {
   }
 
   /**
-   * Sends `command` to the bridge and waits `timeoutMs` for its answer.
-   * The timeout reads waiting input first, so an answer that came in time
-   * while this process was stopped still counts. Socket.IO's own ack
-   * timeout, ANSWER_STALL_GRACE_MS longer, frees the callback of a bridge
-   * that never answers. An answer that comes between the two goes to
-   * `onLate`.
+   * Sends `command` to the bridge, waits `timeoutMs` for its answer, and
+   * resolves with what `interpret` makes of it. The timeout reads waiting
+   * input first, so an answer that came in time while this process was
+   * stopped still counts. Socket.IO's own ack timeout,
+   * ANSWER_STALL_GRACE_MS longer, frees the callback of a bridge that never
+   * answers. An answer that comes between the two is interpreted too, and
+   * goes to `onLate`.
    */
-  private sendToBridge(
+  private sendToBridge<T>(
     session: BridgeSession,
     command: LightSetCommand,
     timeoutMs: number,
-    onLate: (answer: unknown) => void,
-  ): Promise<unknown> {
+    interpret: (answer: unknown) => Promise<T>,
+    onLate: (interpreted: Promise<T>) => void,
+  ): Promise<T> {
     const { socket, bridgeId } = session;
     // Not `socket.disconnected`: a socket whose handshake is still being
     // completed reads as disconnected, and Socket.IO delivers a command
@@ -259,11 +259,14 @@ export class CommandExecutor {
     }
     return new Promise((resolve, reject) => {
       let settled = false;
-      const settle = (error: RelayError | null, answer?: unknown): void => {
+      const settle = (
+        error: RelayError | null,
+        interpreted?: Promise<T>,
+      ): void => {
         settled = true;
         cancelTimeout();
         sent.stopWaiting();
-        if (error === null) resolve(answer);
+        if (error === null) resolve(interpreted as Promise<T>);
         else reject(error);
       };
       const callbackMs = timeoutMs + ANSWER_STALL_GRACE_MS;
@@ -284,8 +287,15 @@ export class CommandExecutor {
           (error: Error | null, answer: LightSetAnswer) => {
             sent.acknowledged();
             if (error !== null) return;
-            if (settled) onLate(answer);
-            else settle(null, answer);
+            // Socket.IO calls acknowledgements as it reads them, but
+            // dispatches events a tick later. Interpreting the answer a tick
+            // later too queues its write in the order the bridge sent it,
+            // among its snapshots and changes.
+            const interpreted = new Promise<T>((done) =>
+              process.nextTick(() => done(interpret(answer))),
+            );
+            if (settled) onLate(interpreted);
+            else settle(null, interpreted);
           },
         );
     });

@@ -70,10 +70,18 @@ export class StateWriter {
     return this.cache.has(session.bridgeId, session.epoch, lightId);
   }
 
-  /** Replaces all of a bridge's lights; returns the version after the write. */
-  applySnapshot(session: WriterSession, lights: Light[]): Promise<number> {
+  /**
+   * Replaces all of a bridge's lights; returns the version after the write.
+   * `admit` runs in the write's turn, before it: a request limit checked
+   * there leaves the write its place in the bridge's order.
+   */
+  applySnapshot(
+    session: WriterSession,
+    lights: Light[],
+    admit?: () => Promise<void>,
+  ): Promise<number> {
     const next = lights.map(canonicalLight).sort(byId);
-    const stored = this.queue.run(session.bridgeId, () =>
+    const stored = this.inTurn(session, admit, () =>
       this.retry(async () => {
         // Snapshots are rare, and idle bridges should cost no cache entry.
         this.cache.forget(session.bridgeId);
@@ -98,15 +106,35 @@ export class StateWriter {
     return this.tellListener(session, stored, true);
   }
 
-  /** Applies changes whole or not at all; an unknown light is `NOT_FOUND`. */
+  /**
+   * Applies changes whole or not at all; an unknown light is `NOT_FOUND`.
+   * `admit` runs in the write's turn, as for a snapshot.
+   */
   applyChanges(
     session: WriterSession,
     changes: LightChange[],
+    admit?: () => Promise<void>,
   ): Promise<ChangeResult> {
-    const result = this.queue.run(session.bridgeId, () =>
+    const result = this.inTurn(session, admit, () =>
       this.retry(() => this.applyChangesNow(session, changes)),
     );
     return this.tellListener(session, result, false);
+  }
+
+  /**
+   * Queues `write` behind the bridge's earlier writes, so that they are
+   * applied in the order they were called, which is the order the bridge
+   * sent them.
+   */
+  private inTurn<T>(
+    session: WriterSession,
+    admit: (() => Promise<void>) | undefined,
+    write: () => Promise<T>,
+  ): Promise<T> {
+    return this.queue.run(session.bridgeId, async () => {
+      await admit?.();
+      return write();
+    });
   }
 
   /**

@@ -149,19 +149,19 @@ function bridgeRequests(
   return {
     "state:snapshot": async (payload, socket) => {
       const { lights } = parsePayload(snapshotPayloadSchema, payload);
-      await deps.limits.consumeRequest(socket.id);
       const version = await deps.writer.applySnapshot(
         socketSession(socket),
         lights,
+        () => deps.limits.consumeRequest(socket.id),
       );
       return { version };
     },
     "state:changed": async (payload, socket) => {
       const { lights } = parsePayload(changedPayloadSchema, payload);
-      await deps.limits.consumeRequest(socket.id);
       const { version } = await deps.writer.applyChanges(
         socketSession(socket),
         lights,
+        () => deps.limits.consumeRequest(socket.id),
       );
       return { version };
     },
