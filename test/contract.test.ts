@@ -581,6 +581,46 @@ for (const variant of VARIANTS) {
         ]);
       });
 
+      it("reports offline after the last writes", async function () {
+        this.timeout(10_000);
+        const bridgeId = randomBridgeId();
+        // Polling sends the answer and the disconnect in one request body,
+        // so the relay reads them together.
+        const bridge = track(
+          await connectBridge(url, bridgeId, { transports: ["polling"] }),
+        );
+        await requestData(bridge, "state:snapshot", {
+          lights: [light("a", true, 50)],
+        });
+        const watcher = await app([bridgeId]);
+        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const events: string[] = [];
+        watcher.onAny((event: string, payload: { version?: number }) => {
+          events.push(
+            event === "lights:changed" ? `version ${payload.version}` : event,
+          );
+        });
+        const offline = nextEvent<BridgePresence>(
+          watcher,
+          "bridge:presence",
+          (event) => !event.online,
+        );
+        bridge.on("light:set", (_command: unknown, answer: Answer) => {
+          // Holds the transport's one POST, so the next packets wait together.
+          bridge.emit("relay:info");
+          answer({ ok: true, data: { light: light("a", true, 90) } });
+          bridge.disconnect();
+        });
+        const ack = await request(watcher, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { dimming: { brightness: 90 } },
+        });
+        assert.equal(ack.ok, true, JSON.stringify(ack));
+        await offline;
+        assert.deepEqual(events, ["version 2", "bridge:presence"]);
+      });
+
       it("keeps state after the bridge leaves", async () => {
         const bridgeId = randomBridgeId();
         const bridge = await bridgeWithLights(bridgeId, [light("a", true)]);

@@ -142,9 +142,16 @@ export class BridgeSessions {
     return session;
   }
 
-  /** Releases the claim when `session` is still current, and reports the bridge offline. */
-  release(session: BridgeSession): Promise<void> {
-    const releasing = this.releaseNow(session);
+  /**
+   * Releases the claim when `session` is still current, and reports the
+   * bridge offline once `lastWrites` are done, so that apps get the
+   * bridge's last changes before its offline presence.
+   */
+  release(
+    session: BridgeSession,
+    lastWrites: Promise<void> = Promise.resolve(),
+  ): Promise<void> {
+    const releasing = this.releaseNow(session, false, lastWrites);
     this.releasing.add(releasing);
     void releasing
       .catch(() => undefined)
@@ -302,10 +309,12 @@ export class BridgeSessions {
   private async releaseNow(
     session: BridgeSession,
     retried = false,
+    lastWrites: Promise<void> = Promise.resolve(),
   ): Promise<void> {
     if (this.sessions.get(session.bridgeId) === session) {
       this.sessions.delete(session.bridgeId);
     }
+    await lastWrites;
     const now = new Date();
     let released: boolean;
     try {

@@ -65,6 +65,16 @@ export class StateWriter {
     this.cache.clear();
   }
 
+  /**
+   * Resolves once the bridge's writes queued so far are done, those of
+   * command answers read with the last packet included, which are queued a
+   * tick after they are read. Failed writes count as done.
+   */
+  async afterQueuedWrites(bridgeId: string): Promise<void> {
+    await new Promise<void>((resolve) => process.nextTick(resolve));
+    await this.queue.run(bridgeId, () => Promise.resolve());
+  }
+
   /** Returns true when the light is in this process's copy of the bridge's current state. */
   knowsLight(session: WriterSession, lightId: string): boolean {
     return this.cache.has(session.bridgeId, session.epoch, lightId);

@@ -182,7 +182,8 @@ function disconnectListener(
     deps.limits.forgetSocket(this.id);
     deps.logger.info({ ...fields, reason }, "bridge disconnected");
     closeConnectionAfterLeave(this, reason);
-    deps.sessions.release(session).catch((error: unknown) => {
+    const lastWrites = deps.writer.afterQueuedWrites(session.bridgeId);
+    deps.sessions.release(session, lastWrites).catch((error: unknown) => {
       deps.logger.warn(
         { ...fields, err: error },
         "could not release the bridge's claim",
