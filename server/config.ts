@@ -1,6 +1,7 @@
 import os from "node:os";
 import { z } from "zod";
 import { parsePublicKey } from "./auth/public-key.ts";
+import { defaultMaxConnections } from "./cluster/open-files-limit.ts";
 
 /**
  * Relay configuration, read once from environment variables at start.
@@ -224,6 +225,9 @@ const envSchema = z.object({
     30000,
     MAX_DURATION_MS,
   ).pipe(z.number().min(100, "REQUEST_BODY_TIMEOUT_MS must be at least 100")),
+  MAX_CONNECTIONS: wholeNumber("MAX_CONNECTIONS")
+    .pipe(z.number().positive("MAX_CONNECTIONS must be greater than 0"))
+    .optional(),
   SHUTDOWN_TIMEOUT_MS: positiveInt(
     "SHUTDOWN_TIMEOUT_MS",
     10000,
@@ -289,6 +293,11 @@ export interface RelayConfig {
   workerUnresponsiveMs: number;
   /** Time an HTTP request may take to send its body after its header, in ms. */
   requestBodyTimeoutMs: number;
+  /**
+   * Connections one process keeps open before it closes new ones on
+   * arrival. Unset where the limit on open files cannot be read: no cap.
+   */
+  maxConnections: number | undefined;
   shutdownTimeoutMs: number;
   /** Time over which a draining process spreads the closing of its connections, in ms. */
   drainWindowMs: number;
@@ -394,6 +403,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
     },
     workerUnresponsiveMs: parsed.WORKER_UNRESPONSIVE_MS,
     requestBodyTimeoutMs: parsed.REQUEST_BODY_TIMEOUT_MS,
+    maxConnections: parsed.MAX_CONNECTIONS ?? defaultMaxConnections(),
     shutdownTimeoutMs: parsed.SHUTDOWN_TIMEOUT_MS,
     drainWindowMs: drainWindow(
       parsed.DRAIN_WINDOW_MS,

@@ -4,6 +4,7 @@ import type { RelayConfig } from "./config.ts";
 import type { Logger } from "./logger.ts";
 import { LocalBus } from "./messaging/server-bus.ts";
 import { createRelay, type Relay } from "./relay/create-relay.ts";
+import { capListenedConnections } from "./cluster/connection-cap.ts";
 import { installShutdown } from "./cluster/shutdown.ts";
 import {
   closeStalledConnections,
@@ -38,6 +39,9 @@ export async function runEmbedded(
       "SIGUSR2 ignored: a rolling restart needs the clustered relay (REDIS_URL and WORKERS); the embedded relay keeps its state in this one process",
     );
   });
+  if (config.maxConnections !== undefined) {
+    capListenedConnections(relay.httpServer, config.maxConnections, log);
+  }
   closeStalledConnections(relay.httpServer, {
     headersTimeoutMs: HEADERS_TIMEOUT_MS,
     bodyTimeoutMs: config.requestBodyTimeoutMs,

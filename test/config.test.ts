@@ -10,9 +10,10 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
-import os from "node:os";
+import os, { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { resolveSecret } from "../server/auth/secret.ts";
+import { defaultMaxConnections } from "../server/cluster/open-files-limit.ts";
 import { ConfigError, loadConfig, type RelayConfig } from "../server/config.ts";
 
 const SECRET_32 = "0123456789abcdef0123456789abcdef";
@@ -48,6 +49,7 @@ const DEFAULT_CONFIG: RelayConfig = {
     appMaxBufferedBytes: 1024 * 1024,
   },
   workerUnresponsiveMs: 5000,
+  maxConnections: defaultMaxConnections(),
   requestBodyTimeoutMs: 30000,
   shutdownTimeoutMs: 10000,
   drainWindowMs: 3000,
@@ -108,6 +110,7 @@ describe("loadConfig", () => {
       UNANSWERED_COMMANDS_PER_BRIDGE: "16",
       WORKER_UNRESPONSIVE_MS: "900",
       REQUEST_BODY_TIMEOUT_MS: "4000",
+      MAX_CONNECTIONS: "5000",
       SHUTDOWN_TIMEOUT_MS: "1500",
       DRAIN_WINDOW_MS: "700",
       LOG_LEVEL: "debug",
@@ -141,6 +144,7 @@ describe("loadConfig", () => {
       },
       workerUnresponsiveMs: 900,
       requestBodyTimeoutMs: 4000,
+      maxConnections: 5000,
       shutdownTimeoutMs: 1500,
       drainWindowMs: 700,
       logLevel: "debug",
@@ -198,6 +202,8 @@ describe("loadConfig", () => {
       ["PRESENCE_HEARTBEAT_MS", "2147483648"],
       ["COMMAND_TIMEOUT_MS", "2147483648"],
       ["SHUTDOWN_TIMEOUT_MS", "86400001"],
+      ["MAX_CONNECTIONS", "0"],
+      ["MAX_CONNECTIONS", "1e4"],
       ["WORKER_UNRESPONSIVE_MS", "99"],
       ["REQUEST_BODY_TIMEOUT_MS", "99"],
       ["PRESENCE_HEARTBEAT_MS", "0"],
@@ -439,6 +445,38 @@ describe("loadConfig", () => {
       });
       assert.match(error.message, linePattern("AUTH_SECRET"));
     });
+  });
+});
+
+describe("defaultMaxConnections", () => {
+  const limitsOf = (openFiles: string): string => {
+    const dir = mkdtempSync(join(tmpdir(), "relay-limits-"));
+    const file = join(dir, "limits");
+    writeFileSync(
+      file,
+      [
+        "Limit                     Soft Limit           Hard Limit           Units",
+        "Max processes             63711                63711                processes",
+        `Max open files            ${openFiles}                1048576              files`,
+      ].join("\n"),
+    );
+    return file;
+  };
+
+  it("keeps 1000 descriptors free", () => {
+    assert.equal(defaultMaxConnections(limitsOf("20000")), 19000);
+  });
+
+  it("keeps a tenth of a small limit free", () => {
+    assert.equal(defaultMaxConnections(limitsOf("1024")), 921);
+  });
+
+  it("sets no cap when unlimited", () => {
+    assert.equal(defaultMaxConnections(limitsOf("unlimited")), undefined);
+  });
+
+  it("sets no cap without the file", () => {
+    assert.equal(defaultMaxConnections("/nonexistent/limits"), undefined);
   });
 });
 

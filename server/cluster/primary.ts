@@ -7,6 +7,7 @@ import type { Logger } from "../logger.ts";
 import { serveClusterMetrics } from "../metrics/cluster-metrics.ts";
 import { answerSessionBindings } from "./session-binding.ts";
 import { DRAINING_MESSAGE, setShutdownHandler } from "./shutdown.ts";
+import { capListenedConnections } from "./connection-cap.ts";
 import { closeIdleConnections } from "./idle-connections.ts";
 import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
 import { watchWorkers } from "./worker-watchdog.ts";
@@ -122,6 +123,9 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   const httpServer = createServer();
   setupMaster(httpServer, { loadBalancingMethod: "round-robin" });
   stopReadingBeforeHandoff(httpServer);
+  if (config.maxConnections !== undefined) {
+    capListenedConnections(httpServer, config.maxConnections, logger);
+  }
   closeIdleConnections(httpServer, {
     firstByteTimeoutMs: HEADERS_TIMEOUT_MS,
     halfOpenTimeoutMs: HALF_OPEN_TIMEOUT_MS,

@@ -13,6 +13,7 @@ import { createRelay, type Relay } from "../relay/create-relay.ts";
 import { guardStore } from "../state/guarded-store.ts";
 import { RedisLeaseTable } from "../state/lease-table.ts";
 import { RedisStore } from "../state/redis-store.ts";
+import { capHandedConnections } from "./connection-cap.ts";
 import { bindSessionsBeforeHandshake } from "./session-binding.ts";
 import { installShutdown } from "./shutdown.ts";
 import { releaseForwardedConnections } from "./forwarded-connections.ts";
@@ -134,6 +135,9 @@ export async function runWorker(
   };
   redis.mainState.onReconnected(recoverAndLog);
   redis.subscriberState.onReconnected(recoverAndLog);
+  if (config.maxConnections !== undefined) {
+    capHandedConnections(relay.httpServer, config.maxConnections, log);
+  }
   setupWorker(relay.io);
   releaseForwardedConnections(relay.httpServer);
   closeStalledConnections(relay.httpServer, {

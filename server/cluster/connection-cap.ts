@@ -1,0 +1,69 @@
+import type { Server } from "node:http";
+import type { Duplex } from "node:stream";
+import { Counter } from "prom-client";
+import type { Logger } from "../logger.ts";
+import { RepeatLimiter } from "../logging/repeat-limiter.ts";
+import { relayRegistry } from "../metrics/relay-metrics.ts";
+
+/** Time between two log lines about rejected connections, in ms. */
+const REJECTION_LOG_WINDOW_MS = 10_000;
+
+const connectionsRejected = new Counter({
+  name: "relay_connections_rejected_total",
+  help: "Connections closed on arrival because MAX_CONNECTIONS were open on the process.",
+  registers: [relayRegistry],
+});
+
+/** Returns a function that counts a rejected connection and logs it, once per window. */
+function rejectionReporter(max: number, logger: Logger): () => void {
+  const repeats = new RepeatLimiter(REJECTION_LOG_WINDOW_MS);
+  return () => {
+    connectionsRejected.inc();
+    const suppressed = repeats.admit("rejected");
+    if (suppressed === null) return;
+    logger.warn(
+      { maxConnections: max, suppressed },
+      "rejected a connection: MAX_CONNECTIONS connections are open on this process; raise the open-files limit and MAX_CONNECTIONS, or add processes",
+    );
+  };
+}
+
+/**
+ * Closes each connection that arrives while `max` are open on a server
+ * that listens itself. Node closes them before the `connection` event.
+ */
+export function capListenedConnections(
+  server: Server,
+  max: number,
+  logger: Logger,
+): void {
+  server.maxConnections = max;
+  server.on("drop", rejectionReporter(max, logger));
+}
+
+/**
+ * Closes each connection that a cluster primary hands to this worker
+ * while `max` are open on it. Node counts only the connections a server
+ * accepted itself, so a worker's server, which accepts none, counts here.
+ * Registered first, so that no other listener serves a rejected connection.
+ */
+export function capHandedConnections(
+  server: Server,
+  max: number,
+  logger: Logger,
+): void {
+  const rejected = rejectionReporter(max, logger);
+  let open = 0;
+  const onClose = (): void => {
+    open -= 1;
+  };
+  server.prependListener("connection", (connection: Duplex) => {
+    if (open >= max) {
+      connection.destroy();
+      rejected();
+      return;
+    }
+    open += 1;
+    connection.once("close", onClose);
+  });
+}

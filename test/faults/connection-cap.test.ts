@@ -1,0 +1,234 @@
+import assert from "node:assert/strict";
+import { connect, type Socket } from "node:net";
+import type { Socket as ClientSocket } from "socket.io-client";
+import {
+  connectApp,
+  connectBridge,
+  randomBridgeId,
+  request,
+  requestData,
+} from "../support/clients.ts";
+import { answerLightSet, untypedLightMap } from "../support/fake-bridge.ts";
+import {
+  printFigure,
+  startRelayOnRedis,
+  stopRelayOnRedis,
+  waitUntil,
+  type RelayOnRedis,
+} from "../support/faults.ts";
+import { send } from "../support/http.ts";
+import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+
+const MAX_CONNECTIONS = 8;
+/** Time within which a rejected connection must be closed, in ms. */
+const REJECTION_MS = 1000;
+
+/**
+ * Opens a TCP connection that sends nothing, and resolves once it is open.
+ * The server may have closed it by then.
+ */
+function openIdle(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, "127.0.0.1", () => resolve(socket));
+    socket.once("error", reject);
+  });
+}
+
+/**
+ * Resolves with the ms until the server closed `socket` (0 when it is
+ * closed already), or -1 when it stayed open for `ms`.
+ */
+function closedWithin(socket: Socket, ms: number): Promise<number> {
+  const startedAt = Date.now();
+  return new Promise((resolve) => {
+    if (socket.closed) {
+      resolve(0);
+      return;
+    }
+    const timer = setTimeout(() => resolve(-1), ms);
+    socket.on("error", () => undefined);
+    socket.once("close", () => {
+      clearTimeout(timer);
+      resolve(Date.now() - startedAt);
+    });
+  });
+}
+
+/** Opens `count` idle connections, one after the other. */
+async function openIdleConnections(
+  port: number,
+  count: number,
+): Promise<Socket[]> {
+  const sockets: Socket[] = [];
+  for (let index = 0; index < count; index += 1) {
+    sockets.push(await openIdle(port));
+  }
+  return sockets;
+}
+
+/** Connects a bridge with light `a` that answers commands, and an app that may command it. */
+async function bridgeAndApp(
+  url: string,
+): Promise<{ bridgeId: string; bridge: ClientSocket; app: ClientSocket }> {
+  const bridgeId = randomBridgeId();
+  const bridge = await connectBridge(url, bridgeId);
+  const lights = untypedLightMap("a");
+  await requestData(bridge, "state:snapshot", { lights: [...lights.values()] });
+  answerLightSet(bridge, lights);
+  const app = await connectApp(url, [bridgeId], "read control", {
+    transports: ["websocket"],
+  });
+  return { bridgeId, bridge, app };
+}
+
+/** Sends a command from `app` and asserts that the bridge answered it. */
+async function assertCommandAnswered(
+  app: ClientSocket,
+  bridgeId: string,
+): Promise<void> {
+  const ack = await request(app, "light:set", {
+    bridgeId,
+    lightId: "a",
+    change: { on: { on: true } },
+  });
+  assert.equal(ack.ok, true, JSON.stringify(ack));
+}
+
+/**
+ * Connects a new bridge, trying again until the relay has seen closed
+ * connections close and admits one, for at most 5 s.
+ */
+async function connectOnceFreed(url: string): Promise<ClientSocket> {
+  let bridge: ClientSocket | undefined;
+  await waitUntil(
+    "a connection admitted",
+    async () => {
+      bridge = await connectBridge(url, randomBridgeId()).catch(
+        () => undefined,
+      );
+      return bridge !== undefined;
+    },
+    5000,
+    100,
+  );
+  return bridge!;
+}
+
+/** Returns how many log lines of the process `pid` (any, by default) report rejected connections. */
+function rejectionLines(relay: RelayProcess, pid?: number): number {
+  return relay.logs.filter(
+    (line) =>
+      line.msg.startsWith("rejected a connection") &&
+      (pid === undefined || line.pid === pid),
+  ).length;
+}
+
+describe("fault: a connection flood reaches MAX_CONNECTIONS", function () {
+  this.timeout(60_000);
+  const sockets: Socket[] = [];
+  const clients: ClientSocket[] = [];
+
+  afterEach(() => {
+    for (const socket of sockets.splice(0)) socket.destroy();
+    for (const client of clients.splice(0)) client.close();
+  });
+
+  describe("embedded relay", () => {
+    let relay: RelayProcess;
+
+    before(async () => {
+      relay = await startRelay({
+        env: { MAX_CONNECTIONS: String(MAX_CONNECTIONS) },
+      });
+    });
+
+    after(async () => {
+      await relay?.stop();
+    });
+
+    it("closes connections past the cap", async () => {
+      const { bridgeId, bridge, app } = await bridgeAndApp(relay.url);
+      clients.push(bridge, app);
+      const idle = await openIdleConnections(relay.port, MAX_CONNECTIONS - 2);
+      sockets.push(...idle);
+      const flood = await openIdleConnections(relay.port, 5);
+      sockets.push(...flood);
+      const closedAfter = await Promise.all(
+        flood.map((socket) => closedWithin(socket, REJECTION_MS)),
+      );
+      const openIdleCount = (
+        await Promise.all(idle.map((socket) => closedWithin(socket, 100)))
+      ).filter((ms) => ms === -1).length;
+      printFigure(
+        `embedded relay at MAX_CONNECTIONS ${MAX_CONNECTIONS}: 5 more connections closed after ${closedAfter.join(", ")} ms`,
+      );
+      assert.ok(
+        closedAfter.every((ms) => ms >= 0),
+        `connections past the cap stayed open: ${closedAfter.join(", ")}`,
+      );
+      assert.equal(openIdleCount, MAX_CONNECTIONS - 2);
+      await assertCommandAnswered(app, bridgeId);
+      assert.equal(rejectionLines(relay), 1, "one log line per window");
+
+      for (const socket of sockets.splice(0)) socket.destroy();
+      clients.push(await connectOnceFreed(relay.url));
+      const metrics = await send(`${relay.url}/metrics`);
+      // The flood's 5, and any attempt of the new bridge made before the
+      // relay saw the idle connections close.
+      const rejected = /^relay_connections_rejected_total (\d+)$/m.exec(
+        metrics.text,
+      );
+      assert.ok(Number(rejected?.[1]) >= 5, rejected?.[0]);
+    });
+  });
+
+  describe("clustered relay, one worker", () => {
+    let deployment: RelayOnRedis;
+
+    before(async () => {
+      deployment = await startRelayOnRedis({
+        workers: 1,
+        env: { MAX_CONNECTIONS: String(MAX_CONNECTIONS) },
+      });
+    });
+
+    after(async () => {
+      await stopRelayOnRedis(deployment ?? {});
+    });
+
+    it("closes idle connections past the primary's cap", async () => {
+      const { relay } = deployment;
+      const idle = await openIdleConnections(relay.port, MAX_CONNECTIONS);
+      sockets.push(...idle);
+      const [extra] = await openIdleConnections(relay.port, 1);
+      sockets.push(extra!);
+      assert.ok((await closedWithin(extra!, REJECTION_MS)) >= 0);
+      assert.equal(
+        rejectionLines(relay, relay.pid),
+        1,
+        "the primary logged it",
+      );
+      for (const socket of sockets.splice(0)) socket.destroy();
+      clients.push(await connectOnceFreed(relay.url));
+    });
+
+    it("closes handed connections past the worker's cap", async () => {
+      const { relay } = deployment;
+      const { bridgeId, bridge, app } = await bridgeAndApp(relay.url);
+      clients.push(bridge, app);
+      const others = await Promise.all(
+        Array.from({ length: MAX_CONNECTIONS - 2 }, () =>
+          connectBridge(relay.url, randomBridgeId()),
+        ),
+      );
+      clients.push(...others);
+      await assert.rejects(connectBridge(relay.url, randomBridgeId()));
+      await assertCommandAnswered(app, bridgeId);
+      const workerPid = relay.workers()[0]?.pid;
+      assert.equal(rejectionLines(relay, workerPid), 1, "the worker logged it");
+
+      clients.pop()?.close();
+      clients.push(await connectOnceFreed(relay.url));
+    });
+  });
+});
