@@ -67,8 +67,21 @@ const forwardedBytes = new WeakMap<Duplex, { bytes: number }>();
 /** Returns true when the header of `request` announces a body. */
 export function hasBody(request: IncomingMessage): boolean {
   if (request.headers["transfer-encoding"] !== undefined) return true;
-  const length = Number(request.headers["content-length"] ?? 0);
-  return Number.isFinite(length) && length > 0;
+  return (declaredBodyLength(request) ?? 0) > 0;
+}
+
+/**
+ * Returns the body length in bytes that the `Content-Length` header of
+ * `request` declares, or undefined when it has none. Encoded bodies
+ * declare their length before decoding.
+ */
+export function declaredBodyLength(
+  request: IncomingMessage,
+): number | undefined {
+  const header = request.headers["content-length"];
+  if (header === undefined) return undefined;
+  const length = Number(header);
+  return Number.isFinite(length) ? length : undefined;
 }
 
 /**

@@ -6,6 +6,7 @@ import express, {
 import { z } from "zod";
 import type { AppIdentity } from "../auth/identity.ts";
 import type { TokenVerifier } from "../auth/verify.ts";
+import { declaredBodyLength } from "../cluster/stalled-connections.ts";
 import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import {
@@ -90,7 +91,8 @@ interface ApiLocals {
  * (payload schema, grants and scope, rate limit, then the service's
  * presence and light checks), through the same schemas, `authorize` and
  * `AppService`. Authentication comes first, and the request body is read
- * only after it succeeds.
+ * only after it succeeds. A body whose `Content-Length` is over
+ * `maxPayloadBytes` is rejected next, before it is read.
  */
 export function createApiRouter(deps: ApiDeps): Router {
   const router = express.Router();
@@ -125,6 +127,7 @@ export function createApiRouter(deps: ApiDeps): Router {
   router.put(
     "/bridges/:bridgeId/lights/:lightId",
     authenticate,
+    rejectDeclaredOversizeBody(deps.maxPayloadBytes),
     express.json({ limit: deps.maxPayloadBytes }),
     async (request, response) => {
       const { identity, lateInput } = response.locals as ApiLocals;
@@ -155,6 +158,37 @@ export function createApiRouter(deps: ApiDeps): Router {
   });
   router.use(apiErrorHandler(deps.maxPayloadBytes, deps.logger));
   return router;
+}
+
+/**
+ * Rejects a request whose `Content-Length` is over `maxBytes` with
+ * `PAYLOAD_TOO_LARGE` before any of its body is read. express.json
+ * (body-parser 2.4) compares the same header with its limit, but reads
+ * and drops the whole body before it reports the error. A client that
+ * stalled after the header therefore got the 408 of the body timeout
+ * instead. The check covers only bodies without `Content-Encoding`, as
+ * body-parser's does, because an encoded body declares its length before
+ * decoding.
+ *
+ * NOTE: A body without `Content-Length`, or with `Content-Encoding`, that
+ * exceeds the limit is still read in full before its 413 is sent.
+ */
+function rejectDeclaredOversizeBody(maxBytes: number): RequestHandler {
+  return (request, _response, next) => {
+    const length = declaredBodyLength(request);
+    const encoding = request.headers["content-encoding"] ?? "identity";
+    if (
+      length !== undefined &&
+      length > maxBytes &&
+      encoding.toLowerCase() === "identity"
+    ) {
+      throw new RelayError(
+        "PAYLOAD_TOO_LARGE",
+        `request body of ${length} bytes (Content-Length) is over the limit of ${maxBytes} bytes`,
+      );
+    }
+    next();
+  };
 }
 
 /** Verifies the bearer token and stores the identity in `response.locals`. */

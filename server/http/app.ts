@@ -1,13 +1,8 @@
-import express, {
-  type Express,
-  type NextFunction,
-  type Request,
-  type Response,
-} from "express";
+import express, { type Express, type RequestHandler } from "express";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { hasBody } from "../cluster/stalled-connections.ts";
+import { declaredBodyLength, hasBody } from "../cluster/stalled-connections.ts";
 import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { apiErrorHandler } from "./api-errors.ts";
@@ -100,7 +95,7 @@ export function createHttpApp(deps: HttpDeps): Express {
     response.set(SECURITY_HEADERS);
     next();
   });
-  app.use(closeUnreadBodies);
+  app.use(closeUnreadBodies(deps.api.maxPayloadBytes));
   app.use(requestLogging(deps.logger), requestMetrics());
   if (!deps.production) app.use(relayServerHeader(deps.serverId));
 
@@ -163,26 +158,34 @@ const UNREAD_BODY_GRACE_MS = 1000;
  * the body was read, such as a 401 or a 404, and closes the connection
  * when the rest does not arrive within UNREAD_BODY_GRACE_MS. Node would
  * wait for the rest however long it takes, so a client sending one byte
- * at a time could keep the connection open without a token.
+ * at a time could keep the connection open without a token. A body whose
+ * `Content-Length` is over `maxBodyBytes` is not drained. Its response
+ * carries `Connection: close`, and the connection is closed once the
+ * response has been sent.
  */
-function closeUnreadBodies(
-  request: Request,
-  response: Response,
-  next: NextFunction,
-): void {
-  response.once("finish", () => {
-    if (request.complete || !hasBody(request)) return;
-    const timer = setTimeout(() => {
-      request.destroy();
-      request.socket.destroy();
-    }, UNREAD_BODY_GRACE_MS);
-    timer.unref();
-    const stop = (): void => clearTimeout(timer);
-    request.once("end", stop);
-    request.once("close", stop);
-    request.resume();
-  });
-  next();
+function closeUnreadBodies(maxBodyBytes: number): RequestHandler {
+  return (request, response, next) => {
+    const oversized = (declaredBodyLength(request) ?? 0) > maxBodyBytes;
+    if (oversized) response.setHeader("Connection", "close");
+    response.once("finish", () => {
+      if (request.complete || !hasBody(request)) return;
+      if (oversized) {
+        request.destroy();
+        request.socket.destroy();
+        return;
+      }
+      const timer = setTimeout(() => {
+        request.destroy();
+        request.socket.destroy();
+      }, UNREAD_BODY_GRACE_MS);
+      timer.unref();
+      const stop = (): void => clearTimeout(timer);
+      request.once("end", stop);
+      request.once("close", stop);
+      request.resume();
+    });
+    next();
+  };
 }
 
 /**

@@ -17,6 +17,13 @@ const HEADERS_TIMEOUT_MS = 10_000;
 /** The primary's limit for a client to close its half of an ended connection. */
 const HALF_OPEN_TIMEOUT_MS = 10_000;
 const BODY_TIMEOUT_MS = 2000;
+/** Largest request body of the test relays, in bytes. */
+const MAX_PAYLOAD_BYTES = 4096;
+/**
+ * Maximum time in ms for a connection to count as closed at once. It is
+ * under the 1 s that the relay gives the rest of an unread body.
+ */
+const PROMPT_CLOSE_MS = 500;
 const HALF_OPEN_CLIENTS = 20;
 
 /** Returns how many file descriptors the process `pid` has open. */
@@ -77,11 +84,11 @@ function exchange(
     });
     socket.on("data", (chunk: Buffer) => {
       response += chunk.toString();
-      // A complete response other than 408, 401 or 404 ends the exchange,
-      // because the server may keep that connection open.
+      // A complete response other than 408, 401, 404 or 413 ends the
+      // exchange, because the server may keep that connection open.
       if (
         response.includes("\r\n\r\n") &&
-        !/^HTTP\/1\.1 (408|401|404) /.test(response)
+        !/^HTTP\/1\.1 (408|401|404|413) /.test(response)
       ) {
         socket.destroy();
       }
@@ -214,6 +221,28 @@ async function assertUnknownPathClosed(relay: RelayProcess): Promise<void> {
   assert.deepEqual(crashes, []);
 }
 
+/**
+ * Sends a light command whose `Content-Length` is over MAX_PAYLOAD_BYTES,
+ * with the first bytes of its body, and then stalls. Asserts a 413 sent
+ * before the body, on a connection that the relay closes at once.
+ */
+async function assertOversizedBodyRejected(relay: RelayProcess): Promise<void> {
+  const header = await commandHeader(MAX_PAYLOAD_BYTES + 1);
+  const { response, closedAfterMs } = await exchange(relay.port, [
+    `${header}{"on":`,
+  ]);
+  assert.match(response, /^HTTP\/1\.1 413 /);
+  assert.match(response, /"code":"PAYLOAD_TOO_LARGE"/);
+  assert.match(response, /\r\nconnection: close\r\n/i);
+  assert.ok(
+    closedAfterMs < PROMPT_CLOSE_MS,
+    `closed after ${closedAfterMs} ms`,
+  );
+  console.log(
+    `      fault figure: oversized body answered 413 and closed after ${closedAfterMs} ms`,
+  );
+}
+
 /** Opens an Engine.IO session over polling, joins it to `/app`, and returns its ID. */
 async function openPollingSession(url: string): Promise<string> {
   const response = await fetch(`${url}/socket.io/?EIO=4&transport=polling`);
@@ -244,6 +273,7 @@ describe("fault: clients stall their request", function () {
       // Express prints an error's stack outside the logs unless NODE_ENV is test.
       env: {
         REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS),
+        MAX_PAYLOAD_BYTES: String(MAX_PAYLOAD_BYTES),
         NODE_ENV: "production",
       },
     }));
@@ -361,6 +391,10 @@ describe("fault: clients stall their request", function () {
     await assertUnknownPathClosed(relay);
   });
 
+  it("answers 413 before an oversized body", async () => {
+    await assertOversizedBodyRejected(relay);
+  });
+
   it("closes idle connections in the primary", async () => {
     const body = JSON.stringify({ on: { on: true } });
     const request = (await commandHeader(Buffer.byteLength(body))) + body;
@@ -426,7 +460,10 @@ describe("fault: a stalled body on the embedded relay", function () {
 
   before(async () => {
     relay = await startRelay({
-      env: { REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS) },
+      env: {
+        REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS),
+        MAX_PAYLOAD_BYTES: String(MAX_PAYLOAD_BYTES),
+      },
     });
   });
 
@@ -455,6 +492,23 @@ describe("fault: a stalled body on the embedded relay", function () {
 
   it("answers an unknown path before its body", async () => {
     await assertUnknownPathClosed(relay);
+  });
+
+  it("answers 413 before an oversized body", async () => {
+    await assertOversizedBodyRejected(relay);
+  });
+
+  it("closes an unknown path's oversized body", async () => {
+    const { response, closedAfterMs } = await exchange(relay.port, [
+      "POST /nothing HTTP/1.1\r\nHost: x\r\n" +
+        `Content-Length: ${MAX_PAYLOAD_BYTES + 1}\r\n\r\nab`,
+    ]);
+    assert.match(response, /^HTTP\/1\.1 404 /);
+    assert.match(response, /\r\nconnection: close\r\n/i);
+    assert.ok(
+      closedAfterMs < PROMPT_CLOSE_MS,
+      `closed after ${closedAfterMs} ms`,
+    );
   });
 
   it("keeps a connection after an unread whole body", async () => {
