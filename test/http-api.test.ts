@@ -384,6 +384,52 @@ describe("http api: 2 workers on Redis", function () {
     assertError(badGet, 400, "INVALID_PAYLOAD");
   });
 
+  it("rejects a body id of another light", async () => {
+    const bridgeId = randomBridgeId();
+    const { bridge } = await onlineBridge(bridgeId);
+    const received = answerLightSet(bridge, untypedLightMap("a", "b"));
+    const token = await tokenFor([bridgeId]);
+    const bodies = [
+      { id: "b", on: { on: true } },
+      { id: "A", on: { on: true } },
+      { id: 7, on: { on: true } },
+      { id: null, on: { on: true } },
+      { id: "b" },
+    ];
+    for (const body of bodies) {
+      const name = JSON.stringify(body);
+      const response = await sendJson(
+        lightUrl(bridgeId, "a"),
+        "PUT",
+        body,
+        bearer(token),
+      );
+      assert.equal(response.status, 400, `${name}: ${response.text}`);
+      assert.equal(errorOf(response).code, "INVALID_PAYLOAD", name);
+      assert.match(errorOf(response).message, /^invalid id: /, name);
+      assert.match(errorOf(response).message, /"a" in the path/, name);
+    }
+    assert.equal(received.length, 0, "the bridge got no command");
+  });
+
+  it("accepts the path's own id", async () => {
+    const bridgeId = randomBridgeId();
+    const { bridge } = await onlineBridge(bridgeId);
+    const received = answerLightSet(bridge, untypedLightMap("a", "b"));
+    const token = await tokenFor([bridgeId]);
+    const response = await sendJson(
+      lightUrl(bridgeId, "a"),
+      "PUT",
+      { id: "a", on: { on: false } },
+      bearer(token),
+    );
+    assert.equal(response.status, 200, response.text);
+    assert.equal((response.body as { light: Light }).light.id, "a");
+    assert.equal(received.length, 1);
+    assert.equal(received[0]!.lightId, "a");
+    assert.deepEqual(received[0]!.change, { on: { on: false } });
+  });
+
   it("answers 401 without a valid token", async () => {
     const bridgeId = randomBridgeId();
     const target = `${url}${API_BASE_PATH}/bridges`;

@@ -135,7 +135,9 @@ export function createApiRouter(deps: ApiDeps): Router {
         lightPathSchema,
         request.params,
       );
-      const change = parsePayload(lightPatchSchema, jsonBody(request.body));
+      const body = jsonBody(request.body);
+      rejectOtherLightId(body, lightId);
+      const change = parsePayload(lightPatchSchema, body);
       const commandId = idempotencyKeyOf(request);
       authorize(identity, "control", bridgeId);
       if (lateInput) throw lateCommandError();
@@ -211,6 +213,24 @@ function rateLimitPerUser(
 ): (identity: AppIdentity, cost?: number) => Promise<void> {
   return (identity, cost = 1) =>
     limits.consumeApiRequest(identity.userId, cost);
+}
+
+/**
+ * Throws `INVALID_PAYLOAD` when the body has an `id` other than `lightId`,
+ * the light in the path. The patch schema drops unknown fields, so such
+ * an `id` would otherwise be ignored and the command sent to the path's
+ * light. An `id` equal to the path's is accepted and dropped.
+ */
+function rejectOtherLightId(body: unknown, lightId: string): void {
+  if (typeof body !== "object" || body === null) return;
+  if (!Object.hasOwn(body, "id")) return;
+  const { id } = body as { id: unknown };
+  if (id === lightId) return;
+  const sent = JSON.stringify(id).slice(0, 80);
+  throw new RelayError(
+    "INVALID_PAYLOAD",
+    `invalid id: ${sent} differs from the light ID ${JSON.stringify(lightId)} in the path. Leave id out or send the path's light ID`,
+  );
 }
 
 /** Returns the parsed JSON body, or throws when the request carried none. */

@@ -132,9 +132,15 @@ const schemas = {
   LightPatch: {
     type: "object",
     description:
-      "A light change without id. Each field it carries replaces the stored field whole. Unknown fields are dropped.",
+      "A light change. Each field it carries replaces the stored field whole. An id, if present, must equal the lightId in the path, else the request is INVALID_PAYLOAD. Unknown fields are dropped.",
     minProperties: 1,
-    properties: lightFields,
+    properties: {
+      id: {
+        type: "string",
+        description: "Must equal the lightId in the path when present",
+      },
+      ...lightFields,
+    },
   },
   BridgePresence: {
     type: "object",
