@@ -6,7 +6,7 @@ import express, {
 import { z } from "zod";
 import type { AppIdentity } from "../auth/identity.ts";
 import type { TokenVerifier } from "../auth/verify.ts";
-import { declaredBodyLength } from "../cluster/stalled-connections.ts";
+import { declaredBodyLength, hasBody } from "../cluster/stalled-connections.ts";
 import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import {
@@ -168,22 +168,23 @@ export function createApiRouter(deps: ApiDeps): Router {
  * (body-parser 2.4) compares the same header with its limit, but reads
  * and drops the whole body before it reports the error. A client that
  * stalled after the header therefore got the 408 of the body timeout
- * instead. The check covers only bodies without `Content-Encoding`, as
- * body-parser's does, because an encoded body declares its length before
- * decoding.
+ * instead. An encoded body is held to the limit as sent, here, and as
+ * decoded, by express.json.
  *
- * NOTE: A body without `Content-Length`, or with `Content-Encoding`, that
- * exceeds the limit is still read in full before its 413 is sent.
+ * A body without `Content-Length` (chunked) is `INVALID_PAYLOAD`: on such
+ * a body over the limit, express.json would read on to its end, and a
+ * client could stream it for good.
  */
 function rejectDeclaredOversizeBody(maxBytes: number): RequestHandler {
   return (request, _response, next) => {
     const length = declaredBodyLength(request);
-    const encoding = request.headers["content-encoding"] ?? "identity";
-    if (
-      length !== undefined &&
-      length > maxBytes &&
-      encoding.toLowerCase() === "identity"
-    ) {
+    if (length === undefined && hasBody(request)) {
+      throw new RelayError(
+        "INVALID_PAYLOAD",
+        "request body has no Content-Length: send the body with its length, not chunked",
+      );
+    }
+    if (length !== undefined && length > maxBytes) {
       throw new RelayError(
         "PAYLOAD_TOO_LARGE",
         `request body of ${length} bytes (Content-Length) is over the limit of ${maxBytes} bytes`,

@@ -84,11 +84,11 @@ function exchange(
     });
     socket.on("data", (chunk: Buffer) => {
       response += chunk.toString();
-      // A complete response other than 408, 401, 404 or 413 ends the
+      // A complete response other than 400, 408, 401, 404 or 413 ends the
       // exchange, because the server may keep that connection open.
       if (
         response.includes("\r\n\r\n") &&
-        !/^HTTP\/1\.1 (408|401|404|413) /.test(response)
+        !/^HTTP\/1\.1 (400|408|401|404|413) /.test(response)
       ) {
         socket.destroy();
       }
@@ -240,6 +240,27 @@ async function assertOversizedBodyRejected(relay: RelayProcess): Promise<void> {
   );
   console.log(
     `      fault figure: oversized body answered 413 and closed after ${closedAfterMs} ms`,
+  );
+}
+
+/**
+ * Streams a chunked light command body one byte every 200 ms for 6 s, and
+ * asserts that it is rejected at once and its connection closed within
+ * the 1 s given to the rest of an unread body.
+ */
+async function assertChunkedBodyRejected(relay: RelayProcess): Promise<void> {
+  const header = (await commandHeader(0)).replace(
+    "Content-Length: 0",
+    "Transfer-Encoding: chunked",
+  );
+  const chunks = [header, ...Array.from({ length: 30 }, () => "1\r\n{\r\n")];
+  const { response, closedAfterMs } = await exchange(relay.port, chunks, 200);
+  assert.match(response, /^HTTP\/1\.1 400 /);
+  assert.match(response, /"code":"INVALID_PAYLOAD"/);
+  assert.match(response, /no Content-Length/);
+  assert.ok(closedAfterMs < 2000, `closed after ${closedAfterMs} ms`);
+  console.log(
+    `      fault figure: chunked body answered 400 and closed after ${closedAfterMs} ms`,
   );
 }
 
@@ -395,6 +416,10 @@ describe("fault: clients stall their request", function () {
     await assertOversizedBodyRejected(relay);
   });
 
+  it("rejects a chunked body at once", async () => {
+    await assertChunkedBodyRejected(relay);
+  });
+
   it("closes idle connections in the primary", async () => {
     const body = JSON.stringify({ on: { on: true } });
     const request = (await commandHeader(Buffer.byteLength(body))) + body;
@@ -496,6 +521,10 @@ describe("fault: a stalled body on the embedded relay", function () {
 
   it("answers 413 before an oversized body", async () => {
     await assertOversizedBodyRejected(relay);
+  });
+
+  it("rejects a chunked body at once", async () => {
+    await assertChunkedBodyRejected(relay);
   });
 
   it("closes an unknown path's oversized body", async () => {

@@ -35,9 +35,16 @@ export function send(
           options.repeatedHeaders === undefined
             ? (options.headers ?? {})
             : [
-                // Node adds no Host header to headers given as a list.
+                // Node adds no Host header to headers given as a list, and
+                // sends a body with them chunked, without Content-Length.
                 "Host",
                 new URL(url).host,
+                ...(options.body === undefined
+                  ? []
+                  : [
+                      "Content-Length",
+                      String(Buffer.byteLength(options.body)),
+                    ]),
                 ...Object.entries(options.headers ?? {}).flat(),
                 ...options.repeatedHeaders,
               ],
