@@ -48,5 +48,10 @@ export function createLogger(
       },
     });
   }
-  return pino(options);
+  // Synchronous: pino's default stream writes in the background and
+  // flushes synchronously on exit, and sonic-boom 4.2 retries that flush
+  // every 100 ms for good once stdout's reader is gone (EPIPE), so the
+  // process never exited. A synchronous write sees EPIPE at once, and pino
+  // then drops the logs that follow.
+  return pino(options, pino.destination({ dest: 1, sync: true }));
 }

@@ -147,6 +147,25 @@ describe("relay processes", function () {
     assert.equal(await gone, "transport close");
   });
 
+  for (const clustered of [false, true]) {
+    it(`stops ${clustered ? "a cluster" : "the embedded relay"} whose log reader is gone`, async () => {
+      const relay = await startRelay(
+        clustered ? { redisUrl: redis.url, workers: 1 } : {},
+      );
+      // Closing the read ends makes each log write fail with EPIPE.
+      relay.child.stdout!.destroy();
+      relay.child.stderr!.destroy();
+      const startedAt = Date.now();
+      const stopped = relay.stop("SIGTERM");
+      const deadline = new Promise<string>((resolve) =>
+        setTimeout(() => resolve("still running"), 8000),
+      );
+      const outcome = await Promise.race([stopped, deadline]);
+      if (outcome === "still running") process.kill(relay.pid, "SIGKILL");
+      assert.equal(outcome, 0, `exit after ${Date.now() - startedAt} ms`);
+    });
+  }
+
   it("keeps the embedded relay on SIGUSR2", async () => {
     const relay = await startRelay();
     try {
