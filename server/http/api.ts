@@ -227,6 +227,12 @@ function rejectOtherLightId(body: unknown, lightId: string): void {
   if (!Object.hasOwn(body, "id")) return;
   const { id } = body as { id: unknown };
   if (id === lightId) return;
+  if (typeof id !== "string") {
+    throw new RelayError(
+      "INVALID_PAYLOAD",
+      `invalid id: must be a string, got ${id === null ? "null" : typeof id}. Leave id out or send the path's light ID`,
+    );
+  }
   const sent = JSON.stringify(id).slice(0, 80);
   throw new RelayError(
     "INVALID_PAYLOAD",
