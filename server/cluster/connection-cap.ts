@@ -14,11 +14,20 @@ const connectionsRejected = new Counter({
   registers: [relayRegistry],
 });
 
+/** Counts rejected connections. */
+interface RejectionCounter {
+  inc(): void;
+}
+
 /** Returns a function that counts a rejected connection and logs it, once per window. */
-function rejectionReporter(max: number, logger: Logger): () => void {
+function rejectionReporter(
+  max: number,
+  logger: Logger,
+  counter: RejectionCounter,
+): () => void {
   const repeats = new RepeatLimiter(REJECTION_LOG_WINDOW_MS);
   return () => {
-    connectionsRejected.inc();
+    counter.inc();
     const suppressed = repeats.admit("rejected");
     if (suppressed === null) return;
     logger.warn(
@@ -31,14 +40,17 @@ function rejectionReporter(max: number, logger: Logger): () => void {
 /**
  * Closes each connection that arrives while `max` are open on a server
  * that listens itself. Node closes them before the `connection` event.
+ * The primary counts them in its own registry, since /metrics serves the
+ * workers' registries and the primary's.
  */
 export function capListenedConnections(
   server: Server,
   max: number,
   logger: Logger,
+  counter: RejectionCounter = connectionsRejected,
 ): void {
   server.maxConnections = max;
-  server.on("drop", rejectionReporter(max, logger));
+  server.on("drop", rejectionReporter(max, logger, counter));
 }
 
 /**
@@ -52,7 +64,7 @@ export function capHandedConnections(
   max: number,
   logger: Logger,
 ): void {
-  const rejected = rejectionReporter(max, logger);
+  const rejected = rejectionReporter(max, logger, connectionsRejected);
   let open = 0;
   const onClose = (): void => {
     open -= 1;

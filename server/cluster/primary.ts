@@ -123,9 +123,6 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   const httpServer = createServer();
   setupMaster(httpServer, { loadBalancingMethod: "round-robin" });
   stopReadingBeforeHandoff(httpServer);
-  if (config.maxConnections !== undefined) {
-    capListenedConnections(httpServer, config.maxConnections, logger);
-  }
   closeIdleConnections(httpServer, {
     firstByteTimeoutMs: HEADERS_TIMEOUT_MS,
     halfOpenTimeoutMs: HALF_OPEN_TIMEOUT_MS,
@@ -135,6 +132,14 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     logger,
     () => Object.keys(cluster.workers ?? {}).length,
   );
+  if (config.maxConnections !== undefined) {
+    capListenedConnections(
+      httpServer,
+      config.maxConnections,
+      logger,
+      metrics.connectionsRejected,
+    );
+  }
 
   let stopping = false;
   let restarting = false;

@@ -57,6 +57,8 @@ function isMessage<T extends { type: string }>(
 export interface PrimaryMetrics {
   /** Counts workers that exited unexpectedly and are restarted. */
   workerRestarts: Counter;
+  /** Counts connections the primary closed at MAX_CONNECTIONS. */
+  connectionsRejected: Counter;
 }
 
 /**
@@ -78,6 +80,11 @@ export function serveClusterMetrics(
   const workerRestarts = new Counter({
     name: "relay_worker_restarts_total",
     help: "Workers that exited unexpectedly and were scheduled for a restart by the primary.",
+    registers: [primaryRegistry],
+  });
+  const connectionsRejected = new Counter({
+    name: "relay_primary_connections_rejected_total",
+    help: "Connections the primary closed on arrival because MAX_CONNECTIONS were open on it.",
     registers: [primaryRegistry],
   });
   new Gauge({
@@ -108,7 +115,7 @@ export function serveClusterMetrics(
       },
     );
   });
-  return { workerRestarts };
+  return { workerRestarts, connectionsRejected };
 }
 
 async function collectMachineMetrics(

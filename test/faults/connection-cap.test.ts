@@ -210,6 +210,11 @@ describe("fault: a connection flood reaches MAX_CONNECTIONS", function () {
       );
       for (const socket of sockets.splice(0)) socket.destroy();
       clients.push(await connectOnceFreed(relay.url));
+      const metrics = await send(`${relay.url}/metrics`);
+      const rejected = /^relay_primary_connections_rejected_total (\d+)$/m.exec(
+        metrics.text,
+      );
+      assert.ok(Number(rejected?.[1]) >= 1, rejected?.[0]);
     });
 
     it("closes handed connections past the worker's cap", async () => {
