@@ -295,7 +295,8 @@ export interface RelayConfig {
   requestBodyTimeoutMs: number;
   /**
    * Connections one process keeps open before it closes new ones on
-   * arrival. Unset where the limit on open files cannot be read: no cap.
+   * arrival. Unset where the limit on open files cannot be read or is
+   * unlimited: no cap.
    */
   maxConnections: number | undefined;
   shutdownTimeoutMs: number;

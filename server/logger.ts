@@ -53,5 +53,8 @@ export function createLogger(
   // every 100 ms for good once stdout's reader is gone (EPIPE), so the
   // process never exited. A synchronous write sees EPIPE at once, and pino
   // then drops the logs that follow.
+  // NOTE: A reader that stops reading without closing the pipe now blocks
+  // the process on its next line once the pipe's buffer is full, where the
+  // background stream kept the lines in memory.
   return pino(options, pino.destination({ dest: 1, sync: true }));
 }

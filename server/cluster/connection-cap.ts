@@ -42,6 +42,11 @@ function rejectionReporter(
  * that listens itself. Node closes them before the `connection` event.
  * The primary counts them in its own registry, since /metrics serves the
  * workers' registries and the primary's.
+ *
+ * NOTE: Node lowers a server's count when it sends a socket to a worker,
+ * and again when that socket is then destroyed because the send failed
+ * (a worker that died meanwhile). Each such failure lets the primary hold
+ * one more connection than `max` for good.
  */
 export function capListenedConnections(
   server: Server,
@@ -57,7 +62,9 @@ export function capListenedConnections(
  * Closes each connection that a cluster primary hands to this worker
  * while `max` are open on it. Node counts only the connections a server
  * accepted itself, so a worker's server, which accepts none, counts here.
- * Registered first, so that no other listener serves a rejected connection.
+ * The other listeners still run on a rejected connection, but serve nothing:
+ * sticky pushes the request's first bytes into it after this listener,
+ * and a destroyed stream drops them.
  */
 export function capHandedConnections(
   server: Server,

@@ -287,10 +287,13 @@ export class CommandExecutor {
           (error: Error | null, answer: LightSetAnswer) => {
             sent.acknowledged();
             if (error !== null) return;
-            // Socket.IO calls acknowledgements as it reads them, but
-            // dispatches events a tick later. Interpreting the answer a tick
-            // later too queues its write in the order the bridge sent it,
-            // among its snapshots and changes.
+            // Socket.IO runs an acknowledgement one tick before the listeners
+            // of an event read with it, which it dispatches a tick later
+            // when every socket middleware calls next() at once, as the
+            // drain's does. Interpreting the answer a tick later too queues
+            // its write in the order the bridge sent it, among its
+            // snapshots and changes. An asynchronous socket middleware
+            // would break that order.
             const interpreted = new Promise<T>((done) =>
               process.nextTick(() => done(interpret(answer))),
             );
