@@ -1,6 +1,7 @@
 import express, {
   type Request,
   type RequestHandler,
+  type Response,
   type Router,
 } from "express";
 import { z } from "zod";
@@ -19,7 +20,7 @@ import { parsePayload } from "../protocol/validate.ts";
 import { authorize, type AppService } from "../relay/app-service.ts";
 import { lateCommandError, type StallMonitor } from "../relay/stall-monitor.ts";
 import { bridgeListCost, type RateLimits } from "../transport/rate-limits.ts";
-import { apiErrorHandler } from "./api-errors.ts";
+import { apiErrorHandler, sendError } from "./api-errors.ts";
 import { authenticateApp } from "./bearer-auth.ts";
 import { openApiDocument } from "./openapi.ts";
 
@@ -127,7 +128,7 @@ export function createApiRouter(deps: ApiDeps): Router {
   router.put(
     "/bridges/:bridgeId/lights/:lightId",
     authenticate,
-    rejectDeclaredOversizeBody(deps.maxPayloadBytes),
+    limitRequestBody(deps.maxPayloadBytes, deps.logger),
     express.json({ limit: deps.maxPayloadBytes }),
     async (request, response) => {
       const { identity, lateInput } = response.locals as ApiLocals;
@@ -171,27 +172,62 @@ export function createApiRouter(deps: ApiDeps): Router {
  * instead. An encoded body is held to the limit as sent, here, and as
  * decoded, by express.json.
  *
- * A body without `Content-Length` (chunked) is `INVALID_PAYLOAD`: on such
- * a body over the limit, express.json would read on to its end, and a
- * client could stream it for good.
+ * A body without `Content-Length` (chunked) is counted as it arrives, and
+ * once it passes `maxBytes` the relay answers `PAYLOAD_TOO_LARGE` and closes
+ * the connection. express.json would otherwise read such a body to its
+ * end before it answered, and a client could stream one for good.
  */
-function rejectDeclaredOversizeBody(maxBytes: number): RequestHandler {
-  return (request, _response, next) => {
+function limitRequestBody(maxBytes: number, logger: Logger): RequestHandler {
+  return (request, response, next) => {
     const length = declaredBodyLength(request);
-    if (length === undefined && hasBody(request)) {
-      throw new RelayError(
-        "INVALID_PAYLOAD",
-        "request body has no Content-Length: send the body with its length, not chunked",
-      );
-    }
     if (length !== undefined && length > maxBytes) {
       throw new RelayError(
         "PAYLOAD_TOO_LARGE",
         `request body of ${length} bytes (Content-Length) is over the limit of ${maxBytes} bytes`,
       );
     }
+    if (length === undefined && hasBody(request)) {
+      closeChunkedBodyPastLimit(request, response, maxBytes, logger);
+    }
     next();
   };
+}
+
+/**
+ * Counts the chunks of `request` beside express.json, which starts reading
+ * in the same tick, and answers 413 and closes the connection once they
+ * pass `maxBytes`. express.json's own error for the body comes after the
+ * connection closed, when the response has been sent.
+ */
+function closeChunkedBodyPastLimit(
+  request: Request,
+  response: Response,
+  maxBytes: number,
+  logger: Logger,
+): void {
+  let received = 0;
+  const count = (chunk: Buffer): void => {
+    received += chunk.length;
+    if (received <= maxBytes) return;
+    request.off("data", count);
+    const close = (): void => {
+      request.destroy();
+      request.socket.destroy();
+    };
+    if (response.writableFinished) {
+      close();
+      return;
+    }
+    response.once("finish", close);
+    if (response.headersSent) return;
+    response.setHeader("Connection", "close");
+    const error = new RelayError(
+      "PAYLOAD_TOO_LARGE",
+      `request body is over the limit of ${maxBytes} bytes`,
+    );
+    sendError(response, error, request.log ?? logger);
+  };
+  request.on("data", count);
 }
 
 /** Verifies the bearer token and stores the identity in `response.locals`. */
