@@ -133,7 +133,8 @@ const schemas = {
     type: "object",
     description:
       "A light change. Each field it carries replaces the stored field whole. An id, if present, must equal the lightId in the path, else the request is INVALID_PAYLOAD. Unknown fields are dropped.",
-    minProperties: 1,
+    // At least one field of the light besides id.
+    anyOf: Object.keys(lightFields).map((field) => ({ required: [field] })),
     properties: {
       id: {
         type: "string",
