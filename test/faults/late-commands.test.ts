@@ -254,13 +254,26 @@ describe("fault: a worker stops while a command is under way", function () {
       0,
       "the late command never reached the bridge",
     );
-    const next = await request(app, "light:set", {
-      bridgeId,
-      lightId: "a",
-      change: { on: { on: false } },
-    });
-    assert.equal(next.ok ? "ok" : next.error.code, "ok");
-    assert.equal(received.length, 1);
+    // The worker's Redis connection may still be coming back from the
+    // stop, during which a command answers UNAVAILABLE, which is safe to
+    // send again. Commands must work again within 3 s.
+    const codes: string[] = [];
+    const startedAt = Date.now();
+    while (codes.at(-1) !== "ok" && Date.now() - startedAt < 3000) {
+      const next = await request(app, "light:set", {
+        bridgeId,
+        lightId: "a",
+        change: { on: { on: false } },
+      });
+      codes.push(next.ok ? "ok" : next.error.code);
+      if (!next.ok) await sleep(100);
+    }
+    assert.equal(codes.at(-1), "ok", codes.join());
+    assert.deepEqual(
+      codes.filter((code) => code !== "ok" && code !== "UNAVAILABLE"),
+      [],
+    );
+    assert.ok(received.length >= 1, "a command after the stall reached it");
   });
 });
 
