@@ -11,6 +11,7 @@ import type {
 import {
   connect,
   connectApp,
+  type ConnectOptions,
   connectBridge,
   connectError,
   nextEvent,
@@ -49,8 +50,12 @@ for (const variant of VARIANTS) {
       sockets.push(socket);
       return socket;
     };
-    const bridgeWithLights = async (bridgeId: string, lights: object[]) => {
-      const bridge = track(await connectBridge(url, bridgeId));
+    const bridgeWithLights = async (
+      bridgeId: string,
+      lights: object[],
+      options: ConnectOptions = {},
+    ) => {
+      const bridge = track(await connectBridge(url, bridgeId, options));
       const ack = await request<{ version: number }>(bridge, "state:snapshot", {
         lights,
       });
@@ -586,14 +591,14 @@ for (const variant of VARIANTS) {
         const bridgeId = randomBridgeId();
         // Polling sends the answer and the disconnect in one request body,
         // so the relay reads them together.
-        const bridge = track(
-          await connectBridge(url, bridgeId, { transports: ["polling"] }),
+        const bridge = await bridgeWithLights(
+          bridgeId,
+          [light("a", true, 50)],
+          { transports: ["polling"] },
         );
-        await requestData(bridge, "state:snapshot", {
-          lights: [light("a", true, 50)],
-        });
         const watcher = await app([bridgeId]);
         await requestData(watcher, "bridge:subscribe", { bridgeId });
+
         const events: string[] = [];
         watcher.onAny((event: string, payload: { version?: number }) => {
           events.push(
@@ -611,6 +616,7 @@ for (const variant of VARIANTS) {
           answer({ ok: true, data: { light: light("a", true, 90) } });
           bridge.disconnect();
         });
+
         const ack = await request(watcher, "light:set", {
           bridgeId,
           lightId: "a",
@@ -1216,12 +1222,11 @@ for (const variant of VARIANTS) {
           const bridgeId = randomBridgeId();
           // Polling sends the packets buffered meanwhile in one request
           // body, so the relay reads the snapshot and the answer together.
-          const bridge = track(
-            await connectBridge(url, bridgeId, { transports: ["polling"] }),
+          const bridge = await bridgeWithLights(
+            bridgeId,
+            [light("a", true, 50)],
+            { transports: ["polling"] },
           );
-          await requestData(bridge, "state:snapshot", {
-            lights: [light("a", true, 50)],
-          });
           bridge.on("light:set", (_command: unknown, answer: Answer) => {
             const send = (): void => {
               // Holds the transport's one POST, so the next two wait together.

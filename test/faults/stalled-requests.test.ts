@@ -268,6 +268,25 @@ async function assertChunkedBodyCut(relay: RelayProcess): Promise<void> {
   );
 }
 
+/** Defines the tests of bodies a relay answers before or without reading, shared by both relays. */
+function itClosesUnwantedBodies(relayOf: () => RelayProcess): void {
+  it("closes after an early response", async () => {
+    await assertEarlyResponseCloses(relayOf());
+  });
+
+  it("answers an unknown path before its body", async () => {
+    await assertUnknownPathClosed(relayOf());
+  });
+
+  it("answers 413 before an oversized body", async () => {
+    await assertOversizedBodyRejected(relayOf());
+  });
+
+  it("cuts a chunked body past the limit", async () => {
+    await assertChunkedBodyCut(relayOf());
+  });
+}
+
 /** Opens an Engine.IO session over polling, joins it to `/app`, and returns its ID. */
 async function openPollingSession(url: string): Promise<string> {
   const response = await fetch(`${url}/socket.io/?EIO=4&transport=polling`);
@@ -408,21 +427,7 @@ describe("fault: clients stall their request", function () {
     assert.match(response, /ok$/);
   });
 
-  it("closes after an early response", async () => {
-    await assertEarlyResponseCloses(relay);
-  });
-
-  it("answers an unknown path before its body", async () => {
-    await assertUnknownPathClosed(relay);
-  });
-
-  it("answers 413 before an oversized body", async () => {
-    await assertOversizedBodyRejected(relay);
-  });
-
-  it("cuts a chunked body past the limit", async () => {
-    await assertChunkedBodyCut(relay);
-  });
+  itClosesUnwantedBodies(() => relay);
 
   it("closes idle connections in the primary", async () => {
     const body = JSON.stringify({ on: { on: true } });
@@ -515,21 +520,7 @@ describe("fault: a stalled body on the embedded relay", function () {
     );
   });
 
-  it("closes after an early response", async () => {
-    await assertEarlyResponseCloses(relay);
-  });
-
-  it("answers an unknown path before its body", async () => {
-    await assertUnknownPathClosed(relay);
-  });
-
-  it("answers 413 before an oversized body", async () => {
-    await assertOversizedBodyRejected(relay);
-  });
-
-  it("cuts a chunked body past the limit", async () => {
-    await assertChunkedBodyCut(relay);
-  });
+  itClosesUnwantedBodies(() => relay);
 
   it("closes an unknown path's oversized body", async () => {
     const { response, closedAfterMs } = await exchange(relay.port, [
