@@ -48,11 +48,11 @@ export function createLogger(
       },
     });
   }
-  // Synchronous: pino's default stream writes in the background and
-  // flushes synchronously on exit, and sonic-boom 4.2 retries that flush
+  // Synchronous, because pino's default stream writes in the background
+  // and flushes synchronously on exit. sonic-boom 4.2 retries that flush
   // every 100 ms for good once stdout's reader is gone (EPIPE), so the
-  // process never exited. A synchronous write sees EPIPE at once, and pino
-  // then drops the logs that follow.
+  // process never exited. A synchronous write fails with EPIPE at once,
+  // and pino then drops the logs that follow.
   // NOTE: A reader that stops reading without closing the pipe now blocks
   // the process on its next line once the pipe's buffer is full, where the
   // background stream kept the lines in memory.
