@@ -32,6 +32,7 @@ describe("connection drain with shared request listeners", () => {
       {
         maxPayloadBytes: 1000,
         maxEventsPerWindow: 1000,
+        inFlight: { requests: 1000, bytes: 1_000_000 },
         logger: pino({ level: "silent" }),
       },
     );

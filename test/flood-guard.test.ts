@@ -30,6 +30,7 @@ describe("flood guard on real sockets", () => {
       {
         maxPayloadBytes: 1000,
         maxEventsPerWindow: MAX_EVENTS,
+        inFlight: { requests: Infinity, bytes: Infinity },
         logger: pino({ level: "silent" }),
       },
     );

@@ -6,6 +6,7 @@ import { pino } from "pino";
 import { Server, type Socket as ServerSocket } from "socket.io";
 import { io, type Socket } from "socket.io-client";
 import { RelayError } from "../server/errors.ts";
+import { IN_FLIGHT_RETRY_AFTER_MS } from "../server/transport/requests-in-flight.ts";
 import {
   requestListeners,
   serveRequests,
@@ -30,6 +31,14 @@ describe("request handling", () => {
   let url: string;
   const serverSockets: ServerSocket[] = [];
   const { logger, lines } = capturingLogger();
+  // Requests to `hold` wait until the test opens the gate.
+  let gate: Promise<void> = Promise.resolve();
+  let openGate: () => void = () => undefined;
+  const closeGate = (): void => {
+    gate = new Promise((resolve) => {
+      openGate = resolve;
+    });
+  };
 
   before(async () => {
     httpServer = createServer();
@@ -46,8 +55,17 @@ describe("request handling", () => {
         },
         echo: async (payload) => ({ payload }),
         whoami: async (_payload, socket) => ({ socketId: socket.id }),
+        hold: async () => {
+          await gate;
+          return { held: true };
+        },
       },
-      { maxPayloadBytes: 1000, maxEventsPerWindow: 1000, logger },
+      {
+        maxPayloadBytes: 1000,
+        maxEventsPerWindow: 1000,
+        inFlight: { requests: 3, bytes: 600 },
+        logger,
+      },
     );
     server.on("connection", (socket) => {
       serveRequests(socket, requests);
@@ -168,6 +186,55 @@ describe("request handling", () => {
     } finally {
       second.close();
     }
+  });
+
+  it("rejects requests past the in-flight count", async () => {
+    closeGate();
+    const held = [1, 2, 3].map(() =>
+      client.timeout(2000).emitWithAck("hold", {}),
+    );
+    const refused = await client.timeout(2000).emitWithAck("echo", { n: 3 });
+    assert.equal(refused.ok, false);
+    assert.equal(refused.error.code, "RATE_LIMITED");
+    assert.equal(refused.error.retryAfterMs, IN_FLIGHT_RETRY_AFTER_MS);
+    assert.match(refused.error.message, /max 3 requests/);
+    const second = io(url, { transports: ["websocket"] });
+    try {
+      const other = await second.timeout(2000).emitWithAck("echo", { n: 4 });
+      assert.deepEqual(other, { ok: true, data: { payload: { n: 4 } } });
+    } finally {
+      second.close();
+    }
+    openGate();
+    for (const answer of await Promise.all(held)) {
+      assert.deepEqual(answer, { ok: true, data: { held: true } });
+    }
+    const served = await client.timeout(2000).emitWithAck("echo", { n: 5 });
+    assert.deepEqual(served, { ok: true, data: { payload: { n: 5 } } });
+  });
+
+  it("rejects payload bytes past the in-flight limit", async () => {
+    closeGate();
+    const large = client
+      .timeout(2000)
+      .emitWithAck("hold", { padding: "x".repeat(700) });
+    const refused = await client.timeout(2000).emitWithAck("echo", {});
+    assert.equal(refused.error?.code, "RATE_LIMITED");
+    assert.match(refused.error.message, /600 bytes/);
+    openGate();
+    assert.deepEqual(await large, { ok: true, data: { held: true } });
+    closeGate();
+    const halves = [1, 2].map(() =>
+      client.timeout(2000).emitWithAck("hold", { padding: "x".repeat(250) }),
+    );
+    // 2 × 264 bytes wait; 114 more would pass 600.
+    const third = await client
+      .timeout(2000)
+      .emitWithAck("echo", { padding: "x".repeat(100) });
+    assert.equal(third.error?.code, "RATE_LIMITED");
+    openGate();
+    for (const answer of await Promise.all(halves))
+      assert.equal(answer.ok, true);
   });
 
   it("shares its listeners among sockets", () => {

@@ -26,6 +26,7 @@ import {
   type RequestListeners,
   type SocketListener,
 } from "./requests.ts";
+import { inFlightLimit } from "./requests-in-flight.ts";
 import { closeWhenBacklogged } from "./slow-consumers.ts";
 
 export interface AppNamespaceDeps extends HandshakeDeps {
@@ -54,6 +55,12 @@ export function attachAppNamespace(
   const requests = requestListeners(appRequests(deps), {
     maxPayloadBytes: deps.maxPayloadBytes,
     maxEventsPerWindow: deps.limits.maxEventsPerSocketPerWindow,
+    // Commands wait for their bridges, and the request limit counts them
+    // as they arrive, so only their bytes are bounded here.
+    inFlight: inFlightLimit(
+      deps.limits.maxEventsPerSocketPerWindow,
+      deps.maxPayloadBytes,
+    ),
     logger: deps.logger,
   });
   const onDisconnect = disconnectListener(deps);

@@ -29,6 +29,16 @@ import {
   type RequestListeners,
   type SocketListener,
 } from "./requests.ts";
+import { inFlightLimit } from "./requests-in-flight.ts";
+
+/**
+ * Maximum requests of one bridge connection in service at once. A bridge
+ * reports lights changed together in one request, and its writes run one
+ * after another, so a longer backlog means the store has stopped replying.
+ * It also bounds the wait of the bridge's offline presence for its last
+ * writes: this many times the limit of a Redis command.
+ */
+export const BRIDGE_REQUESTS_IN_FLIGHT = 64;
 
 export interface BridgeNamespaceDeps extends HandshakeDeps {
   sessions: BridgeSessions;
@@ -53,6 +63,7 @@ export function attachBridgeNamespace(
   const requests = requestListeners(bridgeRequests(deps), {
     maxPayloadBytes: deps.maxPayloadBytes,
     maxEventsPerWindow: deps.limits.maxEventsPerSocketPerWindow,
+    inFlight: inFlightLimit(BRIDGE_REQUESTS_IN_FLIGHT, deps.maxPayloadBytes),
     logger: deps.logger,
   });
   const onDisconnect = disconnectListener(deps);

@@ -5,6 +5,7 @@ import type { Logger } from "../logger.ts";
 import { outcomeOf, socketRequests } from "../metrics/relay-metrics.ts";
 import { FloodGuard } from "./flood-guard.ts";
 import { socketLogFields } from "./handshake.ts";
+import { type InFlightLimit, RequestsInFlight } from "./requests-in-flight.ts";
 
 /** Serves one request event for `socket` and resolves with the acknowledgement's `data`. */
 export type RequestHandler = (
@@ -16,6 +17,8 @@ export interface RequestOptions {
   maxPayloadBytes: number;
   /** Events of any kind that a connection may send per FLOOD_WINDOW_MS before it is closed. */
   maxEventsPerWindow: number;
+  /** Requests of one connection that may wait for their answers at once. */
+  inFlight: InFlightLimit;
   logger: Logger;
 }
 
@@ -37,9 +40,12 @@ export interface RequestListeners {
   readonly unknown: SocketListener;
 }
 
-/** Throws `PAYLOAD_TOO_LARGE` when `payload`, measured as JSON, is over `maxBytes`. */
-function checkPayloadSize(payload: unknown, maxBytes: number): void {
-  if (payload === undefined) return;
+/**
+ * Returns the size of `payload` measured as JSON, and throws
+ * `PAYLOAD_TOO_LARGE` when it is over `maxBytes`.
+ */
+function checkPayloadSize(payload: unknown, maxBytes: number): number {
+  if (payload === undefined) return 0;
   let bytes: number;
   try {
     bytes = Buffer.byteLength(JSON.stringify(payload) ?? "", "utf8");
@@ -57,6 +63,7 @@ function checkPayloadSize(payload: unknown, maxBytes: number): void {
       `payload is over the limit of ${maxBytes} bytes`,
     );
   }
+  return bytes;
 }
 
 /**
@@ -88,6 +95,7 @@ export function requestListeners(
 ): RequestListeners {
   const byEvent = new Map<string, SocketListener>();
   const floodGuard = new FloodGuard(options.maxEventsPerWindow, options.logger);
+  const inFlight = new RequestsInFlight(options.inFlight);
   for (const [event, handler] of Object.entries(handlers)) {
     byEvent.set(event, function serveRequest(this: Socket, ...args) {
       const { payload, ack } = splitArguments(args);
@@ -99,7 +107,7 @@ export function requestListeners(
         return;
       }
       const respond = ack as (response: Ack<unknown>) => void;
-      void answer(this, event, payload, handler, respond, options);
+      void answer(this, event, payload, handler, respond, inFlight, options);
     });
   }
   // Socket.IO calls `onAny` listeners first for every event, and drops an
@@ -170,10 +178,14 @@ async function answer(
   payload: unknown,
   handler: RequestHandler,
   respond: (response: Ack<unknown>) => void,
+  inFlight: RequestsInFlight,
   options: RequestOptions,
 ): Promise<void> {
+  let admittedBytes: number | undefined;
   try {
-    checkPayloadSize(payload, options.maxPayloadBytes);
+    const bytes = checkPayloadSize(payload, options.maxPayloadBytes);
+    inFlight.admit(socket, bytes);
+    admittedBytes = bytes;
     const data = await handler(payload, socket);
     respond({ ok: true, data });
     socketRequests.inc({ event, outcome: "ok" });
@@ -196,5 +208,7 @@ async function answer(
     }
     respond({ ok: false, error: toErrorBody(error) });
     socketRequests.inc({ event, outcome: outcomeOf(error) });
+  } finally {
+    if (admittedBytes !== undefined) inFlight.release(socket, admittedBytes);
   }
 }

@@ -447,7 +447,12 @@ describe("crash isolation", function () {
           },
           "test:echo": async (payload) => payload,
         },
-        { maxPayloadBytes: 1024, maxEventsPerWindow: 1000, logger },
+        {
+          maxPayloadBytes: 1024,
+          maxEventsPerWindow: 1000,
+          inFlight: { requests: 1000, bytes: 1_000_000 },
+          logger,
+        },
       );
       ioServer.on("connection", (socket: ServerSocket) => {
         serveRequests(socket, requests);

@@ -20,6 +20,7 @@ import {
   stopRelayOnRedis,
   waitUntil,
 } from "../support/faults.ts";
+import { BRIDGE_REQUESTS_IN_FLIGHT } from "../../server/transport/bridge-namespace.ts";
 import { bearer, send, sendJson } from "../support/http.ts";
 import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
 import { startRelay, type RelayProcess } from "../support/relay-process.ts";
@@ -116,6 +117,46 @@ describe("fault: Redis accepts connections but does not respond", function () {
       PAUSE_MS + 5000,
       200,
     );
+  });
+
+  it("rejects reports past 64 in flight", async () => {
+    const bridge = await connectBridge(relay.url, randomBridgeId());
+    try {
+      await requestData(bridge, "state:snapshot", {
+        lights: [...untypedLightMap("a").values()],
+      });
+      await pauseRedis(redis.url, PAUSE_MS);
+      const extra = 6;
+      const reports = await Promise.all(
+        Array.from({ length: BRIDGE_REQUESTS_IN_FLIGHT + extra }, (_, index) =>
+          timed(
+            request(
+              bridge,
+              "state:changed",
+              { lights: [{ id: "a", dimming: { brightness: index % 101 } }] },
+              PAUSE_MS * 3,
+            ),
+          ),
+        ),
+      );
+      const refused = reports.filter(
+        ({ value }) => !value.ok && value.error.code === "RATE_LIMITED",
+      );
+      const stored = reports.filter(({ value }) => value.ok);
+      printFigure(
+        `Redis paused ${PAUSE_MS} ms, ${reports.length} reports sent at once: ${stored.length} stored after the pause, ${refused.length} rejected within ${Math.max(...refused.map(({ ms }) => ms))} ms`,
+      );
+      assert.equal(refused.length, extra);
+      assert.equal(stored.length, BRIDGE_REQUESTS_IN_FLIGHT);
+      for (const { ms } of refused) assert.ok(ms < PAUSE_MS / 2, `${ms} ms`);
+      // The rejected reports are the last ones sent.
+      assert.deepEqual(
+        reports.map(({ value }) => value.ok),
+        reports.map((_, index) => index < BRIDGE_REQUESTS_IN_FLIGHT),
+      );
+    } finally {
+      bridge.close();
+    }
   });
 });
 
