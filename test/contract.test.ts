@@ -1191,6 +1191,56 @@ for (const variant of VARIANTS) {
         assert.match(!ack.ok ? ack.error.message : "", /commandId/);
       });
 
+      it("rejects a change id of another light", async () => {
+        const bridgeId = randomBridgeId();
+        const lights = untypedLightMap("a", "b");
+        const bridge = await bridgeWithLights(bridgeId, [...lights.values()]);
+        const received = answerLightSet(bridge, lights);
+        const controller = await app([bridgeId]);
+        const changes = [
+          { id: "b", on: { on: true } },
+          { id: "A", on: { on: true } },
+          { id: 7, on: { on: true } },
+          { id: null, on: { on: true } },
+          { id: "b" },
+        ];
+        for (const change of changes) {
+          const name = JSON.stringify(change);
+          const ack = await request(controller, "light:set", {
+            bridgeId,
+            lightId: "a",
+            change,
+          });
+          assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD", name);
+          const message = !ack.ok ? ack.error.message : "";
+          assert.match(message, /^invalid change\.id: /, name);
+          const expected =
+            typeof change.id === "string"
+              ? /differs from lightId "a"/
+              : /must be a string/;
+          assert.match(message, expected, name);
+        }
+        assert.equal(received.length, 0, "the bridge got no command");
+      });
+
+      it("accepts the change's own id", async () => {
+        const bridgeId = randomBridgeId();
+        const lights = untypedLightMap("a", "b");
+        const bridge = await bridgeWithLights(bridgeId, [...lights.values()]);
+        const received = answerLightSet(bridge, lights);
+        const controller = await app([bridgeId]);
+        const ack = await request<{ light: Light }>(controller, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { id: "a", on: { on: false } },
+        });
+        assert.equal(ack.ok, true, JSON.stringify(ack));
+        assert.equal(ack.ok && ack.data.light.id, "a");
+        assert.equal(received.length, 1);
+        assert.equal(received[0]!.lightId, "a");
+        assert.deepEqual(received[0]!.change, { on: { on: false } });
+      });
+
       it("commands a real CLIP v2 light", async () => {
         const bridgeId = randomBridgeId();
         const documents = realLights();

@@ -598,12 +598,52 @@ describe("app light:set payload schema", () => {
     );
   });
 
-  it("drops id from change", () => {
+  it("drops change id equal to lightId", () => {
     const parsed = parsePayload(
       appLightSetPayloadSchema,
-      lightSet({ change: { id: "other", on: { on: false } } }),
+      lightSet({ change: { id: "lamp", on: { on: false } } }),
     );
     assert.deepEqual(parsed.change, { on: { on: false } });
+  });
+
+  const otherIds: [string, unknown, RegExp][] = [
+    ["another light's id", "other", /"other" differs from lightId "lamp"/],
+    ["id in another case", "LAMP", /"LAMP" differs from lightId "lamp"/],
+    ["numeric id", 7, /must be a string, got number/],
+    ["null id", null, /must be a string, got null/],
+  ];
+  for (const [label, id, reason] of otherIds) {
+    it(`rejects change with ${label}`, () => {
+      const input = lightSet({ change: { id, on: { on: false } } });
+      const error = parseFailure(appLightSetPayloadSchema, input);
+      assert.equal(error.code, "INVALID_PAYLOAD");
+      assert.match(error.message, /^invalid change\.id: /);
+      assert.match(error.message, reason);
+    });
+  }
+
+  it("names id of id-only change", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ change: { id: "other" } }),
+      "change.id",
+    );
+  });
+
+  it("rejects id-only change of lightId", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ change: { id: "lamp" } }),
+      "change",
+    );
+  });
+
+  it("names invalid lightId before change id", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ lightId: "../lamp", change: { id: "other" } }),
+      "lightId",
+    );
   });
 
   it("rejects invalid light id", () => {

@@ -159,12 +159,44 @@ export const commandIdSchema = z
     message: "must be well-formed Unicode: it has an unpaired surrogate",
   });
 
-export const appLightSetPayloadSchema = z.object({
-  bridgeId: bridgeIdSchema,
-  lightId: lightIdSchema,
-  change: lightPatchSchema,
-  commandId: commandIdSchema.optional(),
-});
+/**
+ * Adds an issue at `change.id` when it is not a string or differs from
+ * `lightId`. The patch schema drops `id`, so such an `id` would otherwise
+ * be ignored and the command sent to `lightId`. An equal `id` passes, so
+ * an app may send back a light document it read.
+ */
+function rejectOtherChangeId(payload: unknown, context: z.RefinementCtx): void {
+  if (typeof payload !== "object" || payload === null) return;
+  const { lightId, change } = payload as { lightId: unknown; change: unknown };
+  if (!lightIdSchema.safeParse(lightId).success) return;
+  if (typeof change !== "object" || change === null) return;
+  if (!Object.hasOwn(change, "id")) return;
+  const { id } = change as { id: unknown };
+  if (id === lightId) return;
+  const hint = "Leave change.id out or set it to lightId";
+  const message =
+    typeof id === "string"
+      ? `${JSON.stringify(id.slice(0, 80))} differs from lightId ${JSON.stringify(lightId)}. ${hint}`
+      : `must be a string, got ${id === null ? "null" : typeof id}. ${hint}`;
+  context.addIssue({ code: "custom", path: ["change", "id"], message });
+}
+
+/**
+ * An app's `light:set`. As in the HTTP API, `change.id` is compared with
+ * a valid `lightId` before the other fields are parsed, so a change with
+ * only another light's `id` is reported by that `id`.
+ */
+export const appLightSetPayloadSchema = z
+  .unknown()
+  .superRefine(rejectOtherChangeId)
+  .pipe(
+    z.object({
+      bridgeId: bridgeIdSchema,
+      lightId: lightIdSchema,
+      change: lightPatchSchema,
+      commandId: commandIdSchema.optional(),
+    }),
+  );
 
 /**
  * A bridge's successful answer to `light:set`. Its light is applied as a
