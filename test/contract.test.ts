@@ -323,6 +323,51 @@ for (const variant of VARIANTS) {
         assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD");
       });
 
+      it("rejects a control character in a name", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [
+          light("a"),
+          light("b"),
+        ]);
+        const watcher = await app([bridgeId]);
+        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const snapshots = record(watcher, "bridge:snapshot");
+        const ack = await request(bridge, "state:snapshot", {
+          lights: [
+            light("a", true),
+            { ...light("b", true), metadata: { name: "Lamp\u001b[2Jb" } },
+          ],
+        });
+        assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD");
+        const message = !ack.ok ? ack.error.message : "";
+        assert.match(message, /^invalid lights\[1\]\.metadata\.name: /);
+        assert.match(message, /found U\+001B/);
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(state.version, 1, "the snapshot changed no version");
+        // Lights are a set, so they are compared in ID order.
+        const stored = [...state.lights].sort((x, y) =>
+          x.id.localeCompare(y.id),
+        );
+        assert.deepEqual(
+          stored.map((storedLight) => [storedLight.id, storedLight.on.on]),
+          [
+            ["a", false],
+            ["b", false],
+          ],
+          "the snapshot stored no light",
+        );
+        assert.deepEqual(
+          stored.map((storedLight) => storedLight.metadata?.name),
+          ["Lamp a", "Lamp b"],
+        );
+        await settle();
+        assert.equal(snapshots.length, 0, "the snapshot was not broadcast");
+      });
+
       it("broadcasts a change with whole documents", async () => {
         const bridgeId = randomBridgeId();
         const bridge = await bridgeWithLights(bridgeId, [

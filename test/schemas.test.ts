@@ -29,6 +29,25 @@ function readRealLights(): Resource[] {
 }
 
 const REAL_LIGHTS = readRealLights();
+
+/** Reads the `metadata.name` of every resource in the dump, lights or not. */
+function readRealNames(): string[] {
+  const path = new URL(
+    "../client-sdk/fixtures/hue-clip-v2-resources.json",
+    import.meta.url,
+  );
+  const resources = JSON.parse(readFileSync(path, "utf8")) as Resource[];
+  // Rooms, zones, scenes and devices carry the same kind of user-given
+  // name as lights, so they show what real names contain.
+  const names: string[] = [];
+  for (const resource of resources) {
+    const metadata = resource["metadata"] as { name?: unknown } | undefined;
+    if (typeof metadata?.name === "string") names.push(metadata.name);
+  }
+  return names;
+}
+
+const REAL_NAMES = readRealNames();
 const FIRST_REAL_LIGHT_ID = "01b1da1b-2cb1-eb71-5391-63b5ae1ceb6c";
 /** The fixture's first light after the relay drops the fields it does not keep. */
 const FIRST_REAL_LIGHT_TRIMMED = {
@@ -240,6 +259,9 @@ describe("snapshot payload schema", () => {
       ["32 ASCII characters", "n".repeat(32)],
       ["32 emoji code points", "💡".repeat(32)],
       ["32 CJK characters", "灯".repeat(32)],
+      ["spaces and tilde", " Desk ~ lamp "],
+      ["no-break space", "Desk\u00a0lamp"],
+      ["first character after C1", "\u00a1Hola"],
     ];
     for (const [label, name] of accepted) {
       it(`accepts ${label}`, () => {
@@ -268,6 +290,50 @@ describe("snapshot payload schema", () => {
         );
       });
     }
+
+    const controlCharacters: [string, string, string][] = [
+      ["NUL", "\u0000", "U+0000"],
+      ["tab", "Desk\tlamp", "U+0009"],
+      ["newline", "Hall\nway", "U+000A"],
+      ["carriage return", "Hall\r", "U+000D"],
+      ["escape sequence", "\u001b[31mRed", "U+001B"],
+      ["unit separator", "Lamp\u001f", "U+001F"],
+      ["DEL", "Lamp\u007f", "U+007F"],
+      ["first C1 control", "\u0080Lamp", "U+0080"],
+      ["C1 next line", "Lamp\u0085", "U+0085"],
+      ["C1 CSI", "\u009b31mRed", "U+009B"],
+      ["last C1 control", "Lamp\u009f", "U+009F"],
+    ];
+    for (const [label, name, codePoint] of controlCharacters) {
+      it(`rejects ${label} in name`, () => {
+        const input = snapshotWith({ metadata: { name } });
+        const error = parseFailure(snapshotPayloadSchema, input);
+        assert.equal(error.code, "INVALID_PAYLOAD");
+        assert.match(error.message, /^invalid lights\[0\]\.metadata\.name: /);
+        assert.match(error.message, /must not contain control characters/);
+        assert.ok(
+          error.message.includes(`found ${codePoint}`),
+          `message ${JSON.stringify(error.message)} does not name ${codePoint}`,
+        );
+      });
+    }
+
+    it("counts control position in code points", () => {
+      const input = snapshotWith({ metadata: { name: "💡💡\n" } });
+      const error = parseFailure(snapshotPayloadSchema, input);
+      assert.match(error.message, /found U\+000A at code point 3$/);
+    });
+
+    it("accepts every name of real dump", () => {
+      assert.equal(REAL_NAMES.length, 95);
+      for (const name of REAL_NAMES) {
+        const [light] = parsePayload(
+          snapshotPayloadSchema,
+          snapshotWith({ metadata: { name } }),
+        ).lights;
+        assert.equal(light?.metadata?.name, name);
+      }
+    });
   });
 
   describe("dimming brightness", () => {
@@ -465,6 +531,14 @@ describe("changed payload schema", () => {
     );
   });
 
+  it("rejects control character in name", () => {
+    assertInvalidField(
+      changedPayloadSchema,
+      changesOf({ id: "lamp", metadata: { name: "Desk\nlamp" } }),
+      "lights[0].metadata.name",
+    );
+  });
+
   it("rejects change with unknown fields only", () => {
     assertInvalidField(
       changedPayloadSchema,
@@ -646,6 +720,14 @@ describe("app light:set payload schema", () => {
     );
   });
 
+  it("rejects control character in name", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ change: { metadata: { name: "Desk\u0085lamp" } } }),
+      "change.metadata.name",
+    );
+  });
+
   it("rejects invalid light id", () => {
     assertInvalidField(
       appLightSetPayloadSchema,
@@ -783,6 +865,13 @@ describe("bridge answer schemas", () => {
     [
       "success light without fields",
       { ok: true, data: { light: { id: "lamp" } } },
+    ],
+    [
+      "success name with control character",
+      {
+        ok: true,
+        data: { light: { id: "lamp", metadata: { name: "Lamp\u009b" } } },
+      },
     ],
     ["non-object answer", "ok"],
   ];

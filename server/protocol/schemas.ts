@@ -32,6 +32,9 @@ export const bridgeIdSchema = z.string().transform((value, context) => {
 /** Matches a UTF-16 surrogate that is not part of a pair. */
 const LONE_SURROGATE = /\p{Cs}/u;
 
+/** Matches a C0 or C1 control character or DEL: U+0000-U+001F, U+007F-U+009F. */
+const CONTROL_CHARACTER = /\p{Cc}/u;
+
 const nameSchema = z
   .string()
   .refine((name) => {
@@ -41,6 +44,19 @@ const nameSchema = z
   // As commandIds: a lone surrogate turns into U+FFFD in UTF-8 consumers.
   .refine((name) => !LONE_SURROGATE.test(name), {
     message: "must be well-formed Unicode: it has an unpaired surrogate",
+  })
+  // Names are shown on dashboards and in logs, where a control character
+  // is invisible or acts on the terminal. JSON escapes only U+0000-U+001F,
+  // so U+007F-U+009F would reach a log reader as they are.
+  .superRefine((name, context) => {
+    const match = CONTROL_CHARACTER.exec(name);
+    if (match === null) return;
+    const position = [...name.slice(0, match.index)].length + 1;
+    const hex = match[0].codePointAt(0)!.toString(16).toUpperCase();
+    context.addIssue({
+      code: "custom",
+      message: `must not contain control characters (U+0000-U+001F, U+007F-U+009F), found U+${hex.padStart(4, "0")} at code point ${position}`,
+    });
   });
 
 const fieldSchemas = {
