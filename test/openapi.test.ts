@@ -162,6 +162,30 @@ describe("openapi document", () => {
     }
   });
 
+  it("forbids control characters in names", () => {
+    const { schemas } = openApiDocument.components;
+    for (const schema of ["Light", "LightPatch"] as const) {
+      const { pattern } = schemas[schema].properties.metadata.properties.name;
+      // JSON Schema patterns are ECMA-262 regular expressions.
+      const namePattern = new RegExp(pattern, "u");
+      const rejected = [
+        "Lamp\u0000",
+        "Hall\nway",
+        "\u001f",
+        "\u007f",
+        "\u0080",
+        "Lamp\u0085",
+        "\u009f",
+      ];
+      for (const name of rejected) {
+        assert.equal(namePattern.test(name), false, JSON.stringify(name));
+      }
+      for (const name of ["Lamp 1", "Desk ~", "\u00a0\u00a1", "灯💡"]) {
+        assert.equal(namePattern.test(name), true, JSON.stringify(name));
+      }
+    }
+  });
+
   it("serves the document at its path", async () => {
     const server = built.app.listen(0, "127.0.0.1");
     await new Promise((resolve) => server.once("listening", resolve));

@@ -80,7 +80,9 @@ const lightFields = {
         type: "string",
         minLength: 1,
         maxLength: 32,
-        description: "1-32 Unicode code points",
+        pattern: "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
+        description:
+          "1-32 Unicode code points, with no control characters (U+0000-U+001F, U+007F-U+009F)",
       },
     },
   },
