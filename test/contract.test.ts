@@ -672,6 +672,49 @@ for (const variant of VARIANTS) {
         assert.deepEqual(events, ["version 2", "bridge:presence"]);
       });
 
+      it("stores a change sent with the disconnect", async function () {
+        this.timeout(10_000);
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(
+          bridgeId,
+          [light("a", true, 50)],
+          { transports: ["polling"] },
+        );
+        const watcher = await app([bridgeId]);
+        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const changed = nextEvent<LightsChangedEvent>(
+          watcher,
+          "lights:changed",
+        );
+        const offline = nextEvent<BridgePresence>(
+          watcher,
+          "bridge:presence",
+          (event) => !event.online,
+        );
+
+        // Holds the transport's one POST, so that the change and the
+        // disconnection go in the next body together.
+        bridge.emit("relay:info");
+        bridge.emit(
+          "state:changed",
+          { lights: [{ id: "a", dimming: { brightness: 70 } }] },
+          () => undefined,
+        );
+        bridge.disconnect();
+
+        const change = await changed;
+        assert.equal(change.version, 2);
+        assert.deepEqual(change.lights[0]?.dimming, { brightness: 70 });
+        await offline;
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(state.online, false);
+        assert.deepEqual(state.lights[0]?.dimming, { brightness: 70 });
+      });
+
       it("keeps state after the bridge leaves", async () => {
         const bridgeId = randomBridgeId();
         const bridge = await bridgeWithLights(bridgeId, [light("a", true)]);

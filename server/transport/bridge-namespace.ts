@@ -30,6 +30,10 @@ import {
   type SocketListener,
 } from "./requests.ts";
 import { inFlightLimit } from "./requests-in-flight.ts";
+import {
+  recordUndispatchedEvents,
+  takeUndispatchedEvents,
+} from "./undispatched-events.ts";
 
 /**
  * Maximum requests of one bridge connection in service at once. A bridge
@@ -66,7 +70,7 @@ export function attachBridgeNamespace(
     inFlight: inFlightLimit(BRIDGE_REQUESTS_IN_FLIGHT, deps.maxPayloadBytes),
     logger: deps.logger,
   });
-  const onDisconnect = disconnectListener(deps);
+  const onDisconnect = disconnectListener(deps, requests);
   bridges.on("connection", (socket) =>
     serveBridge(socket, deps, requests, onDisconnect),
   );
@@ -144,6 +148,7 @@ function serveBridge(
 ): void {
   const { exp, bridgeId } = socketIdentity(socket, "bridge");
   const { epoch } = socketSession(socket);
+  recordUndispatchedEvents(socket);
   serveRequests(socket, requests);
   socket.on("disconnect", onDisconnect);
   deps.logger.info({ ...socketLogFields(socket), epoch }, "bridge connected");
@@ -185,10 +190,13 @@ function bridgeRequests(
 
 function disconnectListener(
   deps: BridgeNamespaceDeps,
+  requests: RequestListeners,
 ): SocketListener<[reason: string]> {
   return function onDisconnect(this: Socket, reason) {
     const session = socketSession(this);
     const fields = socketLogFields(this);
+    // Before the last writes are awaited, so that they include these.
+    serveUndispatchedRequests(this, requests);
     cancelExpiry(this);
     deps.limits.forgetSocket(this.id);
     deps.logger.info({ ...fields, reason }, "bridge disconnected");
@@ -201,4 +209,20 @@ function disconnectListener(
       );
     });
   };
+}
+
+/**
+ * Serves the requests that the bridge sent just before it disconnected,
+ * which Socket.IO drops, so that its last state reports are stored. Their
+ * acknowledgements go nowhere. Should a request be served twice, its
+ * second write changes nothing, because it carries the same lights.
+ */
+function serveUndispatchedRequests(
+  socket: Socket,
+  requests: RequestListeners,
+): void {
+  for (const [event, ...args] of takeUndispatchedEvents(socket)) {
+    if (typeof event !== "string") continue;
+    requests.byEvent.get(event)?.apply(socket, args);
+  }
 }
