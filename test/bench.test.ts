@@ -198,6 +198,8 @@ const CHECKS: Record<string, (result: Record<string, unknown>) => void> = {
       );
       assertPositive(retained.bytes, `${String(row.target)} retained bytes`);
       assert.equal(typeof retained.bytesPerBridge, "number");
+      assert.equal(typeof retained.reservedBytesPerBridge, "number");
+      assert.equal(typeof retained.collectedRssBytesPerBridge, "number");
     }
     const summary = result.summary as Record<string, unknown>;
     assert.equal(typeof summary.relayVsBareRetained, "number");

@@ -3,7 +3,7 @@
  * (through NODE_OPTIONS=--import). When HEAP_PROBE_DIR is set, each
  * process listens on the Unix socket <HEAP_PROBE_DIR>/<pid>.sock and, for
  * each connection, runs a full garbage collection and responds with its
- * heap in use as JSON. Garbage then no longer counts, which RSS cannot
+ * heap in use, the heap V8 has reserved, and its RSS, as JSON. Garbage then no longer counts, which RSS cannot
  * show. Plain JavaScript, so that it loads before any TypeScript loader.
  */
 import { createServer } from "node:net";
@@ -19,9 +19,17 @@ if (dir) {
   const server = createServer((socket) => {
     collectGarbage();
     collectGarbage();
-    const { heapUsed, external, arrayBuffers } = process.memoryUsage();
+    const { heapUsed, heapTotal, rss, external, arrayBuffers } =
+      process.memoryUsage();
     socket.end(
-      JSON.stringify({ pid: process.pid, heapUsed, external, arrayBuffers }),
+      JSON.stringify({
+        pid: process.pid,
+        heapUsed,
+        heapTotal,
+        rss,
+        external,
+        arrayBuffers,
+      }),
     );
   });
   server.listen(join(dir, `${process.pid}.sock`));

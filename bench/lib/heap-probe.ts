@@ -7,6 +7,16 @@ import { ROOT } from "./results.ts";
 const PROBE_SCRIPT = join(ROOT, "bench", "lib", "heap-probe.mjs");
 const READ_TIMEOUT_MS = 30_000;
 
+/** A process's memory right after a full garbage collection, in bytes. */
+export interface CollectedMemory {
+  /** Heap in use: what the process still references. */
+  heapUsed: number;
+  /** Heap that V8 has reserved, in use or free. */
+  heapTotal: number;
+  /** Resident set size of the whole process. */
+  rss: number;
+}
+
 /**
  * Reads the heap in use after a full collection from server processes
  * started with its `env` (see heap-probe.mjs).
@@ -27,17 +37,21 @@ export class HeapProbe {
     };
   }
 
-  /** Sum of the heap in use after a full collection in each of `pids`, in bytes. */
-  async retainedBytes(pids: number[]): Promise<number> {
+  /** Sums of the readings after a full collection in each of `pids`, in bytes. */
+  async collectedMemory(pids: number[]): Promise<CollectedMemory> {
     const readings = await Promise.all(pids.map((pid) => this.read(pid)));
-    return readings.reduce((sum, bytes) => sum + bytes, 0);
+    return {
+      heapUsed: readings.reduce((sum, reading) => sum + reading.heapUsed, 0),
+      heapTotal: readings.reduce((sum, reading) => sum + reading.heapTotal, 0),
+      rss: readings.reduce((sum, reading) => sum + reading.rss, 0),
+    };
   }
 
   async close(): Promise<void> {
     await rm(this.dir, { recursive: true, force: true });
   }
 
-  private read(pid: number): Promise<number> {
+  private read(pid: number): Promise<CollectedMemory> {
     return new Promise((resolve, reject) => {
       let answer = "";
       const socket = connect(join(this.dir, `${pid}.sock`));
@@ -53,8 +67,10 @@ export class HeapProbe {
       });
       socket.once("error", reject);
       socket.once("end", () => {
-        const { heapUsed } = JSON.parse(answer) as { heapUsed: number };
-        resolve(heapUsed);
+        const { heapUsed, heapTotal, rss } = JSON.parse(
+          answer,
+        ) as CollectedMemory;
+        resolve({ heapUsed, heapTotal, rss });
       });
     });
   }

@@ -106,6 +106,14 @@ interface RetainedHeap {
   bytes: number;
   bridges: number;
   bytesPerBridge: number;
+  /**
+   * Growth of the heap that V8 keeps reserved after the collection, per
+   * bridge. Above `bytesPerBridge` by the free heap that V8 has not
+   * returned, which RSS counts.
+   */
+  reservedBytesPerBridge: number;
+  /** Growth of RSS right after the collection, per bridge. */
+  collectedRssBytesPerBridge: number;
 }
 
 interface MemoryResult {
@@ -167,7 +175,7 @@ async function measureTarget(
     await Promise.all(agents.map((agent) => agent.ready()));
     await new Promise((resolve) => setTimeout(resolve, settleMs));
     const baselineRss = totalResidentBytes(target.measuredPids());
-    const baselineHeap = await probe.retainedBytes(target.measuredPids());
+    const baselineHeap = await probe.collectedMemory(target.measuredPids());
     const baselineRedis = await redisStats.usedMemory();
     let previousRss = baselineRss;
     let connected = 0;
@@ -228,17 +236,19 @@ async function measureTarget(
     console.log(
       `  idle for ${idleMs / 1000} s at ${connected} bridges: ${idle.rssBytesPerBridge.map(kib).join(", ")} KiB per bridge`,
     );
-    const heap = await probe.retainedBytes(target.measuredPids());
+    const heap = await probe.collectedMemory(target.measuredPids());
+    const perBridge = (after: number, before: number): number =>
+      Math.round((after - before) / Math.max(1, connected));
     const retained: RetainedHeap = {
-      baselineBytes: baselineHeap,
-      bytes: heap,
+      baselineBytes: baselineHeap.heapUsed,
+      bytes: heap.heapUsed,
       bridges: connected,
-      bytesPerBridge: Math.round(
-        (heap - baselineHeap) / Math.max(1, connected),
-      ),
+      bytesPerBridge: perBridge(heap.heapUsed, baselineHeap.heapUsed),
+      reservedBytesPerBridge: perBridge(heap.heapTotal, baselineHeap.heapTotal),
+      collectedRssBytesPerBridge: perBridge(heap.rss, baselineHeap.rss),
     };
     console.log(
-      `  heap in use after a full collection: ${kib(retained.bytesPerBridge)} KiB per bridge`,
+      `  after a full collection, per bridge: ${kib(retained.bytesPerBridge)} KiB of heap in use, ${kib(retained.reservedBytesPerBridge)} KiB of heap reserved, ${kib(retained.collectedRssBytesPerBridge)} KiB of RSS`,
     );
     return {
       target: target.name,
@@ -361,6 +371,8 @@ await runScenario(
         "MiB before bridges": round(result.retained.baselineBytes / 2 ** 20, 1),
         "MiB after": round(result.retained.bytes / 2 ** 20, 1),
         "KiB/bridge": kib(result.retained.bytesPerBridge),
+        "reserved KiB/bridge": kib(result.retained.reservedBytesPerBridge),
+        "RSS KiB/bridge": kib(result.retained.collectedRssBytesPerBridge),
       })),
     );
     const [relay, bare] = results;
@@ -389,6 +401,14 @@ await runScenario(
           relay?.retained.bytesPerBridge ?? 0,
           bare?.retained.bytesPerBridge ?? 0,
         ),
+        relayReservedHeapBytesPerBridge:
+          relay?.retained.reservedBytesPerBridge ?? null,
+        bareReservedHeapBytesPerBridge:
+          bare?.retained.reservedBytesPerBridge ?? null,
+        relayCollectedRssBytesPerBridge:
+          relay?.retained.collectedRssBytesPerBridge ?? null,
+        bareCollectedRssBytesPerBridge:
+          bare?.retained.collectedRssBytesPerBridge ?? null,
       },
     };
   },
