@@ -6,11 +6,18 @@ import { pino } from "pino";
 import { Server, type Socket as ServerSocket } from "socket.io";
 import { io, type Socket } from "socket.io-client";
 import { RelayError } from "../server/errors.ts";
+import { requestsInFlightRejected } from "../server/metrics/relay-metrics.ts";
 import { IN_FLIGHT_RETRY_AFTER_MS } from "../server/transport/requests-in-flight.ts";
 import {
   requestListeners,
   serveRequests,
 } from "../server/transport/requests.ts";
+
+/** Reads the count of requests rejected for the backlog on the default namespace. */
+async function rejectedInFlight(): Promise<number> {
+  const { values } = await requestsInFlightRejected.get();
+  return values.find((value) => value.labels.namespace === "/")?.value ?? 0;
+}
 
 /** A pino logger whose JSON lines are collected in `lines`. */
 function capturingLogger() {
@@ -190,6 +197,7 @@ describe("request handling", () => {
 
   it("rejects requests past the in-flight count", async () => {
     closeGate();
+    const rejectedBefore = await rejectedInFlight();
     const held = [1, 2, 3].map(() =>
       client.timeout(2000).emitWithAck("hold", {}),
     );
@@ -198,6 +206,7 @@ describe("request handling", () => {
     assert.equal(refused.error.code, "RATE_LIMITED");
     assert.equal(refused.error.retryAfterMs, IN_FLIGHT_RETRY_AFTER_MS);
     assert.match(refused.error.message, /max 3 requests/);
+    assert.equal(await rejectedInFlight(), rejectedBefore + 1);
     const second = io(url, { transports: ["websocket"] });
     try {
       const other = await second.timeout(2000).emitWithAck("echo", { n: 4 });

@@ -86,6 +86,13 @@ export const socketFloodDisconnects = new Counter({
   registers: [relayRegistry],
 });
 
+export const requestsInFlightRejected = new Counter({
+  name: "relay_requests_in_flight_rejected_total",
+  help: "Requests rejected with RATE_LIMITED on arrival because their connection had too many requests, or payload bytes, not yet acknowledged, by namespace.",
+  labelNames: ["namespace"] as const,
+  registers: [relayRegistry],
+});
+
 const commands = new Counter({
   name: "relay_commands_total",
   help: "light:set commands that passed validation, grants and rate limits, by outcome (ok, or the error code).",

@@ -1,5 +1,6 @@
 import type { Socket } from "socket.io";
 import { RelayError } from "../errors.ts";
+import { requestsInFlightRejected } from "../metrics/relay-metrics.ts";
 
 /** Limit on the requests of one connection that are still being served. */
 export interface InFlightLimit {
@@ -56,6 +57,7 @@ export class RequestsInFlight {
       backlog.requests >= this.limit.requests ||
       backlog.bytes + bytes > this.limit.bytes
     ) {
+      requestsInFlightRejected.inc({ namespace: socket.nsp.name });
       throw new RelayError(
         "RATE_LIMITED",
         `too many requests in service on this connection (max ${this.limit.requests} requests, ${this.limit.bytes} bytes of payload); retry after the earlier ones are acknowledged`,
