@@ -64,7 +64,7 @@ describe("request handling", () => {
         whoami: async (_payload, socket) => ({ socketId: socket.id }),
         hold: async () => {
           await gate;
-          return { held: true };
+          return { pending: true };
         },
       },
       {
@@ -198,14 +198,14 @@ describe("request handling", () => {
   it("rejects requests past the in-flight count", async () => {
     closeGate();
     const rejectedBefore = await rejectedInFlight();
-    const held = [1, 2, 3].map(() =>
+    const pending = [1, 2, 3].map(() =>
       client.timeout(2000).emitWithAck("hold", {}),
     );
-    const refused = await client.timeout(2000).emitWithAck("echo", { n: 3 });
-    assert.equal(refused.ok, false);
-    assert.equal(refused.error.code, "RATE_LIMITED");
-    assert.equal(refused.error.retryAfterMs, IN_FLIGHT_RETRY_AFTER_MS);
-    assert.match(refused.error.message, /max 3 requests/);
+    const rejected = await client.timeout(2000).emitWithAck("echo", { n: 3 });
+    assert.equal(rejected.ok, false);
+    assert.equal(rejected.error.code, "RATE_LIMITED");
+    assert.equal(rejected.error.retryAfterMs, IN_FLIGHT_RETRY_AFTER_MS);
+    assert.match(rejected.error.message, /max 3 requests/);
     assert.equal(await rejectedInFlight(), rejectedBefore + 1);
     const second = io(url, { transports: ["websocket"] });
     try {
@@ -215,8 +215,8 @@ describe("request handling", () => {
       second.close();
     }
     openGate();
-    for (const answer of await Promise.all(held)) {
-      assert.deepEqual(answer, { ok: true, data: { held: true } });
+    for (const answer of await Promise.all(pending)) {
+      assert.deepEqual(answer, { ok: true, data: { pending: true } });
     }
     const served = await client.timeout(2000).emitWithAck("echo", { n: 5 });
     assert.deepEqual(served, { ok: true, data: { payload: { n: 5 } } });
@@ -227,11 +227,11 @@ describe("request handling", () => {
     const large = client
       .timeout(2000)
       .emitWithAck("hold", { padding: "x".repeat(700) });
-    const refused = await client.timeout(2000).emitWithAck("echo", {});
-    assert.equal(refused.error?.code, "RATE_LIMITED");
-    assert.match(refused.error.message, /600 bytes/);
+    const rejected = await client.timeout(2000).emitWithAck("echo", {});
+    assert.equal(rejected.error?.code, "RATE_LIMITED");
+    assert.match(rejected.error.message, /600 bytes/);
     openGate();
-    assert.deepEqual(await large, { ok: true, data: { held: true } });
+    assert.deepEqual(await large, { ok: true, data: { pending: true } });
     closeGate();
     const halves = [1, 2].map(() =>
       client.timeout(2000).emitWithAck("hold", { padding: "x".repeat(250) }),

@@ -17,7 +17,7 @@ export interface RequestOptions {
   maxPayloadBytes: number;
   /** Events of any kind that a connection may send per FLOOD_WINDOW_MS before it is closed. */
   maxEventsPerWindow: number;
-  /** Requests of one connection that may wait for their answers at once. */
+  /** Limit on the requests of one connection not yet acknowledged. */
   inFlight: InFlightLimit;
   logger: Logger;
 }

@@ -139,16 +139,16 @@ describe("fault: Redis accepts connections but does not respond", function () {
           ),
         ),
       );
-      const refused = reports.filter(
+      const rejected = reports.filter(
         ({ value }) => !value.ok && value.error.code === "RATE_LIMITED",
       );
       const stored = reports.filter(({ value }) => value.ok);
       printFigure(
-        `Redis paused ${PAUSE_MS} ms, ${reports.length} reports sent at once: ${stored.length} stored after the pause, ${refused.length} rejected within ${Math.max(...refused.map(({ ms }) => ms))} ms`,
+        `Redis paused ${PAUSE_MS} ms, ${reports.length} reports sent at once: ${stored.length} stored after the pause, ${rejected.length} rejected within ${Math.max(...rejected.map(({ ms }) => ms))} ms`,
       );
-      assert.equal(refused.length, extra);
+      assert.equal(rejected.length, extra);
       assert.equal(stored.length, BRIDGE_REQUESTS_IN_FLIGHT);
-      for (const { ms } of refused) assert.ok(ms < PAUSE_MS / 2, `${ms} ms`);
+      for (const { ms } of rejected) assert.ok(ms < PAUSE_MS / 2, `${ms} ms`);
       // The rejected reports are the last ones sent.
       assert.deepEqual(
         reports.map(({ value }) => value.ok),
