@@ -1,20 +1,22 @@
 import type { Server } from "node:http";
 import type { Socket } from "node:net";
+import { destroyAfterLinger } from "../http/lingering-close.ts";
 
 export interface IdleConnectionLimits {
   /** Time a new connection has to send its first byte, in ms. */
   firstByteTimeoutMs: number;
-  /** Time a client has to close its side after the primary ended a response, in ms. */
-  halfOpenTimeoutMs: number;
 }
 
 /**
  * Closes the primary's connections that no worker's timeout covers. A
  * connection that sends no byte never reaches a worker, because sticky
  * picks the worker from the first request's header. A request with a body
- * stays in the primary, which ends the connection after the response. A
- * client that never closes its own half would then keep the primary's
- * file descriptor for good.
+ * stays in the primary, which ends the connection after the response.
+ * The primary then reads and drops what the client still sends, and
+ * destroys the connection after LINGER_TIMEOUT_MS or LINGER_MAX_BYTES
+ * (`destroyAfterLinger`). Destroying it at once could reset a client
+ * still sending its body before it read the response, and a client that
+ * never closed its own half would keep the file descriptor for good.
  */
 export function closeIdleConnections(
   server: Server,
@@ -24,6 +26,11 @@ export function closeIdleConnections(
     socket.setTimeout(limits.firstByteTimeoutMs);
     socket.once("timeout", () => socket.destroy());
     socket.once("data", () => socket.setTimeout(0));
-    socket.once("finish", () => socket.setTimeout(limits.halfOpenTimeoutMs));
+    socket.once("finish", () => {
+      // Sticky would forward each chunk to the worker, which has ended the
+      // request and reads no more of it.
+      socket.removeAllListeners("data");
+      destroyAfterLinger(socket, socket);
+    });
   });
 }

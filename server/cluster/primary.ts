@@ -27,9 +27,6 @@ const STABLE_UPTIME_MS = 60_000;
  */
 const LISTEN_BACKLOG = 4096;
 
-/** Time a client has to close its side of a connection the primary ended, in ms. */
-const HALF_OPEN_TIMEOUT_MS = 10_000;
-
 /** Time the primary gives a worker to exit after its own shutdown deadline, in ms. */
 const EXIT_GRACE_MS = 1000;
 /**
@@ -125,7 +122,6 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   stopReadingBeforeHandoff(httpServer);
   closeIdleConnections(httpServer, {
     firstByteTimeoutMs: HEADERS_TIMEOUT_MS,
-    halfOpenTimeoutMs: HALF_OPEN_TIMEOUT_MS,
   });
   answerSessionBindings();
   const metrics = serveClusterMetrics(

@@ -126,12 +126,14 @@ export function apiErrorHandler(
     if (response.headersSent) {
       // Express's own handler would print the stack outside the logs. An
       // error after the response began is a client that went away or a
-      // body the relay gave up on, so the connection is closed.
+      // body the relay gave up on. A response cut short is destroyed with
+      // its connection. One written in full is left alone, since the
+      // connection after a 413 must close lingering, not with a reset.
       (request.log ?? logger).debug(
         { err: error },
         "http request failed after its response began",
       );
-      response.destroy();
+      if (!response.writableEnded) response.destroy();
       return;
     }
     sendError(response, toBodyError(error, maxBytes), request.log ?? logger);

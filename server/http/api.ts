@@ -22,6 +22,7 @@ import { lateCommandError, type StallMonitor } from "../relay/stall-monitor.ts";
 import { bridgeListCost, type RateLimits } from "../transport/rate-limits.ts";
 import { apiErrorHandler, sendError } from "./api-errors.ts";
 import { authenticateApp } from "./bearer-auth.ts";
+import { closeLingering, destroyRequestConnection } from "./lingering-close.ts";
 import { openApiDocument } from "./openapi.ts";
 
 /** Path under which the API router is mounted. */
@@ -174,7 +175,7 @@ export function createApiRouter(deps: ApiDeps): Router {
  *
  * A body without `Content-Length` (chunked) is counted as it arrives, and
  * once it passes `maxBytes` the relay answers `PAYLOAD_TOO_LARGE` and closes
- * the connection. express.json would otherwise read such a body to its
+ * the connection lingering (`closeLingering`). express.json would otherwise read such a body to its
  * end before it answered, and a client could stream one for good.
  */
 function limitRequestBody(maxBytes: number, logger: Logger): RequestHandler {
@@ -195,9 +196,9 @@ function limitRequestBody(maxBytes: number, logger: Logger): RequestHandler {
 
 /**
  * Counts the chunks of `request` beside express.json, which starts reading
- * in the same tick, and answers 413 and closes the connection once they
- * pass `maxBytes`. express.json's own error for the body comes after the
- * connection closed, when the response has been sent.
+ * in the same tick, and responds with 413 and closes the connection lingering
+ * once they pass `maxBytes`. express.json's own error for the body comes
+ * after the 413 has been written, so its handler sends nothing.
  */
 function closeChunkedBodyPastLimit(
   request: Request,
@@ -210,17 +211,12 @@ function closeChunkedBodyPastLimit(
     received += chunk.length;
     if (received <= maxBytes) return;
     request.off("data", count);
-    const close = (): void => {
-      request.destroy();
-      request.socket.destroy();
-    };
     if (response.writableFinished) {
-      close();
+      destroyRequestConnection(request);
       return;
     }
-    response.once("finish", close);
+    closeLingering(request, response);
     if (response.headersSent) return;
-    response.setHeader("Connection", "close");
     const error = new RelayError(
       "PAYLOAD_TOO_LARGE",
       `request body is over the limit of ${maxBytes} bytes`,

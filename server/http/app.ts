@@ -7,6 +7,7 @@ import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { apiErrorHandler } from "./api-errors.ts";
 import { API_BASE_PATH, createApiRouter, type ApiDeps } from "./api.ts";
+import { closeLingering } from "./lingering-close.ts";
 import { metricsHandler } from "./metrics-route.ts";
 import {
   DASHBOARD_METRICS_ROUTE,
@@ -159,21 +160,22 @@ const UNREAD_BODY_GRACE_MS = 1000;
  * when the rest does not arrive within UNREAD_BODY_GRACE_MS. Node would
  * wait for the rest however long it takes, so a client sending one byte
  * at a time could keep the connection open without a token. A body whose
- * `Content-Length` is over `maxBodyBytes` is not drained. Its response
- * carries `Connection: close`, and the connection is closed once the
- * response has been sent.
+ * `Content-Length` is over `maxBodyBytes` is not waited for. Its response
+ * carries `Connection: close`, and the connection closes lingering once
+ * the response has been sent (`closeLingering`).
  */
 function closeUnreadBodies(maxBodyBytes: number): RequestHandler {
   return (request, response, next) => {
-    const oversized = (declaredBodyLength(request) ?? 0) > maxBodyBytes;
-    if (oversized) response.setHeader("Connection", "close");
+    if ((declaredBodyLength(request) ?? 0) > maxBodyBytes) {
+      closeLingering(request, response);
+      next();
+      return;
+    }
     response.once("finish", () => {
       if (request.complete || !hasBody(request)) return;
-      if (oversized) {
-        request.destroy();
-        request.socket.destroy();
-        return;
-      }
+      // A connection whose last response has been sent is already ended.
+      // Node destroys it, or it closes lingering, as after a chunked 413.
+      if (request.socket.writableEnded) return;
       const timer = setTimeout(() => {
         request.destroy();
         request.socket.destroy();

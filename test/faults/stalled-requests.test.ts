@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
+import { once } from "node:events";
 import { readdirSync } from "node:fs";
+import { request as httpRequest } from "node:http";
 import { connect, type Socket } from "node:net";
+import { LINGER_TIMEOUT_MS } from "../../server/http/lingering-close.ts";
 import { randomBridgeId } from "../support/clients.ts";
 import {
   sleep,
@@ -14,8 +17,6 @@ import { appToken } from "../support/tokens.ts";
 
 /** The worker's limit for a first request's header is 10 s. */
 const HEADERS_TIMEOUT_MS = 10_000;
-/** The primary's limit for a client to close its half of an ended connection. */
-const HALF_OPEN_TIMEOUT_MS = 10_000;
 const BODY_TIMEOUT_MS = 2000;
 /** Largest request body of the test relays, in bytes. */
 const MAX_PAYLOAD_BYTES = 4096;
@@ -25,6 +26,18 @@ const MAX_PAYLOAD_BYTES = 4096;
  */
 const PROMPT_CLOSE_MS = 500;
 const HALF_OPEN_CLIENTS = 20;
+/** Body that the clients of the lingering-close tests stream, in bytes. */
+const STREAMED_BODY_BYTES = 8 * 1024 * 1024;
+/** Clients that stream such a body, one after the other. */
+const STREAMING_CLIENTS = 20;
+/**
+ * Part of a streamed body written at once, in bytes. Small parts keep the
+ * client writing when the response comes, and a reset then reaches the
+ * client's write before it has read the response.
+ */
+const STREAM_PART_BYTES = 4096;
+/** Part of a body written every 10 ms after the response, in bytes. */
+const LINGERING_PART_BYTES = 64 * 1024;
 
 /** Returns how many file descriptors the process `pid` has open. */
 function openDescriptors(pid: number): number {
@@ -268,6 +281,172 @@ async function assertChunkedBodyCut(relay: RelayProcess): Promise<void> {
   );
 }
 
+/** How a test client sends its body: with `Content-Length`, or chunked. */
+type BodyFraming = "content-length" | "chunked";
+
+/**
+ * Sends a light command with http.request and writes a body of
+ * STREAMED_BODY_BYTES as fast as the connection takes it. Resolves with
+ * the response's status, or with the error code when the request failed
+ * before a whole response arrived (ECONNRESET when a reset came first).
+ */
+async function streamOversizedCommand(
+  port: number,
+  framing: BodyFraming,
+): Promise<string> {
+  const bridgeId = randomBridgeId();
+  const token = await appToken("stalled-body", [bridgeId]);
+  return new Promise((resolve) => {
+    const headers: Record<string, string> = {
+      Authorization: `Bearer ${token}`,
+      "Content-Type": "application/json",
+    };
+    // Node sends a body chunked when it has no Content-Length.
+    if (framing === "content-length") {
+      headers["Content-Length"] = String(STREAMED_BODY_BYTES);
+    }
+    const outgoing = httpRequest(
+      {
+        host: "127.0.0.1",
+        port,
+        method: "PUT",
+        path: `/api/v1/bridges/${bridgeId}/lights/light-1`,
+        headers,
+        agent: false,
+      },
+      (incoming) => {
+        incoming.resume();
+        incoming.once("end", () => resolve(String(incoming.statusCode)));
+        incoming.once("error", (error: NodeJS.ErrnoException) =>
+          resolve(error.code ?? error.message),
+        );
+      },
+    );
+    outgoing.once("error", (error: NodeJS.ErrnoException) =>
+      resolve(error.code ?? error.message),
+    );
+    const part = Buffer.alloc(STREAM_PART_BYTES, " ");
+    let written = 0;
+    const writeParts = (): void => {
+      while (written < STREAMED_BODY_BYTES) {
+        written += part.length;
+        if (!outgoing.write(part)) {
+          outgoing.once("drain", writeParts);
+          return;
+        }
+      }
+      outgoing.end();
+    };
+    writeParts();
+  });
+}
+
+/**
+ * Sends a light command whose body is over MAX_PAYLOAD_BYTES and keeps
+ * writing parts of it every 10 ms (6.4 MB/s) on a connection that keeps
+ * its own half open. Resolves with all the server sent and the ms from
+ * the first byte of the response until the server closed the connection.
+ */
+async function keepStreamingAfterResponse(
+  port: number,
+  framing: BodyFraming,
+): Promise<{ response: string; closedAfterMs: number }> {
+  const header = await commandHeader(1_000_000_000);
+  const part = Buffer.alloc(LINGERING_PART_BYTES, " ");
+  const start =
+    framing === "content-length"
+      ? header
+      : header.replace(
+          "Content-Length: 1000000000",
+          "Transfer-Encoding: chunked",
+        );
+  const framed =
+    framing === "content-length"
+      ? part
+      : Buffer.concat([
+          Buffer.from(`${part.length.toString(16)}\r\n`),
+          part,
+          Buffer.from("\r\n"),
+        ]);
+  return new Promise((resolve, reject) => {
+    let response = "";
+    let respondedAt = 0;
+    const socket = connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+    const writer = setInterval(() => {
+      if (socket.writable) socket.write(framed);
+    }, 10);
+    socket.once("connect", () => socket.write(start));
+    socket.on("data", (chunk: Buffer) => {
+      if (respondedAt === 0) respondedAt = Date.now();
+      response += chunk.toString();
+    });
+    // Writing into a connection the server destroyed fails with EPIPE or
+    // ECONNRESET, which is the close this waits for.
+    socket.on("error", () => undefined);
+    socket.once("close", () => {
+      clearInterval(writer);
+      clearTimeout(deadline);
+      resolve({ response, closedAfterMs: Date.now() - respondedAt });
+    });
+    const deadline = setTimeout(() => {
+      clearInterval(writer);
+      socket.destroy();
+      reject(
+        new Error(
+          `the server kept the connection open for 15 s while the client wrote: ${response}`,
+        ),
+      );
+    }, 15_000);
+  });
+}
+
+/**
+ * Streams an oversized body on STREAMING_CLIENTS connections, one after
+ * the other, and asserts that each client reads the 413 rather than a
+ * reset.
+ */
+async function assertStreamedBodyGets413(
+  relay: RelayProcess,
+  framing: BodyFraming,
+): Promise<void> {
+  const outcomes: string[] = [];
+  for (let index = 0; index < STREAMING_CLIENTS; index += 1) {
+    outcomes.push(await streamOversizedCommand(relay.port, framing));
+  }
+  console.log(
+    `      fault figure: ${framing} body of ${STREAMED_BODY_BYTES} bytes streamed by ${STREAMING_CLIENTS} clients: ${outcomes.join(", ")}`,
+  );
+  assert.deepEqual(outcomes, Array(STREAMING_CLIENTS).fill("413"));
+}
+
+/**
+ * Keeps streaming an oversized body after the 413, and asserts that the
+ * relay reads on for a while and then closes the connection within
+ * LINGER_TIMEOUT_MS of the response, with 1 s to spare.
+ */
+async function assertLingerBounded(
+  relay: RelayProcess,
+  framing: BodyFraming,
+): Promise<void> {
+  const { response, closedAfterMs } = await keepStreamingAfterResponse(
+    relay.port,
+    framing,
+  );
+  assert.match(response, /^HTTP\/1\.1 413 /);
+  assert.match(response, /\r\nconnection: close\r\n/i);
+  assert.ok(
+    closedAfterMs >= LINGER_TIMEOUT_MS / 2,
+    `closed only ${closedAfterMs} ms after the response, without lingering`,
+  );
+  assert.ok(
+    closedAfterMs < LINGER_TIMEOUT_MS + 1000,
+    `closed ${closedAfterMs} ms after the response`,
+  );
+  console.log(
+    `      fault figure: ${framing} body still streaming after the 413: connection closed ${closedAfterMs} ms after the response`,
+  );
+}
+
 /** Defines the tests of bodies a relay answers before or without reading, shared by both relays. */
 function itClosesUnwantedBodies(relayOf: () => RelayProcess): void {
   it("closes after an early response", async () => {
@@ -285,6 +464,16 @@ function itClosesUnwantedBodies(relayOf: () => RelayProcess): void {
   it("cuts a chunked body past the limit", async () => {
     await assertChunkedBodyCut(relayOf());
   });
+
+  for (const framing of ["content-length", "chunked"] as const) {
+    it(`responds 413 to a streamed ${framing} body`, async () => {
+      await assertStreamedBodyGets413(relayOf(), framing);
+    });
+
+    it(`bounds the lingering close, ${framing}`, async () => {
+      await assertLingerBounded(relayOf(), framing);
+    });
+  }
 }
 
 /** Opens an Engine.IO session over polling, joins it to `/app`, and returns its ID. */
@@ -450,7 +639,7 @@ describe("fault: clients stall their request", function () {
       const releasedMs = await waitUntil(
         "the primary's descriptors back to their count before",
         () => openDescriptors(relay.pid) <= before + 2,
-        HALF_OPEN_TIMEOUT_MS + 5000,
+        LINGER_TIMEOUT_MS + 5000,
         100,
       );
       console.log(
@@ -533,6 +722,25 @@ describe("fault: a stalled body on the embedded relay", function () {
       closedAfterMs < PROMPT_CLOSE_MS,
       `closed after ${closedAfterMs} ms`,
     );
+  });
+
+  it("serves no request after a 413", async () => {
+    const header = await commandHeader(MAX_PAYLOAD_BYTES + 1);
+    const socket = await halfOpenAfter(relay.port, header);
+    // The relay has responded and ended its side: the rest of the body
+    // and a pipelined request arrive while it lingers.
+    const closed = once(socket, "close");
+    socket.end(
+      " ".repeat(MAX_PAYLOAD_BYTES + 1) +
+        "GET /pipelined-after-413 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    await closed;
+    // The relay logs every request it serves, a 404 among them.
+    await sleep(500);
+    const served = relay.logs.filter((line) =>
+      JSON.stringify(line).includes("/pipelined-after-413"),
+    );
+    assert.deepEqual(served, []);
   });
 
   it("keeps a connection after an unread whole body", async () => {

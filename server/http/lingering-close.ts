@@ -1,0 +1,105 @@
+import type { EventEmitter } from "node:events";
+import type {
+  IncomingMessage,
+  RequestListener,
+  Server,
+  ServerResponse,
+} from "node:http";
+import { Socket } from "node:net";
+
+/**
+ * Maximum time a connection stays open after the relay has ended it while
+ * the client still sends, in ms. It gives the client time to read the
+ * response before the close.
+ */
+export const LINGER_TIMEOUT_MS = 2000;
+
+/**
+ * Maximum bytes read and dropped from a connection after the relay has
+ * ended it, which bounds the work a fast client can cause. A client on a
+ * link under 64 Mbit/s sends less within LINGER_TIMEOUT_MS.
+ */
+export const LINGER_MAX_BYTES = 16 * 1024 * 1024;
+
+/**
+ * Destroys `request` and its connection at once. Destroying the request
+ * emits its 'close', which stops its readers. A client still sending may
+ * get a TCP reset, which can discard a response it has not read yet.
+ */
+export function destroyRequestConnection(request: IncomingMessage): void {
+  request.destroy();
+  request.socket.destroy();
+}
+
+/**
+ * Makes `response` the last on its connection, and closes the connection
+ * lingering once the response has been sent. The relay ends its side,
+ * then reads and drops the rest of the request for at most
+ * LINGER_TIMEOUT_MS and LINGER_MAX_BYTES before it destroys the socket.
+ * Destroying a socket with unread bytes makes the kernel send a reset, and
+ * a client still sending its body could then lose the response.
+ *
+ * Only a socket lingers here. A cluster worker gets a stand-in stream
+ * from @socket.io/sticky for a request with a body, and ending it makes
+ * the primary end the real connection, where `closeIdleConnections` lingers.
+ */
+export function closeLingering(
+  request: IncomingMessage,
+  response: ServerResponse,
+): void {
+  const connection = request.socket;
+  if (!response.headersSent) response.setHeader("Connection", "close");
+  if (connection instanceof Socket) {
+    // Node 20's HTTP server calls destroySoon() after a response with
+    // `Connection: close`, which ends the socket and destroys it once the
+    // end is written. This socket is to end, and close later.
+    connection.destroySoon = () => connection.end();
+  }
+  response.once("finish", () => {
+    // express.json pauses a body it rejects, and a paused body stops reads.
+    request.resume();
+    connection.end();
+    if (connection instanceof Socket) destroyAfterLinger(connection, request);
+  });
+}
+
+/**
+ * Destroys `socket`, whose writable side has ended, once LINGER_TIMEOUT_MS
+ * have passed or it has read more than LINGER_MAX_BYTES since. `reads`
+ * emits 'data' for what the socket reads: the socket, or the request
+ * whose body the HTTP parser reads from it. The socket closes earlier on
+ * its own when the client ends its side too.
+ */
+export function destroyAfterLinger(socket: Socket, reads: EventEmitter): void {
+  const bytesBefore = socket.bytesRead;
+  const timer = setTimeout(() => socket.destroy(), LINGER_TIMEOUT_MS);
+  timer.unref();
+  const checkBytes = (): void => {
+    if (socket.bytesRead - bytesBefore > LINGER_MAX_BYTES) socket.destroy();
+  };
+  reads.on("data", checkBytes);
+  socket.once("close", () => {
+    clearTimeout(timer);
+    reads.off("data", checkBytes);
+  });
+}
+
+/**
+ * Destroys each request that arrives on a connection whose writable side
+ * has ended, before any of the `server`'s handlers sees it. Such a
+ * request can get no response. Node's HTTP parser keeps reading a
+ * lingering connection, and would otherwise hand a pipelined request on
+ * it to the handlers. Call this after every other 'request' listener
+ * that may serve a request has been added: it wraps them.
+ */
+export function dropRequestsOnEndedConnections(server: Server): void {
+  const listeners = server.listeners("request") as RequestListener[];
+  server.removeAllListeners("request");
+  server.on("request", (request: IncomingMessage, response: ServerResponse) => {
+    if (request.socket.writableEnded) {
+      destroyRequestConnection(request);
+      return;
+    }
+    for (const listener of listeners) listener.call(server, request, response);
+  });
+}
