@@ -1,6 +1,7 @@
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import { Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { destroyRequestConnection } from "../http/lingering-close.ts";
 
 /** Time a connection has to send its first request's header, in ms. */
 export const HEADERS_TIMEOUT_MS = 10_000;
@@ -164,11 +165,7 @@ function abandonRequest(
   response: ServerResponse,
   idleMs: number,
 ): void {
-  const connection = request.socket as Duplex;
-  const close = (): void => {
-    request.destroy();
-    connection.destroy();
-  };
+  const close = (): void => destroyRequestConnection(request);
   if (response.headersSent) {
     close();
     return;

@@ -7,7 +7,7 @@ import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { apiErrorHandler } from "./api-errors.ts";
 import { API_BASE_PATH, createApiRouter, type ApiDeps } from "./api.ts";
-import { closeLingering } from "./lingering-close.ts";
+import { closeLingering, destroyRequestConnection } from "./lingering-close.ts";
 import { metricsHandler } from "./metrics-route.ts";
 import {
   DASHBOARD_METRICS_ROUTE,
@@ -176,10 +176,10 @@ function closeUnreadBodies(maxBodyBytes: number): RequestHandler {
       // A connection whose last response has been sent is already ended.
       // Node destroys it, or it closes lingering, as after a chunked 413.
       if (request.socket.writableEnded) return;
-      const timer = setTimeout(() => {
-        request.destroy();
-        request.socket.destroy();
-      }, UNREAD_BODY_GRACE_MS);
+      const timer = setTimeout(
+        () => destroyRequestConnection(request),
+        UNREAD_BODY_GRACE_MS,
+      );
       timer.unref();
       const stop = (): void => clearTimeout(timer);
       request.once("end", stop);
