@@ -43,10 +43,15 @@ function rejectionReporter(
  * The primary counts them in its own registry, since /metrics serves the
  * workers' registries and the primary's.
  *
- * NOTE: Node lowers a server's count when it sends a socket to a worker,
- * and again when that socket is then destroyed because the send failed
- * (a worker that died meanwhile). Each such failure lets the primary hold
- * one more connection than `max` for good.
+ * Node lowers a server's count when it sends a socket to a worker. On
+ * Node 20.20 a send to a worker that has died but whose closed IPC
+ * channel the primary has not read yet reports success, because Node
+ * ignores the failed write. So @socket.io/sticky does not destroy the
+ * socket, and the count drops once.
+ *
+ * NOTE: Node then keeps that socket's handle until the dead worker
+ * acknowledges it, which never happens. The client's connection stays
+ * open, unserved and uncounted, until the primary exits.
  */
 export function capListenedConnections(
   server: Server,

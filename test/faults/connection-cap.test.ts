@@ -11,6 +11,7 @@ import {
 import { answerLightSet, untypedLightMap } from "../support/fake-bridge.ts";
 import {
   printFigure,
+  sleep,
   startRelayOnRedis,
   stopRelayOnRedis,
   waitUntil,
@@ -192,7 +193,12 @@ describe("fault: a connection flood reaches MAX_CONNECTIONS", function () {
     before(async () => {
       deployment = await startRelayOnRedis({
         workers: 1,
-        env: { MAX_CONNECTIONS: String(MAX_CONNECTIONS) },
+        env: {
+          MAX_CONNECTIONS: String(MAX_CONNECTIONS),
+          // Pings every 12 s. A ping to a killed worker before the primary
+          // reads its closed channel ends the primary with EPIPE.
+          WORKER_UNRESPONSIVE_MS: "60000",
+        },
       });
     });
 
@@ -238,6 +244,52 @@ describe("fault: a connection flood reaches MAX_CONNECTIONS", function () {
 
       clients.pop()?.close();
       clients.push(await connectOnceFreed(relay.url));
+    });
+
+    it("keeps the cap after a handoff to a dead worker", async () => {
+      const { relay } = deployment;
+      const [worker] = relay.workers().slice(-1);
+      const readyWorkers = relay.workers().length;
+      const handed = await openIdle(relay.port);
+      sockets.push(handed);
+      // The primary has accepted the connection. Frozen, it reads the
+      // request only after the worker died, and before it reads the
+      // worker's closed IPC channel, so sticky sends the socket to the
+      // dead worker.
+      await sleep(200);
+      process.kill(relay.pid, "SIGSTOP");
+      try {
+        handed.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        await sleep(100);
+        process.kill(worker!.pid, "SIGKILL");
+        await sleep(300);
+      } finally {
+        process.kill(relay.pid, "SIGCONT");
+      }
+      await waitUntil(
+        "a replacement worker ready",
+        () => relay.workers().length > readyWorkers,
+        10_000,
+        100,
+      );
+      const handedClosedAfter = await closedWithin(handed, 100);
+
+      const idle = await openIdleConnections(relay.port, MAX_CONNECTIONS);
+      sockets.push(...idle);
+      const [extra] = await openIdleConnections(relay.port, 1);
+      sockets.push(extra!);
+      const extraClosedAfter = await closedWithin(extra!, REJECTION_MS);
+      const openIdleCount = (
+        await Promise.all(idle.map((socket) => closedWithin(socket, 100)))
+      ).filter((ms) => ms === -1).length;
+      printFigure(
+        `after a handoff to a dead worker: the handed connection ${handedClosedAfter === -1 ? "still open" : "closed"}; ${openIdleCount} of ${MAX_CONNECTIONS} idle connections admitted, the next closed after ${extraClosedAfter} ms (-1: kept open)`,
+      );
+      assert.equal(openIdleCount, MAX_CONNECTIONS);
+      assert.ok(
+        extraClosedAfter >= 0,
+        "the primary kept a connection past its cap",
+      );
     });
   });
 });
