@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { request as httpRequest } from "node:http";
 import type { AddressInfo } from "node:net";
 import express from "express";
 import { pino } from "pino";
@@ -420,28 +419,11 @@ describe("http api: 2 workers on Redis", function () {
     const { bridge } = await onlineBridge(bridgeId);
     answerLightSet(bridge, untypedLightMap("a", "b"));
     const token = await tokenFor([bridgeId]);
-    // Written in two parts without Content-Length, so Node sends it chunked.
-    const response = await new Promise<{ status: number; text: string }>(
-      (resolve, reject) => {
-        const outgoing = httpRequest(
-          lightUrl(bridgeId, "a"),
-          {
-            method: "PUT",
-            headers: { "Content-Type": "application/json", ...bearer(token) },
-          },
-          (incoming) => {
-            let text = "";
-            incoming.on("data", (chunk: Buffer) => (text += chunk.toString()));
-            incoming.on("end", () =>
-              resolve({ status: incoming.statusCode ?? 0, text }),
-            );
-          },
-        );
-        outgoing.on("error", reject);
-        outgoing.write('{"on":');
-        outgoing.end('{"on":true}}');
-      },
-    );
+    const response = await send(lightUrl(bridgeId, "a"), {
+      method: "PUT",
+      headers: { "Content-Type": "application/json", ...bearer(token) },
+      bodyParts: ['{"on":', '{"on":true}}'],
+    });
     assert.equal(response.status, 200, response.text);
   });
 

@@ -16,6 +16,12 @@ export interface HttpOptions {
   /** Header names and values, alternately, sent after `headers`; a name may repeat. */
   repeatedHeaders?: string[];
   body?: string | Buffer;
+  /**
+   * Body written in these parts, ahead of `body` when both are set. The
+   * request then has no Content-Length, so Node sends it with
+   * Transfer-Encoding: chunked.
+   */
+  bodyParts?: (string | Buffer)[];
 }
 
 /**
@@ -80,6 +86,7 @@ export function send(
       );
     });
     outgoing.on("error", reject);
+    for (const part of options.bodyParts ?? []) outgoing.write(part);
     outgoing.end(options.body);
   });
 }
