@@ -25,6 +25,7 @@ import { answerLightSet, untypedLightMap } from "./support/fake-bridge.ts";
 import { waitUntil } from "./support/faults.ts";
 import { light, realLights } from "./support/fixtures.ts";
 import { appToken, bridgeToken, signClaims } from "./support/tokens.ts";
+import { RawPollingSession } from "./support/raw-polling.ts";
 import { CONTRACT_ENV, VARIANTS, type Deployment } from "./support/variants.ts";
 
 type Answer = (answer: unknown) => void;
@@ -713,6 +714,95 @@ for (const variant of VARIANTS) {
         );
         assert.equal(state.online, false);
         assert.deepEqual(state.lights[0]?.dimming, { brightness: 70 });
+      });
+
+      it("stores a change sent with the transport's close", async () => {
+        const bridgeId = randomBridgeId();
+        const first = await bridgeWithLights(bridgeId, [light("a", true, 50)]);
+        first.close();
+        await settle(200);
+        const watcher = await app([bridgeId]);
+        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const events: string[] = [];
+        watcher.onAny((event: string, payload: { online?: boolean }) => {
+          events.push(`${event} ${JSON.stringify(payload.online ?? null)}`);
+        });
+        const session = await RawPollingSession.open(url);
+        const token = await bridgeToken(bridgeId);
+        await session.post(`40/bridge,${JSON.stringify({ token })}`);
+        await session.next((packet) => packet.startsWith("40/bridge,"));
+        const offline = nextEvent<BridgePresence>(
+          watcher,
+          "bridge:presence",
+          (event) => !event.online,
+        );
+
+        // Engine.IO closes the session while it decodes this body, before
+        // Socket.IO passes the change on.
+        const change = { lights: [{ id: "a", dimming: { brightness: 70 } }] };
+        await session.post(
+          `42/bridge,1${JSON.stringify(["state:changed", change])}`,
+          "1",
+        );
+
+        await offline;
+        assert.deepEqual(events, [
+          "bridge:presence true",
+          "lights:changed null",
+          "bridge:presence false",
+        ]);
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.deepEqual(state.lights[0]?.dimming, { brightness: 70 });
+      });
+
+      it("limits the requests read with the disconnect", async function () {
+        this.timeout(20_000);
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(
+          bridgeId,
+          [light("a", true, 50)],
+          { transports: ["polling"] },
+        );
+        // The snapshot counted once, and these use up the rest.
+        const limit = Number(CONTRACT_ENV.REQUESTS_PER_SOCKET_PER_10S);
+        const change = { lights: [{ id: "a", dimming: { brightness: 50 } }] };
+        for (let sent = 1; sent < limit; sent += 25) {
+          await Promise.all(
+            Array.from({ length: Math.min(25, limit - sent) }, () =>
+              requestData(bridge, "state:changed", change),
+            ),
+          );
+        }
+        const over = await request(bridge, "state:changed", change);
+        assert.equal(over.ok ? "ok" : over.error.code, "RATE_LIMITED");
+        const watcher = await app([bridgeId]);
+        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const offline = nextEvent<BridgePresence>(
+          watcher,
+          "bridge:presence",
+          (event) => !event.online,
+        );
+
+        bridge.emit("relay:info");
+        bridge.emit(
+          "state:changed",
+          { lights: [{ id: "a", dimming: { brightness: 90 } }] },
+          () => undefined,
+        );
+        bridge.disconnect();
+
+        await offline;
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(state.version, 1);
+        assert.deepEqual(state.lights[0]?.dimming, { brightness: 50 });
       });
 
       it("keeps state after the bridge leaves", async () => {

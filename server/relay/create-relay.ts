@@ -247,6 +247,10 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     serverInfo,
   };
   rejectMainNamespace(io);
+  // First, so that the drain's socket middleware runs before the
+  // namespaces' own, which then see only the requests the drain admitted.
+  drain.watchNamespace(bridges);
+  drain.watchNamespace(io.of(APP_NAMESPACE));
   attachBridgeNamespace(bridges, { ...common, sessions, writer });
   attachAppNamespace(io.of(APP_NAMESPACE), {
     ...common,
@@ -255,8 +259,6 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     awaitSubscriptions: options.awaitSubscriptions ?? (async () => undefined),
     maxBufferedBytes: config.limits.appMaxBufferedBytes,
   });
-  drain.watchNamespace(bridges);
-  drain.watchNamespace(io.of(APP_NAMESPACE));
 
   const app = createHttpApp({
     // Both connections: a worker whose subscriber is down misses broadcasts

@@ -195,13 +195,10 @@ function disconnectListener(
   return function onDisconnect(this: Socket, reason) {
     const session = socketSession(this);
     const fields = socketLogFields(this);
-    // Before the last writes are awaited, so that they include these.
-    serveUndispatchedRequests(this, requests);
     cancelExpiry(this);
-    deps.limits.forgetSocket(this.id);
     deps.logger.info({ ...fields, reason }, "bridge disconnected");
     closeConnectionAfterLeave(this, reason);
-    const lastWrites = deps.writer.afterQueuedWrites(session.bridgeId);
+    const lastWrites = serveLastRequests(this, session, deps, requests);
     deps.sessions.release(session, lastWrites).catch((error: unknown) => {
       deps.logger.warn(
         { ...fields, err: error },
@@ -212,10 +209,34 @@ function disconnectListener(
 }
 
 /**
+ * Serves the requests that Socket.IO dropped because the bridge
+ * disconnected, and resolves once the bridge's writes, theirs included,
+ * are done. Socket.IO passes a packet read with the disconnection to the
+ * socket middleware a tick after reading it, so they are served once the
+ * current turn of the event loop is over. The request limit counts them
+ * in their writes' turn, so it forgets the socket only after that.
+ */
+async function serveLastRequests(
+  socket: Socket,
+  session: BridgeSession,
+  deps: BridgeNamespaceDeps,
+  requests: RequestListeners,
+): Promise<void> {
+  try {
+    await new Promise((resolve) => setImmediate(resolve));
+    serveUndispatchedRequests(socket, requests);
+    await deps.writer.afterQueuedWrites(session.bridgeId);
+  } finally {
+    deps.limits.forgetSocket(socket.id);
+  }
+}
+
+/**
  * Serves the requests that the bridge sent just before it disconnected,
  * which Socket.IO drops, so that its last state reports are stored. Their
- * acknowledgements go nowhere. Should a request be served twice, its
- * second write changes nothing, because it carries the same lights.
+ * acknowledgements do not reach the bridge. Should a request be served
+ * twice, its second write changes nothing, because it carries the same
+ * lights.
  */
 function serveUndispatchedRequests(
   socket: Socket,

@@ -26,12 +26,16 @@ import {
   type ServerInfo,
   type StateChangeEvent,
 } from "../../client-sdk/src/index.ts";
+import type { BridgeState } from "../../client-sdk/src/protocol.ts";
 import {
   connectApp,
   connectBridge,
   randomBridgeId,
+  request,
   requestData,
 } from "../support/clients.ts";
+import { light } from "../support/fixtures.ts";
+import { RawWebSocket } from "../support/raw-websocket.ts";
 import { isAlive, sleep, waitUntil } from "../support/faults.ts";
 import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
 import {
@@ -1020,3 +1024,67 @@ function freePort(): Promise<number> {
     });
   });
 }
+
+describe("a bridge's write rejected by the drain", function () {
+  this.timeout(40_000);
+  let redis: RedisServer;
+  let draining: RelayProcess;
+  let reader: RelayProcess;
+
+  before(async () => {
+    redis = await startRedisServer();
+    [draining, reader] = await Promise.all([
+      startRelay({
+        redisUrl: redis.url,
+        workers: 1,
+        env: { DRAIN_WINDOW_MS: "0", COMMAND_TIMEOUT_MS: "3000" },
+      }),
+      startRelay({ redisUrl: redis.url, workers: 1 }),
+    ]);
+  });
+
+  after(async () => {
+    await Promise.all([draining.stop(), reader.stop()]);
+    await redis.stop();
+  });
+
+  it("is not stored when the bridge disconnects with it", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = await RawWebSocket.open(draining.port);
+    const token = await bridgeToken(bridgeId);
+    bridge.send(`40/bridge,${JSON.stringify({ token })}`);
+    await bridge.next((frame) => frame.startsWith("40/bridge,"));
+    const snapshot = { lights: [light("a", true, 10)] };
+    bridge.send(`42/bridge,0${JSON.stringify(["state:snapshot", snapshot])}`);
+    await bridge.next((frame) => frame.startsWith("43/bridge,0"));
+    // The bridge never answers, so its socket stays busy in the drain.
+    const app = await connectApp(reader.url, [bridgeId]);
+    void request(app, "light:set", {
+      bridgeId,
+      lightId: "a",
+      change: { on: { on: false } },
+    });
+    await bridge.next((frame) => frame.includes('"light:set"'));
+    const stopped = draining.stop("SIGTERM");
+    for (let id = 1; ; id += 1) {
+      bridge.send(`42/bridge,${id}["relay:info",{}]`);
+      const ack = await bridge.next((frame) =>
+        frame.startsWith(`43/bridge,${id}`),
+      );
+      if (ack.includes('"UNAVAILABLE"')) break;
+      await sleep(25);
+    }
+
+    const change = { lights: [{ id: "a", dimming: { brightness: 77 } }] };
+    bridge.sendTogether(
+      `42/bridge,100${JSON.stringify(["state:changed", change])}`,
+      "41/bridge,",
+    );
+    await stopped;
+
+    const state = await requestData<BridgeState>(app, "bridge:subscribe", {
+      bridgeId,
+    });
+    assert.deepEqual(state.lights[0]?.dimming, { brightness: 10 });
+  });
+});
