@@ -262,6 +262,33 @@ describe("sdk against a clustered relay", function () {
     });
   });
 
+  it("bridge queues reports past those in flight", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = track(
+      simulatedBridge(url, await bridgeToken(bridgeId), lightMap("a")),
+    );
+    const synced = waitFor<SyncedEvent>(bridge, "synced");
+    await bridge.connect();
+    await synced;
+    // Each report changes the light, so each one raises the version.
+    const reports = await Promise.allSettled(
+      Array.from({ length: 100 }, (_, index) =>
+        bridge.reportChanges([
+          { id: "a", dimming: { brightness: 100 - (index % 2) } },
+        ]),
+      ),
+    );
+    const outcomes = reports.map((report) =>
+      report.status === "fulfilled"
+        ? report.value.version
+        : String((report.reason as { code?: string }).code),
+    );
+    assert.deepEqual(
+      outcomes,
+      Array.from({ length: 100 }, (_, index) => index + 2),
+    );
+  });
+
   it("runs a retried command once", async () => {
     const bridgeId = randomBridgeId();
     const lights = lightMap("a", "b");

@@ -1,4 +1,5 @@
 import createDebug from "debug";
+import pLimit from "p-limit";
 import { backoffDelay, type BackoffOptions } from "./backoff.ts";
 import {
   RelayConnection,
@@ -27,6 +28,13 @@ const debug = createDebug("relay-sdk:bridge");
 
 /** Longest error message the relay accepts in a bridge's answer. */
 const MAX_ANSWER_MESSAGE_LENGTH = 500;
+
+/**
+ * State reports sent and not yet answered, at most. The relay rejects a
+ * bridge's requests past 64 not yet acknowledged with `RATE_LIMITED`,
+ * and this leaves room for a snapshot and other requests.
+ */
+export const REPORTS_IN_FLIGHT = 32;
 
 /** Snapshot failures that would fail again if retried with the same state. */
 const FINAL_SNAPSHOT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
@@ -138,6 +146,7 @@ export class BridgeClient extends TypedEmitter<BridgeClientEvents> {
   /** Answers by `commandId`, for commands the relay sends again. */
   private readonly commandAnswers = new RecentAnswers<BridgeCommandAnswer>();
   private snapshotInFlight: Promise<void> | undefined;
+  private readonly reportSlots = pLimit(REPORTS_IN_FLIGHT);
   private snapshotRetryTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(options: BridgeClientOptions) {
@@ -172,17 +181,21 @@ export class BridgeClient extends TypedEmitter<BridgeClientEvents> {
 
   /**
    * Sends `state:changed` and resolves with the bridge's new version. Waits
-   * for a snapshot in flight first, so the relay has every light. Rejects
+   * for a snapshot in flight first, so the relay has every light. At most
+   * REPORTS_IN_FLIGHT reports wait for the relay at once, and later calls
+   * are sent in call order as earlier ones are answered. Rejects
    * with a RelayClientError, `UNAVAILABLE` while disconnected; the next
    * snapshot then carries the change, since `getLights` returns it.
    */
-  async reportChanges(changes: LightChange[]): Promise<VersionData> {
-    await this.snapshotInFlight;
-    return this.connection.request(
-      "state:changed",
-      { lights: changes },
-      this.ackTimeoutMs,
-    );
+  reportChanges(changes: LightChange[]): Promise<VersionData> {
+    return this.reportSlots(async () => {
+      await this.snapshotInFlight;
+      return this.connection.request(
+        "state:changed",
+        { lights: changes },
+        this.ackTimeoutMs,
+      );
+    });
   }
 
   /** Returns the identity of the relay process serving this connection. */
