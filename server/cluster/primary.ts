@@ -11,6 +11,7 @@ import { capListenedConnections } from "./connection-cap.ts";
 import { closeIdleConnections } from "./idle-connections.ts";
 import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
 import { watchWorkers } from "./worker-watchdog.ts";
+import { sendToWorker, watchWorkerErrors } from "./worker-ipc.ts";
 import { HEADERS_TIMEOUT_MS } from "./stalled-connections.ts";
 import { READY_MESSAGE, SHUTDOWN_MESSAGE } from "./worker.ts";
 
@@ -123,7 +124,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   closeIdleConnections(httpServer, {
     firstByteTimeoutMs: HEADERS_TIMEOUT_MS,
   });
-  answerSessionBindings();
+  answerSessionBindings(logger);
   const metrics = serveClusterMetrics(
     logger,
     () => Object.keys(cluster.workers ?? {}).length,
@@ -181,6 +182,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
 
   const fork = (): Worker => {
     const worker = cluster.fork();
+    watchWorkerErrors(worker, logger);
     startedAt.set(worker.id, Date.now());
     live.set(worker.id, worker);
     // Sticky hands connections to every entry of cluster.workers, and a worker
@@ -209,10 +211,13 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
    * Asks `worker` to drain and exit. A worker listens for the message only
    * once it is ready, so one still starting gets SIGTERM instead. That ends
    * it at once, or drains it if its shutdown handler is already installed.
+   * A worker whose IPC channel fails the message gets SIGTERM too.
    */
   const stopWorker = (worker: Worker): void => {
     if (ready.has(worker.id) && worker.isConnected()) {
-      worker.send(SHUTDOWN_MESSAGE);
+      sendToWorker(worker, SHUTDOWN_MESSAGE, logger, () =>
+        worker.process.kill("SIGTERM"),
+      );
     } else {
       worker.kill("SIGTERM");
     }

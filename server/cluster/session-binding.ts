@@ -1,5 +1,7 @@
 import cluster from "node:cluster";
 import type { Server } from "socket.io";
+import type { Logger } from "../logger.ts";
+import { sendToWorker } from "./worker-ipc.ts";
 
 /** Maximum wait for the primary to confirm a session binding, in ms. */
 const BIND_TIMEOUT_MS = 1000;
@@ -56,10 +58,10 @@ export function bindSessionsBeforeHandshake(io: Server): void {
 }
 
 /** Answers the workers' binding pings (see `bindSessionsBeforeHandshake`). */
-export function answerSessionBindings(): void {
+export function answerSessionBindings(logger: Logger): void {
   cluster.on("message", (worker, message: unknown) => {
     if (isBindMessage(message, "relay:bind")) {
-      worker.send({ type: "relay:bound", sid: message.sid });
+      sendToWorker(worker, { type: "relay:bound", sid: message.sid }, logger);
     }
   });
 }

@@ -1,5 +1,6 @@
 import type { Worker } from "node:cluster";
 import type { Logger } from "../logger.ts";
+import { sendToWorker } from "./worker-ipc.ts";
 
 /** Message from the primary that a worker answers at once with `PONG_MESSAGE`. */
 export const PING_MESSAGE = "relay:ping";
@@ -104,7 +105,7 @@ export function watchWorkers(options: WatchdogOptions): () => void {
         );
       }
     }
-    if (worker.isConnected()) worker.send(PING_MESSAGE);
+    sendToWorker(worker, PING_MESSAGE, logger);
   };
 
   let lastTick = performance.now();

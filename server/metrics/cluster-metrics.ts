@@ -9,6 +9,7 @@ import {
   type PrometheusContentType,
 } from "prom-client";
 import type { Logger } from "../logger.ts";
+import { sendToWorker } from "../cluster/worker-ipc.ts";
 import { relayRegistry } from "./relay-metrics.ts";
 
 /**
@@ -101,13 +102,13 @@ export function serveClusterMetrics(
     if (!isMessage<MetricsRequest>(message, REQUEST_TYPE)) return;
     const { requestId } = message;
     collectMachineMetrics(aggregator, primaryRegistry).then(
-      (text) => reply(worker, { type: RESPONSE_TYPE, requestId, text }),
+      (text) => reply(worker, logger, { type: RESPONSE_TYPE, requestId, text }),
       (error: unknown) => {
         logger.error(
           { err: error, workerId: worker.id, requestId },
           "could not collect the workers' metrics",
         );
-        reply(worker, {
+        reply(worker, logger, {
           type: RESPONSE_TYPE,
           requestId,
           error: error instanceof Error ? error.message : String(error),
@@ -127,9 +128,13 @@ async function collectMachineMetrics(
   return `${workers.trimEnd()}\n\n${own}`;
 }
 
-function reply(worker: Worker, response: MetricsResponse): void {
+function reply(
+  worker: Worker,
+  logger: Logger,
+  response: MetricsResponse,
+): void {
   // The requesting worker may have exited while the metrics were collected.
-  if (worker.isConnected()) worker.send(response);
+  sendToWorker(worker, response, logger);
 }
 
 /**
