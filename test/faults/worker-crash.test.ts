@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
 import { isDeepStrictEqual } from "node:util";
-import type { BridgeState, Light } from "../../client-sdk/src/index.ts";
+import {
+  AppClient,
+  type BridgeState,
+  type Light,
+} from "../../client-sdk/src/index.ts";
 import { startAppViewOnEachWorker, type AppView } from "../support/app-view.ts";
 import { randomBridgeId } from "../support/clients.ts";
-import type { FakeBridge } from "../support/fake-bridge.ts";
+import { startFakeBridge, type FakeBridge } from "../support/fake-bridge.ts";
 import {
   isAlive,
   outcomeOf,
@@ -374,6 +378,129 @@ describe("fault: worker killed with SIGKILL", function () {
         `${settled.length} in-flight commands settled in at most ${answered.max} ms ` +
         `(${[...counts].map(([code, count]) => `${count} ${code}`).join(", ")}), ` +
         `${offlineProbes.length} commands sent right after the kill answered ok via the bridges' new worker in at most ${spread(offlineProbes.map((probe) => probe.elapsedMs)).max} ms`,
+    );
+  });
+});
+
+/**
+ * The relay's WORKER_UNRESPONSIVE_MS in the stopped-primary test. The
+ * watchdog pings every fifth of it, so a ping falls due in every stop.
+ */
+const STOPPED_PRIMARY_UNRESPONSIVE_MS = 100;
+/** How long the primary stays stopped each time, in ms: three ping intervals. */
+const PRIMARY_STOP_MS = 300;
+const STOP_KILL_ROUNDS = 3;
+/** Maximum time for a replacement worker to report ready, in ms, restart delay included. */
+const REPLACEMENT_TIMEOUT_MS = 8000;
+
+describe("fault: worker killed while the primary is stopped", function () {
+  this.timeout(30_000);
+  let redis: RedisServer;
+  let relay: RelayProcess;
+
+  before(async () => {
+    ({ redis, relay } = await startRelayOnRedis({
+      workers: 2,
+      env: { WORKER_UNRESPONSIVE_MS: String(STOPPED_PRIMARY_UNRESPONSIVE_MS) },
+    }));
+  });
+  after(async () => {
+    // A failed round may leave the primary stopped, and a stopped process
+    // does not act on SIGTERM.
+    if (relay !== undefined && isAlive(relay.pid)) {
+      process.kill(relay.pid, "SIGCONT");
+    }
+    await stopRelayOnRedis({ relay, redis });
+  });
+
+  it("keeps the primary and replaces the worker", async () => {
+    // On resuming, the primary runs its due timers before it reads the dead
+    // worker's closed IPC channel, so the watchdog's ping goes to a worker
+    // that has exited and fails with EPIPE.
+    let failedSends = 0;
+    for (let round = 1; round <= STOP_KILL_ROUNDS; round += 1) {
+      const live = relay.workers().filter((worker) => isAlive(worker.pid));
+      assert.equal(live.length, 2, `round ${round}: live workers`);
+      const victim = live[0]!;
+      const logsBefore = relay.logs.length;
+
+      process.kill(relay.pid, "SIGSTOP");
+      process.kill(victim.pid, "SIGKILL");
+      await sleep(PRIMARY_STOP_MS);
+      process.kill(relay.pid, "SIGCONT");
+
+      const uncaughtSinceStop = (): string[] =>
+        relay.logs
+          .slice(logsBefore)
+          .filter((line) => line.msg.startsWith("uncaught exception"))
+          .map((line) => `${line.msg}: ${JSON.stringify(line.err)}`);
+      const replacement = await relay
+        .waitForLog(
+          (line) =>
+            line.msg === "worker ready" &&
+            relay.logs.indexOf(line) >= logsBefore,
+          REPLACEMENT_TIMEOUT_MS,
+        )
+        .catch((error: unknown) => {
+          // A primary that crashed logged why: show that, not the timeout.
+          assert.deepEqual(
+            uncaughtSinceStop(),
+            [],
+            `round ${round}: uncaught exceptions in the primary`,
+          );
+          throw error;
+        });
+      assert.notEqual(replacement.pid, victim.pid);
+      assert.equal(
+        relay.child.exitCode,
+        null,
+        `round ${round}: primary exited`,
+      );
+      assert.ok(isAlive(relay.pid), `round ${round}: primary alive`);
+      await waitUntil(
+        `round ${round}: killed worker ${victim.pid} reaped`,
+        () => !isAlive(victim.pid),
+        2000,
+      );
+
+      assert.deepEqual(
+        uncaughtSinceStop(),
+        [],
+        `round ${round}: uncaught exceptions in the primary`,
+      );
+      failedSends += relay.logs
+        .slice(logsBefore)
+        .filter(
+          (line) =>
+            line.msg.startsWith("sending a message to the worker failed") &&
+            line.workerPid === victim.pid,
+        ).length;
+
+      // A new bridge connects, and an app's command to it returns ok.
+      const bridgeId = randomBridgeId();
+      const bridge = await startFakeBridge({ url: relay.url, bridgeId });
+      const app = new AppClient({
+        url: relay.url,
+        token: await appToken(`stopped-primary-${round}`, [bridgeId]),
+      });
+      try {
+        await app.connect();
+        const result = await outcomeOf(
+          app.setLight(bridgeId, "a", { on: { on: true } }),
+        );
+        assert.equal(result.code, "ok", `round ${round}: command answer`);
+      } finally {
+        app.close();
+        bridge.client.close();
+      }
+    }
+    // Every round should send the ping into the window. At least one must,
+    // or this test did not drive the fault.
+    assert.ok(failedSends >= 1, "no send to a killed worker failed");
+    printFigure(
+      `worker killed while the primary was stopped (${STOP_KILL_ROUNDS} rounds, stop ${PRIMARY_STOP_MS} ms, ` +
+        `WORKER_UNRESPONSIVE_MS ${STOPPED_PRIMARY_UNRESPONSIVE_MS}): primary survived every round, ` +
+        `${failedSends} sends to a killed worker failed and were logged`,
     );
   });
 });
