@@ -1,8 +1,6 @@
 import assert from "node:assert/strict";
 import { createServer, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { Writable } from "node:stream";
-import { pino } from "pino";
 import { Server, type Socket as ServerSocket } from "socket.io";
 import { io, type Socket } from "socket.io-client";
 import { RelayError } from "../server/errors.ts";
@@ -12,23 +10,12 @@ import {
   requestListeners,
   serveRequests,
 } from "../server/transport/requests.ts";
+import { capturingLogger } from "./support/capturing-logger.ts";
 
 /** Reads the count of requests rejected for the backlog on the default namespace. */
 async function rejectedInFlight(): Promise<number> {
   const { values } = await requestsInFlightRejected.get();
   return values.find((value) => value.labels.namespace === "/")?.value ?? 0;
-}
-
-/** A pino logger whose JSON lines are collected in `lines`. */
-function capturingLogger() {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { logger: pino({ level: "debug" }, stream), lines };
 }
 
 describe("request handling", () => {

@@ -2,29 +2,16 @@ import assert from "node:assert/strict";
 import cluster, { type Worker } from "node:cluster";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
-import { Writable } from "node:stream";
 import { fileURLToPath } from "node:url";
-import { pino } from "pino";
 import {
   sendToWorker,
   watchWorkerErrors,
 } from "../server/cluster/worker-ipc.ts";
+import { capturingLogger } from "./support/capturing-logger.ts";
 
 const IDLE_WORKER = fileURLToPath(
   new URL("./support/idle-worker.mjs", import.meta.url),
 );
-
-/** Creates a pino logger that collects its JSON lines in `lines`. */
-function capturingLogger() {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { logger: pino({ level: "debug" }, stream), lines };
-}
 
 /**
  * Blocks the event loop until process `pid` is a zombie, so that this
