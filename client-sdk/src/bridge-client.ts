@@ -30,9 +30,9 @@ const debug = createDebug("relay-sdk:bridge");
 const MAX_ANSWER_MESSAGE_LENGTH = 500;
 
 /**
- * State reports sent and not yet answered, at most. The relay rejects a
- * bridge's requests past 64 not yet acknowledged with `RATE_LIMITED`,
- * and this leaves room for a snapshot and other requests.
+ * Maximum state reports sent and not yet acknowledged. The relay rejects
+ * a bridge's requests past 64 not yet acknowledged with `RATE_LIMITED`,
+ * so this leaves room for a snapshot and other requests.
  */
 export const REPORTS_IN_FLIGHT = 32;
 
@@ -183,7 +183,7 @@ export class BridgeClient extends TypedEmitter<BridgeClientEvents> {
    * Sends `state:changed` and resolves with the bridge's new version. Waits
    * for a snapshot in flight first, so the relay has every light. At most
    * REPORTS_IN_FLIGHT reports wait for the relay at once, and later calls
-   * are sent in call order as earlier ones are answered. Rejects
+   * are sent in call order as earlier ones are acknowledged. Rejects
    * with a RelayClientError, `UNAVAILABLE` while disconnected; the next
    * snapshot then carries the change, since `getLights` returns it.
    */

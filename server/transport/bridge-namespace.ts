@@ -214,7 +214,7 @@ function disconnectListener(
  * are done. Socket.IO passes a packet read with the disconnection to the
  * socket middleware a tick after reading it, so they are served once the
  * current turn of the event loop is over. The request limit counts them
- * in their writes' turn, so it forgets the socket only after that.
+ * in their writes' turn, so the socket's count is dropped only after that.
  */
 async function serveLastRequests(
   socket: Socket,

@@ -1057,7 +1057,8 @@ describe("a bridge's write rejected by the drain", function () {
     const snapshot = { lights: [light("a", true, 10)] };
     bridge.send(`42/bridge,0${JSON.stringify(["state:snapshot", snapshot])}`);
     await bridge.next((frame) => frame.startsWith("43/bridge,0"));
-    // The bridge never answers, so its socket stays busy in the drain.
+    // The bridge never acknowledges the command, so its socket stays busy
+    // in the drain.
     const app = await connectApp(reader.url, [bridgeId]);
     void request(app, "light:set", {
       bridgeId,
