@@ -23,6 +23,7 @@ import {
   settle,
 } from "./support/clients.ts";
 import { light } from "./support/fixtures.ts";
+import { RawWebSocket } from "./support/raw-websocket.ts";
 import { appToken, bridgeToken } from "./support/tokens.ts";
 import { deploy, type Deployment } from "./support/variants.ts";
 
@@ -322,6 +323,27 @@ describe("cluster: 2 workers on Redis", function () {
       }
     }
     assert.deepEqual(failures, []);
+  });
+
+  it("answers a CONNECT sent before the open packet", async () => {
+    // A websocket session's ID used to wait for the primary's binding, and
+    // Engine.IO listens to the websocket only once the ID exists.
+    const { port } = deployment.relays[0]!;
+    const token = await appToken("eager", [randomBridgeId()]);
+    let answered = 0;
+    for (let index = 0; index < 40; index += 1) {
+      const app = await RawWebSocket.upgrade(port);
+      app.send(`40/app,${JSON.stringify({ token })}`);
+      try {
+        await app.next((text) => text.startsWith("40/app,"), 2000);
+        answered += 1;
+      } catch {
+        // counted as unanswered
+      } finally {
+        app.socket.destroy();
+      }
+    }
+    assert.equal(answered, 40);
   });
 
   it("answers one request per connection", async () => {

@@ -1,4 +1,5 @@
 import cluster from "node:cluster";
+import type { IncomingMessage } from "node:http";
 import type { Server } from "socket.io";
 import type { Logger } from "../logger.ts";
 import { sendToWorker } from "./worker-ipc.ts";
@@ -34,6 +35,12 @@ function isBindMessage(
  * worker now sends sticky's own binding message, then a ping that the
  * primary answers; messages from one worker are handled in order, so the
  * answer means the binding is in place.
+ *
+ * A session opened on a websocket skips the wait: it makes no further
+ * request to route, and its socket is already upgraded. Engine.IO listens
+ * to that websocket only once the ID is generated, so packets the client
+ * sends meanwhile, such as a namespace `CONNECT` sent without waiting for
+ * the open packet, would be dropped.
  */
 export function bindSessionsBeforeHandshake(io: Server): void {
   const waiting = new Map<string, () => void>();
@@ -43,6 +50,7 @@ export function bindSessionsBeforeHandshake(io: Server): void {
   const generateId = io.engine.generateId.bind(io.engine);
   io.engine.generateId = async (request) => {
     const sid = await generateId(request);
+    if (opensOnWebSocket(request)) return sid;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, BIND_TIMEOUT_MS);
       waiting.set(sid, () => {
@@ -55,6 +63,13 @@ export function bindSessionsBeforeHandshake(io: Server): void {
     waiting.delete(sid);
     return sid;
   };
+}
+
+function opensOnWebSocket(request: IncomingMessage): boolean {
+  const query = (
+    request as IncomingMessage & { _query?: { transport?: unknown } }
+  )._query;
+  return query?.transport === "websocket";
 }
 
 /** Answers the workers' binding pings (see `bindSessionsBeforeHandshake`). */

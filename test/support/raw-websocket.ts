@@ -36,6 +36,8 @@ function websocketFrame(text: string): Buffer {
  */
 export class RawWebSocket {
   private buffer = Buffer.alloc(0);
+  /** True once the HTTP 101 response has been read. */
+  private upgraded = false;
   private readonly frames: string[] = [];
   private readonly waiters = new Set<() => void>();
 
@@ -49,6 +51,16 @@ export class RawWebSocket {
 
   /** Connects to the relay's Engine.IO websocket endpoint and waits for the open packet. */
   static async open(port: number): Promise<RawWebSocket> {
+    const client = await RawWebSocket.upgrade(port);
+    await client.next((text) => text.startsWith("0"));
+    return client;
+  }
+
+  /**
+   * Connects to the relay's Engine.IO websocket endpoint and resolves once
+   * the upgrade is answered, without waiting for the open packet.
+   */
+  static async upgrade(port: number, timeoutMs = 5000): Promise<RawWebSocket> {
     const socket = await openTcp(port);
     const key = randomBytes(16).toString("base64");
     socket.write(
@@ -58,7 +70,7 @@ export class RawWebSocket {
         `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
     );
     const client = new RawWebSocket(socket);
-    await client.next((text) => text.startsWith("0"));
+    await client.wait(() => client.upgraded, timeoutMs, "no upgrade");
     return client;
   }
 
@@ -79,12 +91,29 @@ export class RawWebSocket {
 
   /** Resolves with the next text frame that matches. */
   async next(match: (text: string) => boolean, timeoutMs = 5000) {
+    let found: string | undefined;
+    await this.wait(
+      () => {
+        const index = this.frames.findIndex(match);
+        if (index >= 0) found = this.frames.splice(index, 1)[0];
+        return found !== undefined;
+      },
+      timeoutMs,
+      "no matching frame",
+    );
+    return found!;
+  }
+
+  /** Resolves once `done` returns true, checked after each read. */
+  private async wait(
+    done: () => boolean,
+    timeoutMs: number,
+    failure: string,
+  ): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const index = this.frames.findIndex(match);
-      if (index >= 0) return this.frames.splice(index, 1)[0]!;
+    while (!done()) {
       if (Date.now() > deadline)
-        throw new Error(`no matching frame within ${timeoutMs} ms`);
+        throw new Error(`${failure} within ${timeoutMs} ms`);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, 100);
         this.waiters.add(() => {
@@ -103,13 +132,11 @@ export class RawWebSocket {
 
   private readFrames(): void {
     // Skips the HTTP 101 response that precedes the first frame.
-    if (
-      this.frames.length === 0 &&
-      this.buffer.toString("latin1", 0, 4) === "HTTP"
-    ) {
+    if (!this.upgraded) {
       const end = this.buffer.indexOf("\r\n\r\n");
       if (end < 0) return;
       this.buffer = this.buffer.subarray(end + 4);
+      this.upgraded = true;
     }
     for (;;) {
       if (this.buffer.length < 2) return;
