@@ -65,6 +65,35 @@ for (const variant of VARIANTS) {
     };
     const app = async (bridges: string[], scope = "read control") =>
       track(await connectApp(url, bridges, scope));
+    /** Connects a polling bridge with light "a" at brightness 50, and an app subscribed to it. */
+    const watchedPollingBridge = async (bridgeId: string) => {
+      const bridge = await bridgeWithLights(bridgeId, [light("a", true, 50)], {
+        transports: ["polling"],
+      });
+      const watcher = await app([bridgeId]);
+      await requestData(watcher, "bridge:subscribe", { bridgeId });
+      return { bridge, watcher };
+    };
+    const offlinePresence = (watcher: Socket) =>
+      nextEvent<BridgePresence>(
+        watcher,
+        "bridge:presence",
+        (event) => !event.online,
+      );
+    /**
+     * Sends a change of light "a" and the disconnection in one polling
+     * body: the first event keeps the transport's one POST busy, so the next
+     * packets wait for it together.
+     */
+    const changeThenDisconnect = (bridge: Socket, brightness: number) => {
+      bridge.emit("relay:info");
+      bridge.emit(
+        "state:changed",
+        { lights: [{ id: "a", dimming: { brightness } }] },
+        () => undefined,
+      );
+      bridge.disconnect();
+    };
 
     before(async function () {
       this.timeout(60_000);
@@ -637,13 +666,7 @@ for (const variant of VARIANTS) {
         const bridgeId = randomBridgeId();
         // Polling sends the answer and the disconnect in one request body,
         // so the relay reads them together.
-        const bridge = await bridgeWithLights(
-          bridgeId,
-          [light("a", true, 50)],
-          { transports: ["polling"] },
-        );
-        const watcher = await app([bridgeId]);
-        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const { bridge, watcher } = await watchedPollingBridge(bridgeId);
 
         const events: string[] = [];
         watcher.onAny((event: string, payload: { version?: number }) => {
@@ -651,11 +674,7 @@ for (const variant of VARIANTS) {
             event === "lights:changed" ? `version ${payload.version}` : event,
           );
         });
-        const offline = nextEvent<BridgePresence>(
-          watcher,
-          "bridge:presence",
-          (event) => !event.online,
-        );
+        const offline = offlinePresence(watcher);
         bridge.on("light:set", (_command: unknown, answer: Answer) => {
           // Holds the transport's one POST, so the next packets wait together.
           bridge.emit("relay:info");
@@ -676,32 +695,14 @@ for (const variant of VARIANTS) {
       it("stores a change sent with the disconnect", async function () {
         this.timeout(10_000);
         const bridgeId = randomBridgeId();
-        const bridge = await bridgeWithLights(
-          bridgeId,
-          [light("a", true, 50)],
-          { transports: ["polling"] },
-        );
-        const watcher = await app([bridgeId]);
-        await requestData(watcher, "bridge:subscribe", { bridgeId });
+        const { bridge, watcher } = await watchedPollingBridge(bridgeId);
         const changed = nextEvent<LightsChangedEvent>(
           watcher,
           "lights:changed",
         );
-        const offline = nextEvent<BridgePresence>(
-          watcher,
-          "bridge:presence",
-          (event) => !event.online,
-        );
+        const offline = offlinePresence(watcher);
 
-        // Holds the transport's one POST, so that the change and the
-        // disconnection go in the next body together.
-        bridge.emit("relay:info");
-        bridge.emit(
-          "state:changed",
-          { lights: [{ id: "a", dimming: { brightness: 70 } }] },
-          () => undefined,
-        );
-        bridge.disconnect();
+        changeThenDisconnect(bridge, 70);
 
         const change = await changed;
         assert.equal(change.version, 2);
@@ -731,11 +732,7 @@ for (const variant of VARIANTS) {
         const token = await bridgeToken(bridgeId);
         await session.post(`40/bridge,${JSON.stringify({ token })}`);
         await session.next((packet) => packet.startsWith("40/bridge,"));
-        const offline = nextEvent<BridgePresence>(
-          watcher,
-          "bridge:presence",
-          (event) => !event.online,
-        );
+        const offline = offlinePresence(watcher);
 
         // Engine.IO closes the session while it decodes this body, before
         // Socket.IO passes the change on.
@@ -762,11 +759,7 @@ for (const variant of VARIANTS) {
       it("limits the requests read with the disconnect", async function () {
         this.timeout(20_000);
         const bridgeId = randomBridgeId();
-        const bridge = await bridgeWithLights(
-          bridgeId,
-          [light("a", true, 50)],
-          { transports: ["polling"] },
-        );
+        const { bridge, watcher } = await watchedPollingBridge(bridgeId);
         // The snapshot counted once, and these use up the rest.
         const limit = Number(CONTRACT_ENV.REQUESTS_PER_SOCKET_PER_10S);
         const change = { lights: [{ id: "a", dimming: { brightness: 50 } }] };
@@ -779,21 +772,9 @@ for (const variant of VARIANTS) {
         }
         const over = await request(bridge, "state:changed", change);
         assert.equal(over.ok ? "ok" : over.error.code, "RATE_LIMITED");
-        const watcher = await app([bridgeId]);
-        await requestData(watcher, "bridge:subscribe", { bridgeId });
-        const offline = nextEvent<BridgePresence>(
-          watcher,
-          "bridge:presence",
-          (event) => !event.online,
-        );
+        const offline = offlinePresence(watcher);
 
-        bridge.emit("relay:info");
-        bridge.emit(
-          "state:changed",
-          { lights: [{ id: "a", dimming: { brightness: 90 } }] },
-          () => undefined,
-        );
-        bridge.disconnect();
+        changeThenDisconnect(bridge, 90);
 
         await offline;
         const state = await requestData<BridgeState>(
