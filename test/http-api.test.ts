@@ -283,6 +283,19 @@ describe("http api: 2 workers on Redis", function () {
         message: /dimming\.brightness/,
       },
       {
+        name: "name with a right-to-left override",
+        target: lightUrl(bridgeId, "a"),
+        body: JSON.stringify({ metadata: { name: "Lamp \u202Ephgj.exe" } }),
+        message:
+          /^invalid metadata\.name: must not contain invisible .* found U\+202E at code point 6/,
+      },
+      {
+        name: "name with an escaped zero-width space",
+        target: lightUrl(bridgeId, "a"),
+        body: '{"metadata": {"name": "Desk\\u200blamp"}}',
+        message: /^invalid metadata\.name: .* found U\+200B at code point 5/,
+      },
+      {
         name: "empty change",
         target: lightUrl(bridgeId, "a"),
         body: "{}",

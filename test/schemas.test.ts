@@ -324,6 +324,109 @@ describe("snapshot payload schema", () => {
       assert.match(error.message, /found U\+000A at code point 3$/);
     });
 
+    const visibleNames: [string, string][] = [
+      ["family emoji", "\u{1F468}\u200D\u{1F469}\u200D\u{1F467} room"],
+      ["rainbow flag", "\u{1F3F3}\uFE0F\u200D\u{1F308}"],
+      ["technologist with skin tone", "\u{1F9D1}\u{1F3FD}\u200D\u{1F4BB} desk"],
+      ["heart on fire", "\u2764\uFE0F\u200D\u{1F525}"],
+      ["emoji variation selector", "\u2600\uFE0F Sun"],
+      ["ideographic variation selector", "\u845B\u{E0100}"],
+      ["Arabic letters", "\u0645\u0635\u0628\u0627\u062D"],
+      ["Hebrew letters", "\u05DE\u05E0\u05D5\u05E8\u05D4"],
+      ["Hangul syllables", "\uAC70\uC2E4 \uC870\uBA85"],
+      ["Devanagari vowel signs", "\u0932\u0948\u0902\u092A"],
+      ["unassigned code point", "Lamp \u0378"],
+    ];
+    for (const [label, name] of visibleNames) {
+      it(`accepts ${label}`, () => {
+        const [light] = parsePayload(
+          snapshotPayloadSchema,
+          snapshotWith({ metadata: { name } }),
+        ).lights;
+        assert.equal(light?.metadata?.name, name);
+      });
+    }
+
+    const invisibleCharacters: [string, string, string][] = [
+      ["soft hyphen", "Desk\u00ADlamp", "U+00AD"],
+      ["combining grapheme joiner", "Lamp\u034F", "U+034F"],
+      ["Arabic letter mark", "\u061CLamp", "U+061C"],
+      ["Hangul choseong filler", "\u115F", "U+115F"],
+      ["Mongolian vowel separator", "Lamp\u180E", "U+180E"],
+      ["zero-width space", "Desk\u200Blamp", "U+200B"],
+      ["zero-width non-joiner", "Desk\u200Clamp", "U+200C"],
+      ["zero-width joiner in letters", "Desk\u200Dlamp", "U+200D"],
+      ["left-to-right mark", "Lamp\u200E", "U+200E"],
+      ["right-to-left mark", "\u200FLamp", "U+200F"],
+      ["line separator", "Hall\u2028way", "U+2028"],
+      ["paragraph separator", "Hall\u2029way", "U+2029"],
+      ["left-to-right embedding", "\u202ALamp", "U+202A"],
+      ["right-to-left override", "Lamp \u202Ephgj.exe", "U+202E"],
+      ["word joiner", "Desk\u2060lamp", "U+2060"],
+      ["unassigned default-ignorable", "Lamp\u2065", "U+2065"],
+      ["left-to-right isolate", "\u2066Lamp\u2069", "U+2066"],
+      ["pop directional isolate", "Lamp\u2069", "U+2069"],
+      ["Hangul filler", "\u3164", "U+3164"],
+      ["noncharacter U+FDD0", "Lamp\uFDD0", "U+FDD0"],
+      ["byte order mark", "\uFEFFLamp", "U+FEFF"],
+      ["halfwidth Hangul filler", "Lamp\uFFA0", "U+FFA0"],
+      ["interlinear annotation anchor", "Lamp\uFFF9", "U+FFF9"],
+      ["noncharacter U+FFFE", "Lamp\uFFFE", "U+FFFE"],
+      ["noncharacter U+10FFFF", "Lamp\u{10FFFF}", "U+10FFFF"],
+      ["language tag", "\u{E0001}Lamp", "U+E0001"],
+      ["tag letter", "Lamp\u{E0041}", "U+E0041"],
+      [
+        "Scotland flag tag sequence",
+        "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+        "U+E0067",
+      ],
+      ["joiner after last emoji", "\u{1F4A1}\u200D", "U+200D"],
+      ["joiner before first emoji", "\u200D\u{1F4A1}", "U+200D"],
+      ["joiner from emoji to letter", "\u{1F4A1}\u200Da", "U+200D"],
+      ["joiner from letter to emoji", "a\u200D\u{1F4A1}", "U+200D"],
+      ["two joiners between emoji", "\u{1F4A1}\u200D\u200D\u{1F4A1}", "U+200D"],
+    ];
+    for (const [label, name, codePoint] of invisibleCharacters) {
+      it(`rejects ${label} in name`, () => {
+        const input = snapshotWith({ metadata: { name } });
+        const error = parseFailure(snapshotPayloadSchema, input);
+        assert.equal(error.code, "INVALID_PAYLOAD");
+        assert.match(error.message, /^invalid lights\[0\]\.metadata\.name: /);
+        assert.match(
+          error.message,
+          /must not contain invisible or direction-changing characters/,
+        );
+        assert.ok(
+          error.message.includes(`found ${codePoint}`),
+          `message ${JSON.stringify(error.message)} does not name ${codePoint}`,
+        );
+      });
+    }
+
+    it("counts invisible position in code points", () => {
+      const input = snapshotWith({
+        metadata: { name: "\u{1F4A1}\u{1F4A1}\u202E" },
+      });
+      const error = parseFailure(snapshotPayloadSchema, input);
+      assert.match(error.message, /found U\+202E at code point 3$/);
+    });
+
+    it("explains where a joiner is allowed", () => {
+      const input = snapshotWith({ metadata: { name: "a\u200Db" } });
+      const error = parseFailure(snapshotPayloadSchema, input);
+      assert.match(
+        error.message,
+        /found U\+200D at code point 2\. U\+200D is allowed only between two emoji$/,
+      );
+    });
+
+    it("reports control before invisible character", () => {
+      const input = snapshotWith({ metadata: { name: "\u202ELamp\n" } });
+      const error = parseFailure(snapshotPayloadSchema, input);
+      assert.match(error.message, /must not contain control characters/);
+      assert.match(error.message, /found U\+000A at code point 6$/);
+    });
+
     it("accepts every name of real dump", () => {
       assert.equal(REAL_NAMES.length, 95);
       for (const name of REAL_NAMES) {
@@ -539,6 +642,14 @@ describe("changed payload schema", () => {
     );
   });
 
+  it("rejects invisible character in name", () => {
+    assertInvalidField(
+      changedPayloadSchema,
+      changesOf({ id: "lamp", metadata: { name: "Desk\u202Elamp" } }),
+      "lights[0].metadata.name",
+    );
+  });
+
   it("rejects change with unknown fields only", () => {
     assertInvalidField(
       changedPayloadSchema,
@@ -728,6 +839,14 @@ describe("app light:set payload schema", () => {
     );
   });
 
+  it("rejects invisible character in name", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ change: { metadata: { name: "Desk\u200Blamp" } } }),
+      "change.metadata.name",
+    );
+  });
+
   it("rejects invalid light id", () => {
     assertInvalidField(
       appLightSetPayloadSchema,
@@ -871,6 +990,13 @@ describe("bridge answer schemas", () => {
       {
         ok: true,
         data: { light: { id: "lamp", metadata: { name: "Lamp\u009b" } } },
+      },
+    ],
+    [
+      "success name with invisible character",
+      {
+        ok: true,
+        data: { light: { id: "lamp", metadata: { name: "Lamp\u2066" } } },
       },
     ],
     ["non-object answer", "ok"],

@@ -35,6 +35,55 @@ const LONE_SURROGATE = /\p{Cs}/u;
 /** Matches a C0 or C1 control character or DEL: U+0000-U+001F, U+007F-U+009F. */
 const CONTROL_CHARACTER = /\p{Cc}/u;
 
+/**
+ * Matches a character that is invisible or changes the direction or lines
+ * of the text around it. These are the format characters (Cf, such as
+ * U+00AD, U+200B, U+202E, U+2066-U+2069 and U+FEFF), U+2028 and U+2029
+ * (Zl, Zp) and the noncharacters. They also include the default-ignorable
+ * code points other than variation selectors, which adds the Hangul
+ * fillers (U+115F, U+1160, U+3164, U+FFA0), U+034F, U+17B4-U+17B5 and the
+ * unassigned code points that renderers show as nothing. Variation
+ * selectors stay allowed because emoji need U+FE0F. Other unassigned code
+ * points pass, because a relay on an older Node.js would otherwise reject
+ * a newer emoji, and with it the bridge's whole write.
+ *
+ * NOTE: tag characters (U+E0020-U+E007F) are Cf, so the flags of England,
+ * Scotland and Wales, which are tag sequences, are rejected. So are names
+ * in scripts that need U+200C or U+200D between letters, such as Persian
+ * and Sinhala, because telling those apart needs the virama and joining
+ * type properties, which JavaScript regular expressions lack.
+ */
+const INVISIBLE_CHARACTER =
+  /[\p{Cf}\p{Zl}\p{Zp}\p{Noncharacter_Code_Point}]|(?!\p{Variation_Selector})\p{Default_Ignorable_Code_Point}/gu;
+
+/**
+ * Matches a zero-width joiner (U+200D) between two emoji, where UAX #29
+ * rule GB11 keeps it inside one grapheme cluster. Emoji ZWJ sequences
+ * need it, such as family (U+1F468 U+200D U+1F469 U+200D U+1F467) and
+ * rainbow flag (U+1F3F3 U+FE0F U+200D U+1F308). Extended_Pictographic
+ * also covers code points reserved for future emoji, so sequences newer
+ * than the runtime's Unicode data pass. A joiner between two emoji that
+ * form no sequence passes too, and shows as nothing between them.
+ */
+const EMOJI_ZERO_WIDTH_JOINER =
+  /(?<=\p{Extended_Pictographic}[\p{Grapheme_Extend}\p{Emoji_Modifier}]*)\u200D(?=\p{Extended_Pictographic})/uy;
+
+/** Returns the index of the first invisible character in `name`, or -1. */
+function findInvisibleCharacter(name: string): number {
+  for (const match of name.matchAll(INVISIBLE_CHARACTER)) {
+    EMOJI_ZERO_WIDTH_JOINER.lastIndex = match.index;
+    if (!EMOJI_ZERO_WIDTH_JOINER.test(name)) return match.index;
+  }
+  return -1;
+}
+
+/** Describes the code point at UTF-16 `index` of `name`, e.g. `U+000A at code point 3`. */
+function describeCodePointAt(name: string, index: number): string {
+  const position = [...name.slice(0, index)].length + 1;
+  const hex = name.codePointAt(index)!.toString(16).toUpperCase();
+  return `U+${hex.padStart(4, "0")} at code point ${position}`;
+}
+
 const nameSchema = z
   .string()
   .refine((name) => {
@@ -51,11 +100,24 @@ const nameSchema = z
   .superRefine((name, context) => {
     const match = CONTROL_CHARACTER.exec(name);
     if (match === null) return;
-    const position = [...name.slice(0, match.index)].length + 1;
-    const hex = match[0].codePointAt(0)!.toString(16).toUpperCase();
     context.addIssue({
       code: "custom",
-      message: `must not contain control characters (U+0000-U+001F, U+007F-U+009F), found U+${hex.padStart(4, "0")} at code point ${position}`,
+      message: `must not contain control characters (U+0000-U+001F, U+007F-U+009F), found ${describeCodePointAt(name, match.index)}`,
+    });
+  })
+  // A dashboard would show such a name as another one: a right-to-left
+  // override reverses the text after it, and a zero-width space makes two
+  // names that look the same.
+  .superRefine((name, context) => {
+    const index = findInvisibleCharacter(name);
+    if (index === -1) return;
+    const joinerHint =
+      name[index] === "\u200D"
+        ? ". U+200D is allowed only between two emoji"
+        : "";
+    context.addIssue({
+      code: "custom",
+      message: `must not contain invisible or direction-changing characters (Unicode format characters, line and paragraph separators, default-ignorable code points and noncharacters), found ${describeCodePointAt(name, index)}${joinerHint}`,
     });
   });
 
