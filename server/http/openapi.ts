@@ -80,9 +80,13 @@ const lightFields = {
         type: "string",
         minLength: 1,
         maxLength: 32,
+        // The pattern covers only the control characters. The rule on
+        // invisible characters needs Unicode property escapes and
+        // lookbehind, and validators built on Python's re (no \p{...}) or
+        // Go's RE2 (no lookbehind) would fail on such a pattern.
         pattern: "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
         description:
-          "1-32 Unicode code points, with no control characters (U+0000-U+001F, U+007F-U+009F)",
+          "1-32 Unicode code points, with no control characters (U+0000-U+001F, U+007F-U+009F) and no invisible or direction-changing characters: format characters (Cf), line and paragraph separators (Zl, Zp), default-ignorable code points other than variation selectors, and noncharacters. U+200D (zero-width joiner) is allowed between two emoji.",
       },
     },
   },
