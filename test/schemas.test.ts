@@ -335,6 +335,15 @@ describe("snapshot payload schema", () => {
       ["Hebrew letters", "\u05DE\u05E0\u05D5\u05E8\u05D4"],
       ["Hangul syllables", "\uAC70\uC2E4 \uC870\uBA85"],
       ["Devanagari vowel signs", "\u0932\u0948\u0902\u092A"],
+      // "bedroom" in Persian, with U+200C between two letters
+      [
+        "Persian non-joiner",
+        "\u0627\u062A\u0627\u0642\u200C\u062E\u0648\u0627\u0628",
+      ],
+      // "Sri" in Sinhala, with U+200D after the virama
+      ["Sinhala joiner", "\u0DC1\u0DCA\u200D\u0DBB\u0DD3"],
+      // Devanagari half form of KA before SSA
+      ["Devanagari joiner", "\u0915\u094D\u200D\u0937"],
       ["unassigned code point", "Lamp \u0378"],
     ];
     for (const [label, name] of visibleNames) {
@@ -385,6 +394,11 @@ describe("snapshot payload schema", () => {
       ["joiner from emoji to letter", "\u{1F4A1}\u200Da", "U+200D"],
       ["joiner from letter to emoji", "a\u200D\u{1F4A1}", "U+200D"],
       ["two joiners between emoji", "\u{1F4A1}\u200D\u200D\u{1F4A1}", "U+200D"],
+      ["non-joiner after Arabic letter", "\u0645\u200C Lamp", "U+200C"],
+      ["non-joiner from Arabic to Latin", "\u0645\u200Cb", "U+200C"],
+      ["non-joiner at start of Persian", "\u200C\u0645\u06CC", "U+200C"],
+      ["two non-joiners in Persian", "\u0645\u200C\u200C\u06CC", "U+200C"],
+      ["joiner between Hebrew letters", "\u05DE\u200D\u05E0", "U+200D"],
     ];
     for (const [label, name, codePoint] of invisibleCharacters) {
       it(`rejects ${label} in name`, () => {
@@ -416,7 +430,16 @@ describe("snapshot payload schema", () => {
       const error = parseFailure(snapshotPayloadSchema, input);
       assert.match(
         error.message,
-        /found U\+200D at code point 2\. U\+200D is allowed only between two emoji$/,
+        /found U\+200D at code point 2\. U\+200D is allowed only between two emoji, or between letters of a script that needs it$/,
+      );
+    });
+
+    it("explains where a non-joiner is allowed", () => {
+      const input = snapshotWith({ metadata: { name: "a\u200Cb" } });
+      const error = parseFailure(snapshotPayloadSchema, input);
+      assert.match(
+        error.message,
+        /found U\+200C at code point 2\. U\+200C is allowed only between letters of a script that needs it$/,
       );
     });
 

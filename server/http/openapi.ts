@@ -86,7 +86,7 @@ const lightFields = {
         // Go's RE2 (no lookbehind) would fail on such a pattern.
         pattern: "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
         description:
-          "1-32 Unicode code points, with no control characters (U+0000-U+001F, U+007F-U+009F) and no invisible or direction-changing characters: format characters (Cf), line and paragraph separators (Zl, Zp), default-ignorable code points other than variation selectors, and noncharacters. U+200D (zero-width joiner) is allowed between two emoji.",
+          "1-32 Unicode code points, with no control characters (U+0000-U+001F, U+007F-U+009F) and no invisible or direction-changing characters: format characters (Cf), line and paragraph separators (Zl, Zp), default-ignorable code points other than variation selectors, and noncharacters. U+200D (zero-width joiner) is allowed between two emoji, and U+200C and U+200D between letters of the scripts that need them, such as Persian and Sinhala.",
       },
     },
   },

@@ -48,10 +48,7 @@ const CONTROL_CHARACTER = /\p{Cc}/u;
  * a newer emoji, and with it the bridge's whole write.
  *
  * NOTE: tag characters (U+E0020-U+E007F) are Cf, so the flags of England,
- * Scotland and Wales, which are tag sequences, are rejected. So are names
- * in scripts that need U+200C or U+200D between letters, such as Persian
- * and Sinhala, because telling those apart needs the virama and joining
- * type properties, which JavaScript regular expressions lack.
+ * Scotland and Wales, which are tag sequences, are rejected.
  */
 const INVISIBLE_CHARACTER =
   /[\p{Cf}\p{Zl}\p{Zp}\p{Noncharacter_Code_Point}]|(?!\p{Variation_Selector})\p{Default_Ignorable_Code_Point}/gu;
@@ -68,11 +65,39 @@ const INVISIBLE_CHARACTER =
 const EMOJI_ZERO_WIDTH_JOINER =
   /(?<=\p{Extended_Pictographic}[\p{Grapheme_Extend}\p{Emoji_Modifier}]*)\u200D(?=\p{Extended_Pictographic})/uy;
 
+/**
+ * A letter or mark of a script whose spelling needs U+200C or U+200D
+ * between letters: the Arabic-type scripts, where the joiners choose a
+ * letter's joined or separate form, and the Brahmic scripts, where they
+ * choose how a consonant after a virama is written.
+ */
+const JOINING_SCRIPT_LETTER = String.raw`(?:(?=[\p{L}\p{M}])[\p{scx=Arab}\p{scx=Syrc}\p{scx=Nkoo}\p{scx=Mong}\p{scx=Deva}\p{scx=Beng}\p{scx=Guru}\p{scx=Gujr}\p{scx=Orya}\p{scx=Taml}\p{scx=Telu}\p{scx=Knda}\p{scx=Mlym}\p{scx=Sinh}\p{scx=Khmr}\p{scx=Mymr}])`;
+
+/**
+ * Matches U+200C or U+200D between two letters or marks of those scripts,
+ * as Persian (U+0645 U+06CC U+200C U+062E) and Sinhala (U+0DC1 U+0DCA
+ * U+200D U+0DBB) write them. There the joiner changes the shapes around
+ * it, so it is not invisible. This approximates the contexts of UAX #31
+ * section 2.3, which need the joining type and virama properties that
+ * JavaScript regular expressions lack.
+ */
+const SCRIPT_JOINER = new RegExp(
+  String.raw`(?<=${JOINING_SCRIPT_LETTER})[\u200C\u200D](?=${JOINING_SCRIPT_LETTER})`,
+  "uy",
+);
+
+/** Returns true when the invisible character at `index` of `name` is a joiner in one of the contexts that need it. */
+function isNeededJoiner(name: string, index: number): boolean {
+  EMOJI_ZERO_WIDTH_JOINER.lastIndex = index;
+  if (EMOJI_ZERO_WIDTH_JOINER.test(name)) return true;
+  SCRIPT_JOINER.lastIndex = index;
+  return SCRIPT_JOINER.test(name);
+}
+
 /** Returns the index of the first invisible character in `name`, or -1. */
 function findInvisibleCharacter(name: string): number {
   for (const match of name.matchAll(INVISIBLE_CHARACTER)) {
-    EMOJI_ZERO_WIDTH_JOINER.lastIndex = match.index;
-    if (!EMOJI_ZERO_WIDTH_JOINER.test(name)) return match.index;
+    if (!isNeededJoiner(name, match.index)) return match.index;
   }
   return -1;
 }
@@ -113,8 +138,10 @@ const nameSchema = z
     if (index === -1) return;
     const joinerHint =
       name[index] === "\u200D"
-        ? ". U+200D is allowed only between two emoji"
-        : "";
+        ? ". U+200D is allowed only between two emoji, or between letters of a script that needs it"
+        : name[index] === "\u200C"
+          ? ". U+200C is allowed only between letters of a script that needs it"
+          : "";
     context.addIssue({
       code: "custom",
       message: `must not contain invisible or direction-changing characters (Unicode format characters, line and paragraph separators, default-ignorable code points and noncharacters), found ${describeCodePointAt(name, index)}${joinerHint}`,
