@@ -43,15 +43,15 @@ function rejectionReporter(
  * The primary counts them in its own registry, since /metrics serves the
  * workers' registries and the primary's.
  *
- * Node lowers a server's count when it sends a socket to a worker. On
- * Node 20.20 a send to a worker that has died but whose closed IPC
- * channel the primary has not read yet reports success, because Node
- * ignores the failed write. So @socket.io/sticky does not destroy the
- * socket, and the count drops once.
- *
- * NOTE: Node then keeps that socket's handle until the dead worker
- * acknowledges it, which never happens. The client's connection stays
- * open, unserved and uncounted, until the primary exits.
+ * Node lowers a server's count when it sends a socket to a worker, and
+ * counts a socket queued behind one the worker has not acknowledged yet
+ * until it is sent. On Node 20.20 a send to a worker that has died but
+ * whose closed IPC channel the primary has not read yet reports success,
+ * because Node ignores the failed write. So @socket.io/sticky does not
+ * destroy the socket, and the count drops once. Node then keeps the
+ * socket's handle open, and the queue unsent, until the primary exits.
+ * `rerouteHandoffsOnExit` hands those sockets to live workers or closes
+ * them, so each is counted once and no client waits on a dead worker.
  */
 export function capListenedConnections(
   server: Server,

@@ -8,6 +8,7 @@ import { serveClusterMetrics } from "../metrics/cluster-metrics.ts";
 import { answerSessionBindings } from "./session-binding.ts";
 import { DRAINING_MESSAGE, setShutdownHandler } from "./shutdown.ts";
 import { capListenedConnections } from "./connection-cap.ts";
+import { rerouteHandoffsOnExit } from "./dead-worker-handoffs.ts";
 import { closeIdleConnections } from "./idle-connections.ts";
 import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
 import { watchWorkers } from "./worker-watchdog.ts";
@@ -183,6 +184,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   const fork = (): Worker => {
     const worker = cluster.fork();
     watchWorkerErrors(worker, logger);
+    rerouteHandoffsOnExit(worker, logger);
     startedAt.set(worker.id, Date.now());
     live.set(worker.id, worker);
     // Sticky hands connections to every entry of cluster.workers, and a worker

@@ -6,7 +6,7 @@ import type { Logger } from "../logger.ts";
 const failures = new WeakMap<Worker, number>();
 
 /** Returns the `type` of an object message, or a string message itself. */
-function messageTypeOf(message: unknown): string | undefined {
+export function messageTypeOf(message: unknown): string | undefined {
   if (typeof message === "string") return message;
   if (typeof message === "object" && message !== null) {
     const { type } = message as { type?: unknown };
