@@ -1,0 +1,188 @@
+import assert from "node:assert/strict";
+import { connect, type Socket } from "node:net";
+import {
+  isAlive,
+  printFigure,
+  sleep,
+  startRelayOnRedis,
+  stopRelayOnRedis,
+  waitUntil,
+  type RelayOnRedis,
+} from "../support/faults.ts";
+
+const MAX_CONNECTIONS = 8;
+/** Requests sent while one of the two workers is stopped: round-robin hands it half of them. */
+const REQUEST_COUNT = 4;
+/**
+ * Time within which a connection handed to the killed worker must be
+ * closed after a response or without one, in ms. The primary reads the
+ * worker's closed IPC channel at once, and the other worker responds to
+ * /healthz in a few ms. The rest is margin for a loaded 2-core machine.
+ */
+const SETTLE_BOUND_MS = 2000;
+/** Time within which a connection past the cap must be closed, in ms. */
+const REJECTION_MS = 1000;
+
+/** A raw HTTP request on its own connection, and what came back. */
+interface RawRequest {
+  socket: Socket;
+  /** Bytes received so far. */
+  received: () => string;
+  /** Resolves with the ms from `since` until the relay closed the connection. */
+  closed: (since: number) => Promise<number>;
+}
+
+/** Opens a connection to `port`, sends GET /healthz on it, and records the response. */
+function requestHealth(port: number): Promise<RawRequest> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, "127.0.0.1", () => {
+      socket.write("GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n");
+      resolve({ socket, received: () => text, closed });
+    });
+    let text = "";
+    const done = new Promise<number>((settle) => {
+      socket.once("close", () => settle(Date.now()));
+    });
+    const closed = async (since: number): Promise<number> =>
+      Math.max(0, (await done) - since);
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk: string) => {
+      text += chunk;
+    });
+    socket.once("error", reject);
+  });
+}
+
+/** Resolves with the ms until the relay closed `socket`, or -1 when it stayed open for `ms`. */
+function closedWithin(socket: Socket, ms: number): Promise<number> {
+  const startedAt = Date.now();
+  return new Promise((resolve) => {
+    if (socket.closed) {
+      resolve(0);
+      return;
+    }
+    const timer = setTimeout(() => resolve(-1), ms);
+    socket.on("error", () => undefined);
+    socket.once("close", () => {
+      clearTimeout(timer);
+      resolve(Date.now() - startedAt);
+    });
+  });
+}
+
+/** Opens a connection that sends nothing, and resolves once it is open. */
+function openIdle(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, "127.0.0.1", () => resolve(socket));
+    socket.once("error", reject);
+  });
+}
+
+/** Resolves with the ms until the relay closes the connection of `request`, or -1 after `ms`. */
+function settledWithin(request: RawRequest, ms: number): Promise<number> {
+  const startedAt = Date.now();
+  return Promise.race([request.closed(startedAt), sleep(ms).then(() => -1)]);
+}
+
+describe("fault: worker killed with connections handed to it", function () {
+  this.timeout(60_000);
+  let deployment: RelayOnRedis;
+  const sockets: Socket[] = [];
+  let stoppedPid: number | undefined;
+
+  before(async () => {
+    deployment = await startRelayOnRedis({
+      workers: 2,
+      env: {
+        MAX_CONNECTIONS: String(MAX_CONNECTIONS),
+        // The stopped worker must stay in the balancer while requests arrive.
+        WORKER_UNRESPONSIVE_MS: "60000",
+      },
+    });
+  });
+
+  afterEach(() => {
+    for (const socket of sockets.splice(0)) socket.destroy();
+    if (stoppedPid !== undefined && isAlive(stoppedPid)) {
+      process.kill(stoppedPid, "SIGKILL");
+    }
+  });
+
+  after(async () => {
+    await stopRelayOnRedis(deployment ?? {});
+  });
+
+  it("serves them elsewhere and keeps the cap", async () => {
+    const { relay } = deployment;
+    const [victim] = relay.workers();
+    const readyWorkers = relay.workers().length;
+    stoppedPid = victim!.pid;
+    // A stopped worker receives nothing, so Node keeps the first socket
+    // handed to it waiting for an acknowledgement and queues the others.
+    process.kill(victim!.pid, "SIGSTOP");
+    const requests: RawRequest[] = [];
+    for (let index = 0; index < REQUEST_COUNT; index += 1) {
+      const request = await requestHealth(relay.port);
+      requests.push(request);
+      sockets.push(request.socket);
+      await sleep(50);
+    }
+    await sleep(300);
+    const waiting = requests.filter((request) => !request.socket.closed);
+    assert.ok(
+      waiting.length >= 1,
+      "no request was handed to the stopped worker",
+    );
+    for (const request of requests.filter((item) => item.socket.closed)) {
+      assert.match(request.received(), /^HTTP\/1\.1 200 /);
+    }
+
+    process.kill(victim!.pid, "SIGKILL");
+    const settledAfter = await Promise.all(
+      waiting.map((request) => settledWithin(request, SETTLE_BOUND_MS)),
+    );
+    const answered = waiting.filter((request) =>
+      /^HTTP\/1\.1 200 /.test(request.received()),
+    ).length;
+    printFigure(
+      `worker killed with ${waiting.length} of ${REQUEST_COUNT} connections handed to it while stopped: ` +
+        `closed after ${settledAfter.join(", ")} ms (-1: open after ${SETTLE_BOUND_MS} ms), ${answered} answered 200 by the other worker`,
+    );
+    for (const [index, ms] of settledAfter.entries()) {
+      assert.ok(
+        ms >= 0,
+        `connection ${index + 1} of ${waiting.length} handed to the killed worker still open after ${SETTLE_BOUND_MS} ms`,
+      );
+    }
+    assert.equal(answered, waiting.length, "answered by the other worker");
+    const report = relay.logs.find(
+      (line) =>
+        line.pid === relay.pid &&
+        line.msg.startsWith("worker exited before it received connections"),
+    );
+    assert.equal(report?.rerouted, waiting.length, "rerouted count logged");
+
+    await waitUntil(
+      "a replacement worker ready",
+      () => relay.workers().length > readyWorkers,
+      10_000,
+      100,
+    );
+    const idle: Socket[] = [];
+    for (let index = 0; index < MAX_CONNECTIONS; index += 1) {
+      idle.push(await openIdle(relay.port));
+    }
+    sockets.push(...idle);
+    const extra = await openIdle(relay.port);
+    sockets.push(extra);
+    const extraClosedAfter = await closedWithin(extra, REJECTION_MS);
+    const openIdleCount = (
+      await Promise.all(idle.map((socket) => closedWithin(socket, 100)))
+    ).filter((ms) => ms === -1).length;
+    assert.equal(openIdleCount, MAX_CONNECTIONS, "idle connections admitted");
+    assert.ok(
+      extraClosedAfter >= 0,
+      "the primary kept a connection past its cap",
+    );
+  });
+});
