@@ -2,8 +2,10 @@ import assert from "node:assert/strict";
 import cluster, { type Worker } from "node:cluster";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import {
+  sendToPrimary,
   sendToWorker,
   watchWorkerErrors,
 } from "../server/cluster/worker-ipc.ts";
@@ -11,6 +13,9 @@ import { capturingLogger } from "./support/capturing-logger.ts";
 
 const IDLE_WORKER = fileURLToPath(
   new URL("./support/idle-worker.mjs", import.meta.url),
+);
+const SENDING_WORKER = fileURLToPath(
+  new URL("./support/sending-worker.ts", import.meta.url),
 );
 
 /**
@@ -132,6 +137,59 @@ describe("worker IPC errors", function () {
     sendToWorker(worker, "relay:ping", logger, (error) => failures.push(error));
     await new Promise((resolve) => setImmediate(resolve));
     assert.deepEqual(failures, []);
+    assert.deepEqual(lines, []);
+  });
+});
+
+describe("IPC errors in a worker", function () {
+  this.timeout(20_000);
+
+  it("logs sends after the primary disconnects", async () => {
+    cluster.setupPrimary({
+      exec: SENDING_WORKER,
+      execArgv: ["--import", "tsx"],
+      serialization: "advanced",
+      silent: true,
+    });
+    const worker = cluster.fork();
+    const lines: Record<string, unknown>[] = [];
+    const stderr: string[] = [];
+    createInterface({ input: worker.process.stdout! }).on("line", (text) =>
+      lines.push(JSON.parse(text) as Record<string, unknown>),
+    );
+    createInterface({ input: worker.process.stderr! }).on("line", (text) =>
+      stderr.push(text),
+    );
+    const exited = new Promise<number | null>((resolve) =>
+      worker.once("exit", (code: number | null) => resolve(code)),
+    );
+    await new Promise<void>((resolve) =>
+      worker.on("message", (message: unknown) => {
+        if (message === "test:listening") resolve();
+      }),
+    );
+    worker.disconnect();
+    const code = await exited;
+
+    const dump = JSON.stringify({ lines, stderr });
+    assert.equal(code, 0, dump);
+    const warnings = lines.filter((line) => line.level === 40);
+    assert.equal(warnings.length, 1, dump);
+    const error = warnings[0]!.err as { code?: string };
+    assert.equal(error.code, "ERR_IPC_CHANNEL_CLOSED");
+    const sent = lines.find((line) => line.msg === "sent after disconnect");
+    assert.equal(sent?.connected, false, dump);
+    assert.equal(sent?.sent, false, dump);
+    assert.ok(
+      lines.some((line) => line.msg === "still running"),
+      `the worker did not run on: ${dump}`,
+    );
+  });
+
+  it("skips a process without a channel", () => {
+    const { logger, lines } = capturingLogger();
+    const sent = sendToPrimary("relay:ping", logger);
+    assert.equal(sent, process.send !== undefined && process.connected);
     assert.deepEqual(lines, []);
   });
 });

@@ -2,7 +2,7 @@ import cluster from "node:cluster";
 import type { IncomingMessage } from "node:http";
 import type { Server } from "socket.io";
 import type { Logger } from "../logger.ts";
-import { sendToWorker } from "./worker-ipc.ts";
+import { sendToPrimary, sendToWorker } from "./worker-ipc.ts";
 
 /** Maximum wait for the primary to confirm a session binding, in ms. */
 const BIND_TIMEOUT_MS = 1000;
@@ -34,7 +34,8 @@ function isBindMessage(
  * session lives, and get `Session ID unknown` from another worker. The
  * worker now sends sticky's own binding message, then a ping that the
  * primary answers; messages from one worker are handled in order, so the
- * answer means the binding is in place.
+ * answer means the binding is in place. A worker without an open channel,
+ * or whose send fails, stops waiting at once, because no reply can come.
  *
  * A session opened on a websocket skips the wait: it makes no further
  * request to route, and its socket is already upgraded. Engine.IO listens
@@ -42,7 +43,7 @@ function isBindMessage(
  * sends meanwhile, such as a namespace `CONNECT` sent without waiting for
  * the open packet, would be dropped.
  */
-export function bindSessionsBeforeHandshake(io: Server): void {
+export function bindSessionsBeforeHandshake(io: Server, logger: Logger): void {
   const waiting = new Map<string, () => void>();
   process.on("message", (message: unknown) => {
     if (isBindMessage(message, "relay:bound")) waiting.get(message.sid)?.();
@@ -53,12 +54,22 @@ export function bindSessionsBeforeHandshake(io: Server): void {
     if (opensOnWebSocket(request)) return sid;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, BIND_TIMEOUT_MS);
-      waiting.set(sid, () => {
+      const stopWaiting = (): void => {
         clearTimeout(timer);
         resolve();
-      });
-      process.send?.({ type: "sticky:connection", data: sid });
-      process.send?.({ type: "relay:bind", sid });
+      };
+      waiting.set(sid, stopWaiting);
+      const registered = sendToPrimary(
+        { type: "sticky:connection", data: sid },
+        logger,
+        stopWaiting,
+      );
+      const pinged = sendToPrimary(
+        { type: "relay:bind", sid },
+        logger,
+        stopWaiting,
+      );
+      if (!registered || !pinged) stopWaiting();
     });
     waiting.delete(sid);
     return sid;

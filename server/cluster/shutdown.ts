@@ -2,6 +2,7 @@ import cluster from "node:cluster";
 import type { RelayConfig } from "../config.ts";
 import type { Logger } from "../logger.ts";
 import type { Relay } from "../relay/create-relay.ts";
+import { sendToPrimary } from "./worker-ipc.ts";
 
 /**
  * Message from a worker telling the primary that it started draining on
@@ -57,7 +58,7 @@ export function installShutdown(
       },
       "shutting down",
     );
-    if (cluster.isWorker) process.send?.(DRAINING_MESSAGE);
+    if (cluster.isWorker) sendToPrimary(DRAINING_MESSAGE, logger);
     relay.drain();
     const deadline = setTimeout(() => {
       logger.error(

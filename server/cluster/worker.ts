@@ -22,6 +22,7 @@ import {
   HEADERS_TIMEOUT_MS,
 } from "./stalled-connections.ts";
 import { PING_MESSAGE, PONG_MESSAGE } from "./worker-watchdog.ts";
+import { sendToPrimary, watchPrimaryErrors } from "./worker-ipc.ts";
 
 /** Message from the primary asking a worker to drain and exit. */
 export const SHUTDOWN_MESSAGE = "relay:shutdown";
@@ -68,6 +69,7 @@ export async function runWorker(
   const serverId = randomBytes(6).toString("hex");
   // The process logger already carries the worker's cluster ID.
   const log = logger.child({ serverId });
+  watchPrimaryErrors(log);
   const redis = await connectTo(
     config.redis,
     config.redisCommandTimeoutMs,
@@ -102,7 +104,7 @@ export async function runWorker(
     redis: redis.main,
     redisState: redis.mainState,
     leaseTable: new RedisLeaseTable(redis.main, config.redisKeyPrefix),
-    scrapeMetrics: clusterMetricsClient(),
+    scrapeMetrics: clusterMetricsClient(log),
     adapter: createShardedAdapter(redis.main, redis.subscriber, {
       channelPrefix: `${config.redisKeyPrefix}:sio`,
       subscriptionMode: "dynamic",
@@ -144,7 +146,7 @@ export async function runWorker(
     headersTimeoutMs: HEADERS_TIMEOUT_MS,
     bodyTimeoutMs: config.requestBodyTimeoutMs,
   });
-  bindSessionsBeforeHandshake(relay.io);
+  bindSessionsBeforeHandshake(relay.io, log);
   installShutdown(relay, config, log, async () => {
     // Logs the count of store failures not yet reported.
     await store.close();
@@ -152,12 +154,12 @@ export async function runWorker(
   });
   logPrimaryLoss(log);
   process.on("message", (message) => {
-    if (message === PING_MESSAGE) process.send?.(PONG_MESSAGE);
+    if (message === PING_MESSAGE) sendToPrimary(PONG_MESSAGE, log);
     if (message === SHUTDOWN_MESSAGE) process.emit("SIGTERM");
   });
   // Tell the primary first, so that a reader of the log who connects on
   // seeing "worker ready" finds the worker already admitted by the balancer.
-  process.send?.(READY_MESSAGE);
+  sendToPrimary(READY_MESSAGE, log);
   log.info("worker ready");
   return relay;
 }

@@ -9,7 +9,7 @@ import {
   type PrometheusContentType,
 } from "prom-client";
 import type { Logger } from "../logger.ts";
-import { sendToWorker } from "../cluster/worker-ipc.ts";
+import { sendToPrimary, sendToWorker } from "../cluster/worker-ipc.ts";
 import { relayRegistry } from "./relay-metrics.ts";
 
 /**
@@ -142,7 +142,7 @@ function reply(
  * `relayRegistry`, and returns the function that fetches the whole
  * machine's metrics text from the primary.
  */
-export function clusterMetricsClient(): () => Promise<string> {
+export function clusterMetricsClient(logger: Logger): () => Promise<string> {
   AggregatorRegistry.setRegistries([relayRegistry]);
   // The constructor installs prom-client's listener for the primary's requests.
   new AggregatorRegistry();
@@ -165,8 +165,10 @@ export function clusterMetricsClient(): () => Promise<string> {
 
   return () =>
     new Promise<string>((resolve, reject) => {
-      if (process.send === undefined) {
-        reject(new Error("this process has no IPC channel to the primary"));
+      if (process.send === undefined || !process.connected) {
+        reject(
+          new Error("this process has no open IPC channel to the primary"),
+        );
         return;
       }
       const requestId = randomUUID();
@@ -189,6 +191,14 @@ export function clusterMetricsClient(): () => Promise<string> {
         },
       });
       const request: MetricsRequest = { type: REQUEST_TYPE, requestId };
-      process.send(request);
+      sendToPrimary(request, logger, (error) => {
+        const failed = pending.get(requestId);
+        pending.delete(requestId);
+        failed?.reject(
+          new Error(
+            `sending the metrics request to the primary failed: ${error.message}`,
+          ),
+        );
+      });
     });
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { RelayClientError } from "../../client-sdk/src/index.ts";
 import { startFakeBridge, type FakeBridge } from "./fake-bridge.ts";
 import { send } from "./http.ts";
@@ -123,6 +124,20 @@ export async function workersReadyGauge(url: string): Promise<number> {
       `no relay_workers_ready in /metrics (status ${response.status})`,
     );
   return Number(match[1]);
+}
+
+/**
+ * Returns true once process `pid` is gone or a zombie. A worker whose
+ * primary died stays a zombie until some process reaps it. Reads /proc,
+ * so Linux only.
+ */
+export function hasExited(pid: number): boolean {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    return /^State:\s+Z/m.test(status);
+  } catch {
+    return true;
+  }
 }
 
 /** Returns true while a process with `pid` exists. */
