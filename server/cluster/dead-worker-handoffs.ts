@@ -144,10 +144,8 @@ function handOnUnsent(worker: Worker): Outcome {
  * sends of other messages get ERR_IPC_CHANNEL_CLOSED in their callback,
  * so that sticky destroys a connection whose body it was forwarding.
  *
- * NOTE: this closes a request with a body only if one of its chunks was
- * queued. Sticky keeps such a request's socket in a private map, so when
- * its worker dies mid-request with no chunk queued, the connection stays
- * open until the client closes it.
+ * A request with a body whose worker dies mid-request is answered by
+ * `answerForwardedRequestsOnExit` instead.
  *
  * NOTE: this reads and clears Node's private `_pendingMessage` and
  * `_handleQueue` and wraps a raw handle with the undocumented `handle`

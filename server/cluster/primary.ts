@@ -9,6 +9,7 @@ import { answerSessionBindings } from "./session-binding.ts";
 import { DRAINING_MESSAGE, setShutdownHandler } from "./shutdown.ts";
 import { capListenedConnections } from "./connection-cap.ts";
 import { rerouteHandoffsOnExit } from "./dead-worker-handoffs.ts";
+import { answerForwardedRequestsOnExit } from "./forwarded-requests.ts";
 import { closeIdleConnections } from "./idle-connections.ts";
 import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
 import { watchWorkers } from "./worker-watchdog.ts";
@@ -122,6 +123,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   const httpServer = createServer();
   setupMaster(httpServer, { loadBalancingMethod: "round-robin" });
   stopReadingBeforeHandoff(httpServer);
+  const forwardedRequests = answerForwardedRequestsOnExit(httpServer, logger);
   closeIdleConnections(httpServer, {
     firstByteTimeoutMs: HEADERS_TIMEOUT_MS,
   });
@@ -185,6 +187,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     const worker = cluster.fork();
     watchWorkerErrors(worker, logger);
     rerouteHandoffsOnExit(worker, logger);
+    forwardedRequests.watch(worker);
     startedAt.set(worker.id, Date.now());
     live.set(worker.id, worker);
     // Sticky hands connections to every entry of cluster.workers, and a worker

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { connect, type Socket } from "node:net";
+import { API_BASE_PATH } from "../../server/http/api.ts";
+import { randomBridgeId } from "../support/clients.ts";
 import {
   isAlive,
   printFigure,
@@ -9,6 +11,7 @@ import {
   waitUntil,
   type RelayOnRedis,
 } from "../support/faults.ts";
+import { appToken } from "../support/tokens.ts";
 
 const MAX_CONNECTIONS = 8;
 /** Requests sent while one of the two workers is stopped: round-robin hands it half of them. */
@@ -184,5 +187,94 @@ describe("fault: worker killed with connections handed to it", function () {
       extraClosedAfter >= 0,
       "the primary kept a connection past its cap",
     );
+  });
+});
+
+/**
+ * Opens a connection to `port` and sends the headers and part of the body of
+ * a light command, so that the primary forwards the request to a worker
+ * and the worker waits for the rest.
+ */
+async function startLightCommand(port: number): Promise<RawRequest> {
+  const bridgeId = randomBridgeId();
+  const token = await appToken("forwarded", [bridgeId]);
+  const body = JSON.stringify({ on: { on: true } });
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, "127.0.0.1", () => {
+      socket.write(
+        `PUT ${API_BASE_PATH}/bridges/${bridgeId}/lights/a HTTP/1.1\r\n` +
+          "Host: relay\r\nContent-Type: application/json\r\n" +
+          `Authorization: Bearer ${token}\r\n` +
+          `Content-Length: ${body.length}\r\n\r\n` +
+          body.slice(0, 4),
+      );
+      resolve({ socket, received: () => text, closed });
+    });
+    let text = "";
+    const done = new Promise<number>((settle) => {
+      socket.once("close", () => settle(Date.now()));
+    });
+    const closed = async (since: number): Promise<number> =>
+      Math.max(0, (await done) - since);
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk: string) => {
+      text += chunk;
+    });
+    socket.once("error", reject);
+  });
+}
+
+describe("fault: worker killed while a request is forwarded to it", function () {
+  this.timeout(60_000);
+  let deployment: RelayOnRedis;
+  const sockets: Socket[] = [];
+
+  before(async () => {
+    deployment = await startRelayOnRedis({ workers: 2 });
+  });
+
+  afterEach(() => {
+    for (const socket of sockets.splice(0)) socket.destroy();
+  });
+
+  after(async () => {
+    await stopRelayOnRedis(deployment ?? {});
+  });
+
+  it("responds 503 UNAVAILABLE", async () => {
+    const { relay } = deployment;
+    const [victim] = relay.workers();
+    // Round-robin gives each of the two workers one of these.
+    const requests = [
+      await startLightCommand(relay.port),
+      await startLightCommand(relay.port),
+    ];
+    sockets.push(...requests.map((request) => request.socket));
+    await sleep(300);
+    assert.deepEqual(
+      requests.map((request) => request.received()),
+      ["", ""],
+      "the workers wait for the bodies",
+    );
+
+    process.kill(victim!.pid, "SIGKILL");
+    const settledAfter = await Promise.all(
+      requests.map((request) => settledWithin(request, SETTLE_BOUND_MS)),
+    );
+    printFigure(
+      `worker killed with a forwarded request waiting for its body: closed after ${settledAfter.join(", ")} ms (-1: open after ${SETTLE_BOUND_MS} ms)`,
+    );
+    const answered = requests.filter((request) =>
+      request.received().startsWith("HTTP/1.1 503 "),
+    );
+    assert.equal(answered.length, 1, "one request answered 503");
+    assert.match(answered[0]!.received(), /"code":"UNAVAILABLE"/);
+    assert.equal(settledAfter.filter((ms) => ms >= 0).length, 1);
+    const report = relay.logs.find(
+      (line) =>
+        line.pid === relay.pid &&
+        line.msg.startsWith("worker exited while requests forwarded"),
+    );
+    assert.equal(report?.answered, 1, "answered count logged");
   });
 });
