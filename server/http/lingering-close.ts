@@ -1,10 +1,5 @@
 import type { EventEmitter } from "node:events";
-import type {
-  IncomingMessage,
-  RequestListener,
-  Server,
-  ServerResponse,
-} from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { Socket } from "node:net";
 
 /**
@@ -20,6 +15,9 @@ export const LINGER_TIMEOUT_MS = 2000;
  * link under 64 Mbit/s sends less within LINGER_TIMEOUT_MS.
  */
 export const LINGER_MAX_BYTES = 16 * 1024 * 1024;
+
+/** Byte checks of the lingering sockets, by socket (`destroyAfterLinger`). */
+const lingerByteChecks = new WeakMap<Socket, () => void>();
 
 /**
  * Destroys `request` and its connection at once. Destroying the request
@@ -78,28 +76,29 @@ export function destroyAfterLinger(socket: Socket, reads: EventEmitter): void {
     if (socket.bytesRead - bytesBefore > LINGER_MAX_BYTES) socket.destroy();
   };
   reads.on("data", checkBytes);
+  lingerByteChecks.set(socket, checkBytes);
   socket.once("close", () => {
     clearTimeout(timer);
     reads.off("data", checkBytes);
+    lingerByteChecks.delete(socket);
   });
 }
 
 /**
- * Destroys each request that arrives on a connection whose writable side
- * has ended, before any of the `server`'s handlers sees it. Such a
- * request can get no response. Node's HTTP parser keeps reading a
- * lingering connection, and would otherwise hand a pipelined request on
- * it to the handlers. Call this after every other 'request' listener
- * that may serve a request has been added: it wraps them.
+ * Reads and drops the body of `request`, which gets no response because
+ * its connection's writable side has ended. On a lingering socket, what
+ * it reads counts toward LINGER_MAX_BYTES, as the body of the request
+ * that ended the connection does, so requests pipelined behind that one
+ * cannot make the socket read more.
  */
-export function dropRequestsOnEndedConnections(server: Server): void {
-  const listeners = server.listeners("request") as RequestListener[];
-  server.removeAllListeners("request");
-  server.on("request", (request: IncomingMessage, response: ServerResponse) => {
-    if (request.socket.writableEnded) {
-      destroyRequestConnection(request);
-      return;
-    }
-    for (const listener of listeners) listener.call(server, request, response);
-  });
+export function discardRequest(request: IncomingMessage): void {
+  const connection = request.socket;
+  const checkBytes =
+    connection instanceof Socket ? lingerByteChecks.get(connection) : undefined;
+  if (checkBytes !== undefined) {
+    // A request without a body emits no 'data', but its header counts.
+    checkBytes();
+    request.on("data", checkBytes);
+  }
+  request.resume();
 }

@@ -8,7 +8,7 @@ import {
 import { TokenVerifier } from "../auth/verify.ts";
 import type { RelayConfig } from "../config.ts";
 import { createHttpApp } from "../http/app.ts";
-import { dropRequestsOnEndedConnections } from "../http/lingering-close.ts";
+import { serveRequestsInTurn } from "../http/pipelined-requests.ts";
 import type { Logger } from "../logger.ts";
 import type { ServerBus } from "../messaging/server-bus.ts";
 import { relayRegistry, trackConnections } from "../metrics/relay-metrics.ts";
@@ -285,8 +285,9 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   io.attach(httpServer);
   releaseUpgradeRequests(httpServer);
   servePlainUpgrades(httpServer, `${io.path().replace(/\/$/, "")}/`);
-  dropRequestsOnEndedConnections(httpServer);
+  // Inside the wrapper, the drain waits only for requests that are served.
   drain.watchHttp(httpServer);
+  serveRequestsInTurn(httpServer);
 
   return {
     serverId: bus.serverId,

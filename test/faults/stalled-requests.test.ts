@@ -5,6 +5,7 @@ import { request as httpRequest } from "node:http";
 import { connect, type Socket } from "node:net";
 import { LINGER_TIMEOUT_MS } from "../../server/http/lingering-close.ts";
 import { randomBridgeId } from "../support/clients.ts";
+import { startFakeBridge } from "../support/fake-bridge.ts";
 import {
   sleep,
   startRelayOnRedis,
@@ -157,9 +158,11 @@ function keepAliveExchange(
   });
 }
 
-/** Builds the header of a light command whose body is `bodyBytes` long. */
-async function commandHeader(bodyBytes: number): Promise<string> {
-  const bridgeId = randomBridgeId();
+/** Builds the header of a light command to `bridgeId` whose body is `bodyBytes` long. */
+async function commandHeader(
+  bodyBytes: number,
+  bridgeId = randomBridgeId(),
+): Promise<string> {
   const token = await appToken("stalled-body", [bridgeId]);
   return (
     `PUT /api/v1/bridges/${bridgeId}/lights/light-1 HTTP/1.1\r\n` +
@@ -447,6 +450,117 @@ async function assertLingerBounded(
   );
 }
 
+/**
+ * Writes at once a light command whose body is over MAX_PAYLOAD_BYTES,
+ * with `framing`, and behind it a light command to a bridge
+ * connected to `relay`. Asserts that the client reads the 413 alone, and
+ * that the bridge gets no command: the relay ends the connection with the
+ * 413, so it must not run a request it cannot answer.
+ */
+async function assertPipelinedAfter413Dropped(
+  relay: RelayProcess,
+  framing: BodyFraming,
+): Promise<void> {
+  const bridgeId = randomBridgeId();
+  const bridge = await startFakeBridge({
+    url: relay.url,
+    bridgeId,
+    lightIds: ["light-1"],
+  });
+  try {
+    const oversized = " ".repeat(MAX_PAYLOAD_BYTES + 1);
+    const header = await commandHeader(oversized.length);
+    const first =
+      framing === "content-length"
+        ? header + oversized
+        : header.replace(
+            `Content-Length: ${oversized.length}`,
+            "Transfer-Encoding: chunked",
+          ) + `${oversized.length.toString(16)}\r\n${oversized}\r\n0\r\n\r\n`;
+    const body = JSON.stringify({ on: { on: false } });
+    const pipelined =
+      (await commandHeader(Buffer.byteLength(body), bridgeId)) + body;
+    const { response } = await exchange(relay.port, [first + pipelined]);
+    assert.match(response, /^HTTP\/1\.1 413 /);
+    assert.match(response, /\r\nconnection: close\r\n/i);
+    assert.equal(response.match(/HTTP\/1\.1 \d{3}/g)?.length, 1, response);
+    // A command the relay ran would reach the bridge within a few ms.
+    await sleep(500);
+    assert.deepEqual(
+      bridge.commands.map(({ command }) => command.change),
+      [],
+      "the pipelined command reached the bridge",
+    );
+  } finally {
+    bridge.close();
+  }
+}
+
+/**
+ * Writes `text` on a new connection at once, and resolves with all the
+ * server sent once it has closed the connection.
+ */
+function sendUntilClosed(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let received = "";
+    const socket: Socket = connect(port, "127.0.0.1", () => socket.write(text));
+    socket.on("data", (chunk: Buffer) => {
+      received += chunk.toString();
+    });
+    socket.on("error", () => undefined);
+    socket.once("close", () => {
+      clearTimeout(deadline);
+      resolve(received);
+    });
+    const deadline = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`the server kept the connection open: ${received}`));
+    }, 10_000);
+  });
+}
+
+/**
+ * Writes two light commands to a bridge connected to `relay` at once on
+ * one connection, the second with `Connection: close`, and asserts that
+ * the bridge got as many commands as the client read responses. The
+ * clustered relay closes each connection after its first response.
+ */
+async function assertPipelinedCommandsAnswered(
+  relay: RelayProcess,
+): Promise<void> {
+  const bridgeId = randomBridgeId();
+  const bridge = await startFakeBridge({
+    url: relay.url,
+    bridgeId,
+    lightIds: ["light-1"],
+  });
+  try {
+    const commands = [true, false].map(async (on) => {
+      const body = JSON.stringify({ on: { on } });
+      return (await commandHeader(Buffer.byteLength(body), bridgeId)) + body;
+    });
+    const [first, second] = await Promise.all(commands);
+    const received = await sendUntilClosed(
+      relay.port,
+      first! +
+        second!.replace("Host: x\r\n", "Host: x\r\nConnection: close\r\n"),
+    );
+    // A response follows the body before it on the same line.
+    const statuses = received.match(/HTTP\/1\.1 \d{3}/g) ?? [];
+    assert.ok(statuses.length >= 1, received);
+    for (const status of statuses) assert.equal(status, "HTTP/1.1 200");
+    // A command the relay ran would reach the bridge within a few ms.
+    await sleep(500);
+    assert.equal(
+      bridge.commands.length,
+      statuses.length,
+      `the bridge got ${bridge.commands.length} commands for ${statuses.length} responses`,
+    );
+  } finally {
+    bridge.close();
+  }
+}
+
 /** Defines the tests of bodies a relay answers before or without reading, shared by both relays. */
 function itClosesUnwantedBodies(relayOf: () => RelayProcess): void {
   it("closes after an early response", async () => {
@@ -465,6 +579,10 @@ function itClosesUnwantedBodies(relayOf: () => RelayProcess): void {
     await assertChunkedBodyCut(relayOf());
   });
 
+  it("runs only the pipelined commands it answers", async () => {
+    await assertPipelinedCommandsAnswered(relayOf());
+  });
+
   for (const framing of ["content-length", "chunked"] as const) {
     it(`responds 413 to a streamed ${framing} body`, async () => {
       await assertStreamedBodyGets413(relayOf(), framing);
@@ -472,6 +590,10 @@ function itClosesUnwantedBodies(relayOf: () => RelayProcess): void {
 
     it(`bounds the lingering close, ${framing}`, async () => {
       await assertLingerBounded(relayOf(), framing);
+    });
+
+    it(`runs no request pipelined after a 413, ${framing}`, async () => {
+      await assertPipelinedAfter413Dropped(relayOf(), framing);
     });
   }
 }
