@@ -2,6 +2,11 @@ import os from "node:os";
 import { z } from "zod";
 import { parsePublicKey } from "./auth/public-key.ts";
 import { defaultMaxConnections } from "./cluster/open-files-limit.ts";
+import {
+  DEFAULT_LINGER_MAX_BYTES,
+  DEFAULT_LINGER_TIMEOUT_MS,
+  type LingerLimits,
+} from "./http/lingering-close.ts";
 
 /**
  * Relay configuration, read once from environment variables at start.
@@ -225,6 +230,12 @@ const envSchema = z.object({
     30000,
     MAX_DURATION_MS,
   ).pipe(z.number().min(100, "REQUEST_BODY_TIMEOUT_MS must be at least 100")),
+  LINGER_TIMEOUT_MS: positiveInt(
+    "LINGER_TIMEOUT_MS",
+    DEFAULT_LINGER_TIMEOUT_MS,
+    MAX_DURATION_MS,
+  ),
+  LINGER_MAX_BYTES: positiveInt("LINGER_MAX_BYTES", DEFAULT_LINGER_MAX_BYTES),
   MAX_CONNECTIONS: wholeNumber("MAX_CONNECTIONS")
     .pipe(z.number().positive("MAX_CONNECTIONS must be greater than 0"))
     .optional(),
@@ -293,6 +304,8 @@ export interface RelayConfig {
   workerUnresponsiveMs: number;
   /** Time an HTTP request may take to send its body after its header, in ms. */
   requestBodyTimeoutMs: number;
+  /** Bounds of the lingering close of an HTTP connection the relay ended while the client still sends. */
+  linger: LingerLimits;
   /**
    * Connections one process keeps open before it closes new ones on
    * arrival. Unset where the limit on open files cannot be read or is
@@ -404,6 +417,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
     },
     workerUnresponsiveMs: parsed.WORKER_UNRESPONSIVE_MS,
     requestBodyTimeoutMs: parsed.REQUEST_BODY_TIMEOUT_MS,
+    linger: {
+      timeoutMs: parsed.LINGER_TIMEOUT_MS,
+      maxBytes: parsed.LINGER_MAX_BYTES,
+    },
     maxConnections: parsed.MAX_CONNECTIONS ?? defaultMaxConnections(),
     shutdownTimeoutMs: parsed.SHUTDOWN_TIMEOUT_MS,
     drainWindowMs: drainWindow(

@@ -788,6 +788,7 @@ describe("http api: unexpected errors", () => {
         limits: new RateLimits(config, undefined),
         stalls: new StallMonitor(config.commandTimeoutMs),
         maxPayloadBytes: config.maxPayloadBytes,
+        linger: config.linger,
         logger,
       }),
     );

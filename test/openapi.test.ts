@@ -110,6 +110,7 @@ function buildApp(): { app: Express; close: () => Promise<void> } {
       limits: new RateLimits(config, undefined),
       stalls: new StallMonitor(config.commandTimeoutMs),
       maxPayloadBytes: config.maxPayloadBytes,
+      linger: config.linger,
       logger,
     },
     scrapeMetrics: async () => "",

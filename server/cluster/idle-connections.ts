@@ -1,10 +1,15 @@
 import type { Server } from "node:http";
 import type { Socket } from "node:net";
-import { destroyAfterLinger } from "../http/lingering-close.ts";
+import {
+  destroyAfterLinger,
+  type LingerLimits,
+} from "../http/lingering-close.ts";
 
 export interface IdleConnectionLimits {
   /** Time a new connection has to send its first byte, in ms. */
   firstByteTimeoutMs: number;
+  /** Bounds of the lingering close after the primary ended a connection. */
+  linger: LingerLimits;
 }
 
 /**
@@ -13,8 +18,8 @@ export interface IdleConnectionLimits {
  * picks the worker from the first request's header. A request with a body
  * stays in the primary, which ends the connection after the response.
  * The primary then reads and drops what the client still sends, and
- * destroys the connection after LINGER_TIMEOUT_MS or LINGER_MAX_BYTES
- * (`destroyAfterLinger`). Destroying it at once could reset a client
+ * destroys the connection after `limits.linger.timeoutMs` or
+ * `limits.linger.maxBytes` (`destroyAfterLinger`). Destroying it at once could reset a client
  * still sending its body before it read the response, and a client that
  * never closed its own half would keep the file descriptor for good.
  */
@@ -30,7 +35,7 @@ export function closeIdleConnections(
       // Sticky would forward each chunk to the worker, which has ended the
       // request and reads no more of it.
       socket.removeAllListeners("data");
-      destroyAfterLinger(socket, socket);
+      destroyAfterLinger(socket, socket, limits.linger);
     });
   });
 }

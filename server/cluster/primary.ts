@@ -126,6 +126,7 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   const forwardedRequests = answerForwardedRequestsOnExit(httpServer, logger);
   closeIdleConnections(httpServer, {
     firstByteTimeoutMs: HEADERS_TIMEOUT_MS,
+    linger: config.linger,
   });
   answerSessionBindings(logger);
   const metrics = serveClusterMetrics(

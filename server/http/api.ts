@@ -22,7 +22,11 @@ import { lateCommandError, type StallMonitor } from "../relay/stall-monitor.ts";
 import { bridgeListCost, type RateLimits } from "../transport/rate-limits.ts";
 import { apiErrorHandler, sendError } from "./api-errors.ts";
 import { authenticateApp } from "./bearer-auth.ts";
-import { closeLingering, destroyRequestConnection } from "./lingering-close.ts";
+import {
+  closeLingering,
+  destroyRequestConnection,
+  type LingerLimits,
+} from "./lingering-close.ts";
 import { openApiDocument } from "./openapi.ts";
 
 /** Path under which the API router is mounted. */
@@ -34,6 +38,8 @@ export interface ApiDeps {
   limits: RateLimits;
   /** Largest request body, in bytes (`MAX_PAYLOAD_BYTES`). */
   maxPayloadBytes: number;
+  /** Bounds of the lingering close after a 413 or another early response. */
+  linger: LingerLimits;
   logger: Logger;
   /** Tells whether a command read now may have waited through a stall. */
   stalls: StallMonitor;
@@ -129,7 +135,7 @@ export function createApiRouter(deps: ApiDeps): Router {
   router.put(
     "/bridges/:bridgeId/lights/:lightId",
     authenticate,
-    limitRequestBody(deps.maxPayloadBytes, deps.logger),
+    limitRequestBody(deps.maxPayloadBytes, deps.linger, deps.logger),
     express.json({ limit: deps.maxPayloadBytes }),
     async (request, response) => {
       const { identity, lateInput } = response.locals as ApiLocals;
@@ -178,7 +184,11 @@ export function createApiRouter(deps: ApiDeps): Router {
  * the connection lingering (`closeLingering`). express.json would otherwise read such a body to its
  * end before it answered, and a client could stream one for good.
  */
-function limitRequestBody(maxBytes: number, logger: Logger): RequestHandler {
+function limitRequestBody(
+  maxBytes: number,
+  linger: LingerLimits,
+  logger: Logger,
+): RequestHandler {
   return (request, response, next) => {
     const length = declaredBodyLength(request);
     if (length !== undefined && length > maxBytes) {
@@ -188,7 +198,7 @@ function limitRequestBody(maxBytes: number, logger: Logger): RequestHandler {
       );
     }
     if (length === undefined && hasBody(request)) {
-      closeChunkedBodyPastLimit(request, response, maxBytes, logger);
+      closeChunkedBodyPastLimit(request, response, maxBytes, linger, logger);
     }
     next();
   };
@@ -204,6 +214,7 @@ function closeChunkedBodyPastLimit(
   request: Request,
   response: Response,
   maxBytes: number,
+  linger: LingerLimits,
   logger: Logger,
 ): void {
   let received = 0;
@@ -215,7 +226,7 @@ function closeChunkedBodyPastLimit(
       destroyRequestConnection(request);
       return;
     }
-    closeLingering(request, response);
+    closeLingering(request, response, linger);
     if (response.headersSent) return;
     const error = new RelayError(
       "PAYLOAD_TOO_LARGE",

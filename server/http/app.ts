@@ -7,7 +7,11 @@ import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { apiErrorHandler } from "./api-errors.ts";
 import { API_BASE_PATH, createApiRouter, type ApiDeps } from "./api.ts";
-import { closeLingering, destroyRequestConnection } from "./lingering-close.ts";
+import {
+  closeLingering,
+  destroyRequestConnection,
+  type LingerLimits,
+} from "./lingering-close.ts";
 import { metricsHandler } from "./metrics-route.ts";
 import {
   DASHBOARD_METRICS_ROUTE,
@@ -96,7 +100,7 @@ export function createHttpApp(deps: HttpDeps): Express {
     response.set(SECURITY_HEADERS);
     next();
   });
-  app.use(closeUnreadBodies(deps.api.maxPayloadBytes));
+  app.use(closeUnreadBodies(deps.api.maxPayloadBytes, deps.api.linger));
   app.use(requestLogging(deps.logger), requestMetrics());
   if (!deps.production) app.use(relayServerHeader(deps.serverId));
 
@@ -164,10 +168,13 @@ const UNREAD_BODY_GRACE_MS = 1000;
  * carries `Connection: close`, and the connection closes lingering once
  * the response has been sent (`closeLingering`).
  */
-function closeUnreadBodies(maxBodyBytes: number): RequestHandler {
+function closeUnreadBodies(
+  maxBodyBytes: number,
+  linger: LingerLimits,
+): RequestHandler {
   return (request, response, next) => {
     if ((declaredBodyLength(request) ?? 0) > maxBodyBytes) {
-      closeLingering(request, response);
+      closeLingering(request, response, linger);
       next();
       return;
     }

@@ -2,19 +2,29 @@ import type { EventEmitter } from "node:events";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Socket } from "node:net";
 
-/**
- * Maximum time a connection stays open after the relay has ended it while
- * the client still sends, in ms. It gives the client time to read the
- * response before the close.
- */
-export const LINGER_TIMEOUT_MS = 2000;
+/** Bounds of a lingering close (`LINGER_TIMEOUT_MS`, `LINGER_MAX_BYTES`). */
+export interface LingerLimits {
+  /**
+   * Maximum time a connection stays open after the relay has ended it
+   * while the client still sends, in ms. It gives the client time to read
+   * the response before the close.
+   */
+  timeoutMs: number;
+  /**
+   * Maximum bytes read and dropped from a connection after the relay has
+   * ended it, which bounds the work a fast client can cause.
+   */
+  maxBytes: number;
+}
+
+/** Default of LINGER_TIMEOUT_MS. */
+export const DEFAULT_LINGER_TIMEOUT_MS = 2000;
 
 /**
- * Maximum bytes read and dropped from a connection after the relay has
- * ended it, which bounds the work a fast client can cause. A client on a
- * link under 64 Mbit/s sends less within LINGER_TIMEOUT_MS.
+ * Default of LINGER_MAX_BYTES. A client on a link under 64 Mbit/s sends
+ * less within DEFAULT_LINGER_TIMEOUT_MS.
  */
-export const LINGER_MAX_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_LINGER_MAX_BYTES = 16 * 1024 * 1024;
 
 /** Byte checks of the lingering sockets, by socket (`destroyAfterLinger`). */
 const lingerByteChecks = new WeakMap<Socket, () => void>();
@@ -33,7 +43,7 @@ export function destroyRequestConnection(request: IncomingMessage): void {
  * Makes `response` the last on its connection, and closes the connection
  * lingering once the response has been sent. The relay ends its side,
  * then reads and drops the rest of the request for at most
- * LINGER_TIMEOUT_MS and LINGER_MAX_BYTES before it destroys the socket.
+ * `limits.timeoutMs` and `limits.maxBytes` before it destroys the socket.
  * Destroying a socket with unread bytes makes the kernel send a reset, and
  * a client still sending its body could then lose the response.
  *
@@ -44,6 +54,7 @@ export function destroyRequestConnection(request: IncomingMessage): void {
 export function closeLingering(
   request: IncomingMessage,
   response: ServerResponse,
+  limits: LingerLimits,
 ): void {
   const connection = request.socket;
   if (!response.headersSent) response.setHeader("Connection", "close");
@@ -57,23 +68,29 @@ export function closeLingering(
     // express.json pauses a body it rejects, and a paused body stops reads.
     request.resume();
     connection.end();
-    if (connection instanceof Socket) destroyAfterLinger(connection, request);
+    if (connection instanceof Socket) {
+      destroyAfterLinger(connection, request, limits);
+    }
   });
 }
 
 /**
- * Destroys `socket`, whose writable side has ended, once LINGER_TIMEOUT_MS
- * have passed or it has read more than LINGER_MAX_BYTES since. `reads`
+ * Destroys `socket`, whose writable side has ended, once `limits.timeoutMs`
+ * have passed or it has read more than `limits.maxBytes` since. `reads`
  * emits 'data' for what the socket reads: the socket, or the request
  * whose body the HTTP parser reads from it. The socket closes earlier on
  * its own when the client ends its side too.
  */
-export function destroyAfterLinger(socket: Socket, reads: EventEmitter): void {
+export function destroyAfterLinger(
+  socket: Socket,
+  reads: EventEmitter,
+  limits: LingerLimits,
+): void {
   const bytesBefore = socket.bytesRead;
-  const timer = setTimeout(() => socket.destroy(), LINGER_TIMEOUT_MS);
+  const timer = setTimeout(() => socket.destroy(), limits.timeoutMs);
   timer.unref();
   const checkBytes = (): void => {
-    if (socket.bytesRead - bytesBefore > LINGER_MAX_BYTES) socket.destroy();
+    if (socket.bytesRead - bytesBefore > limits.maxBytes) socket.destroy();
   };
   reads.on("data", checkBytes);
   lingerByteChecks.set(socket, checkBytes);
@@ -87,7 +104,7 @@ export function destroyAfterLinger(socket: Socket, reads: EventEmitter): void {
 /**
  * Reads and drops the body of `request`, which gets no response because
  * its connection's writable side has ended. On a lingering socket, what
- * it reads counts toward LINGER_MAX_BYTES, as the body of the request
+ * it reads counts toward the socket's byte limit, as the body of the request
  * that ended the connection does, so requests pipelined behind that one
  * cannot make the socket read more.
  */

@@ -275,6 +275,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       limits,
       stalls,
       maxPayloadBytes: config.maxPayloadBytes,
+      linger: config.linger,
       logger,
     },
     scrapeMetrics: options.scrapeMetrics ?? (() => relayRegistry.metrics()),

@@ -3,7 +3,6 @@ import { once } from "node:events";
 import { readdirSync } from "node:fs";
 import { request as httpRequest } from "node:http";
 import { connect, type Socket } from "node:net";
-import { LINGER_TIMEOUT_MS } from "../../server/http/lingering-close.ts";
 import { randomBridgeId } from "../support/clients.ts";
 import { startFakeBridge } from "../support/fake-bridge.ts";
 import {
@@ -21,6 +20,11 @@ const HEADERS_TIMEOUT_MS = 10_000;
 const BODY_TIMEOUT_MS = 2000;
 /** Largest request body of the test relays, in bytes. */
 const MAX_PAYLOAD_BYTES = 4096;
+/**
+ * LINGER_TIMEOUT_MS of the test relays, half the default, so that the
+ * lingering close's bounds prove the relays read the setting.
+ */
+const LINGER_TIMEOUT_MS = 1000;
 /**
  * Maximum time in ms for a connection to count as closed at once. It is
  * under the 1 s that the relay gives the rest of an unread body.
@@ -629,6 +633,7 @@ describe("fault: clients stall their request", function () {
       env: {
         REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS),
         MAX_PAYLOAD_BYTES: String(MAX_PAYLOAD_BYTES),
+        LINGER_TIMEOUT_MS: String(LINGER_TIMEOUT_MS),
         NODE_ENV: "production",
       },
     }));
@@ -808,6 +813,7 @@ describe("fault: a stalled body on the embedded relay", function () {
       env: {
         REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS),
         MAX_PAYLOAD_BYTES: String(MAX_PAYLOAD_BYTES),
+        LINGER_TIMEOUT_MS: String(LINGER_TIMEOUT_MS),
       },
     });
   });
