@@ -110,9 +110,11 @@ export function destroyAfterLinger(
  */
 export function discardRequest(request: IncomingMessage): void {
   const connection = request.socket;
-  const checkBytes =
-    connection instanceof Socket ? lingerByteChecks.get(connection) : undefined;
-  if (checkBytes !== undefined) {
+  if (connection instanceof Socket) {
+    // A request is dropped in a 'finish' listener of the response before
+    // it, which can run ahead of the one in `closeLingering` that starts
+    // the linger. The check is therefore looked up on each read.
+    const checkBytes = (): void => lingerByteChecks.get(connection)?.();
     // A request without a body emits no 'data', but its header counts.
     checkBytes();
     request.on("data", checkBytes);
