@@ -2,7 +2,10 @@ import type { Worker } from "node:cluster";
 import type { Server } from "node:http";
 import type { Socket } from "node:net";
 import { RelayError, toErrorBody } from "../errors.ts";
-import { destroyAfterLinger } from "../http/lingering-close.ts";
+import {
+  destroyAfterLinger,
+  type LingerLimits,
+} from "../http/lingering-close.ts";
 import type { Logger } from "../logger.ts";
 import { messageTypeOf } from "./worker-ipc.ts";
 
@@ -34,7 +37,11 @@ function unavailableResponse(workerId: number): string {
  * Ends `socket` with a 503 when no byte of a response reached it yet, and
  * destroys it otherwise, since a second response would corrupt the first.
  */
-function failRequest(socket: Socket, workerId: number): "answered" | "closed" {
+function failRequest(
+  socket: Socket,
+  workerId: number,
+  linger: LingerLimits,
+): "answered" | "closed" {
   // Sticky's listener would take the next chunk for a new request.
   socket.removeAllListeners("data");
   if (socket.bytesWritten > 0) {
@@ -42,7 +49,7 @@ function failRequest(socket: Socket, workerId: number): "answered" | "closed" {
     return "closed";
   }
   socket.end(unavailableResponse(workerId));
-  destroyAfterLinger(socket, socket);
+  destroyAfterLinger(socket, socket, linger);
   socket.resume();
   return "answered";
 }
@@ -63,6 +70,7 @@ function failRequest(socket: Socket, workerId: number): "answered" | "closed" {
  */
 export function answerForwardedRequestsOnExit(
   server: Server,
+  linger: LingerLimits,
   logger: Logger,
 ): { watch(worker: Worker): void } {
   /** The connection whose first chunk sticky is handling, during that 'data' event only. */
@@ -98,7 +106,7 @@ export function answerForwardedRequestsOnExit(
       const outcome = { answered: 0, closed: 0 };
       for (const socket of forwarded) {
         if (socket.destroyed || socket.writableEnded) continue;
-        outcome[failRequest(socket, worker.id)] += 1;
+        outcome[failRequest(socket, worker.id, linger)] += 1;
       }
       forwarded.clear();
       if (outcome.answered + outcome.closed === 0) return;

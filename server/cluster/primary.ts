@@ -123,7 +123,11 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   const httpServer = createServer();
   setupMaster(httpServer, { loadBalancingMethod: "round-robin" });
   stopReadingBeforeHandoff(httpServer);
-  const forwardedRequests = answerForwardedRequestsOnExit(httpServer, logger);
+  const forwardedRequests = answerForwardedRequestsOnExit(
+    httpServer,
+    config.linger,
+    logger,
+  );
   closeIdleConnections(httpServer, {
     firstByteTimeoutMs: HEADERS_TIMEOUT_MS,
     linger: config.linger,
