@@ -5,6 +5,7 @@ import type { Logger } from "./logger.ts";
 import { LocalBus } from "./messaging/server-bus.ts";
 import { createRelay, type Relay } from "./relay/create-relay.ts";
 import { capListenedConnections } from "./cluster/connection-cap.ts";
+import { listenOn } from "./http/listen.ts";
 import { installShutdown } from "./cluster/shutdown.ts";
 import {
   closeStalledConnections,
@@ -49,9 +50,7 @@ export async function runEmbedded(
   // Node's own limit on a whole request is a total deadline: the idle
   // limit above decides instead, as it does in a worker.
   relay.httpServer.requestTimeout = 0;
-  await new Promise<void>((resolve) =>
-    relay.httpServer.listen(config.port, config.host, resolve),
-  );
+  await listenOn(relay.httpServer, { port: config.port, host: config.host });
   const { port } = relay.httpServer.address() as AddressInfo;
   log.info(
     { port, host: config.host, redis: "none" },

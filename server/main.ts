@@ -5,6 +5,7 @@ import { runPrimary } from "./cluster/primary.ts";
 import { runWorker } from "./cluster/worker.ts";
 import { runEmbedded } from "./embedded.ts";
 import { installCrashHandlers } from "./crash-handlers.ts";
+import { checkAddressFree, ListenError } from "./http/listen.ts";
 import { createLogger } from "./logger.ts";
 
 async function main(): Promise<void> {
@@ -37,14 +38,24 @@ async function main(): Promise<void> {
         : "AUTH_SECRET is not set: using the development secret stored in the file",
     );
   }
-  if (config.redis === undefined) {
-    await runEmbedded(config, secret, logger);
-    // PM2 with `wait_ready` waits for this; without an IPC channel it is a no-op.
-    process.send?.("ready");
-  } else if (cluster.isPrimary) {
-    runPrimary(config, logger);
-  } else {
-    await runWorker(config, secret, logger);
+  try {
+    if (config.redis === undefined) {
+      await runEmbedded(config, secret, logger);
+      // PM2 with `wait_ready` waits for this; without an IPC channel it is a no-op.
+      process.send?.("ready");
+    } else if (cluster.isPrimary) {
+      await checkAddressFree(config.port, config.host);
+      runPrimary(config, logger);
+    } else {
+      await runWorker(config, secret, logger);
+    }
+  } catch (error) {
+    if (!(error instanceof ListenError)) throw error;
+    logger.fatal(
+      { port: error.port, host: error.host, code: error.code },
+      error.message,
+    );
+    process.exit(1);
   }
 }
 

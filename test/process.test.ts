@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { execFile, execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import {
@@ -67,6 +68,38 @@ describe("relay processes", function () {
     assert.match(output, /PORT must be a whole number/);
     assert.match(output, /COMMAND_TIMEOUT_MS must be a whole number/);
   });
+
+  for (const clustered of [false, true]) {
+    it(`reports a port in use ${clustered ? "before forking" : "embedded"}`, async () => {
+      const holder = createServer();
+      await new Promise<void>((resolve) =>
+        holder.listen(0, "127.0.0.1", resolve),
+      );
+      const { port } = holder.address() as AddressInfo;
+      try {
+        const { code, output } = await runRelay({
+          PORT: String(port),
+          REDIS_URL: clustered ? redis.url : "",
+          LOG_FORMAT: "json",
+        });
+        assert.equal(code, 1);
+        const fatal = output
+          .split("\n")
+          .filter((line) => line.startsWith("{"))
+          .map((line) => JSON.parse(line) as LogLine)
+          .find((line) => line.level === 60);
+        assert.equal(
+          fatal?.msg,
+          `port ${port} on 127.0.0.1 is in use (EADDRINUSE); run with another PORT or HOST`,
+        );
+        assert.equal(fatal?.code, "EADDRINUSE");
+        assert.doesNotMatch(output, /uncaught exception/);
+        assert.doesNotMatch(output, /worker ready/);
+      } finally {
+        holder.close();
+      }
+    });
+  }
 
   it("requires a key in production", async () => {
     const { code, output } = await runRelay({ NODE_ENV: "production" });

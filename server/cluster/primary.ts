@@ -6,7 +6,12 @@ import type { RelayConfig } from "../config.ts";
 import type { Logger } from "../logger.ts";
 import { serveClusterMetrics } from "../metrics/cluster-metrics.ts";
 import { answerSessionBindings } from "./session-binding.ts";
-import { DRAINING_MESSAGE, setShutdownHandler } from "./shutdown.ts";
+import { listenOn } from "../http/listen.ts";
+import {
+  DRAINING_MESSAGE,
+  requestShutdown,
+  setShutdownHandler,
+} from "./shutdown.ts";
 import { capListenedConnections } from "./connection-cap.ts";
 import { rerouteHandoffsOnExit } from "./dead-worker-handoffs.ts";
 import { answerForwardedRequestsOnExit } from "./forwarded-requests.ts";
@@ -168,8 +173,12 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   let listening = false;
   const listen = (): void => {
     listening = true;
-    httpServer.listen(
-      { port: config.port, host: config.host, backlog: LISTEN_BACKLOG },
+    const address = {
+      port: config.port,
+      host: config.host,
+      backlog: LISTEN_BACKLOG,
+    };
+    listenOn(httpServer, address).then(
       () => {
         const { port } = httpServer.address() as AddressInfo;
         logger.info(
@@ -184,6 +193,14 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
         // Only a process manager that started the primary with an IPC
         // channel (PM2) receives this.
         process.send?.(PROCESS_MANAGER_READY);
+      },
+      (error: unknown) => {
+        // Another process took the port after `checkAddressFree`.
+        logger.fatal(
+          { err: error, port: config.port, host: config.host },
+          error instanceof Error ? error.message : "the relay could not listen",
+        );
+        if (!requestShutdown("listen failed", 1)) process.exit(1);
       },
     );
   };

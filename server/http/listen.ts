@@ -1,0 +1,73 @@
+import { createServer, type Server } from "node:net";
+
+/** Error codes of a failed listen that the user can fix with another PORT or HOST. */
+const ADDRESS_ERRORS: Record<string, string> = {
+  EADDRINUSE: "is in use",
+  EACCES: "needs privileges this process lacks",
+  EADDRNOTAVAIL: "is not an address of this machine",
+};
+
+/** A listen that failed for a reason the user can fix. */
+export class ListenError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly port: number,
+    readonly host: string,
+  ) {
+    super(message);
+    this.name = "ListenError";
+  }
+}
+
+/**
+ * Returns `error` as a ListenError when its code shows that the address
+ * cannot be used, with a message on what to change, and unchanged otherwise.
+ */
+export function explainListenError(
+  error: unknown,
+  port: number,
+  host: string,
+): unknown {
+  const code = (error as NodeJS.ErrnoException | null)?.code;
+  if (code === undefined || !(code in ADDRESS_ERRORS)) return error;
+  return new ListenError(
+    `port ${port} on ${host} ${ADDRESS_ERRORS[code]} (${code}); run with another PORT or HOST`,
+    code,
+    port,
+    host,
+  );
+}
+
+/** Listens on `port` and `host`, and rejects with a ListenError when the address cannot be used. */
+export function listenOn(
+  server: Server,
+  options: { port: number; host: string; backlog?: number },
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: Error): void => {
+      reject(explainListenError(error, options.port, options.host));
+    };
+    server.once("error", onError);
+    server.listen(options, () => {
+      server.off("error", onError);
+      resolve();
+    });
+  });
+}
+
+/**
+ * Rejects with a ListenError when nothing could listen on `port` and
+ * `host` now. The primary checks this before it starts workers, since it
+ * listens only once one is ready. Another process may still take the
+ * port in between.
+ */
+export async function checkAddressFree(
+  port: number,
+  host: string,
+): Promise<void> {
+  if (port === 0) return;
+  const probe = createServer();
+  await listenOn(probe, { port, host });
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+}
