@@ -905,6 +905,32 @@ describe("app light:set payload schema", () => {
     }
   });
 
+  const forbiddenIdCharacters: [string, string][] = [
+    ["line feed", "a\nb"],
+    ["next line", "a\u0085b"],
+    ["control sequence introducer", "a\u009B31m"],
+    ["right-to-left override", "abc\u202E"],
+    ["zero-width space", "a\u200Bb"],
+    ["line separator", "a\u2028b"],
+  ];
+  for (const [label, commandId] of forbiddenIdCharacters) {
+    it(`rejects ${label} in command id`, () => {
+      assertInvalidField(
+        appLightSetPayloadSchema,
+        lightSet({ commandId }),
+        "commandId",
+      );
+      const error = parseFailure(
+        appLightSetPayloadSchema,
+        lightSet({ commandId }),
+      );
+      assert.match(
+        error.message,
+        /must not contain control, format or line-separator characters, found U\+[0-9A-F]{4} at code point \d+$/,
+      );
+    });
+  }
+
   it("accepts paired surrogates in command id", () => {
     const commandId = "lamp-\u{1F4A1}";
     const parsed = parsePayload(

@@ -35,6 +35,9 @@ const LONE_SURROGATE = /\p{Cs}/u;
 /** Matches a C0 or C1 control character or DEL: U+0000-U+001F, U+007F-U+009F. */
 const CONTROL_CHARACTER = /\p{Cc}/u;
 
+/** Matches a character that a command ID must not contain: Cc, Cf, Zl or Zp. */
+const ID_FORBIDDEN_CHARACTER = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+
 /**
  * Matches a character that is invisible or changes the direction or lines
  * of the text around it. These are the format characters (Cf, such as
@@ -262,6 +265,16 @@ export const commandIdSchema = z
   // two such IDs would name one remembered answer.
   .refine((id) => !LONE_SURROGATE.test(id), {
     message: "must be well-formed Unicode: it has an unpaired surrogate",
+  })
+  // The ID is logged and sent to the bridge, where such a character could
+  // forge a log line or hide part of the ID.
+  .superRefine((id, context) => {
+    const match = ID_FORBIDDEN_CHARACTER.exec(id);
+    if (match === null) return;
+    context.addIssue({
+      code: "custom",
+      message: `must not contain control, format or line-separator characters, found ${describeCodePointAt(id, match.index)}`,
+    });
   });
 
 /**
