@@ -1127,6 +1127,41 @@ for (const variant of VARIANTS) {
         assert.equal(received.length, 0);
       });
 
+      it("answers NOT_FOUND for a light removed meanwhile", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [
+          light("a"),
+          light("b"),
+        ]);
+        // The bridge drops the light in a snapshot before it answers.
+        bridge.on(
+          "light:set",
+          (command: LightSetCommand, ack: (answer: unknown) => void) => {
+            void requestData(bridge, "state:snapshot", {
+              lights: [light("b")],
+            }).then(() =>
+              ack({
+                ok: true,
+                data: {
+                  light: { ...light(command.lightId), ...command.change },
+                },
+              }),
+            );
+          },
+        );
+        const controller = await app([bridgeId]);
+        const ack = await request(controller, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { on: { on: true } },
+        });
+        assert.equal(
+          !ack.ok && ack.error.code,
+          "NOT_FOUND",
+          JSON.stringify(ack),
+        );
+      });
+
       it("answers TIMEOUT when the bridge is silent", async function () {
         this.timeout(10_000);
         const bridgeId = randomBridgeId();

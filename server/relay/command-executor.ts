@@ -338,7 +338,7 @@ export class CommandExecutor {
         throw new Error("state writer returned no light");
       return { ok: true, light: stored };
     } catch (error) {
-      return this.answerUnstored(session, command, light, error);
+      return await this.answerUnstored(session, command, light, error);
     }
   }
 
@@ -346,18 +346,19 @@ export class CommandExecutor {
    * Answers a command whose light could not be stored after the bridge
    * applied it. A write fenced by a newer connection of the bridge answers
    * `ok` with the bridge's light: that connection's snapshot stores it,
-   * and an error would report an applied command as failed. Any other
+   * and an error would report an applied command as failed. A light that
+   * the bridge's stored state no longer has (a snapshot removed it while
+   * the command was out) is `NOT_FOUND`, as a repeat would be. Any other
    * failure stays `UNAVAILABLE`, since the answer's light must be the
    * stored one, with a message that the bridge applied the command.
    * Sending it again is safe: a change replaces the fields it carries.
    */
-  private answerUnstored(
+  private async answerUnstored(
     session: BridgeSession,
     command: RoutedCommand,
     answered: unknown,
     error: unknown,
-  ): StoredCommandAnswer {
-    // NOT_FOUND too: after Redis lost its data the light reads as unknown.
+  ): Promise<StoredCommandAnswer> {
     if (!(error instanceof RelayError)) throw error;
     const ids = { bridgeId: session.bridgeId, commandId: command.commandId };
     const whole = lightSchema.safeParse(answered);
@@ -368,6 +369,16 @@ export class CommandExecutor {
       );
       return { ok: true, light: canonicalLight(whole.data) };
     }
+    if (error.code === "NOT_FOUND" && (await this.stateHasVersion(session))) {
+      this.logger.info(
+        { ...ids, lightId: command.lightId },
+        "the bridge answered a command for a light its stored state no longer has",
+      );
+      throw new RelayError(
+        "NOT_FOUND",
+        `bridge ${session.bridgeId} answered for light ${JSON.stringify(command.lightId)}, which its last snapshot removed`,
+      );
+    }
     this.logger.warn(
       { err: error, ...ids },
       "could not store the light of a command the bridge applied",
@@ -376,6 +387,20 @@ export class CommandExecutor {
       "UNAVAILABLE",
       `bridge ${session.bridgeId} applied the command, but the relay could not store its light (${error.message}); sending it again is safe`,
     );
+  }
+
+  /**
+   * Returns true when the store contains a state for the bridge. After Redis
+   * lost its data, a light reads as unknown at version 0 until the
+   * bridge's next snapshot, and a repeat of the command can then succeed.
+   */
+  private async stateHasVersion(session: BridgeSession): Promise<boolean> {
+    try {
+      const { version } = await this.store.getLights(session.bridgeId, []);
+      return version > 0;
+    } catch {
+      return false;
+    }
   }
 }
 
