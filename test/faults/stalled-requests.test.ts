@@ -880,3 +880,51 @@ describe("fault: a stalled body on the embedded relay", function () {
     assert.match(response, /^HTTP\/1\.1 200 /);
   });
 });
+
+describe("fault: a pipelined request at shutdown", function () {
+  this.timeout(60_000);
+  const shutdownTimeoutMs = 6000;
+  let redis: RedisServer;
+  let relay: RelayProcess;
+
+  before(async () => {
+    ({ redis, relay } = await startRelayOnRedis({
+      workers: 1,
+      env: { SHUTDOWN_TIMEOUT_MS: String(shutdownTimeoutMs) },
+    }));
+  });
+
+  after(() => stopRelayOnRedis({ relay, redis }));
+
+  it("stops the worker before its deadline", async () => {
+    // A request with a body and one pipelined behind it, in one write.
+    // The worker serves the first and never the second, which held the
+    // drain until SHUTDOWN_TIMEOUT_MS.
+    const socket = connect(relay.port, "127.0.0.1");
+    socket.on("error", () => undefined);
+    await once(socket, "connect");
+    let received = "";
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk: string) => {
+      received += chunk;
+    });
+    socket.write(
+      `PUT /api/v1/bridges/${randomBridgeId()}/lights/a HTTP/1.1\r\n` +
+        "Host: relay\r\nContent-Type: application/json\r\n" +
+        "Content-Length: 2\r\n\r\n{}" +
+        "GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n",
+    );
+    await waitUntil("the first response", () => received !== "", 5000, 50);
+    assert.match(received, /^HTTP\/1\.1 401 /);
+
+    assert.equal(await relay.stop("SIGTERM"), 0);
+    const stopped = relay.logs.find(
+      (line) => line.role === "worker" && line.msg === "stopped",
+    );
+    assert.ok(
+      Number(stopped?.durationMs) < shutdownTimeoutMs / 2,
+      `worker stopped after ${String(stopped?.durationMs)} ms`,
+    );
+    socket.destroy();
+  });
+});
