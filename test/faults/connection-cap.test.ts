@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { connect, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import type { Socket as ClientSocket } from "socket.io-client";
 import {
   connectApp,
@@ -19,6 +19,7 @@ import {
 } from "../support/faults.ts";
 import { send } from "../support/http.ts";
 import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import { closedWithin, openIdle } from "../support/tcp-sockets.ts";
 
 const MAX_CONNECTIONS = 8;
 /** Time within which a rejected connection must be closed, in ms. */
@@ -30,37 +31,6 @@ const REJECTION_MS = 1000;
  * for a loaded 2-core machine.
  */
 const HANDOFF_CLOSE_MS = 2000;
-
-/**
- * Opens a TCP connection that sends nothing, and resolves once it is open.
- * The server may have closed it by then.
- */
-function openIdle(port: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, "127.0.0.1", () => resolve(socket));
-    socket.once("error", reject);
-  });
-}
-
-/**
- * Resolves with the ms until the server closed `socket` (0 when it is
- * closed already), or -1 when it stayed open for `ms`.
- */
-function closedWithin(socket: Socket, ms: number): Promise<number> {
-  const startedAt = Date.now();
-  return new Promise((resolve) => {
-    if (socket.closed) {
-      resolve(0);
-      return;
-    }
-    const timer = setTimeout(() => resolve(-1), ms);
-    socket.on("error", () => undefined);
-    socket.once("close", () => {
-      clearTimeout(timer);
-      resolve(Date.now() - startedAt);
-    });
-  });
-}
 
 /** Opens `count` idle connections, one after the other. */
 async function openIdleConnections(

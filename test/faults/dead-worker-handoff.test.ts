@@ -11,6 +11,7 @@ import {
   waitUntil,
   type RelayOnRedis,
 } from "../support/faults.ts";
+import { closedWithin, openIdle } from "../support/tcp-sockets.ts";
 import { appToken } from "../support/tokens.ts";
 
 const MAX_CONNECTIONS = 8;
@@ -35,14 +36,17 @@ interface RawRequest {
   closed: (since: number) => Promise<number>;
 }
 
-/** Opens a connection to `port`, sends GET /healthz on it, and records the response. */
-function requestHealth(port: number): Promise<RawRequest> {
+/**
+ * Opens a connection to `port`, writes `text` on it once it is open, and
+ * records what comes back.
+ */
+function openRawRequest(port: number, text: string): Promise<RawRequest> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, "127.0.0.1", () => {
-      socket.write("GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n");
-      resolve({ socket, received: () => text, closed });
+      socket.write(text);
+      resolve({ socket, received: () => received, closed });
     });
-    let text = "";
+    let received = "";
     const done = new Promise<number>((settle) => {
       socket.once("close", () => settle(Date.now()));
     });
@@ -50,35 +54,15 @@ function requestHealth(port: number): Promise<RawRequest> {
       Math.max(0, (await done) - since);
     socket.setEncoding("latin1");
     socket.on("data", (chunk: string) => {
-      text += chunk;
+      received += chunk;
     });
     socket.once("error", reject);
   });
 }
 
-/** Resolves with the ms until the relay closed `socket`, or -1 when it stayed open for `ms`. */
-function closedWithin(socket: Socket, ms: number): Promise<number> {
-  const startedAt = Date.now();
-  return new Promise((resolve) => {
-    if (socket.closed) {
-      resolve(0);
-      return;
-    }
-    const timer = setTimeout(() => resolve(-1), ms);
-    socket.on("error", () => undefined);
-    socket.once("close", () => {
-      clearTimeout(timer);
-      resolve(Date.now() - startedAt);
-    });
-  });
-}
-
-/** Opens a connection that sends nothing, and resolves once it is open. */
-function openIdle(port: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, "127.0.0.1", () => resolve(socket));
-    socket.once("error", reject);
-  });
+/** Opens a connection to `port`, sends GET /healthz on it, and records the response. */
+function requestHealth(port: number): Promise<RawRequest> {
+  return openRawRequest(port, "GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n");
 }
 
 /** Resolves with the ms until the relay closes the connection of `request`, or -1 after `ms`. */
@@ -199,29 +183,14 @@ async function startLightCommand(port: number): Promise<RawRequest> {
   const bridgeId = randomBridgeId();
   const token = await appToken("forwarded", [bridgeId]);
   const body = JSON.stringify({ on: { on: true } });
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, "127.0.0.1", () => {
-      socket.write(
-        `PUT ${API_BASE_PATH}/bridges/${bridgeId}/lights/a HTTP/1.1\r\n` +
-          "Host: relay\r\nContent-Type: application/json\r\n" +
-          `Authorization: Bearer ${token}\r\n` +
-          `Content-Length: ${body.length}\r\n\r\n` +
-          body.slice(0, 4),
-      );
-      resolve({ socket, received: () => text, closed });
-    });
-    let text = "";
-    const done = new Promise<number>((settle) => {
-      socket.once("close", () => settle(Date.now()));
-    });
-    const closed = async (since: number): Promise<number> =>
-      Math.max(0, (await done) - since);
-    socket.setEncoding("latin1");
-    socket.on("data", (chunk: string) => {
-      text += chunk;
-    });
-    socket.once("error", reject);
-  });
+  return openRawRequest(
+    port,
+    `PUT ${API_BASE_PATH}/bridges/${bridgeId}/lights/a HTTP/1.1\r\n` +
+      "Host: relay\r\nContent-Type: application/json\r\n" +
+      `Authorization: Bearer ${token}\r\n` +
+      `Content-Length: ${body.length}\r\n\r\n` +
+      body.slice(0, 4),
+  );
 }
 
 describe("fault: worker killed while a request is forwarded to it", function () {
