@@ -1133,7 +1133,7 @@ for (const variant of VARIANTS) {
           light("a"),
           light("b"),
         ]);
-        // The bridge drops the light in a snapshot before it answers.
+        // The bridge drops the light in a snapshot before it acknowledges the command.
         bridge.on(
           "light:set",
           (command: LightSetCommand, ack: (answer: unknown) => void) => {

@@ -144,7 +144,7 @@ function handOnUnsent(worker: Worker): Outcome {
  * sends of other messages get ERR_IPC_CHANNEL_CLOSED in their callback,
  * so that sticky destroys a connection whose body it was forwarding.
  *
- * A request with a body whose worker dies mid-request is answered by
+ * A request with a body whose worker dies mid-request gets its 503 from
  * `answerForwardedRequestsOnExit` instead.
  *
  * NOTE: this reads and clears Node's private `_pendingMessage` and

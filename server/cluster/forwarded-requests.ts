@@ -60,7 +60,7 @@ function failRequest(
  *
  * Sticky forwards a request with a body (an API write, a polling POST)
  * chunk by chunk, and keeps its socket in a private map. When the worker
- * dies first, nothing answers or closes that connection, so its client
+ * dies first, nothing responds on or closes that connection, so its client
  * waits until its own timeout. Here the primary notes which connection
  * sticky is forwarding when it starts a request on a worker: sticky
  * starts it from the connection's first 'data' event, and this module's

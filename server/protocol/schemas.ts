@@ -70,9 +70,9 @@ const EMOJI_ZERO_WIDTH_JOINER =
 
 /**
  * A letter or mark of a script whose spelling needs U+200C or U+200D
- * between letters: the Arabic-type scripts, where the joiners choose a
- * letter's joined or separate form, and the Brahmic scripts, where they
- * choose how a consonant after a virama is written.
+ * between letters. In the Arabic-type scripts the joiners choose a
+ * letter's joined or separate form. In the Brahmic scripts they choose
+ * how a consonant after a virama is written.
  */
 const JOINING_SCRIPT_LETTER = String.raw`(?:(?=[\p{L}\p{M}])[\p{scx=Arab}\p{scx=Syrc}\p{scx=Nkoo}\p{scx=Mong}\p{scx=Deva}\p{scx=Beng}\p{scx=Guru}\p{scx=Gujr}\p{scx=Orya}\p{scx=Taml}\p{scx=Telu}\p{scx=Knda}\p{scx=Mlym}\p{scx=Sinh}\p{scx=Khmr}\p{scx=Mymr}])`;
 

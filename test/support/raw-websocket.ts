@@ -58,7 +58,7 @@ export class RawWebSocket {
 
   /**
    * Connects to the relay's Engine.IO websocket endpoint and resolves once
-   * the upgrade is answered, without waiting for the open packet.
+   * the server accepts the upgrade, without waiting for the open packet.
    */
   static async upgrade(port: number, timeoutMs = 5000): Promise<RawWebSocket> {
     const socket = await openTcp(port);
