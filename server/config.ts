@@ -245,6 +245,9 @@ const envSchema = z.object({
     MAX_DURATION_MS,
   ),
   DRAIN_WINDOW_MS: wholeNumber("DRAIN_WINDOW_MS").optional(),
+  RESTART_SURGE: wholeNumber("RESTART_SURGE")
+    .pipe(z.number().positive("RESTART_SURGE must be greater than 0"))
+    .optional(),
   LOG_LEVEL: z
     .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
       error:
@@ -273,6 +276,11 @@ export interface RelayConfig {
   port: number;
   host: string;
   workers: number;
+  /**
+   * Replacement workers a rolling restart starts at a time, each batch
+   * draining as many old workers before the next starts. Unset: all at once.
+   */
+  restartSurge: number | undefined;
   /** Unset in embedded mode: one process, state in memory. */
   redis: RedisTarget | undefined;
   redisKeyPrefix: string;
@@ -394,6 +402,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
     port: parsed.PORT,
     host: parsed.HOST,
     workers: parsed.WORKERS,
+    restartSurge: parsed.RESTART_SURGE,
     redis: redisTarget(parsed),
     redisKeyPrefix: parsed.REDIS_KEY_PREFIX,
     auth: {

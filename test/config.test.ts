@@ -27,6 +27,7 @@ const DEFAULT_CONFIG: RelayConfig = {
   port: 8080,
   host: "0.0.0.0",
   workers: os.availableParallelism(),
+  restartSurge: undefined,
   redis: undefined,
   redisKeyPrefix: "relay",
   auth: {
@@ -116,6 +117,7 @@ describe("loadConfig", () => {
       MAX_CONNECTIONS: "5000",
       SHUTDOWN_TIMEOUT_MS: "1500",
       DRAIN_WINDOW_MS: "700",
+      RESTART_SURGE: "1",
       LOG_LEVEL: "debug",
       LOG_FORMAT: "pretty",
     });
@@ -124,6 +126,7 @@ describe("loadConfig", () => {
       port: 0,
       host: "127.0.0.1",
       workers: 3,
+      restartSurge: 1,
       redis: { kind: "standalone", url: "rediss://127.0.0.1:6380" },
       redisKeyPrefix: "relay.test_1-a",
       auth: {
@@ -234,6 +237,8 @@ describe("loadConfig", () => {
       ["DRAIN_WINDOW_MS", "-1"],
       ["DRAIN_WINDOW_MS", "soon"],
       ["DRAIN_WINDOW_MS", "10000"],
+      ["RESTART_SURGE", "0"],
+      ["RESTART_SURGE", "half"],
       ["LOG_LEVEL", "verbose"],
       ["LOG_LEVEL", "INFO"],
       ["LOG_FORMAT", "xml"],
@@ -285,6 +290,7 @@ describe("loadConfig", () => {
       "LINGER_TIMEOUT_MS",
       "LINGER_MAX_BYTES",
       "DRAIN_WINDOW_MS",
+      "RESTART_SURGE",
       "LOG_LEVEL",
       "LOG_FORMAT",
     ];

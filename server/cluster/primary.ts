@@ -169,6 +169,12 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
    * starts workers for those that died.
    */
   const replaced = new Set<number>();
+  /**
+   * Old workers of a rolling restart that left the balancer and wait for
+   * their turn to drain. The watchdog does not readmit them, and a restart
+   * that stops readmits those still running.
+   */
+  const outgoing = new Set<Worker>();
 
   let listening = false;
   const listen = (): void => {
@@ -342,12 +348,14 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   };
 
   /**
-   * Replaces the live workers: starts a replacement for each, and once all
-   * report ready, takes the old ones out of the balancer together and
-   * drains them one at a time. So a client of an old worker reconnects to
-   * a replacement, never to another old worker that closes it again. For
-   * that time the machine runs twice the workers. A replacement that fails
-   * to start stops the restart, and the old workers keep serving.
+   * Replaces the live workers, `RESTART_SURGE` at a time (all by default).
+   * Each batch of replacements starts and reports ready before as many old
+   * workers drain, one at a time, each to its exit. Once the first batch is
+   * ready, every old worker leaves the balancer, so a client of an old
+   * worker reconnects to a replacement, never to another old worker that
+   * closes it again. The machine runs the workers plus one batch. A
+   * replacement that fails to start stops the restart, and the old workers
+   * left keep serving.
    */
   const rollingRestart = async (signal: string): Promise<void> => {
     if (stopping) return;
@@ -364,35 +372,69 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
       (worker) => !draining.has(worker.id),
     );
     for (const worker of previous) replaced.add(worker.id);
+    const surge = Math.min(config.restartSurge ?? Infinity, previous.length);
     logger.info(
-      { signal, workers: previous.length },
+      { signal, workers: previous.length, surge },
       "rolling restart started",
     );
     try {
-      const replacements = await startReplacements(previous);
-      if (stopping) return;
-      if (replacements.some(({ started }) => !started)) {
-        await abandonReplacements(previous, replacements);
-        return;
+      for (let first = 0; first < previous.length; first += surge) {
+        const finished = await replaceBatch(previous, first, surge);
+        if (!finished) return;
       }
-      const remaining = previous.filter((old) => live.has(old.id));
-      for (const old of remaining) hideFromBalancer(old);
-      logger.info(
-        {
-          workers: replacements.map(({ worker }) => worker.id),
-          draining: remaining.map((old) => old.id),
-        },
-        "rolling restart: replacements ready, draining the old workers",
-      );
-      for (const old of remaining) await retire(old, "old worker");
       logger.info(
         { durationMs: Date.now() - restartBegan, workers: live.size },
         "rolling restart finished",
       );
     } finally {
+      for (const worker of outgoing)
+        if (live.has(worker.id)) admitToBalancer(worker);
+      outgoing.clear();
       replaced.clear();
       restarting = false;
     }
+  };
+
+  /**
+   * Starts replacements for the `surge` old workers from index `first` of
+   * `previous`, then drains those old workers. Resolves false when the
+   * restart ends here: the primary stops, or a replacement failed.
+   */
+  const replaceBatch = async (
+    previous: Worker[],
+    first: number,
+    surge: number,
+  ): Promise<boolean> => {
+    const batch = previous.slice(first, first + surge);
+    const replacements = await startReplacements(batch);
+    if (stopping) return false;
+    if (replacements.some(({ started }) => !started)) {
+      await abandonReplacements(previous.slice(first), replacements);
+      return false;
+    }
+    if (first === 0) {
+      const remaining = previous.filter((old) => live.has(old.id));
+      for (const old of remaining) {
+        outgoing.add(old);
+        hideFromBalancer(old);
+      }
+      logger.info(
+        {
+          workers: replacements.map(({ worker }) => worker.id),
+          draining: batch
+            .filter((old) => live.has(old.id))
+            .map((old) => old.id),
+          waiting: remaining.filter((old) => !batch.includes(old)).length,
+        },
+        "rolling restart: replacements ready, draining the old workers",
+      );
+    }
+    for (const old of batch) {
+      if (!live.has(old.id)) continue;
+      outgoing.delete(old);
+      await retire(old, "old worker");
+    }
+    return true;
   };
 
   cluster.on("exit", (worker, code, signal) => {
@@ -444,7 +486,8 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     hide: hideFromBalancer,
     // A worker that began to drain since its ping stays out of the balancer.
     admit: (worker) => {
-      if (!draining.has(worker.id)) admitToBalancer(worker);
+      if (!draining.has(worker.id) && !outgoing.has(worker))
+        admitToBalancer(worker);
     },
     logger,
   });

@@ -478,6 +478,23 @@ function describeOutcomes(commands: CommandRecord[]): string {
     .join(", ");
 }
 
+/**
+ * Returns the most workers that ran at once during a rolling restart, from
+ * the primary's log: `initial` before it, one more per replacement started
+ * and one fewer per old worker that exited.
+ */
+function peakWorkers(logs: LogLine[], initial: number): number {
+  let running = initial;
+  let peak = initial;
+  for (const line of logs) {
+    if (line.msg === "rolling restart: replacement worker started")
+      running += 1;
+    if (line.msg === "rolling restart: old worker exited") running -= 1;
+    peak = Math.max(peak, running);
+  }
+  return peak;
+}
+
 describe("deploys", function () {
   this.timeout(180_000);
   let redis: RedisServer;
@@ -487,109 +504,119 @@ describe("deploys", function () {
   });
   after(async () => redis?.stop());
 
-  it("loses no command in a rolling restart", async () => {
-    const relay = await startRelay({
-      redisUrl: redis.url,
-      workers: 2,
-      env: {
-        REDIS_KEY_PREFIX: `deploy${randomBytes(4).toString("hex")}`,
-        COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS),
-        SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
-        DRAIN_WINDOW_MS: String(DRAIN_WINDOW_MS),
-      },
-    });
-    const fleet = await Fleet.start(relay.url);
-    try {
-      const oldWorkers = relay.workers();
-      fleet.startCommands();
-      await sleep(1000);
+  for (const surge of [undefined, 1]) {
+    const batches =
+      surge === undefined
+        ? "all replacements at once"
+        : `RESTART_SURGE=${surge}`;
+    it(`loses no command in a rolling restart, ${batches}`, async () => {
+      const relay = await startRelay({
+        redisUrl: redis.url,
+        workers: 2,
+        env: {
+          REDIS_KEY_PREFIX: `deploy${randomBytes(4).toString("hex")}`,
+          COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS),
+          SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
+          DRAIN_WINDOW_MS: String(DRAIN_WINDOW_MS),
+          ...(surge === undefined ? {} : { RESTART_SURGE: String(surge) }),
+        },
+      });
+      const fleet = await Fleet.start(relay.url);
+      try {
+        const oldWorkers = relay.workers();
+        fleet.startCommands();
+        await sleep(1000);
 
-      const restartAt = Date.now();
-      process.kill(relay.pid, "SIGUSR2");
-      const finished = await relay.waitForLog(
-        (line) => line.msg === "rolling restart finished",
-        40_000,
-      );
-      await waitUntil("bridges back online", () => fleet.allOnline(), 40_000);
-      const allBackAt = Date.now();
-      await sleep(1000);
-      await fleet.stopCommands();
-
-      assertNoCommandLost(fleet);
-      await assertStateConverged(relay.url, fleet);
-
-      const outage = longestOutage(fleet);
-      assert.ok(
-        outage.max <= DEFAULT_BACKOFF.maxDelayMs,
-        `a bridge was offline for ${outage.max} ms`,
-      );
-
-      const spreads = drainSpreads(
-        fleet,
-        oldWorkers.map((worker) => worker.serverId),
-        restartAt,
-      );
-      assertSpreadOverWindow(spreads);
-      // A closed transport, unlike a Socket.IO disconnect from the server,
-      // makes every Socket.IO client reconnect, not only the SDK.
-      for (const close of fleet.closes())
-        assert.equal(close.reason, "disconnected: transport close");
-      // The old workers leave the balancer together, so no client moves
-      // from one old worker to another that closes it again.
-      const logs = [
-        ...fleet.bridges.map((bridge) => bridge.log),
-        ...fleet.apps.map((app) => app.log),
-      ];
-      for (const [index, log] of logs.entries()) {
-        const closes = log.closes.filter((close) => close.at >= restartAt);
-        assert.equal(
-          closes.length,
-          1,
-          `client ${index} closed ${closes.length} times`,
+        const restartAt = Date.now();
+        process.kill(relay.pid, "SIGUSR2");
+        const finished = await relay.waitForLog(
+          (line) => line.msg === "rolling restart finished",
+          40_000,
         );
-      }
+        await waitUntil("bridges back online", () => fleet.allOnline(), 40_000);
+        const allBackAt = Date.now();
+        await sleep(1000);
+        await fleet.stopCommands();
 
-      const exits = relay.logs.filter(
-        (line) => line.msg === "rolling restart: old worker exited",
-      );
-      assert.equal(exits.length, 2);
-      for (const exit of exits) {
-        assert.equal(exit.code, 0, JSON.stringify(exit));
-        assert.ok(Number(exit.drainMs) < SHUTDOWN_TIMEOUT_MS);
-      }
-      const drained = drainedLines(
-        relay.logs,
-        oldWorkers.map((worker) => worker.serverId),
-      );
-      for (const worker of oldWorkers)
-        assert.equal(isAlive(worker.pid), false, `worker ${worker.pid} runs`);
-      const current = relay.workers().slice(oldWorkers.length);
-      assert.equal(current.length, 2);
-      for (const worker of current)
-        assert.equal(isAlive(worker.pid), true, `worker ${worker.pid} died`);
-      assert.equal(isAlive(relay.pid), true, "the primary still runs");
-      assert.equal(
-        relay.logs.filter((line) => line.msg === "worker died, restarting")
-          .length,
-        0,
-      );
+        assertNoCommandLost(fleet);
+        await assertStateConverged(relay.url, fleet);
 
-      console.log(
-        `fault figure: rolling restart (SIGUSR2), 2 workers, ${BRIDGES} bridges, ` +
-          `${APPS * LOOPS_PER_APP} command loops: restart took ${Number(finished.durationMs)} ms, ` +
-          `all bridges back ${allBackAt - restartAt} ms after the signal; ` +
-          `longest bridge outage ${outage.max} ms (median ${outage.median} ms); ` +
-          `drain spread ${[...spreads.values()].join(" and ")} ms over a ${DRAIN_WINDOW_MS} ms window ` +
-          `(${describeDrains(drained)}); ` +
-          `old workers exited ${exits.map((exit) => Number(exit.drainMs)).join(" and ")} ms after the drain began ` +
-          `(deadline ${SHUTDOWN_TIMEOUT_MS} ms); ` +
-          `${fleet.commands.length} commands: ${describeOutcomes(fleet.commands)}, none lost`,
-      );
-    } finally {
-      fleet.close();
-      await relay.stop();
-    }
-  });
+        const outage = longestOutage(fleet);
+        assert.ok(
+          outage.max <= DEFAULT_BACKOFF.maxDelayMs,
+          `a bridge was offline for ${outage.max} ms`,
+        );
+
+        const spreads = drainSpreads(
+          fleet,
+          oldWorkers.map((worker) => worker.serverId),
+          restartAt,
+        );
+        assertSpreadOverWindow(spreads);
+        // A closed transport, unlike a Socket.IO disconnect from the server,
+        // makes every Socket.IO client reconnect, not only the SDK.
+        for (const close of fleet.closes())
+          assert.equal(close.reason, "disconnected: transport close");
+        // The old workers leave the balancer together, so no client moves
+        // from one old worker to another that closes it again.
+        const logs = [
+          ...fleet.bridges.map((bridge) => bridge.log),
+          ...fleet.apps.map((app) => app.log),
+        ];
+        for (const [index, log] of logs.entries()) {
+          const closes = log.closes.filter((close) => close.at >= restartAt);
+          assert.equal(
+            closes.length,
+            1,
+            `client ${index} closed ${closes.length} times`,
+          );
+        }
+
+        const exits = relay.logs.filter(
+          (line) => line.msg === "rolling restart: old worker exited",
+        );
+        assert.equal(exits.length, 2);
+        for (const exit of exits) {
+          assert.equal(exit.code, 0, JSON.stringify(exit));
+          assert.ok(Number(exit.drainMs) < SHUTDOWN_TIMEOUT_MS);
+        }
+        const drained = drainedLines(
+          relay.logs,
+          oldWorkers.map((worker) => worker.serverId),
+        );
+        for (const worker of oldWorkers)
+          assert.equal(isAlive(worker.pid), false, `worker ${worker.pid} runs`);
+        const current = relay.workers().slice(oldWorkers.length);
+        assert.equal(current.length, 2);
+        for (const worker of current)
+          assert.equal(isAlive(worker.pid), true, `worker ${worker.pid} died`);
+        assert.equal(isAlive(relay.pid), true, "the primary still runs");
+        const peak = peakWorkers(relay.logs, oldWorkers.length);
+        assert.equal(peak, oldWorkers.length + (surge ?? oldWorkers.length));
+        assert.equal(
+          relay.logs.filter((line) => line.msg === "worker died, restarting")
+            .length,
+          0,
+        );
+
+        console.log(
+          `fault figure: rolling restart (SIGUSR2, ${batches}), 2 workers, ${BRIDGES} bridges, ` +
+            `${APPS * LOOPS_PER_APP} command loops: restart took ${Number(finished.durationMs)} ms, ` +
+            `all bridges back ${allBackAt - restartAt} ms after the signal; ` +
+            `at most ${peak} workers at once; ` +
+            `longest bridge outage ${outage.max} ms (median ${outage.median} ms); ` +
+            `drain spread ${[...spreads.values()].join(" and ")} ms over a ${DRAIN_WINDOW_MS} ms window ` +
+            `(${describeDrains(drained)}); ` +
+            `old workers exited ${exits.map((exit) => Number(exit.drainMs)).join(" and ")} ms after the drain began ` +
+            `(deadline ${SHUTDOWN_TIMEOUT_MS} ms); ` +
+            `${fleet.commands.length} commands: ${describeOutcomes(fleet.commands)}, none lost`,
+        );
+      } finally {
+        fleet.close();
+        await relay.stop();
+      }
+    });
+  }
 
   it("routes no new connection to a draining worker", async () => {
     const relay = await startRelay({
@@ -937,6 +964,57 @@ describe("worker count after a rolling restart", function () {
       } finally {
         bridge.close();
       }
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  it("readmits old workers after a failed batch", async () => {
+    const secretFile = join(directory, "auth-secret-batches");
+    writeFileSync(secretFile, `${TEST_SECRET}\n`, { mode: 0o600 });
+    const relay = await start({
+      AUTH_SECRET: "",
+      AUTH_SECRET_FILE: secretFile,
+      RESTART_SURGE: "1",
+      DRAIN_WINDOW_MS: "1000",
+    });
+    try {
+      const old = relay.workers();
+      process.kill(relay.pid, "SIGUSR2");
+      await relay.waitForLog(
+        (line) =>
+          line.msg ===
+          "rolling restart: replacements ready, draining the old workers",
+      );
+      // The first replacement has read the secret already. The second is
+      // forked once the first old worker exits, finds a folder and fails.
+      rmSync(secretFile);
+      mkdirSync(secretFile);
+      const stopped = await relay.waitForLog((line) =>
+        line.msg.startsWith("rolling restart stopped"),
+      );
+      assert.equal(stopped.remaining, 1);
+      const left = old.filter((worker) => isAlive(worker.pid));
+      assert.equal(left.length, 1, JSON.stringify(left));
+      const [second] = left;
+
+      // Round-robin hands every other connection to the old worker, which
+      // the restart took out of the balancer with the first batch.
+      const servers = new Set<string>();
+      for (let index = 0; index < 4; index += 1) {
+        const bridge = await connectBridge(relay.url, randomBridgeId());
+        try {
+          const info = await requestData<ServerInfo>(bridge, "relay:info", {});
+          servers.add(info.serverId);
+        } finally {
+          bridge.close();
+        }
+      }
+      assert.ok(
+        servers.has(second!.serverId),
+        `no new connection reached the old worker: ${[...servers].join(", ")}`,
+      );
+      assert.equal(servers.size, 2);
     } finally {
       await relay.stop();
     }
