@@ -1,5 +1,4 @@
 import type { Worker } from "node:cluster";
-import type { Server } from "node:http";
 import type { Socket } from "node:net";
 import { RelayError, toErrorBody } from "../errors.ts";
 import {
@@ -7,6 +6,7 @@ import {
   type LingerLimits,
 } from "../http/lingering-close.ts";
 import type { Logger } from "../logger.ts";
+import type { FirstChunkListener } from "./sticky-handoff.ts";
 import { messageTypeOf } from "./worker-ipc.ts";
 
 /** Message type of @socket.io/sticky 2.0.1 that starts forwarding a request chunk by chunk. */
@@ -63,26 +63,23 @@ function failRequest(
  * dies first, nothing responds on or closes that connection, so its client
  * waits until its own timeout. Here the primary notes which connection
  * sticky is forwarding when it starts a request on a worker: sticky
- * starts it from the connection's first 'data' event, and this module's
- * listener runs before sticky's in that event.
+ * starts it from the connection's first 'data' event, which
+ * `noteFirstChunk` must see first (see `onFirstChunk`).
  *
  * Call `watch` for each forked worker, after `setupMaster`.
  */
 export function answerForwardedRequestsOnExit(
-  server: Server,
   linger: LingerLimits,
   logger: Logger,
-): { watch(worker: Worker): void } {
+): { noteFirstChunk: FirstChunkListener; watch(worker: Worker): void } {
   /** The connection whose first chunk sticky is handling, during that 'data' event only. */
   let arriving: Socket | undefined;
-  server.on("connection", (socket: Socket) => {
-    socket.prependOnceListener("data", () => {
-      arriving = socket;
-      queueMicrotask(() => {
-        arriving = undefined;
-      });
+  const noteFirstChunk = (socket: Socket): void => {
+    arriving = socket;
+    queueMicrotask(() => {
+      arriving = undefined;
     });
-  });
+  };
 
   const watch = (worker: Worker): void => {
     const forwarded = new Set<Socket>();
@@ -116,5 +113,5 @@ export function answerForwardedRequestsOnExit(
       );
     });
   };
-  return { watch };
+  return { noteFirstChunk, watch };
 }

@@ -16,7 +16,7 @@ import { capListenedConnections } from "./connection-cap.ts";
 import { rerouteHandoffsOnExit } from "./dead-worker-handoffs.ts";
 import { answerForwardedRequestsOnExit } from "./forwarded-requests.ts";
 import { closeIdleConnections } from "./idle-connections.ts";
-import { stopReadingBeforeHandoff } from "./sticky-handoff.ts";
+import { onFirstChunk, stopReadingBeforeHandoff } from "./sticky-handoff.ts";
 import { watchWorkers } from "./worker-watchdog.ts";
 import { sendToWorker, watchWorkerErrors } from "./worker-ipc.ts";
 import { HEADERS_TIMEOUT_MS } from "./stalled-connections.ts";
@@ -127,12 +127,14 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   cluster.setupPrimary({ serialization: "advanced" });
   const httpServer = createServer();
   setupMaster(httpServer, { loadBalancingMethod: "round-robin" });
-  stopReadingBeforeHandoff(httpServer);
   const forwardedRequests = answerForwardedRequestsOnExit(
-    httpServer,
     config.linger,
     logger,
   );
+  onFirstChunk(httpServer, [
+    forwardedRequests.noteFirstChunk,
+    stopReadingBeforeHandoff,
+  ]);
   closeIdleConnections(httpServer, {
     firstByteTimeoutMs: HEADERS_TIMEOUT_MS,
     linger: config.linger,
