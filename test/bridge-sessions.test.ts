@@ -291,8 +291,8 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       },
     });
     const old = sessionsOf("server-a", racing).sessions;
-    const { epoch } = await old.claim(bridgeId, socketWithId("old-socket"));
-    await store.releaseConnection(bridgeId, epoch, new Date());
+    await old.claim(bridgeId, socketWithId("old-socket"));
+    await store.releaseConnection(bridgeId, "old-socket", new Date());
 
     await old.reclaim(bridgeId, "old-socket");
 
@@ -377,8 +377,8 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     const emitted: string[] = [];
     const socket = socketWithId("open-socket", emitted);
     const holder = sessionsOf("server-a", store, [socket]).sessions;
-    const { epoch } = await holder.claim(bridgeId, socket);
-    await store.releaseConnection(bridgeId, epoch, new Date());
+    await holder.claim(bridgeId, socket);
+    await store.releaseConnection(bridgeId, "open-socket", new Date());
 
     // Both read no connection before either claims.
     await Promise.all([

@@ -134,7 +134,10 @@ for (const variant of variants) {
 
       it("release returns false", async function () {
         const bridgeId = newBridgeId();
-        assert.equal(await store.releaseConnection(bridgeId, 1, at(1)), false);
+        assert.equal(
+          await store.releaseConnection(bridgeId, "socket-1", at(1)),
+          false,
+        );
         const state = await store.getState(bridgeId);
         assert.equal(state.lastSeen, null);
       });
@@ -175,7 +178,7 @@ for (const variant of variants) {
           "socket-1",
           at(1),
         );
-        await store.releaseConnection(bridgeId, first.epoch, at(2));
+        await store.releaseConnection(bridgeId, "socket-1", at(2));
         const second = await store.claimConnection(
           bridgeId,
           "server-a",
@@ -212,7 +215,7 @@ for (const variant of variants) {
           at(1),
         );
         assert.equal(
-          await store.releaseConnection(bridgeId, epoch, at(7)),
+          await store.releaseConnection(bridgeId, "socket-1", at(7)),
           true,
         );
         const [presence] = await store.getPresence([bridgeId]);
@@ -223,15 +226,10 @@ for (const variant of variants) {
 
       it("second release returns false", async function () {
         const bridgeId = newBridgeId();
-        const { epoch } = await store.claimConnection(
-          bridgeId,
-          "server-a",
-          "socket-1",
-          at(1),
-        );
-        await store.releaseConnection(bridgeId, epoch, at(2));
+        await store.claimConnection(bridgeId, "server-a", "socket-1", at(1));
+        await store.releaseConnection(bridgeId, "socket-1", at(2));
         assert.equal(
-          await store.releaseConnection(bridgeId, epoch, at(3)),
+          await store.releaseConnection(bridgeId, "socket-1", at(3)),
           false,
         );
         const [presence] = await store.getPresence([bridgeId]);
@@ -300,7 +298,7 @@ for (const variant of variants) {
           socketId: "socket-1",
           epoch: 1,
         });
-        await store.releaseConnection(bridgeId, 1, at(3));
+        await store.releaseConnection(bridgeId, "socket-1", at(3));
         assert.equal(
           await store.claimIfFree(bridgeId, "server-b", "socket-2", at(4)),
           2,
@@ -316,7 +314,7 @@ for (const variant of variants) {
           "socket-2",
           at(2),
         );
-        await store.releaseConnection(bridgeId, epoch, at(3));
+        await store.releaseConnection(bridgeId, "socket-2", at(3));
         // This claim replaced nothing: the bridge was offline.
         await store.claimConnection(bridgeId, "server-c", "socket-3", at(4));
         assert.deepEqual(
@@ -333,7 +331,7 @@ for (const variant of variants) {
           "socket-1",
           at(1),
         );
-        await store.releaseConnection(bridgeId, epoch, at(2));
+        await store.releaseConnection(bridgeId, "socket-1", at(2));
         const result = await store.writeLights(bridgeId, {
           epoch,
           expectedVersion: 0,
@@ -369,12 +367,7 @@ for (const variant of variants) {
 
       it("stale release keeps bridge online", async function () {
         const bridgeId = newBridgeId();
-        const first = await store.claimConnection(
-          bridgeId,
-          "server-a",
-          "socket-1",
-          at(1),
-        );
+        await store.claimConnection(bridgeId, "server-a", "socket-1", at(1));
         const second = await store.claimConnection(
           bridgeId,
           "server-b",
@@ -382,7 +375,7 @@ for (const variant of variants) {
           at(2),
         );
         assert.equal(
-          await store.releaseConnection(bridgeId, first.epoch, at(3)),
+          await store.releaseConnection(bridgeId, "socket-1", at(3)),
           false,
         );
         const state = await store.getState(bridgeId);
@@ -696,7 +689,7 @@ for (const variant of variants) {
           "socket-2",
           at(2),
         );
-        await store.releaseConnection(offline, released.epoch, at(3));
+        await store.releaseConnection(offline, "socket-2", at(3));
 
         const presence = await store.getPresence([offline, online, unknown]);
         assert.deepEqual(presence[0], {
@@ -1058,7 +1051,7 @@ for (const variant of variants) {
             lights: [light("a", true)],
           });
           await store.getLights(bridgeId, ["a"]);
-          await store.releaseConnection(bridgeId, first.epoch, at(2));
+          await store.releaseConnection(bridgeId, "socket-1", at(2));
 
           await server.restart();
 
@@ -1079,9 +1072,38 @@ for (const variant of variants) {
           const lights = await store.getLights(bridgeId, ["b"]);
           assert.deepEqual(lights, { version: 1, lights: [light("b", true)] });
           assert.equal(
-            await store.releaseConnection(bridgeId, claim.epoch, at(4)),
+            await store.releaseConnection(bridgeId, "socket-2", at(4)),
             true,
           );
+        });
+
+        it("releases by socket after a restart", async function () {
+          const { server } = requireRedis();
+          const bridgeId = newBridgeId();
+          const old = await store.claimConnection(
+            bridgeId,
+            "server-a",
+            "socket-1",
+            at(1),
+          );
+
+          await server.restart();
+
+          // The empty Redis starts epochs again, so the newer connection
+          // gets the epoch that the older one had.
+          const newer = await store.claimConnection(
+            bridgeId,
+            "server-b",
+            "socket-2",
+            at(2),
+          );
+          assert.equal(newer.epoch, old.epoch);
+          assert.equal(
+            await store.releaseConnection(bridgeId, "socket-1", at(3)),
+            false,
+          );
+          const [presence] = await store.getPresence([bridgeId]);
+          assert.equal(presence?.connection?.socketId, "socket-2");
         });
 
         it("Redis errors propagate", async function () {

@@ -320,7 +320,7 @@ export class BridgeSessions {
     try {
       released = await this.store.releaseConnection(
         session.bridgeId,
-        session.epoch,
+        session.socket.id,
         now,
       );
     } catch (error) {

@@ -198,11 +198,11 @@ export class PresenceLease {
     const results = await Promise.all(
       records.map(async ({ bridgeId, connection }) => {
         if (connection?.serverId !== deadServerId) return false;
-        // The epoch fences the release: a bridge that reconnected since the
-        // read keeps its new connection.
+        // The socket ID fences the release: a bridge that reconnected since
+        // the read keeps its new connection.
         const released = await store.releaseConnection(
           bridgeId,
-          connection.epoch,
+          connection.socketId,
           now,
         );
         if (released) {

@@ -98,17 +98,11 @@ export class MemoryStore implements StateStore {
 
   async releaseConnection(
     bridgeId: string,
-    epoch: number,
+    socketId: string,
     now: Date,
   ): Promise<boolean> {
     const record = this.bridges.get(bridgeId);
-    if (
-      record === undefined ||
-      record.connection === null ||
-      record.epoch !== epoch
-    ) {
-      return false;
-    }
+    if (record?.connection?.socketId !== socketId) return false;
     record.connection = null;
     record.replaced = null;
     record.lastSeen = now.toISOString();

@@ -95,10 +95,9 @@ redis.call('HDEL', KEYS[1], 'replacedServer', 'replacedSocket')
 return epoch
 `;
 
-/** KEYS: meta. ARGV: epoch, lastSeen. Returns 1 when released, 0 when `epoch` is not the current connection. */
+/** KEYS: meta. ARGV: socketId, lastSeen. Returns 1 when released, 0 when `socketId` does not hold the bridge. */
 const RELEASE_SCRIPT = `
-local current = redis.call('HMGET', KEYS[1], 'epoch', 'socket')
-if tonumber(current[1]) ~= tonumber(ARGV[1]) or not current[2] then
+if redis.call('HGET', KEYS[1], 'socket') ~= ARGV[1] then
   return 0
 end
 redis.call('HDEL', KEYS[1], 'server', 'socket', 'replacedServer', 'replacedSocket')
@@ -247,13 +246,13 @@ export class RedisStore implements StateStore {
 
   async releaseConnection(
     bridgeId: string,
-    epoch: number,
+    socketId: string,
     now: Date,
   ): Promise<boolean> {
     const reply = await this.runScript(
       this.releaseScript,
       [this.metaKey(bridgeId)],
-      [String(epoch), now.toISOString()],
+      [socketId, now.toISOString()],
       this.releaseClient,
     );
     return asInteger(reply, "release") === 1;

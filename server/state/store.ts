@@ -93,12 +93,14 @@ export interface StateStore {
     now: Date,
   ): Promise<number | null>;
   /**
-   * Marks the bridge offline if `epoch` is still its current connection.
-   * Returns false, changing nothing, when a newer connection took over.
+   * Marks the bridge offline if `socketId` still holds it. Returns false,
+   * changing nothing, when a newer connection took over. The socket ID
+   * fences the release rather than the epoch, because epochs start again
+   * at 1 after Redis lost its data, so two connections can share one.
    */
   releaseConnection(
     bridgeId: string,
-    epoch: number,
+    socketId: string,
     now: Date,
   ): Promise<boolean>;
 
