@@ -449,18 +449,17 @@ export class BridgeSessions {
     stored: { socketId: string; epoch: number } | null,
   ): Promise<void> {
     if (this.sessions.get(session.bridgeId) !== session) return;
-    if (
-      stored?.socketId === session.socket.id &&
-      stored.epoch === session.epoch
-    )
-      return;
-    if (stored !== null) {
+    const ownClaim = stored?.socketId === session.socket.id;
+    if (ownClaim && stored?.epoch === session.epoch) return;
+    if (stored !== null && !ownClaim) {
       this.disconnectReplaced(session.bridgeId, session.socket.id);
       return;
     }
     const now = new Date();
     // Claims only a free bridge: a connection that claimed it since the read
-    // above is newer than this socket.
+    // above is newer than this socket. A claim of this very socket at another
+    // epoch comes from Redis data restored from an older copy, and is kept
+    // at its epoch.
     const epoch = await this.store.claimIfFree(
       session.bridgeId,
       this.bus.serverId,
@@ -471,6 +470,7 @@ export class BridgeSessions {
       this.disconnectReplaced(session.bridgeId, session.socket.id);
       return;
     }
+    const previousEpoch = session.epoch;
     session.epoch = epoch;
     this.broadcaster.presence({
       bridgeId: session.bridgeId,
@@ -479,8 +479,15 @@ export class BridgeSessions {
       epoch,
     });
     this.logger.info(
-      { bridgeId: session.bridgeId, socketId: session.socket.id, epoch },
-      "bridge claim was lost, asking for a snapshot",
+      {
+        bridgeId: session.bridgeId,
+        socketId: session.socket.id,
+        epoch,
+        previousEpoch,
+      },
+      ownClaim
+        ? "bridge claim is at another epoch after Redis data was replaced, asking for a snapshot"
+        : "bridge claim was lost, asking for a snapshot",
     );
     session.socket.emit("state:resync", { reason: RESYNC_REASON });
   }

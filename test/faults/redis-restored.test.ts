@@ -1,0 +1,139 @@
+import assert from "node:assert/strict";
+import type { ChildProcess } from "node:child_process";
+import { mkdtemp, rename, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createClient } from "redis";
+import type { Socket } from "socket.io-client";
+import { RedisStore } from "../../server/state/redis-store.ts";
+import {
+  connectBridge,
+  nextEvent,
+  randomBridgeId,
+  record,
+  requestData,
+} from "../support/clients.ts";
+import { printFigure, waitUntil } from "../support/faults.ts";
+import { light } from "../support/fixtures.ts";
+import {
+  findFreePort,
+  spawnRedis,
+  stopProcess,
+} from "../support/redis-server.ts";
+import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+
+const KEY_PREFIX = "restored";
+/** Time for a worker to reconnect to Redis and check its claims: its retries back off to 5 s. */
+const RECOVERY_TIMEOUT_MS = 20_000;
+
+/** Reads a bridge's presence straight from Redis. */
+async function presenceOf(
+  url: string,
+  bridgeId: string,
+): Promise<{ socketId: string; epoch: number } | null> {
+  const client = createClient({ url });
+  client.on("error", () => undefined);
+  await client.connect();
+  try {
+    const store = new RedisStore(client, { keyPrefix: KEY_PREFIX });
+    const [record] = await store.getPresence([bridgeId]);
+    return record?.connection ?? null;
+  } finally {
+    client.destroy();
+  }
+}
+
+/** Sends a snapshot of one light, as a bridge does when asked to resync. */
+async function sendSnapshot(bridge: Socket, on: boolean): Promise<void> {
+  await requestData(bridge, "state:snapshot", { lights: [light("a", on)] });
+}
+
+describe("fault: Redis restored from an older copy", function () {
+  this.timeout(90_000);
+  let dir = "";
+  let port = 0;
+  let redis: ChildProcess | undefined;
+  let relay: RelayProcess | undefined;
+  const sockets: Socket[] = [];
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "relay-test-restore-"));
+    port = await findFreePort();
+    redis = await spawnRedis(port, dir);
+    relay = await startRelay({
+      redisUrl: `redis://127.0.0.1:${port}`,
+      workers: 1,
+      env: { REDIS_KEY_PREFIX: KEY_PREFIX },
+    });
+  });
+
+  after(async () => {
+    for (const socket of sockets) socket.close();
+    await relay?.stop();
+    if (redis !== undefined) await stopProcess(redis);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("keeps a bridge at a restored epoch", async () => {
+    const url = `redis://127.0.0.1:${port}`;
+    const bridgeId = randomBridgeId();
+    // A first connection makes the second one's claim epoch 2.
+    const first = await connectBridge(relay!.url, bridgeId);
+    first.close();
+    await waitUntil(
+      "the first connection released",
+      async () => (await presenceOf(url, bridgeId)) === null,
+      5000,
+    );
+    const bridge = await connectBridge(relay!.url, bridgeId);
+    sockets.push(bridge);
+    await sendSnapshot(bridge, true);
+    const replaced = record(bridge, "session:replaced");
+    assert.equal((await presenceOf(url, bridgeId))?.epoch, 2);
+
+    const admin = createClient({ url });
+    await admin.connect();
+    await admin.sendCommand(["SAVE"]);
+    admin.destroy();
+    await stopProcess(redis!);
+    await rename(join(dir, "dump.rdb"), join(dir, "older.rdb"));
+
+    // Back empty: the worker claims the bridge again, at epoch 1.
+    let resync = nextEvent(
+      bridge,
+      "state:resync",
+      () => true,
+      RECOVERY_TIMEOUT_MS,
+    );
+    redis = await spawnRedis(port, dir);
+    await resync;
+    await sendSnapshot(bridge, false);
+    assert.equal((await presenceOf(url, bridgeId))?.epoch, 1);
+
+    // Back from the older copy, which names the same socket at epoch 2.
+    resync = nextEvent(bridge, "state:resync", () => true, RECOVERY_TIMEOUT_MS);
+    await stopProcess(redis);
+    redis = await spawnRedis(port, dir, ["--dbfilename", "older.rdb"]);
+    const restoredAt = Date.now();
+    await resync;
+    const resyncMs = Date.now() - restoredAt;
+    await sendSnapshot(bridge, true);
+
+    assert.deepEqual(replaced, []);
+    assert.equal(bridge.connected, true);
+    const restored = await presenceOf(url, bridgeId);
+    assert.equal(restored?.socketId, bridge.id);
+    assert.equal(restored?.epoch, 2);
+    printFigure(
+      `Redis restored from an older copy: the bridge kept its connection and was asked to resync ${resyncMs} ms after Redis answered`,
+    );
+
+    // Its release finds its own claim, so the bridge does not stay online.
+    bridge.close();
+    await waitUntil(
+      "the bridge offline once it disconnected",
+      async () => (await presenceOf(url, bridgeId)) === null,
+      5000,
+    );
+  });
+});
