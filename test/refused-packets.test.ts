@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { io, type Manager } from "socket.io-client";
 import { MAX_TOKEN_LENGTH } from "../server/auth/verify.ts";
 import { MAX_CONNECT_PACKET_LENGTH } from "../server/transport/json-only-parser.ts";
 import {
@@ -8,14 +9,31 @@ import {
   openEngine,
   randomBridgeId,
   requestData,
+  settle,
 } from "./support/clients.ts";
 import { waitUntil } from "./support/faults.ts";
 import { light } from "./support/fixtures.ts";
 import { startRelay, type RelayProcess } from "./support/relay-process.ts";
 import { appToken } from "./support/tokens.ts";
+import { VARIANTS, type Deployment } from "./support/variants.ts";
 
 /** Time within which the relay must close a connection that sent binary. */
 const CLOSE_BOUND_MS = 1000;
+
+/**
+ * Engine.IO's message limit of the relay with the default MAX_PAYLOAD_BYTES
+ * of 1 MiB: twice that, plus 64 KiB.
+ */
+const TRANSPORT_LIMIT_BYTES = 2 * 1024 * 1024 + 64 * 1024;
+
+/** Records the Socket.IO packets that arrive on `engine`, as strings. */
+function recordMessages(engine: Manager["engine"]): string[] {
+  const received: string[] = [];
+  engine.on("packet", (packet) => {
+    if (packet.type === "message") received.push(String(packet.data));
+  });
+  return received;
+}
 
 /** Resolves with the ms until `emitter` emits `event`, or rejects after `timeoutMs`. */
 function timeUntil(
@@ -130,13 +148,68 @@ describe("packets the relay refuses", function () {
     }
   });
 
-  it("closes on an overlong CONNECT", async () => {
+  it("rejects an overlong CONNECT", async () => {
     const engine = await openEngine(relay.url);
     try {
-      const closed = timeUntil(engine, "close", CLOSE_BOUND_MS * 5);
+      const received = recordMessages(engine);
       const token = "x".repeat(MAX_CONNECT_PACKET_LENGTH);
       engine.send(`0/app,${JSON.stringify({ token })}`);
+      await waitUntil(
+        "connect_error for /app",
+        () => received.some((data) => data.startsWith("4/app,")),
+        5000,
+      );
+      const answer = received.find((data) => data.startsWith("4/app,")) ?? "";
+      const error = JSON.parse(answer.slice("4/app,".length)) as {
+        message: string;
+        data?: { code?: string };
+      };
+      assert.equal(error.data?.code, "UNAUTHORIZED");
+      assert.match(error.message, /^token is too long/);
+
+      // The connection stays open for another handshake.
+      const valid = await appToken("user-overlong", [randomBridgeId()]);
+      engine.send(`0/app,${JSON.stringify({ token: valid })}`);
+      await waitUntil(
+        "the app namespace joined",
+        () => received.some((data) => data.startsWith("0/app,")),
+        5000,
+      );
+    } finally {
+      engine.close();
+    }
+  });
+
+  it("closes on an overlong namespace", async () => {
+    const engine = await openEngine(relay.url);
+    try {
+      const received = recordMessages(engine);
+      const closed = timeUntil(engine, "close", CLOSE_BOUND_MS * 5);
+      engine.send(`0/${"n".repeat(MAX_CONNECT_PACKET_LENGTH)}`);
       assert.ok((await closed) <= CLOSE_BOUND_MS);
+      assert.deepEqual(received, []);
+    } finally {
+      engine.close();
+    }
+  });
+
+  it("rejects a token under the transport limit", async () => {
+    const error = await connectError(relay.url, "/app", {
+      transports: ["websocket"],
+      auth: { token: "x".repeat(TRANSPORT_LIMIT_BYTES - 100) },
+    });
+    assert.equal(error.data?.code, "UNAUTHORIZED");
+  });
+
+  it("closes on a token over the transport limit", async () => {
+    const engine = await openEngine(relay.url);
+    try {
+      const received = recordMessages(engine);
+      const closed = timeUntil(engine, "close", CLOSE_BOUND_MS * 5);
+      const token = "x".repeat(TRANSPORT_LIMIT_BYTES);
+      engine.send(`0/app,${JSON.stringify({ token })}`);
+      assert.ok((await closed) <= CLOSE_BOUND_MS);
+      assert.deepEqual(received, []);
     } finally {
       engine.close();
     }
@@ -149,3 +222,84 @@ describe("packets the relay refuses", function () {
     assert.equal(error.data?.code, "UNAUTHORIZED");
   });
 });
+
+/** Token lengths over the CONNECT packet limit and under the transport's. */
+const OVERLONG_TOKEN_LENGTHS = [70_000, 200_000];
+
+for (const variant of VARIANTS) {
+  describe(`overlong tokens (${variant.name})`, function () {
+    this.timeout(60_000);
+    let deployment: Deployment;
+    let url: string;
+
+    before(async () => {
+      deployment = await variant.start();
+      url = deployment.relays[0]!.url;
+    });
+    after(async () => deployment?.stop());
+
+    for (const namespace of ["/app", "/bridge"] as const) {
+      for (const transport of ["websocket", "polling"] as const) {
+        it(`rejects on ${namespace} over ${transport}`, async () => {
+          for (const length of OVERLONG_TOKEN_LENGTHS) {
+            const error = await connectError(url, namespace, {
+              transports: [transport],
+              auth: { token: "x".repeat(length) },
+            });
+            assert.equal(
+              error.data?.code,
+              "UNAUTHORIZED",
+              `token of ${length}`,
+            );
+            assert.match(
+              error.message,
+              /^token is too long/,
+              `token of ${length}`,
+            );
+          }
+        });
+      }
+    }
+
+    it("stops a reconnecting client", async () => {
+      const socket = io(`${url}/app`, {
+        auth: { token: "x".repeat(OVERLONG_TOKEN_LENGTHS[0]!) },
+        forceNew: true,
+        reconnectionDelay: 100,
+        reconnectionDelayMax: 100,
+      });
+      const errors: { data?: { code?: string } }[] = [];
+      let attempts = 0;
+      socket.on("connect_error", (error) => errors.push(error));
+      socket.io.on("reconnect_attempt", () => (attempts += 1));
+      try {
+        await waitUntil("connect_error", () => errors.length > 0, 5000);
+        // Time for several reconnects, had the client scheduled any.
+        await settle(1000);
+      } finally {
+        socket.close();
+      }
+      assert.equal(errors.length, 1);
+      assert.equal(errors[0]?.data?.code, "UNAUTHORIZED");
+      assert.equal(attempts, 0);
+    });
+
+    it("still admits valid tokens", async () => {
+      const bridgeId = randomBridgeId();
+      const bridge = await connectBridge(url, bridgeId);
+      const app = await connectApp(url, [bridgeId]);
+      try {
+        const { bridges } = await requestData<{
+          bridges: { bridgeId: string; online: boolean }[];
+        }>(app, "bridge:list", {});
+        assert.deepEqual(
+          bridges.map((entry) => [entry.bridgeId, entry.online]),
+          [[bridgeId, true]],
+        );
+      } finally {
+        bridge.close();
+        app.close();
+      }
+    });
+  });
+}

@@ -4,10 +4,15 @@ import type {
   HandshakeErrorData,
 } from "../../client-sdk/src/protocol.ts";
 import { identityKey, type Identity } from "../auth/identity.ts";
-import { CLOCK_TOLERANCE_SECONDS, type TokenVerifier } from "../auth/verify.ts";
+import {
+  CLOCK_TOLERANCE_SECONDS,
+  MAX_TOKEN_LENGTH,
+  type TokenVerifier,
+} from "../auth/verify.ts";
 import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { handshakes } from "../metrics/relay-metrics.ts";
+import { oversizedConnectLength } from "./json-only-parser.ts";
 import type { RateLimits } from "./rate-limits.ts";
 import { RepeatLimiter } from "../logging/repeat-limiter.ts";
 
@@ -76,6 +81,20 @@ function dropHandshakeReferences(socket: Socket): void {
   (socket.conn as { request?: unknown }).request = undefined;
 }
 
+/**
+ * Rejects, with `UNAUTHORIZED` as for any token over `MAX_TOKEN_LENGTH`,
+ * the auth the parser put in place of a CONNECT packet it did not decode
+ * because it was over `MAX_CONNECT_PACKET_LENGTH`.
+ */
+function rejectOversizedConnect(auth: unknown): void {
+  const length = oversizedConnectLength(auth);
+  if (length === undefined) return;
+  throw new RelayError(
+    "UNAUTHORIZED",
+    `token is too long: the handshake packet has ${length} characters, and a token may have at most ${MAX_TOKEN_LENGTH}`,
+  );
+}
+
 /** Rate of the "handshake rejected" log line, per namespace and code. */
 const rejectionLog = new RepeatLimiter(1000);
 
@@ -105,6 +124,7 @@ export function handshakeMiddleware(
       deps.limits.rejectBlockedAddress(address);
       deps.limits.admitHandshakeOnProcess();
       await deps.limits.consumeHandshakeFromAddress(address);
+      rejectOversizedConnect(socket.handshake.auth);
       const auth = socket.handshake.auth as { token?: unknown } | undefined;
       const identity = await deps.verifier.verify(auth?.token);
       if (identity.role !== role) {

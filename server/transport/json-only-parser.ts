@@ -1,4 +1,4 @@
-import { Decoder, Encoder, type Packet } from "socket.io-parser";
+import { Decoder, Encoder, PacketType, type Packet } from "socket.io-parser";
 import { MAX_TOKEN_LENGTH } from "../auth/verify.ts";
 
 /**
@@ -9,6 +9,20 @@ export const MAX_CONNECT_PACKET_LENGTH = MAX_TOKEN_LENGTH + 4096;
 
 /** Socket.IO's packet type digit of CONNECT. */
 const CONNECT_TYPE = "0";
+
+/**
+ * Maximum length of the namespace read from the start of an oversized
+ * CONNECT packet, in characters. The relay serves only short names, and
+ * Socket.IO rejects a CONNECT to a namespace the relay does not serve.
+ */
+const MAX_NAMESPACE_LENGTH = 256;
+
+/**
+ * Key of the handshake auth that the decoder puts in place of an oversized
+ * CONNECT packet's payload. Its value is the packet's length in characters.
+ * It is a symbol, so no client can send it in JSON.
+ */
+const OVERSIZED_CONNECT = Symbol("oversized CONNECT packet length");
 
 /**
  * Socket.IO's packet decoder with binary attachments refused. The stock
@@ -22,10 +36,13 @@ const CONNECT_TYPE = "0";
  * reads any run of digits as a number, and acknowledged a packet with the ID
  * 99999999999999999999999 as `1e+23`.
  *
- * A CONNECT packet carries only the namespace and the token, so one longer
- * than `MAX_CONNECT_PACKET_LENGTH` is refused before it is parsed. A
- * refused handshake leaves the connection open, so a client without a
+ * A CONNECT packet carries only the namespace and the token, so the JSON
+ * of one longer than `MAX_CONNECT_PACKET_LENGTH` is never parsed. A
+ * rejected handshake leaves the connection open, so a client without a
  * token could otherwise have a worker parse 2 MB of JSON again and again.
+ * The decoder passes on a CONNECT for the same namespace whose auth
+ * carries only the packet's length, and the handshake middleware rejects
+ * it (see `oversizedConnectLength`), so the client gets `connect_error`.
  */
 class JsonOnlyDecoder extends Decoder {
   constructor() {
@@ -41,12 +58,50 @@ class JsonOnlyDecoder extends Decoder {
       packet.startsWith(CONNECT_TYPE) &&
       packet.length > MAX_CONNECT_PACKET_LENGTH
     ) {
-      throw new Error(
-        `CONNECT packet of ${packet.length} characters is over the limit of ${MAX_CONNECT_PACKET_LENGTH}`,
-      );
+      this.emitReserved("decoded", oversizedConnect(packet));
+      return;
     }
     super.add(packet);
   }
+}
+
+/**
+ * Builds the CONNECT packet that replaces `packet`, which is over
+ * `MAX_CONNECT_PACKET_LENGTH`, without parsing its payload. The namespace
+ * is read as socket.io-parser 4.2 reads it: from a leading `/` up to the
+ * first comma, or `/` when the packet starts with no `/`. Throws, so
+ * Socket.IO closes the connection, when no comma ends the namespace within
+ * `MAX_NAMESPACE_LENGTH` characters.
+ */
+function oversizedConnect(packet: string): Packet {
+  let nsp = "/";
+  if (packet.charAt(1) === "/") {
+    // Only the prefix is searched, so a packet without a comma is not read
+    // to its end.
+    const end = packet.slice(0, MAX_NAMESPACE_LENGTH + 2).indexOf(",");
+    if (end === -1) {
+      throw new Error(
+        `CONNECT packet of ${packet.length} characters is over the limit of ${MAX_CONNECT_PACKET_LENGTH}, and its namespace is longer than ${MAX_NAMESPACE_LENGTH} characters`,
+      );
+    }
+    nsp = packet.slice(1, end);
+  }
+  return {
+    type: PacketType.CONNECT,
+    nsp,
+    data: { [OVERSIZED_CONNECT]: packet.length },
+  };
+}
+
+/**
+ * Returns the length in characters of the oversized CONNECT packet whose
+ * payload `auth` replaces, or undefined when `auth` came from a packet within
+ * `MAX_CONNECT_PACKET_LENGTH`.
+ */
+export function oversizedConnectLength(auth: unknown): number | undefined {
+  if (typeof auth !== "object" || auth === null) return undefined;
+  const length = (auth as { [OVERSIZED_CONNECT]?: unknown })[OVERSIZED_CONNECT];
+  return typeof length === "number" ? length : undefined;
 }
 
 function rejectUnsafeAckId(packet: Packet): void {
