@@ -154,8 +154,9 @@ export class RelayConnection<
       return Promise.reject(this.describeFinalState());
     }
     if (this.tokenTooLong) {
-      // The relay closes such a connection without an answer, which would
-      // look like a network failure and be retried forever.
+      // The relay rejects such a token with UNAUTHORIZED. Over its message
+      // limit it closes the connection without a response instead, which
+      // would look like a network failure and be retried forever.
       this.close(
         "unauthorized",
         new RelayClientError(
