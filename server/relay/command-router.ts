@@ -5,6 +5,11 @@ import { RelayError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import type { BusMessage, ServerBus } from "../messaging/server-bus.ts";
 import { setInputFirstTimeout } from "./input-first-timeout.ts";
+import {
+  REPLY_RETRY_LIMITS,
+  ReplySender,
+  type ReplyRetryLimits,
+} from "./reply-sender.ts";
 
 export interface RoutedCommand {
   bridgeId: string;
@@ -59,6 +64,7 @@ interface PendingRequest {
  */
 export class CommandRouter {
   private readonly pending = new Map<string, PendingRequest>();
+  private readonly replies: ReplySender;
 
   /**
    * `timeoutMs` is how long the origin waits for a reply, of which the last
@@ -70,7 +76,9 @@ export class CommandRouter {
     private readonly timeoutMs: number,
     private readonly logger: Logger,
     private readonly replyMarginMs = 0,
+    replyRetryLimits: ReplyRetryLimits = REPLY_RETRY_LIMITS,
   ) {
+    this.replies = new ReplySender(bus, logger, replyRetryLimits);
     // Replies published while the subscription is down are lost, so the
     // requests waiting for them cannot succeed.
     bus.onReceivingLost(() => {
@@ -180,6 +188,7 @@ export class CommandRouter {
       return;
     }
     if (message.type !== "command") return;
+    const receivedAt = Date.now();
     const { requestId, origin, type: _type, ...command } = message;
     if (command.deadline !== undefined && Date.now() >= command.deadline) {
       // Dropped before the commands in flight are looked up, so that a late
@@ -196,18 +205,17 @@ export class CommandRouter {
       return;
     }
     const answer = await this.execute(command);
-    try {
-      await this.bus.send(origin, { type: "reply", requestId, answer });
-    } catch (error) {
-      this.logger.warn(
-        {
-          err: error,
-          bridgeId: command.bridgeId,
-          commandId: command.commandId,
-        },
-        "could not send a command answer back to the app's server",
-      );
-    }
+    await this.replies.send({
+      origin,
+      requestId,
+      bridgeId: command.bridgeId,
+      commandId: command.commandId,
+      answer,
+      // A command from an older relay carries no deadline. Its origin waits
+      // about as long as this process would.
+      deadline:
+        command.deadline ?? receivedAt + this.timeoutMs - this.replyMarginMs,
+    });
   }
 
   private settle(requestId: string, answer: CommandAnswer | undefined): void {

@@ -703,3 +703,90 @@ describe("fault: Redis back for one relay before another", function () {
     );
   });
 });
+
+describe("fault: Redis lost while a command is out", function () {
+  this.timeout(60_000);
+  /** Command timeout of both relays, long enough for the cut and the reconnect. */
+  const COMMAND_TIMEOUT_MS = 8000;
+  /** How long the bridge's relay stays cut off from Redis. */
+  const CUT_MS = 1000;
+  let redis: RedisServer;
+  let proxy: TcpProxy;
+  let appRelay: RelayProcess;
+  let bridgeRelay: RelayProcess;
+  const clients: { close(): void }[] = [];
+
+  before(async () => {
+    redis = await startRedisServer();
+    proxy = await startTcpProxy(redis.port);
+    const env = { COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS) };
+    appRelay = await startRelay({ redisUrl: redis.url, workers: 1, env });
+    // The bridge's relay reaches Redis through the proxy, which the test cuts.
+    bridgeRelay = await startRelay({
+      redisUrl: proxy.redisUrl,
+      workers: 1,
+      env,
+    });
+  });
+  after(async () => {
+    for (const client of clients) client.close();
+    await Promise.all([appRelay?.stop(), bridgeRelay?.stop()]);
+    await proxy?.close();
+    await redis?.stop();
+  });
+
+  it("resends the reply after Redis returns", async () => {
+    const bridgeId = randomBridgeId();
+    const bridge = await startFakeBridge({ url: bridgeRelay.url, bridgeId });
+    clients.push(bridge);
+    const app = await startAppView({
+      url: appRelay.url,
+      bridgeIds: [bridgeId],
+    });
+    clients.push(app);
+    bridge.withholdAnswers();
+    const sentAt = Date.now();
+    const command = outcomeOf(
+      app.client.setLight(
+        bridgeId,
+        "a",
+        { on: { on: false } },
+        { timeoutMs: COMMAND_TIMEOUT_MS + 5000 },
+      ),
+      sentAt,
+    );
+    await waitUntil(
+      "the command reaching its bridge",
+      () => bridge.commands.length > 0,
+      5000,
+    );
+
+    // The bridge's relay loses its Redis connection as it publishes the
+    // reply, after the answer's state write went through, and stays cut
+    // off for CUT_MS. The app's relay keeps its subscription and waits.
+    const replyDropped = proxy.dropOnRequest('"type":"reply"');
+    bridge.answerCommands();
+    await replyDropped;
+    await proxy.cut();
+    await sleep(CUT_MS);
+    await proxy.restore();
+
+    const outcome = await command;
+    assert.equal(outcome.code, "ok", "command answered across the cut");
+    assert.ok(
+      outcome.elapsedMs < COMMAND_TIMEOUT_MS,
+      `answered after ${outcome.elapsedMs} ms`,
+    );
+    const resent = bridgeRelay.logs.find((line) =>
+      line.msg.startsWith("sent a command answer back"),
+    );
+    assert.ok(resent !== undefined, "the bridge's relay logged the resend");
+    assert.ok(
+      (resent.attempts as number) > 1,
+      `published in ${String(resent.attempts)} attempts`,
+    );
+    printFigure(
+      `redis cut off from the bridge's relay for ${CUT_MS} ms: the answer reached the app ${outcome.elapsedMs} ms after the command, in ${String(resent.attempts)} publishes`,
+    );
+  });
+});

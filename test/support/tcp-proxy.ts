@@ -17,6 +17,13 @@ export interface TcpProxy {
   holdReplies: () => void;
   /** Forwards the delayed replies, and later ones at once. */
   passReplies: () => void;
+  /**
+   * Destroys the first connection that then sends a request containing
+   * `marker`, without forwarding that request to the server, and resolves
+   * once it did. The search is per chunk read, so a marker split across
+   * two reads is missed.
+   */
+  dropOnRequest: (marker: string) => Promise<void>;
   close: () => Promise<void>;
 }
 
@@ -29,10 +36,20 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
   };
   const replies = new Map<Socket, Socket>();
   let holding = false;
+  let trap: { marker: string; sprung: () => void } | undefined;
   const forward = (client: Socket): void => {
     const upstream = connect({ host: "127.0.0.1", port: targetPort });
     track(client);
     track(upstream);
+    // Added before the pipe, so it runs before the chunk is forwarded.
+    client.on("data", (chunk: Buffer) => {
+      if (trap === undefined || !chunk.includes(trap.marker)) return;
+      const { sprung } = trap;
+      trap = undefined;
+      upstream.destroy();
+      client.destroy();
+      sprung();
+    });
     client.on("error", () => upstream.destroy());
     upstream.on("error", () => client.destroy());
     client.once("close", () => upstream.destroy());
@@ -79,6 +96,10 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
       holding = false;
       for (const [upstream, client] of replies) upstream.pipe(client);
     },
+    dropOnRequest: (marker) =>
+      new Promise((resolve) => {
+        trap = { marker, sprung: resolve };
+      }),
     close: stopListening,
   };
 }
