@@ -225,6 +225,13 @@ const envSchema = z.object({
     5000,
     MAX_DURATION_MS,
   ).pipe(z.number().min(100, "WORKER_UNRESPONSIVE_MS must be at least 100")),
+  STARTUP_WAIT_LOG_INTERVAL_MS: positiveInt(
+    "STARTUP_WAIT_LOG_INTERVAL_MS",
+    10_000,
+    MAX_DURATION_MS,
+  ).pipe(
+    z.number().min(100, "STARTUP_WAIT_LOG_INTERVAL_MS must be at least 100"),
+  ),
   REQUEST_BODY_TIMEOUT_MS: positiveInt(
     "REQUEST_BODY_TIMEOUT_MS",
     30000,
@@ -310,6 +317,11 @@ export interface RelayConfig {
   };
   /** Time a worker may leave the primary's ping unanswered before it gets no new connections. */
   workerUnresponsiveMs: number;
+  /**
+   * Interval of the warnings logged while a worker waits for Redis at
+   * start and while the primary has no ready worker, in ms.
+   */
+  startupWaitLogIntervalMs: number;
   /** Time an HTTP request may take to send its body after its header, in ms. */
   requestBodyTimeoutMs: number;
   /** Bounds of the lingering close of an HTTP connection the relay ended while the client still sends. */
@@ -425,6 +437,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
       appMaxBufferedBytes: parsed.APP_MAX_BUFFERED_BYTES,
     },
     workerUnresponsiveMs: parsed.WORKER_UNRESPONSIVE_MS,
+    startupWaitLogIntervalMs: parsed.STARTUP_WAIT_LOG_INTERVAL_MS,
     requestBodyTimeoutMs: parsed.REQUEST_BODY_TIMEOUT_MS,
     linger: {
       timeoutMs: parsed.LINGER_TIMEOUT_MS,

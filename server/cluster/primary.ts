@@ -179,8 +179,27 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
   const outgoing = new Set<Worker>();
 
   let listening = false;
+  // The primary listens only once a worker is ready, so until then
+  // connections are refused and PM2 waits. This warning repeats until then.
+  const waitingSince = Date.now();
+  const noWorkerReadyLog = setInterval(() => {
+    if (listening || stopping) {
+      clearInterval(noWorkerReadyLog);
+      return;
+    }
+    logger.warn(
+      {
+        waitedMs: Date.now() - waitingSince,
+        workers: live.size,
+        port: config.port,
+      },
+      "no worker is ready yet, so the relay does not listen: the workers' log lines say what they wait for",
+    );
+  }, config.startupWaitLogIntervalMs);
+  noWorkerReadyLog.unref();
   const listen = (): void => {
     listening = true;
+    clearInterval(noWorkerReadyLog);
     const address = {
       port: config.port,
       host: config.host,

@@ -8,6 +8,7 @@ import { clusterMetricsClient } from "../metrics/cluster-metrics.ts";
 import { RedisBus } from "../messaging/server-bus.ts";
 import { connectRedis, type RedisClients } from "../redis/clients.ts";
 import { connectRedisCluster } from "../redis/cluster-clients.ts";
+import { watchRedisStartWait } from "../redis/start-wait.ts";
 import type { RelayRedisClient } from "../redis/connection-state.ts";
 import { createRelay, type Relay } from "../relay/create-relay.ts";
 import { guardStore } from "../state/guarded-store.ts";
@@ -34,10 +35,37 @@ function connectTo(
   target: RedisTarget,
   commandTimeoutMs: number,
   logger: Logger,
+  onError: (error: unknown) => void,
 ): Promise<RedisClients<RelayRedisClient>> {
   return target.kind === "cluster"
-    ? connectRedisCluster(target.nodeUrls, commandTimeoutMs, logger)
-    : connectRedis(target.url, commandTimeoutMs, logger);
+    ? connectRedisCluster(target.nodeUrls, commandTimeoutMs, logger, onError)
+    : connectRedis(target.url, commandTimeoutMs, logger, onError);
+}
+
+/**
+ * Connects the worker's Redis clients, and logs a warning every
+ * `config.startupWaitLogIntervalMs` until they are ready.
+ */
+async function connectLoggingWait(
+  target: RedisTarget,
+  config: RelayConfig,
+  logger: Logger,
+): Promise<RedisClients<RelayRedisClient>> {
+  const wait = watchRedisStartWait(
+    target,
+    config.startupWaitLogIntervalMs,
+    logger,
+  );
+  try {
+    return await connectTo(
+      target,
+      config.redisCommandTimeoutMs,
+      logger,
+      wait.recordError,
+    );
+  } finally {
+    wait.stop();
+  }
 }
 
 /**
@@ -70,11 +98,7 @@ export async function runWorker(
   // The process logger already carries the worker's cluster ID.
   const log = logger.child({ serverId });
   watchPrimaryErrors(log);
-  const redis = await connectTo(
-    config.redis,
-    config.redisCommandTimeoutMs,
-    log,
-  );
+  const redis = await connectLoggingWait(config.redis, config, log);
   const store = guardStore(
     new RedisStore(redis.requests, {
       keyPrefix: config.redisKeyPrefix,

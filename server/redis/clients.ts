@@ -79,9 +79,15 @@ export function subscriptionsUnavailable(): RelayError {
   );
 }
 
-function watch(client: RedisClientType, role: string, logger: Logger): void {
+function watch(
+  client: RedisClientType,
+  role: string,
+  logger: Logger,
+  onError?: (error: unknown) => void,
+): void {
   let failures = 0;
   client.on("error", (error: unknown) => {
+    onError?.(error);
     failures += 1;
     redisErrors.inc({ role });
     // Log the first failure and then one in 50, so an outage does not flood the log.
@@ -150,12 +156,14 @@ export function commandDeadline(timeoutMs: number) {
  * queue) and after `commandTimeoutMs` without a reply, so requests fail
  * with `UNAVAILABLE` instead of hanging, and the clients keep
  * reconnecting. The subscriber's commands have no such deadline: a
- * subscription stays requested until Redis replies.
+ * subscription stays requested until Redis replies. `onError` receives
+ * every connection error, also those left out of the log.
  */
 export async function connectRedis(
   url: string,
   commandTimeoutMs: number,
   logger: Logger,
+  onError?: (error: unknown) => void,
 ): Promise<RedisClients> {
   const main: RedisClientType = createClient({
     url,
@@ -166,8 +174,8 @@ export async function connectRedis(
     },
   });
   const subscriber = main.duplicate({ commandOptions: {} });
-  watch(main, "main", logger);
-  watch(subscriber, "subscriber", logger);
+  watch(main, "main", logger, onError);
+  watch(subscriber, "subscriber", logger, onError);
   retryShardedSubscriptions(
     subscriber,
     (listener) => subscriber.on("ready", listener),

@@ -53,9 +53,11 @@ function watchCluster(
   cluster: RedisClusterType,
   role: string,
   logger: Logger,
+  onError?: (error: unknown) => void,
 ): void {
   const failures = new Map<string, number>();
   const countFailure = (error: unknown, node: string): void => {
+    onError?.(error);
     const count = (failures.get(node) ?? 0) + 1;
     failures.set(node, count);
     redisErrors.inc({ role });
@@ -123,12 +125,14 @@ async function connectUntilReady(
   role: string,
   seeds: string[],
   logger: Logger,
+  onError?: (error: unknown) => void,
 ): Promise<void> {
   for (let attempt = 0; ; attempt += 1) {
     try {
       await cluster.connect();
       return;
     } catch (error) {
+      onError?.(error);
       const delayMs = reconnectDelay(attempt);
       logger.warn(
         { err: error, connection: role, seeds, attempt, delayMs },
@@ -176,12 +180,14 @@ async function awaitShardSubscriptions(
  * Connects the two Redis clients a relay process needs to the Redis
  * Cluster that `nodeUrls` (seed nodes) belong to. As with one server,
  * commands fail at once while their node is unreachable, and the node
- * connections keep reconnecting.
+ * connections keep reconnecting. `onError` receives every connection
+ * error, also those left out of the log.
  */
 export async function connectRedisCluster(
   nodeUrls: [string, ...string[]],
   commandTimeoutMs: number,
   logger: Logger,
+  onError?: (error: unknown) => void,
 ): Promise<RedisClients<RedisClusterType>> {
   const main = createCluster({
     rootNodes: nodeUrls.map((url) => ({ url })),
@@ -195,8 +201,8 @@ export async function connectRedisCluster(
     minimizeConnections: true,
     commandOptions: {},
   });
-  watchCluster(main, "main", logger);
-  watchCluster(subscriber, "subscriber", logger);
+  watchCluster(main, "main", logger, onError);
+  watchCluster(subscriber, "subscriber", logger, onError);
   const requests = retryShardedSubscriptions(
     subscriber,
     (listener) => subscriber.on("node-ready", listener),
@@ -205,8 +211,8 @@ export async function connectRedisCluster(
   // Host and port only, because a seed URL may carry a password.
   const seeds = nodeUrls.map((url) => new URL(url).host);
   await Promise.all([
-    connectUntilReady(main, "main", seeds, logger),
-    connectUntilReady(subscriber, "subscriber", seeds, logger),
+    connectUntilReady(main, "main", seeds, logger, onError),
+    connectUntilReady(subscriber, "subscriber", seeds, logger, onError),
   ]);
   return {
     main,

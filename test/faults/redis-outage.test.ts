@@ -27,8 +27,22 @@ import {
   type Outcome,
 } from "../support/faults.ts";
 import { bearer, send, sendJson } from "../support/http.ts";
-import { startRedisServer, type RedisServer } from "../support/redis-server.ts";
-import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  findFreePort,
+  spawnRedis,
+  startRedisServer,
+  stopProcess,
+  type RedisServer,
+} from "../support/redis-server.ts";
+import {
+  launchRelay,
+  startRelay,
+  type LogLine,
+  type RelayProcess,
+} from "../support/relay-process.ts";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
 import { appToken, bridgeToken } from "../support/tokens.ts";
 
@@ -788,5 +802,86 @@ describe("fault: Redis lost while a command is out", function () {
     printFigure(
       `redis cut off from the bridge's relay for ${CUT_MS} ms: the answer reached the app ${outcome.elapsedMs} ms after the command, in ${String(resent.attempts)} publishes`,
     );
+  });
+});
+
+describe("fault: Redis unreachable at start", function () {
+  this.timeout(30_000);
+  /** STARTUP_WAIT_LOG_INTERVAL_MS of the relay, in ms. */
+  const INTERVAL_MS = 500;
+  const PASSWORD = "start-wait-password-1234";
+
+  it("logs the wait until Redis starts", async () => {
+    const port = await findFreePort();
+    const dir = await mkdtemp(join(tmpdir(), "relay-test-redis-"));
+    const relay = launchRelay({
+      // The default user has no password, so Redis accepts any one with it.
+      redisUrl: `redis://default:${PASSWORD}@127.0.0.1:${port}`,
+      workers: 1,
+      env: { STARTUP_WAIT_LOG_INTERVAL_MS: String(INTERVAL_MS) },
+    });
+    const isWorkerWait = (line: LogLine): boolean =>
+      line.role === "worker" && line.msg.startsWith("waiting for Redis");
+    const isPrimaryWait = (line: LogLine): boolean =>
+      line.role === "primary" && line.msg.startsWith("no worker is ready yet");
+    let redis: Awaited<ReturnType<typeof spawnRedis>> | undefined;
+    try {
+      // A line after two intervals shows that the warning repeats.
+      await relay.waitForLog(isWorkerWait, 10_000);
+      const second = await relay.waitForLog(
+        (line) =>
+          isWorkerWait(line) && (line.waitedMs as number) >= 2 * INTERVAL_MS,
+        10_000,
+      );
+      assert.equal(second.redis, `redis://default@127.0.0.1:${port}`);
+      const lastError = second.err as { message?: string } | undefined;
+      assert.match(String(lastError?.message), /ECONNREFUSED/);
+      const primaryLine = await relay.waitForLog(isPrimaryWait, 5000);
+      assert.equal(primaryLine.workers, 1);
+      const errorLines = relay.logs.filter(
+        (line) => line.msg === "redis connection error",
+      );
+      assert.equal(errorLines.length, 2, "one error line per connection");
+
+      redis = await spawnRedis(port, dir);
+      const redisStartedAt = Date.now();
+      const listening = await relay.waitForLog(
+        (line) => line.msg.startsWith("relay listening"),
+        15_000,
+      );
+      const readyMs = Date.now() - redisStartedAt;
+      const health = await fetch(
+        `http://127.0.0.1:${String(listening.port)}/healthz`,
+      );
+      assert.equal(health.status, 200);
+
+      // No waiting line once ready.
+      const waitLines = relay.logs.filter(
+        (line) => isWorkerWait(line) || isPrimaryWait(line),
+      ).length;
+      await sleep(2 * INTERVAL_MS);
+      assert.equal(
+        relay.logs.filter((line) => isWorkerWait(line) || isPrimaryWait(line))
+          .length,
+        waitLines,
+        "waiting lines after the relay listened",
+      );
+      const printed = [
+        ...relay.logs.map((line) => JSON.stringify(line)),
+        ...relay.output,
+      ];
+      assert.ok(
+        !printed.some((text) => text.includes(PASSWORD)),
+        "no password in the output",
+      );
+      printFigure(
+        `redis unreachable at start: ${waitLines} waiting lines at a ${INTERVAL_MS} ms interval; ready ${readyMs} ms after Redis started`,
+      );
+    } finally {
+      relay.child.kill("SIGKILL");
+      await relay.exited;
+      if (redis !== undefined) await stopProcess(redis);
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
