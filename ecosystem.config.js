@@ -68,7 +68,8 @@ export const apps = [
     // The primary sends "ready" once it listens, which is after its first
     // worker is ready. So `pm2 start`, `pm2 reload` and `pm2 restart`
     // return once the relay serves, or after listen_timeout if it never
-    // does, as when no worker can reach Redis.
+    // does, as when no worker can reach Redis. PM2 then shows the app
+    // online although nothing listens. The relay's log names what it waits for.
     wait_ready: true,
     listen_timeout: 30_000,
 
