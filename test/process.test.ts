@@ -180,6 +180,61 @@ describe("relay processes", function () {
     assert.equal(await gone, "transport close");
   });
 
+  it("drains the embedded relay on SIGHUP", async () => {
+    const relay = await startRelay();
+    const bridge = await connectBridge(relay.url, randomBridgeId());
+    const gone = new Promise<string>((resolve) =>
+      bridge.once("disconnect", resolve),
+    );
+    assert.equal(await relay.stop("SIGHUP"), 0);
+    assert.equal(await gone, "transport close");
+    const shutdown = relay.logs.find((line) => line.msg === "shutting down");
+    assert.equal(shutdown?.reason, "SIGHUP");
+    assert.ok(relay.logs.some((line) => line.msg === "stopped"));
+  });
+
+  for (const target of ["primary", "process group"] as const) {
+    it(`drains the cluster on SIGHUP to its ${target}`, async () => {
+      const relay = await startRelay({
+        redisUrl: redis.url,
+        workers: 2,
+        ownProcessGroup: true,
+      });
+      const workers = relay.workers();
+      const bridge = await connectBridge(relay.url, randomBridgeId());
+      const gone = new Promise<string>((resolve) =>
+        bridge.once("disconnect", resolve),
+      );
+      // A terminal that closes sends SIGHUP to its whole foreground
+      // process group: the primary and its workers at once.
+      process.kill(target === "primary" ? relay.pid : -relay.pid, "SIGHUP");
+      assert.equal(await relay.waitForExit(), 0);
+      assert.equal(await gone, "transport close");
+
+      const primaryStop = relay.logs.find(
+        (line) => line.msg === "primary shutting down, draining workers",
+      );
+      assert.equal(primaryStop?.reason, "SIGHUP");
+      assert.ok(relay.logs.some((line) => line.msg === "primary stopped"));
+
+      for (const worker of workers) {
+        assert.ok(
+          relay.logs.some(
+            (line) => line.msg === "stopped" && line.pid === worker.pid,
+          ),
+          `worker ${worker.pid} drained and logged its stop`,
+        );
+        assert.equal(isAlive(worker.pid), false, `worker ${worker.pid} exited`);
+      }
+      assert.ok(
+        !relay.logs.some((line) =>
+          line.msg.startsWith("primary process is gone"),
+        ),
+        "no worker lost its primary",
+      );
+    });
+  }
+
   for (const clustered of [false, true]) {
     it(`stops ${clustered ? "a cluster" : "the embedded relay"} whose log reader is gone`, async () => {
       const relay = await startRelay(

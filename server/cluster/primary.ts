@@ -11,6 +11,7 @@ import {
   DRAINING_MESSAGE,
   requestShutdown,
   setShutdownHandler,
+  SHUTDOWN_SIGNALS,
 } from "./shutdown.ts";
 import { capListenedConnections } from "./connection-cap.ts";
 import { rerouteHandoffsOnExit } from "./dead-worker-handoffs.ts";
@@ -119,7 +120,7 @@ function waitForExit(
  * connection to a worker with @socket.io/sticky. It balances round-robin,
  * because least-connection piles a burst onto one worker. It restarts
  * workers that die with a growing delay, replaces its workers one at a
- * time on SIGUSR2, and drains them all on SIGTERM or SIGINT.
+ * time on SIGUSR2, and drains them all on SIGTERM, SIGINT or SIGHUP.
  */
 export function runPrimary(config: RelayConfig, logger: Logger): void {
   // Sticky passes sockets and buffers to workers over IPC, which needs the
@@ -538,8 +539,8 @@ export function runPrimary(config: RelayConfig, logger: Logger): void {
     exitWhenDone();
   };
   setShutdownHandler(stop);
-  process.on("SIGTERM", () => stop("SIGTERM", 0));
-  process.on("SIGINT", () => stop("SIGINT", 0));
+  for (const signal of SHUTDOWN_SIGNALS)
+    process.on(signal, () => stop(signal, 0));
   process.on("SIGUSR2", () => {
     rollingRestart("SIGUSR2").catch((error: unknown) => {
       restarting = false;

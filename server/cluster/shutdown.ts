@@ -33,7 +33,14 @@ export function requestShutdown(reason: string, exitCode: number): boolean {
 }
 
 /**
- * Closes the relay on SIGTERM or SIGINT: readiness turns 503 and new
+ * Signals that drain the process. SIGHUP is among them because closing the
+ * terminal that started the relay sends it, and its default action ends
+ * the process at once, without a drain or a log line.
+ */
+export const SHUTDOWN_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
+
+/**
+ * Closes the relay on SIGTERM, SIGINT or SIGHUP: readiness turns 503 and new
  * handshakes get `UNAVAILABLE` at once, then the relay closes its sockets
  * in batches over the drain window, letting work in flight finish, then
  * `cleanup` runs. The process exits by the shutdown deadline even if
@@ -84,6 +91,6 @@ export function installShutdown(
       });
   };
   setShutdownHandler(stop);
-  process.on("SIGTERM", () => stop("SIGTERM", 0));
-  process.on("SIGINT", () => stop("SIGINT", 0));
+  for (const signal of SHUTDOWN_SIGNALS)
+    process.on(signal, () => stop(signal, 0));
 }

@@ -33,6 +33,8 @@ export interface RelayProcess {
   ) => Promise<LogLine>;
   /** Sends `signal` and resolves with the exit code once the process has exited. */
   stop: (signal?: NodeJS.Signals) => Promise<number | null>;
+  /** Resolves with the exit code once the process has exited, without signalling it. */
+  waitForExit: () => Promise<number | null>;
   child: ChildProcess;
 }
 
@@ -45,6 +47,11 @@ export interface RelayOptions {
   /** Run the compiled JavaScript in dist/ instead of the TypeScript sources. */
   compiled?: boolean;
   startTimeoutMs?: number;
+  /**
+   * Start the relay in a process group of its own, which its workers
+   * join, so that a test can signal the group as a terminal does.
+   */
+  ownProcessGroup?: boolean;
 }
 
 /** Returns the workers a relay started with `options` has: none when embedded. */
@@ -109,6 +116,10 @@ export async function startRelay(
       const [code] = (await exited) as [number | null];
       return code;
     },
+    waitForExit: async () => {
+      const [code] = (await exited) as [number | null];
+      return code;
+    },
   };
 }
 
@@ -141,6 +152,7 @@ export function launchRelay(options: RelayOptions = {}): LaunchedRelay {
       ...options.env,
     },
     stdio: ["ignore", "pipe", "pipe"],
+    detached: options.ownProcessGroup ?? false,
   });
   const logs: LogLine[] = [];
   const output: string[] = [];
