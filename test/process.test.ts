@@ -26,12 +26,19 @@ function isAlive(pid: number): boolean {
   }
 }
 
-/** Runs the relay with `env` until it exits, and returns its exit code and output. */
+/**
+ * Runs the relay with `env` until it exits, and returns its exit code and
+ * output. A `launcher` (a command and its arguments) runs the relay
+ * through that command.
+ */
 async function runRelay(
   env: Record<string, string>,
+  launcher: string[] = [],
 ): Promise<{ code: number; output: string }> {
+  const relayCommand = [process.execPath, "--import", "tsx", "server/main.ts"];
+  const [command, ...args] = [...launcher, ...relayCommand];
   try {
-    await run(process.execPath, ["--import", "tsx", "server/main.ts"], {
+    await run(command!, args, {
       cwd: ROOT,
       env: {
         ...process.env,
@@ -98,6 +105,71 @@ describe("relay processes", function () {
       } finally {
         holder.close();
       }
+    });
+  }
+
+  /** Returns the fatal log line of a relay's JSON output. */
+  function fatalLine(output: string): LogLine | undefined {
+    return output
+      .split("\n")
+      .filter((line) => line.startsWith("{"))
+      .map((line) => JSON.parse(line) as LogLine)
+      .find((line) => line.level === 60);
+  }
+
+  for (const clustered of [false, true]) {
+    it(`reports an unknown HOST ${clustered ? "before forking" : "embedded"}`, async () => {
+      // A DNS label is at most 63 bytes (RFC 1035), so the resolver rejects
+      // this name with ENOTFOUND, as it does a name that does not exist,
+      // without sending a query (checked with strace on glibc 2.36).
+      const host = `${"a".repeat(64)}.invalid`;
+      const { code, output } = await runRelay({
+        HOST: host,
+        REDIS_URL: clustered ? redis.url : "",
+        LOG_FORMAT: "json",
+      });
+      assert.equal(code, 1);
+      const fatal = fatalLine(output);
+      assert.equal(
+        fatal?.msg,
+        `HOST ${host} was not found (ENOTFOUND); set HOST to an IP address of this machine or to a host name that resolves to one`,
+      );
+      assert.equal(fatal?.code, "ENOTFOUND");
+      assert.equal(fatal?.host, host);
+      assert.doesNotMatch(output, /relay failed to start/);
+      assert.doesNotMatch(output, /getaddrinfo/);
+      assert.doesNotMatch(output, /worker ready/);
+    });
+  }
+
+  for (const clustered of [false, true]) {
+    it(`reports a failed DNS lookup ${clustered ? "before forking" : "embedded"}`, async function () {
+      // In a network namespace of its own, with no interface up, the relay
+      // cannot reach any DNS server, and nothing it sends leaves the machine.
+      const isolate = ["unshare", "--map-root-user", "--net"];
+      try {
+        await run(isolate[0]!, [...isolate.slice(1), "true"]);
+      } catch {
+        this.skip();
+      }
+      const host = "relay-test.invalid";
+      const { code, output } = await runRelay(
+        {
+          HOST: host,
+          REDIS_URL: clustered ? redis.url : "",
+          LOG_FORMAT: "json",
+        },
+        isolate,
+      );
+      assert.equal(code, 1);
+      const fatal = fatalLine(output);
+      assert.equal(
+        fatal?.msg,
+        `HOST ${host} could not be resolved because the DNS lookup failed (EAI_AGAIN); check the DNS server, or set HOST to an IP address of this machine`,
+      );
+      assert.equal(fatal?.code, "EAI_AGAIN");
+      assert.doesNotMatch(output, /relay failed to start/);
+      assert.doesNotMatch(output, /worker ready/);
     });
   }
 

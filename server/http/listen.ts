@@ -7,6 +7,23 @@ const ADDRESS_ERRORS: Record<string, string> = {
   EADDRNOTAVAIL: "is not an address of this machine",
 };
 
+/**
+ * Error codes of the host name lookup that comes before a listen on a
+ * HOST that is not an IP address, with what went wrong and the fix.
+ */
+const DNS_FAILED = {
+  problem: "could not be resolved because the DNS lookup failed",
+  fix: "check the DNS server, or set HOST to an IP address of this machine",
+};
+const LOOKUP_ERRORS: Record<string, { problem: string; fix: string }> = {
+  ENOTFOUND: {
+    problem: "was not found",
+    fix: "set HOST to an IP address of this machine or to a host name that resolves to one",
+  },
+  EAI_AGAIN: DNS_FAILED,
+  EAI_FAIL: DNS_FAILED,
+};
+
 /** A listen that failed for a reason the user can fix. */
 export class ListenError extends Error {
   constructor(
@@ -30,7 +47,17 @@ export function explainListenError(
   host: string,
 ): unknown {
   const code = (error as NodeJS.ErrnoException | null)?.code;
-  if (code === undefined || !(code in ADDRESS_ERRORS)) return error;
+  if (code === undefined) return error;
+  const lookup = LOOKUP_ERRORS[code];
+  if (lookup !== undefined) {
+    return new ListenError(
+      `HOST ${host} ${lookup.problem} (${code}); ${lookup.fix}`,
+      code,
+      port,
+      host,
+    );
+  }
+  if (!(code in ADDRESS_ERRORS)) return error;
   return new ListenError(
     `port ${port} on ${host} ${ADDRESS_ERRORS[code]} (${code}); run with another PORT or HOST`,
     code,
@@ -60,13 +87,13 @@ export function listenOn(
  * Rejects with a ListenError when nothing could listen on `port` and
  * `host` now. The primary checks this before it starts workers, since it
  * listens only once one is ready. Another process may still take the
- * port in between.
+ * port in between. Port 0 is probed too, on a port the system picks,
+ * because HOST may still not resolve or not be an address of this machine.
  */
 export async function checkAddressFree(
   port: number,
   host: string,
 ): Promise<void> {
-  if (port === 0) return;
   const probe = createServer();
   await listenOn(probe, { port, host });
   await new Promise<void>((resolve) => probe.close(() => resolve()));
