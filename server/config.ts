@@ -8,6 +8,9 @@ import {
   type LingerLimits,
 } from "./http/lingering-close.ts";
 
+/** Minimum length of an HS256 secret, in AUTH_SECRET or the secret file, in characters. */
+export const MIN_SECRET_LENGTH = 32;
+
 /**
  * Relay configuration, read once from environment variables at start.
  * Every variable is documented in the README's configuration table.
@@ -161,7 +164,13 @@ const envSchema = z.object({
     )
     .default("relay"),
   AUTH_SECRET: optionalText.pipe(
-    z.string().min(32, "AUTH_SECRET must be at least 32 characters").optional(),
+    z
+      .string()
+      .min(
+        MIN_SECRET_LENGTH,
+        `AUTH_SECRET must be at least ${MIN_SECRET_LENGTH} characters`,
+      )
+      .optional(),
   ),
   AUTH_PUBLIC_KEY: optionalText
     .transform((pem) => pem?.replace(/\\n/g, "\n"))

@@ -1,5 +1,11 @@
 import cluster from "node:cluster";
-import { resolveSecret } from "./auth/secret.ts";
+import {
+  formatMode,
+  resolveSecret,
+  SecretFileError,
+  secretFileWarning,
+  type ResolvedSecret,
+} from "./auth/secret.ts";
 import { ConfigError, loadConfig } from "./config.ts";
 import { runPrimary } from "./cluster/primary.ts";
 import { runWorker } from "./cluster/worker.ts";
@@ -29,14 +35,26 @@ async function main(): Promise<void> {
     cluster.isWorker ? { role, worker: cluster.worker?.id } : { role },
   );
   installCrashHandlers(logger);
-  const { secret, file, generated } = resolveSecret(config);
+  let resolved: ResolvedSecret;
+  try {
+    resolved = resolveSecret(config);
+  } catch (error) {
+    if (!(error instanceof SecretFileError)) throw error;
+    logger.fatal({ file: error.file }, error.message);
+    process.exit(1);
+  }
+  const { secret, file, generated, exposedMode } = resolved;
   if (cluster.isPrimary && file !== undefined) {
     logger.warn(
       { file },
       generated
-        ? "AUTH_SECRET is not set: generated a development secret and stored it in the file"
+        ? "AUTH_SECRET is not set: created the development secret file with a new secret"
         : "AUTH_SECRET is not set: using the development secret stored in the file",
     );
+    const warning = secretFileWarning(resolved);
+    if (warning !== undefined && exposedMode !== undefined) {
+      logger.warn({ file, mode: formatMode(exposedMode) }, warning);
+    }
   }
   try {
     if (config.redis === undefined) {

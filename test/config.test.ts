@@ -5,6 +5,7 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   rmSync,
   statSync,
@@ -12,7 +13,11 @@ import {
 } from "node:fs";
 import os, { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { resolveSecret } from "../server/auth/secret.ts";
+import {
+  resolveSecret,
+  SecretFileError,
+  secretFileWarning,
+} from "../server/auth/secret.ts";
 import { defaultMaxConnections } from "../server/cluster/open-files-limit.ts";
 import { ConfigError, loadConfig, type RelayConfig } from "../server/config.ts";
 
@@ -534,19 +539,87 @@ describe("resolveSecret", () => {
     assert.equal(second.generated, undefined);
   });
 
-  it("replaces short stored secret privately", () => {
+  /** Writes `content` to the secret file with `mode`, as a user would. */
+  function writeSecretFile(content: string, mode: number): void {
     mkdirSync(dirname(secretFile), { recursive: true });
-    writeFileSync(secretFile, "short\n");
-    chmodSync(secretFile, 0o644);
-    const resolved = resolveSecret(developmentConfig());
-    assert.equal(resolved.generated, true);
-    assert.ok((resolved.secret ?? "").length >= 32);
-    assert.equal(readFileSync(secretFile, "utf8").trim(), resolved.secret);
-    assert.equal(
-      statSync(secretFile).mode & 0o777,
-      0o600,
-      "a regenerated secret must not stay in a world-readable file",
+    writeFileSync(secretFile, content);
+    chmodSync(secretFile, mode);
+  }
+
+  it("rejects short stored secret", () => {
+    writeSecretFile("short\n", 0o644);
+    assert.throws(
+      () => resolveSecret(developmentConfig()),
+      (error: Error) => {
+        assert.ok(error instanceof SecretFileError);
+        assert.equal(error.file, secretFile);
+        assert.equal(
+          error.message,
+          `AUTH_SECRET_FILE ${secretFile} contains a secret of 5 characters, too short: ` +
+            "the secret must be at least 32 characters; put a longer secret in it, " +
+            "or delete it so that a new one is created",
+        );
+        return true;
+      },
     );
+    assert.equal(readFileSync(secretFile, "utf8"), "short\n");
+    assert.equal(statSync(secretFile).mode & 0o777, 0o644);
+  });
+
+  it("rejects empty secret file", () => {
+    writeSecretFile("\n", 0o600);
+    assert.throws(
+      () => resolveSecret(developmentConfig()),
+      (error: Error) => {
+        assert.ok(error instanceof SecretFileError);
+        assert.match(error.message, / is empty: /);
+        return true;
+      },
+    );
+    assert.equal(readFileSync(secretFile, "utf8"), "\n");
+  });
+
+  it("rejects unreadable secret file", () => {
+    mkdirSync(secretFile, { recursive: true });
+    assert.throws(
+      () => resolveSecret(developmentConfig()),
+      (error: Error) => {
+        assert.ok(error instanceof SecretFileError);
+        assert.match(error.message, /could not be read \(EISDIR\)/);
+        return true;
+      },
+    );
+  });
+
+  it("flags secret readable by others", () => {
+    writeSecretFile(`${SECRET_32}\n`, 0o644);
+    const resolved = resolveSecret(developmentConfig());
+    assert.equal(resolved.secret, SECRET_32);
+    assert.equal(resolved.generated, undefined);
+    assert.equal(resolved.exposedMode, 0o644);
+    assert.equal(
+      secretFileWarning(resolved),
+      `AUTH_SECRET_FILE ${secretFile} can be read by its group or others (mode 0644); run chmod 600 ${secretFile}`,
+    );
+    assert.equal(statSync(secretFile).mode & 0o777, 0o644);
+  });
+
+  it("flags secret readable by group", () => {
+    writeSecretFile(`${SECRET_32}\n`, 0o640);
+    assert.equal(resolveSecret(developmentConfig()).exposedMode, 0o640);
+  });
+
+  it("accepts private secret silently", () => {
+    writeSecretFile(`${SECRET_32}\n`, 0o600);
+    const resolved = resolveSecret(developmentConfig());
+    assert.equal(resolved.secret, SECRET_32);
+    assert.equal(resolved.exposedMode, undefined);
+    assert.equal(secretFileWarning(resolved), undefined);
+  });
+
+  it("leaves no temporary file", () => {
+    resolveSecret(developmentConfig());
+    assert.deepEqual(readdirSync(dirname(secretFile)), ["auth-secret"]);
   });
 
   it("prefers configured AUTH_SECRET", () => {

@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import { execFile, execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import {
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer, type AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import {
@@ -12,7 +20,11 @@ import {
   settle,
 } from "./support/clients.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
-import { startRelay, type LogLine } from "./support/relay-process.ts";
+import {
+  startRelay,
+  TEST_SECRET,
+  type LogLine,
+} from "./support/relay-process.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const run = promisify(execFile);
@@ -172,6 +184,65 @@ describe("relay processes", function () {
       assert.doesNotMatch(output, /worker ready/);
     });
   }
+
+  for (const clustered of [false, true]) {
+    it(`rejects a short secret file ${clustered ? "before forking" : "embedded"}`, async () => {
+      const directory = mkdtempSync(join(tmpdir(), "relay-secret-"));
+      const secretFile = join(directory, "auth-secret");
+      writeFileSync(secretFile, "short\n", { mode: 0o644 });
+      try {
+        const { code, output } = await runRelay({
+          AUTH_SECRET_FILE: secretFile,
+          REDIS_URL: clustered ? redis.url : "",
+          LOG_FORMAT: "json",
+        });
+        assert.equal(code, 1);
+        const fatal = fatalLine(output);
+        assert.equal(
+          fatal?.msg,
+          `AUTH_SECRET_FILE ${secretFile} contains a secret of 5 characters, too short: ` +
+            "the secret must be at least 32 characters; put a longer secret in it, " +
+            "or delete it so that a new one is created",
+        );
+        assert.equal(fatal?.file, secretFile);
+        assert.equal(readFileSync(secretFile, "utf8"), "short\n");
+        assert.equal(statSync(secretFile).mode & 0o777, 0o644);
+        assert.doesNotMatch(output, /relay failed to start/);
+        assert.doesNotMatch(output, /worker ready/);
+      } finally {
+        rmSync(directory, { recursive: true, force: true });
+      }
+    });
+  }
+
+  it("warns about a readable secret file", async () => {
+    const directory = mkdtempSync(join(tmpdir(), "relay-secret-"));
+    const secretFile = join(directory, "auth-secret");
+    writeFileSync(secretFile, `${TEST_SECRET}\n`, { mode: 0o644 });
+    const relay = await startRelay({
+      env: { AUTH_SECRET: "", AUTH_SECRET_FILE: secretFile },
+    });
+    try {
+      const warning = await relay.waitForLog((line) =>
+        line.msg.startsWith(`AUTH_SECRET_FILE ${secretFile}`),
+      );
+      assert.equal(warning.level, 40);
+      assert.equal(
+        warning.msg,
+        `AUTH_SECRET_FILE ${secretFile} can be read by its group or others (mode 0644); run chmod 600 ${secretFile}`,
+      );
+      assert.equal(warning.mode, "0644");
+      assert.equal(warning.file, secretFile);
+      // The relay uses the file's secret, which signed the test's token.
+      const bridge = await connectBridge(relay.url, randomBridgeId());
+      assert.equal(bridge.connected, true);
+      bridge.close();
+      assert.equal(readFileSync(secretFile, "utf8"), `${TEST_SECRET}\n`);
+    } finally {
+      await relay.stop();
+      rmSync(directory, { recursive: true, force: true });
+    }
+  });
 
   it("requires a key in production", async () => {
     const { code, output } = await runRelay({ NODE_ENV: "production" });

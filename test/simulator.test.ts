@@ -1,9 +1,19 @@
 import assert from "node:assert/strict";
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
+import {
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { jwtVerify } from "jose";
 import type {
   BridgePresence,
   BridgeState,
@@ -142,5 +152,138 @@ describe("simulator and token tool", function () {
     } finally {
       app.close();
     }
+  });
+});
+
+describe("token tool and simulator: secret file", function () {
+  this.timeout(30_000);
+  let directory: string;
+  let secretFile: string;
+
+  beforeEach(() => {
+    directory = mkdtempSync(join(tmpdir(), "relay-secret-"));
+    secretFile = join(directory, "auth-secret");
+  });
+
+  afterEach(() => {
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  /** Runs `script` with the secret file and no AUTH_SECRET, and returns its exit code and output. */
+  async function runWithSecretFile(
+    script: string,
+    args: string[],
+  ): Promise<{ code: number; stdout: string; stderr: string }> {
+    try {
+      const { stdout, stderr } = await run(
+        process.execPath,
+        ["--import", "tsx", script, ...args],
+        {
+          cwd: ROOT,
+          env: {
+            ...process.env,
+            NODE_ENV: "development",
+            AUTH_SECRET: "",
+            AUTH_PUBLIC_KEY: "",
+            AUTH_SECRET_FILE: secretFile,
+          },
+          timeout: 15_000,
+        },
+      );
+      return { code: 0, stdout, stderr };
+    } catch (error) {
+      const failure = error as { code: number; stdout: string; stderr: string };
+      return failure;
+    }
+  }
+
+  const tokenArgs = ["bridge", "001788fffe000000"];
+  // The simulator reads the secret file before it connects, and no relay
+  // listens on port 1.
+  const simulatorArgs = ["--url", "http://127.0.0.1:1", "--bridges", "1"];
+  const tools = [
+    { name: "token tool", script: "server/tools/token.ts", args: tokenArgs },
+    {
+      name: "simulator",
+      script: "client-sdk/simulator/main.ts",
+      args: simulatorArgs,
+    },
+  ];
+
+  for (const tool of tools) {
+    it(`${tool.name} rejects a short secret file`, async () => {
+      writeFileSync(secretFile, "short\n", { mode: 0o644 });
+      const { code, stderr } = await runWithSecretFile(tool.script, tool.args);
+      assert.equal(code, 1);
+      assert.equal(
+        stderr.trim(),
+        `AUTH_SECRET_FILE ${secretFile} contains a secret of 5 characters, too short: ` +
+          "the secret must be at least 32 characters; put a longer secret in it, " +
+          "or delete it so that a new one is created",
+      );
+      assert.equal(readFileSync(secretFile, "utf8"), "short\n");
+      assert.equal(statSync(secretFile).mode & 0o777, 0o644);
+    });
+  }
+
+  it("token tool warns about a readable secret file", async () => {
+    writeFileSync(secretFile, `${TEST_SECRET}\n`, { mode: 0o644 });
+    const { code, stdout, stderr } = await runWithSecretFile(
+      "server/tools/token.ts",
+      tokenArgs,
+    );
+    assert.equal(code, 0);
+    assert.equal(
+      stderr.trim(),
+      `AUTH_SECRET_FILE ${secretFile} can be read by its group or others (mode 0644); run chmod 600 ${secretFile}`,
+    );
+    const { payload } = await jwtVerify(
+      stdout.trim(),
+      new TextEncoder().encode(TEST_SECRET),
+    );
+    assert.equal(payload.sub, "001788fffe000000");
+  });
+
+  it("simulator warns about a readable secret file", async () => {
+    writeFileSync(secretFile, `${TEST_SECRET}\n`, { mode: 0o644 });
+    const simulator = spawn(
+      process.execPath,
+      ["--import", "tsx", "client-sdk/simulator/main.ts", ...simulatorArgs],
+      {
+        cwd: ROOT,
+        env: {
+          ...process.env,
+          NODE_ENV: "development",
+          AUTH_SECRET: "",
+          AUTH_PUBLIC_KEY: "",
+          AUTH_SECRET_FILE: secretFile,
+        },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    const exited = once(simulator, "exit");
+    try {
+      const lines = createInterface({ input: simulator.stderr! });
+      const [first] = (await once(lines, "line")) as [string];
+      assert.equal(
+        first,
+        `AUTH_SECRET_FILE ${secretFile} can be read by its group or others (mode 0644); run chmod 600 ${secretFile}`,
+      );
+    } finally {
+      simulator.kill("SIGTERM");
+      await exited;
+    }
+  });
+
+  it("token tool creates a missing secret file", async () => {
+    const { code, stdout, stderr } = await runWithSecretFile(
+      "server/tools/token.ts",
+      tokenArgs,
+    );
+    assert.equal(code, 0);
+    assert.equal(stderr.trim(), `created development secret in ${secretFile}`);
+    assert.equal(statSync(secretFile).mode & 0o777, 0o600);
+    const secret = readFileSync(secretFile, "utf8").trim();
+    await jwtVerify(stdout.trim(), new TextEncoder().encode(secret));
   });
 });

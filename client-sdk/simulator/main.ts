@@ -9,7 +9,7 @@
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "../../server/config.ts";
-import { resolveSecret } from "../../server/auth/secret.ts";
+import { resolveSecret, secretFileWarning } from "../../server/auth/secret.ts";
 import {
   signBridgeToken,
   type TokenIssuerOptions,
@@ -106,7 +106,10 @@ function log(bridgeId: string, message: string): void {
 /** Loads the relay's signing secret and claims, or throws a ConfigError. */
 function loadSigning(): { secret: string; issuer: TokenIssuerOptions } {
   const config = loadConfig();
-  const { secret } = resolveSecret(config);
+  const resolved = resolveSecret(config);
+  const { secret } = resolved;
+  const warning = secretFileWarning(resolved);
+  if (warning !== undefined) console.error(warning);
   if (secret === undefined) {
     throw new ConfigError(
       "no HS256 secret available: the relay is configured with AUTH_PUBLIC_KEY and no AUTH_SECRET, " +

@@ -8,7 +8,7 @@
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "../config.ts";
-import { resolveSecret } from "../auth/secret.ts";
+import { resolveSecret, secretFileWarning } from "../auth/secret.ts";
 import {
   signAppToken,
   signBridgeToken,
@@ -32,7 +32,7 @@ Options:
 
 The secret is AUTH_SECRET or, outside production, the development secret
 file (AUTH_SECRET_FILE, default .data/auth-secret) that the relay also
-reads; the file is created on first use. AUTH_ISSUER and AUTH_AUDIENCE,
+reads; the file is created when missing and never replaced. AUTH_ISSUER and AUTH_AUDIENCE,
 when set, become the iss and aud claims.`;
 
 const DEFAULT_EXPIRY = { bridge: "30d", app: "1h" } as const;
@@ -126,6 +126,8 @@ function loadSigningSecret(): { secret: string; issuer: TokenIssuerOptions } {
   if (resolved.generated) {
     console.error(`created development secret in ${resolved.file}`);
   }
+  const warning = secretFileWarning(resolved);
+  if (warning !== undefined) console.error(warning);
   const { issuer, audience } = config.auth;
   return { secret: resolved.secret, issuer: { issuer, audience } };
 }
