@@ -5,6 +5,7 @@ import { serverConnectionState } from "../server/redis/connection-state.ts";
 import {
   REPLY_RETRY_LIMITS,
   ReplySender,
+  retriedReplies,
   type CommandReply,
   type ReplyRetryLimits,
 } from "../server/relay/reply-sender.ts";
@@ -14,6 +15,12 @@ import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
 
 const ORIGIN = "origin-server";
 const DROPPED = "could not send a command answer back to the app's server";
+
+/** Returns the count of `relay_command_replies_retried_total` for `outcome`. */
+async function retriedCount(outcome: string): Promise<number> {
+  const { values } = await retriedReplies.get();
+  return values.find((value) => value.labels.outcome === outcome)?.value ?? 0;
+}
 
 describe("reply sender", function () {
   this.timeout(15_000);
@@ -85,6 +92,7 @@ describe("reply sender", function () {
 
   it("publishes again once Redis is back", async () => {
     const { sender, publisher, lines } = offlineSender();
+    const sentBefore = await retriedCount("sent");
     const sending = sender.send(reply("back", 5000));
     await new Promise((resolve) => setTimeout(resolve, 300));
     assert.equal(sender.waiting, 1, "replies waiting during the outage");
@@ -101,10 +109,12 @@ describe("reply sender", function () {
     );
     assert.ok(resent !== undefined, "logged the publish after failures");
     assert.ok((resent.attempts as number) > 1, `${String(resent.attempts)}`);
+    assert.equal(await retriedCount("sent"), sentBefore + 1);
   });
 
   it("drops a reply at its deadline", async () => {
     const { sender, lines } = offlineSender();
+    const droppedBefore = await retriedCount("dropped");
     const startedAt = Date.now();
     await sender.send(reply("late", 400));
     const elapsedMs = Date.now() - startedAt;
@@ -113,6 +123,7 @@ describe("reply sender", function () {
     assert.equal(drops.length, 1, "drop log lines");
     assert.match(String(drops[0]!.reason), /stops waiting/);
     assert.equal(received.length, 0);
+    assert.equal(await retriedCount("dropped"), droppedBefore + 1);
   });
 
   it("drops a reply after maxAttempts", async () => {
@@ -128,6 +139,7 @@ describe("reply sender", function () {
 
   it("drops replies past maxQueued at once", async () => {
     const { sender, publisher, lines } = offlineSender({ maxQueued: 1 });
+    const fullBefore = await retriedCount("dropped_queue_full");
     const queued = sender.send(reply("queued", 5000));
     await new Promise((resolve) => setTimeout(resolve, 20));
     const startedAt = Date.now();
@@ -139,6 +151,7 @@ describe("reply sender", function () {
       String(line.msg).includes("too many answers wait"),
     );
     assert.equal(fullLines.length, 1, "queue-full lines within the window");
+    assert.equal(await retriedCount("dropped_queue_full"), fullBefore + 2);
     await publisher.connect();
     await queued;
     await waitUntil("the reply received", () => received.length > 0, 2000);

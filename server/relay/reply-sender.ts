@@ -1,5 +1,7 @@
+import { Counter } from "prom-client";
 import type { Logger } from "../logger.ts";
 import { RepeatLimiter } from "../logging/repeat-limiter.ts";
+import { relayRegistry } from "../metrics/relay-metrics.ts";
 import type { ServerBus } from "../messaging/server-bus.ts";
 import type { CommandAnswer } from "./command-router.ts";
 
@@ -31,6 +33,14 @@ export const REPLY_RETRY_LIMITS: ReplyRetryLimits = {
   maxDelayMs: 1000,
   maxQueued: 10_000,
 };
+
+/** Outcomes of command replies whose first publish failed. */
+export const retriedReplies = new Counter({
+  name: "relay_command_replies_retried_total",
+  help: "Command replies whose first publish to the app's server failed: sent on a later publish, dropped at their deadline or attempt limit, or dropped at once because too many waited.",
+  labelNames: ["outcome"] as const,
+  registers: [relayRegistry],
+});
 
 /** Window of the log line for replies dropped because too many wait, in ms. */
 const QUEUE_FULL_LOG_WINDOW_MS = 10_000;
@@ -83,6 +93,7 @@ export class ReplySender {
     let error = await this.publish(reply);
     if (error === undefined) return;
     if (this.queued >= this.limits.maxQueued) {
+      retriedReplies.inc({ outcome: "dropped_queue_full" });
       this.logQueueFull(ids, error);
       return;
     }
@@ -93,6 +104,7 @@ export class ReplySender {
       while (error !== undefined) {
         const dropReason = this.dropReason(attempts, delayMs, reply.deadline);
         if (dropReason !== undefined) {
+          retriedReplies.inc({ outcome: "dropped" });
           this.logger.warn(
             { err: error, ...ids, attempts, reason: dropReason },
             "could not send a command answer back to the app's server",
@@ -104,6 +116,7 @@ export class ReplySender {
         attempts += 1;
         error = await this.publish(reply);
       }
+      retriedReplies.inc({ outcome: "sent" });
       this.logger.info(
         { ...ids, attempts },
         "sent a command answer back to the app's server after Redis failed the first publishes",
