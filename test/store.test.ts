@@ -305,6 +305,33 @@ for (const variant of variants) {
         );
       });
 
+      it("claims over a stale socket", async function () {
+        const bridgeId = newBridgeId();
+        await store.claimConnection(bridgeId, "server-a", "socket-1", at(1));
+        assert.equal(
+          await store.claimIfFree(
+            bridgeId,
+            "server-a",
+            "socket-2",
+            at(2),
+            "socket-9",
+          ),
+          null,
+        );
+        assert.equal(
+          await store.claimIfFree(
+            bridgeId,
+            "server-a",
+            "socket-2",
+            at(3),
+            "socket-1",
+          ),
+          2,
+        );
+        const [held] = await store.getPresence([bridgeId]);
+        assert.equal(held?.connection?.socketId, "socket-2");
+      });
+
       it("reports no replaced connection after a release", async function () {
         const bridgeId = newBridgeId();
         await store.claimConnection(bridgeId, "server-a", "socket-1", at(1));

@@ -1,7 +1,11 @@
 import type { Namespace, Socket } from "socket.io";
 import type { Logger } from "../logger.ts";
 import type { ServerBus } from "../messaging/server-bus.ts";
-import type { ClaimResult, StateStore } from "../state/store.ts";
+import type {
+  BridgeConnection,
+  ClaimResult,
+  StateStore,
+} from "../state/store.ts";
 import type { AppBroadcaster } from "./broadcaster.ts";
 import { HandshakingSockets } from "./handshaking-sockets.ts";
 
@@ -446,25 +450,28 @@ export class BridgeSessions {
 
   private async revalidateOne(
     session: BridgeSession,
-    stored: { socketId: string; epoch: number } | null,
+    stored: BridgeConnection | null,
   ): Promise<void> {
     if (this.sessions.get(session.bridgeId) !== session) return;
     const ownClaim = stored?.socketId === session.socket.id;
     if (ownClaim && stored?.epoch === session.epoch) return;
-    if (stored !== null && !ownClaim) {
+    const stale = stored !== null && this.isGoneLocalSocket(stored);
+    if (stored !== null && !ownClaim && !stale) {
       this.disconnectReplaced(session.bridgeId, session.socket.id);
       return;
     }
     const now = new Date();
     // Claims only a free bridge: a connection that claimed it since the read
     // above is newer than this socket. A claim of this very socket at another
-    // epoch comes from Redis data restored from an older copy, and is kept
-    // at its epoch.
+    // epoch, or of a socket of this process that is gone, comes from Redis
+    // data restored from an older copy. The first is kept at its epoch, and
+    // the second is taken over.
     const epoch = await this.store.claimIfFree(
       session.bridgeId,
       this.bus.serverId,
       session.socket.id,
       now,
+      stale ? stored.socketId : undefined,
     );
     if (epoch === null) {
       this.disconnectReplaced(session.bridgeId, session.socket.id);
@@ -485,11 +492,22 @@ export class BridgeSessions {
         epoch,
         previousEpoch,
       },
-      ownClaim
-        ? "bridge claim is at another epoch after Redis data was replaced, asking for a snapshot"
-        : "bridge claim was lost, asking for a snapshot",
+      revalidationMessage(stored, ownClaim),
     );
     session.socket.emit("state:resync", { reason: RESYNC_REASON });
+  }
+
+  /**
+   * Returns true when `connection` names a socket of this process that is
+   * neither connected nor in its handshake: a claim that Redis kept or
+   * restored after the socket went away.
+   */
+  private isGoneLocalSocket(connection: BridgeConnection): boolean {
+    return (
+      connection.serverId === this.bus.serverId &&
+      !this.bridges.sockets.has(connection.socketId) &&
+      !this.handshaking.has(connection.socketId)
+    );
   }
 
   /**
@@ -548,4 +566,15 @@ export class BridgeSessions {
       );
     }
   }
+}
+
+/** Returns the log message of a claim made again on revalidation. */
+function revalidationMessage(
+  stored: BridgeConnection | null,
+  ownClaim: boolean,
+): string {
+  if (stored === null) return "bridge claim was lost, asking for a snapshot";
+  if (ownClaim)
+    return "bridge claim is at another epoch after Redis data was replaced, asking for a snapshot";
+  return "bridge claim named a socket of this process that is gone, after Redis data was replaced; took it over and asking for a snapshot";
 }

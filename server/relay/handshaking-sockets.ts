@@ -26,6 +26,11 @@ export class HandshakingSockets {
     socket.conn.once("close", onClose);
   }
 
+  /** Returns true while the socket with `socketId` is handshaking. */
+  has(socketId: string): boolean {
+    return this.handshakes.has(socketId);
+  }
+
   /** Marks the socket replaced and returns true, or returns false when it is not handshaking. */
   markReplaced(socketId: string): boolean {
     const handshake = this.handshakes.get(socketId);

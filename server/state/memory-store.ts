@@ -88,10 +88,16 @@ export class MemoryStore implements StateStore {
     serverId: string,
     socketId: string,
     now: Date,
+    staleSocketId?: string,
   ): Promise<number | null> {
     const record = this.getOrCreateRecord(bridgeId);
     if (record.connection?.socketId === socketId) return record.epoch;
-    if (record.connection !== null) return null;
+    if (
+      record.connection !== null &&
+      record.connection.socketId !== staleSocketId
+    ) {
+      return null;
+    }
     return (await this.claimConnection(bridgeId, serverId, socketId, now))
       .epoch;
   }

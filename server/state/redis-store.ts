@@ -77,16 +77,17 @@ return {epoch, previous[1], previous[2], previous[3]}
 `;
 
 /**
- * KEYS: meta. ARGV: serverId, socketId, lastSeen. Claims like CLAIM_SCRIPT
- * when no connection holds the bridge and returns the epoch. Returns the
- * current epoch when `socketId` holds it already, else false.
+ * KEYS: meta. ARGV: serverId, socketId, lastSeen, staleSocketId. Claims
+ * like CLAIM_SCRIPT when no connection holds the bridge, or
+ * `staleSocketId` does (empty for none), and returns the epoch. Returns
+ * the current epoch when `socketId` holds it already, else false.
  */
 const CLAIM_IF_FREE_SCRIPT = `
 local holder = redis.call('HGET', KEYS[1], 'socket')
 if holder == ARGV[2] then
   return tonumber(redis.call('HGET', KEYS[1], 'epoch'))
 end
-if holder then
+if holder and holder ~= ARGV[4] then
   return false
 end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
@@ -235,11 +236,12 @@ export class RedisStore implements StateStore {
     serverId: string,
     socketId: string,
     now: Date,
+    staleSocketId = "",
   ): Promise<number | null> {
     const reply = await this.runScript(
       this.claimIfFreeScript,
       [this.metaKey(bridgeId)],
-      [serverId, socketId, now.toISOString()],
+      [serverId, socketId, now.toISOString(), staleSocketId],
     );
     return reply === null || reply === false ? null : asInteger(reply, "claim");
   }

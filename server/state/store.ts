@@ -81,16 +81,18 @@ export interface StateStore {
 
   /**
    * Claims the bridge for `socketId` on `serverId` only when no connection
-   * holds it, and returns the new epoch. Returns the current epoch when
-   * `socketId` holds it already (two checks raced), or null when another
-   * connection holds the bridge. Used to claim again for a socket that
-   * lost its claim.
+   * holds it, or `staleSocketId` does, and returns the new epoch. Returns
+   * the current epoch when `socketId` holds it already (two checks raced),
+   * or null when another connection holds the bridge. Used to claim again
+   * for a socket that lost its claim, or whose claim Redis replaced with
+   * one of a socket that no longer exists.
    */
   claimIfFree(
     bridgeId: string,
     serverId: string,
     socketId: string,
     now: Date,
+    staleSocketId?: string,
   ): Promise<number | null>;
   /**
    * Marks the bridge offline if `socketId` still holds it. Returns false,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { mkdtemp, rename, rm } from "node:fs/promises";
+import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "redis";
@@ -55,6 +55,26 @@ describe("fault: Redis restored from an older copy", function () {
   let redis: ChildProcess | undefined;
   let relay: RelayProcess | undefined;
   const sockets: Socket[] = [];
+  /** The RDB file that the running Redis loaded and saves to, in `dir`. */
+  let dbFile = "dump.rdb";
+  let restarts = 0;
+
+  /** Saves Redis's data and keeps a copy of it as `copy`, in `dir`. */
+  async function saveCopy(copy: string): Promise<void> {
+    const admin = createClient({ url: `redis://127.0.0.1:${port}` });
+    await admin.connect();
+    await admin.sendCommand(["SAVE"]);
+    admin.destroy();
+    await copyFile(join(dir, dbFile), join(dir, copy));
+  }
+
+  /** Restarts Redis from the RDB copy `copy`, or empty without one. */
+  async function restartRedis(copy?: string): Promise<void> {
+    await stopProcess(redis!);
+    restarts += 1;
+    dbFile = copy ?? `empty-${restarts}.rdb`;
+    redis = await spawnRedis(port, dir, ["--dbfilename", dbFile]);
+  }
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "relay-test-restore-"));
@@ -91,12 +111,7 @@ describe("fault: Redis restored from an older copy", function () {
     const replaced = record(bridge, "session:replaced");
     assert.equal((await presenceOf(url, bridgeId))?.epoch, 2);
 
-    const admin = createClient({ url });
-    await admin.connect();
-    await admin.sendCommand(["SAVE"]);
-    admin.destroy();
-    await stopProcess(redis!);
-    await rename(join(dir, "dump.rdb"), join(dir, "older.rdb"));
+    await saveCopy("older.rdb");
 
     // Back empty: the worker claims the bridge again, at epoch 1.
     let resync = nextEvent(
@@ -105,15 +120,14 @@ describe("fault: Redis restored from an older copy", function () {
       () => true,
       RECOVERY_TIMEOUT_MS,
     );
-    redis = await spawnRedis(port, dir);
+    await restartRedis();
     await resync;
     await sendSnapshot(bridge, false);
     assert.equal((await presenceOf(url, bridgeId))?.epoch, 1);
 
     // Back from the older copy, which names the same socket at epoch 2.
     resync = nextEvent(bridge, "state:resync", () => true, RECOVERY_TIMEOUT_MS);
-    await stopProcess(redis);
-    redis = await spawnRedis(port, dir, ["--dbfilename", "older.rdb"]);
+    await restartRedis("older.rdb");
     const restoredAt = Date.now();
     await resync;
     const resyncMs = Date.now() - restoredAt;
@@ -129,6 +143,47 @@ describe("fault: Redis restored from an older copy", function () {
     );
 
     // Its release finds its own claim, so the bridge does not stay online.
+    bridge.close();
+    await waitUntil(
+      "the bridge offline once it disconnected",
+      async () => (await presenceOf(url, bridgeId)) === null,
+      5000,
+    );
+  });
+
+  it("takes over a claim of a gone socket", async () => {
+    const url = `redis://127.0.0.1:${port}`;
+    const bridgeId = randomBridgeId();
+    const first = await connectBridge(relay!.url, bridgeId);
+    await sendSnapshot(first, true);
+    await saveCopy("gone-socket.rdb");
+    first.close();
+    await waitUntil(
+      "the first connection released",
+      async () => (await presenceOf(url, bridgeId)) === null,
+      5000,
+    );
+    const bridge = await connectBridge(relay!.url, bridgeId);
+    sockets.push(bridge);
+    await sendSnapshot(bridge, false);
+    const replaced = record(bridge, "session:replaced");
+
+    // The copy names the first socket, which this worker no longer has.
+    const resync = nextEvent(
+      bridge,
+      "state:resync",
+      () => true,
+      RECOVERY_TIMEOUT_MS,
+    );
+    await restartRedis("gone-socket.rdb");
+    await resync;
+    await sendSnapshot(bridge, false);
+
+    assert.deepEqual(replaced, []);
+    assert.equal(bridge.connected, true);
+    const restored = await presenceOf(url, bridgeId);
+    assert.equal(restored?.socketId, bridge.id);
+    assert.equal(restored?.epoch, 2);
     bridge.close();
     await waitUntil(
       "the bridge offline once it disconnected",
