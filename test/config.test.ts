@@ -10,6 +10,7 @@ import {
   rmSync,
   statSync,
   writeFileSync,
+  symlinkSync,
 } from "node:fs";
 import os, { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -615,6 +616,24 @@ describe("resolveSecret", () => {
     assert.equal(resolved.secret, SECRET_32);
     assert.equal(resolved.exposedMode, undefined);
     assert.equal(secretFileWarning(resolved), undefined);
+  });
+
+  it("names a dangling symbolic link", () => {
+    const target = join(dirname(secretFile), "missing-target");
+    mkdirSync(dirname(secretFile), { recursive: true });
+    symlinkSync(target, secretFile);
+    assert.throws(
+      () => resolveSecret(developmentConfig()),
+      (error: Error) => {
+        assert.ok(error instanceof SecretFileError);
+        assert.match(
+          error.message,
+          /is a symbolic link to .*missing-target, which does not exist/,
+        );
+        return true;
+      },
+    );
+    assert.equal(existsSync(target), false);
   });
 
   it("leaves no temporary file", () => {

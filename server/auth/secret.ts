@@ -1,8 +1,10 @@
 import { randomBytes } from "node:crypto";
 import {
   linkSync,
+  lstatSync,
   mkdirSync,
   readFileSync,
+  readlinkSync,
   statSync,
   unlinkSync,
   writeFileSync,
@@ -54,6 +56,13 @@ export function resolveSecret(config: RelayConfig): ResolvedSecret {
   // Another process (a relay or the token tool) created the file meanwhile.
   const raced = readSecretFile(secretFile);
   if (raced !== undefined) return raced;
+  const target = danglingLinkTarget(secretFile);
+  if (target !== undefined) {
+    throw new SecretFileError(
+      `AUTH_SECRET_FILE ${secretFile} is a symbolic link to ${target}, which does not exist; create ${target} with the secret, or remove the link so that a new file is created`,
+      secretFile,
+    );
+  }
   throw new SecretFileError(
     `AUTH_SECRET_FILE ${secretFile} was deleted by another process while this one created it; run again`,
     secretFile,
@@ -115,6 +124,15 @@ function readSecretFile(file: string): ResolvedSecret | undefined {
     resolved.exposedMode = mode;
   }
   return resolved;
+}
+
+/** Returns the target of `file` when it is a symbolic link, or undefined. */
+function danglingLinkTarget(file: string): string | undefined {
+  try {
+    return lstatSync(file).isSymbolicLink() ? readlinkSync(file) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
