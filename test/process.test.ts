@@ -144,7 +144,7 @@ describe("relay processes", function () {
       const fatal = fatalLine(output);
       assert.equal(
         fatal?.msg,
-        `HOST ${host} was not found (ENOTFOUND); set HOST to an IP address of this machine or to a host name that resolves to one`,
+        `HOST ${JSON.stringify(host)} was not found (ENOTFOUND); set HOST to an IP address of this machine or to a host name that resolves to one`,
       );
       assert.equal(fatal?.code, "ENOTFOUND");
       assert.equal(fatal?.host, host);
@@ -177,7 +177,7 @@ describe("relay processes", function () {
       const fatal = fatalLine(output);
       assert.equal(
         fatal?.msg,
-        `HOST ${host} could not be resolved because the DNS lookup failed (EAI_AGAIN); check the DNS server, or set HOST to an IP address of this machine`,
+        `HOST ${JSON.stringify(host)} could not be resolved because the DNS lookup failed (EAI_AGAIN); check the DNS server, or set HOST to an IP address of this machine`,
       );
       assert.equal(fatal?.code, "EAI_AGAIN");
       assert.doesNotMatch(output, /relay failed to start/);

@@ -51,7 +51,8 @@ export function explainListenError(
   const lookup = LOOKUP_ERRORS[code];
   if (lookup !== undefined) {
     return new ListenError(
-      `HOST ${host} ${lookup.problem} (${code}); ${lookup.fix}`,
+      // Quoted, so that a space at either end of HOST shows.
+      `HOST ${JSON.stringify(host)} ${lookup.problem} (${code}); ${lookup.fix}`,
       code,
       port,
       host,
