@@ -17,7 +17,20 @@ export type BusMessage =
     }
   | { type: "reply"; requestId: string; answer: Ack<{ light: Light }> }
   | { type: "replace"; bridgeId: string; socketId: string }
-  | { type: "reclaim"; bridgeId: string; socketId: string };
+  | { type: "reclaim"; bridgeId: string; socketId: string }
+  /**
+   * Asks the server that a bridge's claim names whether it still has
+   * socket `socketId`, because Redis data restored from an older copy can
+   * name a socket that is gone. The server sends `replace` for the
+   * requester's socket when it has that socket. Otherwise it releases the
+   * claim and sends `reclaim`.
+   */
+  | {
+      type: "checkClaim";
+      bridgeId: string;
+      socketId: string;
+      requester: { serverId: string; socketId: string };
+    };
 
 export type BusHandler = (message: BusMessage) => void;
 

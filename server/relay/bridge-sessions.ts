@@ -4,6 +4,7 @@ import type { ServerBus } from "../messaging/server-bus.ts";
 import type {
   BridgeConnection,
   ClaimResult,
+  SocketRelease,
   StateStore,
 } from "../state/store.ts";
 import type { AppBroadcaster } from "./broadcaster.ts";
@@ -225,20 +226,12 @@ export class BridgeSessions {
     bridgeId: string,
     socketId: string,
   ): Promise<void> {
-    const now = new Date();
-    const release = await this.store.releaseSocket(bridgeId, socketId, now);
-    if (!release.released) return;
-    this.logger.warn(
-      { bridgeId, socketId },
+    const release = await this.releaseStaleSocket(
+      bridgeId,
+      socketId,
       "released a claim that Redis ran after the handshake gave up on it",
     );
-    this.broadcaster.presence({
-      bridgeId,
-      online: false,
-      lastSeen: now.toISOString(),
-      epoch: release.epoch,
-    });
-    if (release.replaced !== null) {
+    if (release.released && release.replaced !== null) {
       await this.askToReclaim(bridgeId, release.replaced);
     }
   }
@@ -382,7 +375,8 @@ export class BridgeSessions {
    * Checks every local bridge's claim against the store, after Redis came
    * back from an outage. A lost claim (Redis restarted empty) is made
    * again and the bridge is sent `state:resync`, so it resends its lights.
-   * A claim taken by another socket meanwhile disconnects the local one.
+   * A claim of another open socket disconnects the local one. A claim that
+   * names another server is checked by that server first.
    */
   revalidate(): Promise<void> {
     // Runs one at a time, because a reconnect and a restored lease can ask at once.
@@ -455,23 +449,47 @@ export class BridgeSessions {
     if (this.sessions.get(session.bridgeId) !== session) return;
     const ownClaim = stored?.socketId === session.socket.id;
     if (ownClaim && stored?.epoch === session.epoch) return;
-    const stale = stored !== null && this.isGoneLocalSocket(stored);
-    if (stored !== null && !ownClaim && !stale) {
+    if (stored === null || ownClaim) {
+      await this.claimAgain(session, stored, undefined);
+      return;
+    }
+    if (stored.serverId !== this.bus.serverId) {
+      await this.askHolderToCheck(session, stored);
+      return;
+    }
+    if (this.holdsSocket(stored.socketId)) {
       this.disconnectReplaced(session.bridgeId, session.socket.id);
       return;
     }
+    await this.claimAgain(
+      session,
+      stored,
+      "bridge claim named a socket of this process that is gone, after Redis data was replaced; took it over and asking for a snapshot",
+    );
+  }
+
+  /**
+   * Claims the bridge again for `session` and asks the bridge to resync.
+   * With a `takeOverMessage`, the claim of `stored`'s socket, which is
+   * gone, is replaced. Otherwise only a free bridge is claimed, or one that
+   * `session`'s own socket holds at another epoch.
+   */
+  private async claimAgain(
+    session: BridgeSession,
+    stored: BridgeConnection | null,
+    takeOverMessage: string | undefined,
+  ): Promise<void> {
     const now = new Date();
-    // Claims only a free bridge: a connection that claimed it since the read
-    // above is newer than this socket. A claim of this very socket at another
-    // epoch, or of a socket of this process that is gone, comes from Redis
-    // data restored from an older copy. The first is kept at its epoch, and
-    // the second is taken over.
+    // A connection that claimed the bridge since the presence read is newer
+    // than this socket, so the claim fails. A claim of this very socket at
+    // another epoch comes from Redis data restored from an older copy, and
+    // is kept at its epoch.
     const epoch = await this.store.claimIfFree(
       session.bridgeId,
       this.bus.serverId,
       session.socket.id,
       now,
-      stale ? stored.socketId : undefined,
+      takeOverMessage === undefined ? undefined : stored?.socketId,
     );
     if (epoch === null) {
       this.disconnectReplaced(session.bridgeId, session.socket.id);
@@ -491,23 +509,111 @@ export class BridgeSessions {
         socketId: session.socket.id,
         epoch,
         previousEpoch,
+        storedServerId: stored?.serverId,
+        storedSocketId: stored?.socketId,
       },
-      revalidationMessage(stored, ownClaim),
+      takeOverMessage ?? revalidationMessage(stored),
     );
     session.socket.emit("state:resync", { reason: RESYNC_REASON });
   }
 
   /**
-   * Returns true when `connection` names a socket of this process that is
-   * neither connected nor in its handshake: a claim that Redis kept or
-   * restored after the socket went away.
+   * Asks the server that `stored` names whether it has that socket, rather
+   * than taking the claim for a newer connection, because Redis data
+   * restored from an older copy names sockets that may be gone. That server
+   * replies with a `replace` or `reclaim` message. An epoch lower than the
+   * session's does not prove the claim stale: epochs start again at 1 when
+   * Redis restarts empty.
    */
-  private isGoneLocalSocket(connection: BridgeConnection): boolean {
-    return (
-      connection.serverId === this.bus.serverId &&
-      !this.bridges.sockets.has(connection.socketId) &&
-      !this.handshaking.has(connection.socketId)
+  private async askHolderToCheck(
+    session: BridgeSession,
+    stored: BridgeConnection,
+  ): Promise<void> {
+    const { bridgeId } = session;
+    const requester = {
+      serverId: this.bus.serverId,
+      socketId: session.socket.id,
+    };
+    let received: boolean;
+    try {
+      received = await this.bus.send(stored.serverId, {
+        type: "checkClaim",
+        bridgeId,
+        socketId: stored.socketId,
+        requester,
+      });
+    } catch (error) {
+      // The session is kept, because disconnecting it would stop the bridge
+      // for good if the claim is stale. The check is sent again every second.
+      this.owedReclaims.set(bridgeId, requester);
+      this.scheduleReleaseRetry();
+      this.logger.warn(
+        { err: error, bridgeId, serverId: stored.serverId },
+        "could not ask the server of a bridge claim to check it, retrying",
+      );
+      return;
+    }
+    if (received || !this.bus.countsReceivers) return;
+    // No process listens as that server, so the claim names no live socket
+    // there. NOTE: a server whose subscriber is reconnecting receives
+    // nothing either, and its socket may be open. That server then finds
+    // this claim on its own revalidation and asks this one to check it.
+    await this.claimAgain(
+      session,
+      stored,
+      "bridge claim named a server that does not listen, after Redis data was replaced; took it over and asking for a snapshot",
     );
+  }
+
+  /**
+   * Checks a claim of local socket `socketId` that `requester`'s server
+   * found for its own session of `bridgeId`. When the socket is here, the
+   * requester's socket is replaced, as a newer connection's claim does.
+   * Otherwise the stale claim is released and the requester is asked to
+   * claim the bridge again.
+   */
+  async checkClaim(
+    bridgeId: string,
+    socketId: string,
+    requester: { serverId: string; socketId: string },
+  ): Promise<void> {
+    if (this.holdsSocket(socketId)) {
+      await this.replace(bridgeId, requester.serverId, requester.socketId);
+      return;
+    }
+    await this.releaseStaleSocket(
+      bridgeId,
+      socketId,
+      "released a claim of a gone socket that another server found after Redis data was replaced",
+    );
+    await this.askToReclaim(bridgeId, requester);
+  }
+
+  /**
+   * Releases the claim of `socketId`, which no connection uses, and reports
+   * the bridge offline when it was released.
+   */
+  private async releaseStaleSocket(
+    bridgeId: string,
+    socketId: string,
+    message: string,
+  ): Promise<SocketRelease> {
+    const now = new Date();
+    const release = await this.store.releaseSocket(bridgeId, socketId, now);
+    if (!release.released) return release;
+    this.logger.warn({ bridgeId, socketId }, message);
+    this.broadcaster.presence({
+      bridgeId,
+      online: false,
+      lastSeen: now.toISOString(),
+      epoch: release.epoch,
+    });
+    return release;
+  }
+
+  /** Returns true when socket `socketId` of this process is connected or in its handshake. */
+  private holdsSocket(socketId: string): boolean {
+    return this.bridges.sockets.has(socketId) || this.handshaking.has(socketId);
   }
 
   /**
@@ -569,12 +675,7 @@ export class BridgeSessions {
 }
 
 /** Returns the log message of a claim made again on revalidation. */
-function revalidationMessage(
-  stored: BridgeConnection | null,
-  ownClaim: boolean,
-): string {
+function revalidationMessage(stored: BridgeConnection | null): string {
   if (stored === null) return "bridge claim was lost, asking for a snapshot";
-  if (ownClaim)
-    return "bridge claim is at another epoch after Redis data was replaced, asking for a snapshot";
-  return "bridge claim named a socket of this process that is gone, after Redis data was replaced; took it over and asking for a snapshot";
+  return "bridge claim is at another epoch after Redis data was replaced, asking for a snapshot";
 }

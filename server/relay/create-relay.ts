@@ -231,6 +231,23 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       drain.track(reclaiming);
       return;
     }
+    if (message.type === "checkClaim") {
+      const checking = sessions
+        .checkClaim(message.bridgeId, message.socketId, message.requester)
+        .catch((error: unknown) => {
+          logger.warn(
+            {
+              err: error,
+              bridgeId: message.bridgeId,
+              socketId: message.socketId,
+              requester: message.requester,
+            },
+            "could not check a bridge claim that another server asked about",
+          );
+        });
+      drain.track(checking);
+      return;
+    }
     const handling = router.handle(message).catch((error: unknown) => {
       logger.error({ err: error }, "could not handle a bus message");
     });

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { createClient } from "redis";
 import type { Socket } from "socket.io-client";
 import { RedisStore } from "../../server/state/redis-store.ts";
+import type { BridgeConnection } from "../../server/state/store.ts";
 import {
   connectBridge,
   nextEvent,
@@ -20,7 +21,11 @@ import {
   spawnRedis,
   stopProcess,
 } from "../support/redis-server.ts";
-import { startRelay, type RelayProcess } from "../support/relay-process.ts";
+import {
+  startRelay,
+  type RelayOptions,
+  type RelayProcess,
+} from "../support/relay-process.ts";
 
 const KEY_PREFIX = "restored";
 /** Time for a worker to reconnect to Redis and check its claims: its retries back off to 5 s. */
@@ -30,7 +35,7 @@ const RECOVERY_TIMEOUT_MS = 20_000;
 async function presenceOf(
   url: string,
   bridgeId: string,
-): Promise<{ socketId: string; epoch: number } | null> {
+): Promise<BridgeConnection | null> {
   const client = createClient({ url });
   client.on("error", () => undefined);
   await client.connect();
@@ -54,6 +59,8 @@ describe("fault: Redis restored from an older copy", function () {
   let port = 0;
   let redis: ChildProcess | undefined;
   let relay: RelayProcess | undefined;
+  /** Relays started by one test besides `relay`, stopped after all tests. */
+  const otherRelays: RelayProcess[] = [];
   const sockets: Socket[] = [];
   /** The RDB file that the running Redis loaded and saves to, in `dir`. */
   let dbFile = "dump.rdb";
@@ -80,15 +87,21 @@ describe("fault: Redis restored from an older copy", function () {
     dir = await mkdtemp(join(tmpdir(), "relay-test-restore-"));
     port = await findFreePort();
     redis = await spawnRedis(port, dir);
-    relay = await startRelay({
+    relay = await startRelay(relayOptions());
+  });
+
+  /** Options of a relay with one worker, so that a bridge on it is held by that worker's server ID. */
+  function relayOptions(): RelayOptions {
+    return {
       redisUrl: `redis://127.0.0.1:${port}`,
       workers: 1,
       env: { REDIS_KEY_PREFIX: KEY_PREFIX },
-    });
-  });
+    };
+  }
 
   after(async () => {
     for (const socket of sockets) socket.close();
+    await Promise.all(otherRelays.map((other) => other.stop()));
     await relay?.stop();
     if (redis !== undefined) await stopProcess(redis);
     await rm(dir, { recursive: true, force: true });
@@ -184,6 +197,51 @@ describe("fault: Redis restored from an older copy", function () {
     const restored = await presenceOf(url, bridgeId);
     assert.equal(restored?.socketId, bridge.id);
     assert.equal(restored?.epoch, 2);
+    bridge.close();
+    await waitUntil(
+      "the bridge offline once it disconnected",
+      async () => (await presenceOf(url, bridgeId)) === null,
+      5000,
+    );
+  });
+
+  it("keeps a bridge that moved to another server", async () => {
+    const url = `redis://127.0.0.1:${port}`;
+    const bridgeId = randomBridgeId();
+    const other = await startRelay(relayOptions());
+    otherRelays.push(other);
+    const otherServerId = other.workers()[0]?.serverId;
+    const first = await connectBridge(relay!.url, bridgeId);
+    await sendSnapshot(first, true);
+    await saveCopy("moved.rdb");
+    first.close();
+    await waitUntil(
+      "the first connection released",
+      async () => (await presenceOf(url, bridgeId)) === null,
+      5000,
+    );
+    const bridge = await connectBridge(other.url, bridgeId);
+    sockets.push(bridge);
+    await sendSnapshot(bridge, false);
+    const replaced = record(bridge, "session:replaced");
+
+    // The copy names the first socket, on the first relay, at epoch 1,
+    // while the bridge's session on the other relay is at epoch 2.
+    const resync = nextEvent(
+      bridge,
+      "state:resync",
+      () => true,
+      RECOVERY_TIMEOUT_MS,
+    );
+    await restartRedis("moved.rdb");
+    await resync;
+    await sendSnapshot(bridge, false);
+
+    assert.deepEqual(replaced, []);
+    assert.equal(bridge.connected, true);
+    const restored = await presenceOf(url, bridgeId);
+    assert.equal(restored?.serverId, otherServerId);
+    assert.equal(restored?.socketId, bridge.id);
     bridge.close();
     await waitUntil(
       "the bridge offline once it disconnected",
