@@ -391,4 +391,98 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     assert.equal(presence?.connection?.socketId, "open-socket");
     assert.equal(presence?.connection?.epoch, holder.get(bridgeId)?.epoch);
   });
+
+  /**
+   * Makes each server's sessions handle the bus messages sent to it, as
+   * the relay does, and returns a function that stops listening.
+   */
+  async function connectServers(
+    ...servers: ReturnType<typeof sessionsOf>[]
+  ): Promise<() => Promise<void>> {
+    for (const { bus, sessions: serverSessions } of servers) {
+      await bus.listen((message) => {
+        if (message.type === "replace") {
+          serverSessions.disconnectReplaced(message.bridgeId, message.socketId);
+        } else if (message.type === "reclaim") {
+          void serverSessions.reclaim(message.bridgeId, message.socketId);
+        } else if (message.type === "checkClaim") {
+          void serverSessions
+            .checkClaim(message.bridgeId, message.socketId, message.requester)
+            .catch(() => undefined);
+        }
+      });
+    }
+    return async () => {
+      await Promise.all(servers.map(({ bus }) => bus.close()));
+    };
+  }
+
+  it("checks a restored claim again after a failure", async () => {
+    const bridgeId = randomBridgeId();
+    const emitted: string[] = [];
+    const socket = socketWithId("live-socket", emitted);
+    const live = sessionsOf("server-b", store, [socket]);
+    await live.sessions.claim(bridgeId, socket);
+    // As Redis restored from an older copy: the claim names a socket of
+    // server-a that is gone.
+    await store.claimConnection(
+      bridgeId,
+      "server-a",
+      "gone-socket",
+      new Date(),
+    );
+    let failedReleases = 0;
+    // server-a's first release fails, as when its own Redis connection is
+    // not back yet.
+    const flaky = storeWith({
+      releaseSocket: (...args) => {
+        if (failedReleases > 0) return store.releaseSocket(...args);
+        failedReleases += 1;
+        return Promise.reject(new Error("the client is offline"));
+      },
+    });
+    const named = sessionsOf("server-a", flaky);
+    const disconnect = await connectServers(live, named);
+    try {
+      await live.sessions.revalidate();
+
+      await waitForHolder(bridgeId, "live-socket");
+    } finally {
+      await disconnect();
+    }
+    assert.equal(failedReleases, 1, "the failing release happened");
+    assert.deepEqual(emitted, ["state:resync"]);
+  });
+
+  it("replaces a socket when the named server has its own", async () => {
+    const bridgeId = randomBridgeId();
+    const emitted: string[] = [];
+    const socket = socketWithId("other-socket", emitted);
+    const replaced = sessionsOf("server-b", store, [socket]);
+    await replaced.sessions.claim(bridgeId, socket);
+    const heldSocket = socketWithId("held-socket");
+    const holder = sessionsOf("server-a", store, [heldSocket]);
+    // The claim names server-a's open socket, so server-b's is the older.
+    await store.claimConnection(
+      bridgeId,
+      "server-a",
+      "held-socket",
+      new Date(),
+    );
+    const disconnect = await connectServers(replaced, holder);
+    try {
+      await replaced.sessions.revalidate();
+
+      await waitUntil(
+        "server-b's socket replaced",
+        () => emitted.includes("disconnect"),
+        3000,
+      );
+    } finally {
+      await disconnect();
+    }
+    assert.deepEqual(emitted, ["session:replaced", "disconnect"]);
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection?.socketId, "held-socket");
+  });
 });

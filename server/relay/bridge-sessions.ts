@@ -544,16 +544,22 @@ export class BridgeSessions {
       });
     } catch (error) {
       // The session is kept, because disconnecting it would stop the bridge
-      // for good if the claim is stale. The check is sent again every second.
-      this.owedReclaims.set(bridgeId, requester);
-      this.scheduleReleaseRetry();
+      // for good if the claim is stale.
+      this.recheckLater(bridgeId, requester);
       this.logger.warn(
         { err: error, bridgeId, serverId: stored.serverId },
-        "could not ask the server of a bridge claim to check it, retrying",
+        "could not ask the server of a bridge claim to check it, retrying in 1 s",
       );
       return;
     }
-    if (received || !this.bus.countsReceivers) return;
+    if (received || !this.bus.countsReceivers) {
+      // That server's reply can be lost, or its check can fail when its
+      // Redis connection comes back after its subscriber. So the claim is
+      // read again every second until it names this socket or the socket
+      // is replaced.
+      this.recheckLater(bridgeId, requester);
+      return;
+    }
     // No process listens as that server, so the claim names no live socket
     // there. NOTE: a server whose subscriber is reconnecting receives
     // nothing either, and its socket may be open. That server then finds
@@ -563,6 +569,15 @@ export class BridgeSessions {
       stored,
       "bridge claim named a server that does not listen, after Redis data was replaced; took it over and asking for a snapshot",
     );
+  }
+
+  /** Revalidates the session of local socket `requester.socketId` again in a second. */
+  private recheckLater(
+    bridgeId: string,
+    requester: { serverId: string; socketId: string },
+  ): void {
+    this.owedReclaims.set(bridgeId, requester);
+    this.scheduleReleaseRetry();
   }
 
   /**
