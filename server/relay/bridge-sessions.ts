@@ -33,6 +33,11 @@ const RELEASE_RETRY_MS = 1000;
 export interface ConnectionIndex {
   track(bridgeIds: string[]): Promise<void>;
   untrack(bridgeId: string): Promise<void>;
+  /** Returns one page of the tracked bridge IDs. The cursor is "0" after the last page. */
+  scan(
+    cursor: string,
+    count: number,
+  ): Promise<{ cursor: string; bridgeIds: string[] }>;
 }
 
 /**
@@ -411,6 +416,54 @@ export class BridgeSessions {
         ),
       );
     }
+    await this.releaseGoneLocalClaims();
+  }
+
+  /**
+   * Releases the claims that name this process with a socket it does not
+   * have, which Redis data restored from an older copy brings back after
+   * the bridge disconnected. No session checks them, and this process's
+   * live lease keeps a sweep away, so the bridges would read online for as
+   * long as it lives. The connection index, restored from the same copy,
+   * lists the bridges to read.
+   */
+  private async releaseGoneLocalClaims(): Promise<void> {
+    if (this.index === undefined) return;
+    let cursor = "0";
+    do {
+      const page = await this.index.scan(cursor, REVALIDATE_BATCH);
+      cursor = page.cursor;
+      // Local bridges were checked above, with their sessions.
+      const bridgeIds = page.bridgeIds.filter((id) => !this.isLocal(id));
+      if (bridgeIds.length === 0) continue;
+      const records = await this.store.getPresence(bridgeIds);
+      await Promise.all(
+        records.map(({ bridgeId, connection }) =>
+          connection === null || !this.isGoneLocalSocket(connection)
+            ? Promise.resolve()
+            : this.releaseGoneLocalClaim(bridgeId, connection.socketId),
+        ),
+      );
+    } while (cursor !== "0");
+  }
+
+  private async releaseGoneLocalClaim(
+    bridgeId: string,
+    socketId: string,
+  ): Promise<void> {
+    // Fenced by socket ID, so a claim made since the read is kept.
+    const release = await this.releaseStaleSocket(
+      bridgeId,
+      socketId,
+      "released a claim of a gone socket of this process, after Redis data was replaced",
+    );
+    if (!release.released) return;
+    if (!this.isLocal(bridgeId)) await this.index?.untrack(bridgeId);
+    // A claim that Redis ran after its handshake gave up replaced a
+    // connection whose socket may still be open, as in releaseAbandoned.
+    if (release.replaced !== null) {
+      await this.askToReclaim(bridgeId, release.replaced);
+    }
   }
 
   private async retryReleases(): Promise<void> {
@@ -624,6 +677,17 @@ export class BridgeSessions {
       epoch: release.epoch,
     });
     return release;
+  }
+
+  /**
+   * Returns true when `connection` names a socket of this process that is
+   * neither connected nor in its handshake.
+   */
+  private isGoneLocalSocket(connection: BridgeConnection): boolean {
+    return (
+      connection.serverId === this.bus.serverId &&
+      !this.holdsSocket(connection.socketId)
+    );
   }
 
   /** Returns true when socket `socketId` of this process is connected or in its handshake. */

@@ -76,6 +76,7 @@ export class PresenceLease {
     return {
       track: (bridgeIds) => table.track(serverId, bridgeIds),
       untrack: (bridgeId) => table.untrack(serverId, bridgeId),
+      scan: (cursor, count) => table.scanTracked(serverId, cursor, count),
     };
   }
 

@@ -249,4 +249,36 @@ describe("fault: Redis restored from an older copy", function () {
       5000,
     );
   });
+
+  it("releases a restored claim of no session", async () => {
+    const url = `redis://127.0.0.1:${port}`;
+    const bridgeId = randomBridgeId();
+    const bridge = await connectBridge(relay!.url, bridgeId);
+    const closedSocketId = bridge.id;
+    await sendSnapshot(bridge, true);
+    await saveCopy("closed.rdb");
+    bridge.close();
+    await waitUntil(
+      "the connection released",
+      async () => (await presenceOf(url, bridgeId)) === null,
+      5000,
+    );
+
+    // The copy names the closed socket, and the worker's lease is alive.
+    await restartRedis("closed.rdb");
+    const restoredAt = Date.now();
+    assert.equal(
+      (await presenceOf(url, bridgeId))?.socketId,
+      closedSocketId,
+      "the copy names the closed socket",
+    );
+    await waitUntil(
+      "the restored claim released",
+      async () => (await presenceOf(url, bridgeId)) === null,
+      RECOVERY_TIMEOUT_MS,
+    );
+    printFigure(
+      `Redis restored from an older copy: a claim of a closed socket was released ${Date.now() - restoredAt} ms after Redis answered`,
+    );
+  });
 });
