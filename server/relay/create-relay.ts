@@ -314,9 +314,10 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     drain: () => {
       draining = true;
     },
-    revalidateBridges: () => {
+    revalidateBridges: async () => {
       writer.forgetCachedLights();
-      return sessions.revalidate();
+      await lease?.afterReconnect();
+      await sessions.revalidate();
     },
     refreshApps: () => {
       askAppsToResubscribe(io.of(APP_NAMESPACE), logger);

@@ -110,8 +110,30 @@ export class PresenceLease {
       await table.drop(serverId);
     } catch (error) {
       logger.warn(
-        { err: error, serverId },
+        { err: error },
         "could not drop the presence lease, leaving it to expire",
+      );
+    }
+  }
+
+  /**
+   * Renews the lease at once and holds sweeps for RECOVERY_TTLS TTLs, after
+   * this process's Redis connection came back. Redis may have come back
+   * from an older copy whose leases have all expired. Every live process
+   * must then renew its own before any of them may be swept. Otherwise a
+   * process whose renewals did not fail during the restart sweeps the
+   * others at its next check.
+   */
+  async afterReconnect(): Promise<void> {
+    if (this.stopped) return;
+    this.renewingSince = null;
+    this.sweepAfterMs = RECOVERY_TTLS * this.ttlMs;
+    try {
+      await this.renew();
+    } catch (error) {
+      this.options.logger.warn(
+        { err: error },
+        "could not renew the presence lease after a Redis reconnect; the next renewal tries again",
       );
     }
   }
@@ -132,14 +154,13 @@ export class PresenceLease {
     if (result === "renewed") return;
     if (result === "sweeping") {
       logger.warn(
-        { serverId },
         "presence lease expired and another server is sweeping this server's bridges; renewing after the sweep",
       );
       return;
     }
     if (sessions.count > 0) {
       logger.warn(
-        { serverId, bridges: sessions.count },
+        { bridges: sessions.count },
         "presence lease was lost, checking every bridge claim again",
       );
     }

@@ -14,7 +14,7 @@ import {
   record,
   requestData,
 } from "../support/clients.ts";
-import { printFigure, waitUntil } from "../support/faults.ts";
+import { printFigure, sleep, waitUntil } from "../support/faults.ts";
 import { light } from "../support/fixtures.ts";
 import {
   findFreePort,
@@ -280,5 +280,45 @@ describe("fault: Redis restored from an older copy", function () {
     printFigure(
       `Redis restored from an older copy: a claim of a closed socket was released ${Date.now() - restoredAt} ms after Redis answered`,
     );
+  });
+  it("sweeps no live server's bridges", async () => {
+    const url = `redis://127.0.0.1:${port}`;
+    // Renewals every 2 s and sweep checks every 1 s: a restart of Redis
+    // rarely fails a renewal, so without the hold a check finds the other
+    // server's restored lease expired before that server renews it.
+    const options = relayOptions();
+    options.env = { ...options.env, PRESENCE_HEARTBEAT_MS: "4000" };
+    const [first, second] = await Promise.all([
+      startRelay(options),
+      startRelay(options),
+    ]);
+    otherRelays.push(first, second);
+    const bridgeIds = [randomBridgeId(), randomBridgeId()];
+    const bridges = await Promise.all([
+      connectBridge(first.url, bridgeIds[0]!),
+      connectBridge(second.url, bridgeIds[1]!),
+    ]);
+    sockets.push(...bridges);
+    await saveCopy("expired-leases.rdb");
+    // The copy's leases expire 6 s (1.5 heartbeats) after they were renewed.
+    await sleep(6500);
+
+    const sweeps = (): number =>
+      [...first.logs, ...second.logs].filter(
+        (line) =>
+          line.msg ===
+          "presence lease expired, bridges of that server marked offline",
+      ).length;
+    const sweepsBefore = sweeps();
+    await restartRedis("expired-leases.rdb");
+    await sleep(4000);
+
+    assert.equal(sweeps() - sweepsBefore, 0, "sweeps after the restore");
+    for (const [index, bridgeId] of bridgeIds.entries()) {
+      assert.equal(
+        (await presenceOf(url, bridgeId))?.socketId,
+        bridges[index]!.id,
+      );
+    }
   });
 });
