@@ -83,6 +83,40 @@ describe("fault: Redis restored from an older copy", function () {
     redis = await spawnRedis(port, dir, ["--dbfilename", dbFile]);
   }
 
+  /** Waits until no socket holds the claim of `bridgeId`. */
+  async function waitUntilOffline(
+    bridgeId: string,
+    description: string,
+    timeoutMs = 5000,
+  ): Promise<void> {
+    const url = `redis://127.0.0.1:${port}`;
+    await waitUntil(
+      description,
+      async () => (await presenceOf(url, bridgeId)) === null,
+      timeoutMs,
+    );
+  }
+
+  /**
+   * Restarts Redis from `copy`, or empty without one, and returns the ms
+   * from Redis's answer to `bridge` receiving `state:resync`.
+   */
+  async function restartAwaitingResync(
+    bridge: Socket,
+    copy?: string,
+  ): Promise<number> {
+    const resync = nextEvent(
+      bridge,
+      "state:resync",
+      () => true,
+      RECOVERY_TIMEOUT_MS,
+    );
+    await restartRedis(copy);
+    const restoredAt = Date.now();
+    await resync;
+    return Date.now() - restoredAt;
+  }
+
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "relay-test-restore-"));
     port = await findFreePort();
@@ -113,11 +147,7 @@ describe("fault: Redis restored from an older copy", function () {
     // A first connection makes the second one's claim epoch 2.
     const first = await connectBridge(relay!.url, bridgeId);
     first.close();
-    await waitUntil(
-      "the first connection released",
-      async () => (await presenceOf(url, bridgeId)) === null,
-      5000,
-    );
+    await waitUntilOffline(bridgeId, "the first connection released");
     const bridge = await connectBridge(relay!.url, bridgeId);
     sockets.push(bridge);
     await sendSnapshot(bridge, true);
@@ -127,23 +157,12 @@ describe("fault: Redis restored from an older copy", function () {
     await saveCopy("older.rdb");
 
     // Back empty: the worker claims the bridge again, at epoch 1.
-    let resync = nextEvent(
-      bridge,
-      "state:resync",
-      () => true,
-      RECOVERY_TIMEOUT_MS,
-    );
-    await restartRedis();
-    await resync;
+    await restartAwaitingResync(bridge);
     await sendSnapshot(bridge, false);
     assert.equal((await presenceOf(url, bridgeId))?.epoch, 1);
 
     // Back from the older copy, which names the same socket at epoch 2.
-    resync = nextEvent(bridge, "state:resync", () => true, RECOVERY_TIMEOUT_MS);
-    await restartRedis("older.rdb");
-    const restoredAt = Date.now();
-    await resync;
-    const resyncMs = Date.now() - restoredAt;
+    const resyncMs = await restartAwaitingResync(bridge, "older.rdb");
     await sendSnapshot(bridge, true);
 
     assert.deepEqual(replaced, []);
@@ -157,11 +176,7 @@ describe("fault: Redis restored from an older copy", function () {
 
     // Its release finds its own claim, so the bridge does not stay online.
     bridge.close();
-    await waitUntil(
-      "the bridge offline once it disconnected",
-      async () => (await presenceOf(url, bridgeId)) === null,
-      5000,
-    );
+    await waitUntilOffline(bridgeId, "the bridge offline once it disconnected");
   });
 
   it("takes over a claim of a gone socket", async () => {
@@ -171,25 +186,14 @@ describe("fault: Redis restored from an older copy", function () {
     await sendSnapshot(first, true);
     await saveCopy("gone-socket.rdb");
     first.close();
-    await waitUntil(
-      "the first connection released",
-      async () => (await presenceOf(url, bridgeId)) === null,
-      5000,
-    );
+    await waitUntilOffline(bridgeId, "the first connection released");
     const bridge = await connectBridge(relay!.url, bridgeId);
     sockets.push(bridge);
     await sendSnapshot(bridge, false);
     const replaced = record(bridge, "session:replaced");
 
     // The copy names the first socket, which this worker no longer has.
-    const resync = nextEvent(
-      bridge,
-      "state:resync",
-      () => true,
-      RECOVERY_TIMEOUT_MS,
-    );
-    await restartRedis("gone-socket.rdb");
-    await resync;
+    await restartAwaitingResync(bridge, "gone-socket.rdb");
     await sendSnapshot(bridge, false);
 
     assert.deepEqual(replaced, []);
@@ -198,11 +202,7 @@ describe("fault: Redis restored from an older copy", function () {
     assert.equal(restored?.socketId, bridge.id);
     assert.equal(restored?.epoch, 2);
     bridge.close();
-    await waitUntil(
-      "the bridge offline once it disconnected",
-      async () => (await presenceOf(url, bridgeId)) === null,
-      5000,
-    );
+    await waitUntilOffline(bridgeId, "the bridge offline once it disconnected");
   });
 
   it("keeps a bridge that moved to another server", async () => {
@@ -215,11 +215,7 @@ describe("fault: Redis restored from an older copy", function () {
     await sendSnapshot(first, true);
     await saveCopy("moved.rdb");
     first.close();
-    await waitUntil(
-      "the first connection released",
-      async () => (await presenceOf(url, bridgeId)) === null,
-      5000,
-    );
+    await waitUntilOffline(bridgeId, "the first connection released");
     const bridge = await connectBridge(other.url, bridgeId);
     sockets.push(bridge);
     await sendSnapshot(bridge, false);
@@ -227,14 +223,7 @@ describe("fault: Redis restored from an older copy", function () {
 
     // The copy names the first socket, on the first relay, at epoch 1,
     // while the bridge's session on the other relay is at epoch 2.
-    const resync = nextEvent(
-      bridge,
-      "state:resync",
-      () => true,
-      RECOVERY_TIMEOUT_MS,
-    );
-    await restartRedis("moved.rdb");
-    await resync;
+    await restartAwaitingResync(bridge, "moved.rdb");
     await sendSnapshot(bridge, false);
 
     assert.deepEqual(replaced, []);
@@ -243,11 +232,7 @@ describe("fault: Redis restored from an older copy", function () {
     assert.equal(restored?.serverId, otherServerId);
     assert.equal(restored?.socketId, bridge.id);
     bridge.close();
-    await waitUntil(
-      "the bridge offline once it disconnected",
-      async () => (await presenceOf(url, bridgeId)) === null,
-      5000,
-    );
+    await waitUntilOffline(bridgeId, "the bridge offline once it disconnected");
   });
 
   it("releases a restored claim of no session", async () => {
@@ -258,11 +243,7 @@ describe("fault: Redis restored from an older copy", function () {
     await sendSnapshot(bridge, true);
     await saveCopy("closed.rdb");
     bridge.close();
-    await waitUntil(
-      "the connection released",
-      async () => (await presenceOf(url, bridgeId)) === null,
-      5000,
-    );
+    await waitUntilOffline(bridgeId, "the connection released");
 
     // The copy names the closed socket, and the worker's lease is alive.
     await restartRedis("closed.rdb");
@@ -272,15 +253,16 @@ describe("fault: Redis restored from an older copy", function () {
       closedSocketId,
       "the copy names the closed socket",
     );
-    await waitUntil(
+    await waitUntilOffline(
+      bridgeId,
       "the restored claim released",
-      async () => (await presenceOf(url, bridgeId)) === null,
       RECOVERY_TIMEOUT_MS,
     );
     printFigure(
       `Redis restored from an older copy: a claim of a closed socket was released ${Date.now() - restoredAt} ms after Redis answered`,
     );
   });
+
   it("sweeps no live server's bridges", async () => {
     const url = `redis://127.0.0.1:${port}`;
     // Renewals every 2 s and sweep checks every 1 s: a restart of Redis
