@@ -16,7 +16,7 @@ export interface ReplyRetryLimits {
   /**
    * Maximum replies of this process waiting to be published again. A reply
    * that fails while this many wait is dropped, so an outage under load
-   * keeps at most this many answers in memory.
+   * keeps at most this many replies in memory.
    */
   maxQueued: number;
 }
