@@ -1,11 +1,19 @@
 import assert from "node:assert/strict";
 import { pino } from "pino";
 import { createClient, type RedisClientType } from "redis";
-import { RedisBus } from "../server/messaging/server-bus.ts";
+import {
+  RedisBus,
+  type BusMessage,
+  type ServerBus,
+} from "../server/messaging/server-bus.ts";
 import { commandDeadline, limitedClients } from "../server/redis/clients.ts";
 import { serverConnectionState } from "../server/redis/connection-state.ts";
 import { QUEUE_LIMIT_FACTOR } from "../server/redis/stall-tolerant-limit.ts";
-import { CommandRouter } from "../server/relay/command-router.ts";
+import {
+  CommandRouter,
+  type CommandAnswer,
+  type RoutedCommand,
+} from "../server/relay/command-router.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
 
 const COMMAND_TIMEOUT_MS = 300;
@@ -154,5 +162,113 @@ describe("command router", function () {
     } finally {
       client.destroy();
     }
+  });
+});
+
+/** A bus that takes every message and loses its subscription on demand. */
+class LosingBus implements ServerBus {
+  readonly serverId = "origin";
+  readonly countsReceivers = true;
+  readonly sent: BusMessage[] = [];
+  private lost: (() => void) | undefined;
+
+  async send(_serverId: string, message: BusMessage): Promise<boolean> {
+    this.sent.push(message);
+    return true;
+  }
+
+  async listen(): Promise<void> {}
+
+  onReceivingLost(listener: () => void): void {
+    this.lost = listener;
+  }
+
+  loseSubscription(): void {
+    this.lost?.();
+  }
+
+  async close(): Promise<void> {}
+}
+
+describe("command router, subscription lost", function () {
+  const TIMEOUT_MS = 400;
+  const LIGHT = { id: "a", type: "light" as const, on: { on: true } };
+  const command = (commandId: string, idempotent = true): RoutedCommand => ({
+    bridgeId: "0017880a1b2c3d4e",
+    commandId,
+    lightId: "a",
+    change: { on: { on: true } },
+    idempotent,
+  });
+  let bus: LosingBus;
+  let stored: Map<string, CommandAnswer>;
+  let router: CommandRouter;
+
+  beforeEach(() => {
+    bus = new LosingBus();
+    stored = new Map();
+    router = new CommandRouter(
+      bus,
+      () => Promise.reject(new Error("no local bridge in this test")),
+      TIMEOUT_MS,
+      pino({ level: "silent" }),
+      {
+        storedAnswer: async (_bridgeId, commandId) =>
+          stored.get(commandId) ?? null,
+      },
+    );
+  });
+
+  /**
+   * Sends `routed`, and resolves once its message is on the bus, with the
+   * answer still to come (wrapped, since a promise would be awaited).
+   */
+  async function sendAndWait(
+    routed: RoutedCommand,
+  ): Promise<{ answer: Promise<CommandAnswer> }> {
+    const answer = router.send("bridge-server", routed);
+    while (bus.sent.length === 0) await new Promise(setImmediate);
+    return { answer };
+  }
+
+  it("answers a command with a commandId from its remembered answer", async () => {
+    const { answer } = await sendAndWait(command("remembered"));
+    bus.loseSubscription();
+    stored.set("remembered", { ok: true, data: { light: LIGHT } });
+    await router.recoverReplies();
+    assert.deepEqual(await answer, { ok: true, data: { light: LIGHT } });
+  });
+
+  it("keeps waiting for the reply when no answer is remembered yet", async () => {
+    const { answer } = await sendAndWait(command("unanswered"));
+    bus.loseSubscription();
+    await router.recoverReplies();
+    const message = bus.sent[0] as { requestId: string };
+    await router.handle({
+      type: "reply",
+      requestId: message.requestId,
+      answer: { ok: true, data: { light: LIGHT } },
+    });
+    assert.deepEqual(await answer, { ok: true, data: { light: LIGHT } });
+  });
+
+  it("answers UNAVAILABLE at the timeout while the subscription is down", async () => {
+    const { answer } = await sendAndWait(command("never-recovered"));
+    bus.loseSubscription();
+    const result = await answer;
+    assert.equal(result.ok ? undefined : result.error.code, "UNAVAILABLE");
+    assert.match(
+      result.ok ? "" : result.error.message,
+      /repeat it with the same commandId/,
+    );
+  });
+
+  it("answers a command without a commandId UNAVAILABLE at once", async () => {
+    const startedAt = performance.now();
+    const { answer } = await sendAndWait(command("made-up", false));
+    bus.loseSubscription();
+    const result = await answer;
+    assert.equal(result.ok ? undefined : result.error.code, "UNAVAILABLE");
+    assert.ok(performance.now() - startedAt < TIMEOUT_MS / 2);
   });
 });

@@ -142,6 +142,8 @@ export async function runWorker(
   //   claims survived.
   // - Broadcasts published while the subscriber was down are lost, so
   //   local apps are asked to subscribe again.
+  // - Command replies published meanwhile are lost too, so the answers of
+  //   the commands still waiting are looked up.
   let subscriberLost = false;
   bus.onReceivingLost(() => {
     subscriberLost = true;
@@ -149,6 +151,7 @@ export async function runWorker(
   const recover = async (): Promise<void> => {
     if (!redis.mainState.isReady() || !redis.subscriberState.isReady()) return;
     await awaitSubscriptions();
+    if (subscriberLost) await relay.recoverCommandReplies();
     await relay.revalidateBridges();
     if (!subscriberLost) return;
     subscriberLost = false;

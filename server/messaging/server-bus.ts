@@ -150,8 +150,8 @@ export class RedisBus implements ServerBus {
   }
 
   // NOTE: on Redis Cluster this also fires when the subscriber connection
-  // of a shard other than this channel's drops, so waiting commands get
-  // UNAVAILABLE although their replies could still arrive.
+  // of a shard other than this channel's drops, so waiting commands without
+  // a commandId get UNAVAILABLE although their replies could still arrive.
   onReceivingLost(listener: () => void): void {
     this.redis.subscriberState.onReconnecting(listener);
   }

@@ -52,9 +52,40 @@ export class NoReceiverError extends RelayError {
   }
 }
 
+/** Looks up the remembered answer of a command, or null when there is none. */
+export type StoredAnswerLookup = (
+  bridgeId: string,
+  commandId: string,
+) => Promise<CommandAnswer | null>;
+
+export interface CommandRouterOptions {
+  /**
+   * Part of the timeout left for the reply to travel back, in ms: the
+   * bridge's process stops waiting this long before the origin does.
+   */
+  replyMarginMs?: number;
+  replyRetryLimits?: ReplyRetryLimits;
+  /**
+   * Reads the stored answer of a command whose reply may have been
+   * published while this process's subscription was down. Without it,
+   * such commands get `UNAVAILABLE` as soon as the subscription is lost.
+   */
+  storedAnswer?: StoredAnswerLookup;
+}
+
 interface PendingRequest {
   resolve: (answer: CommandAnswer) => void;
   cancelTimeout: () => void;
+  bridgeId: string;
+  commandId: string;
+  /** True when a repeat can name the command, so its answer is remembered. */
+  idempotent: boolean;
+  /**
+   * True when the subscription that carries the reply was down at some
+   * point since the command was sent, and the remembered answer has not
+   * been looked up since it came back.
+   */
+  replyMayBeLost: boolean;
 }
 
 /**
@@ -65,32 +96,116 @@ interface PendingRequest {
 export class CommandRouter {
   private readonly pending = new Map<string, PendingRequest>();
   private readonly replies: ReplySender;
+  private readonly replyMarginMs: number;
+  private readonly storedAnswer: StoredAnswerLookup | undefined;
+  /** False from the loss of the subscription until `recoverReplies`. */
+  private receiving = true;
 
-  /**
-   * `timeoutMs` is how long the origin waits for a reply, of which the last
-   * `replyMarginMs` are left for the reply to travel back.
-   */
+  /** `timeoutMs` is how long the origin waits for a reply. */
   constructor(
     private readonly bus: ServerBus,
     private readonly execute: CommandExecutor,
     private readonly timeoutMs: number,
     private readonly logger: Logger,
-    private readonly replyMarginMs = 0,
-    replyRetryLimits: ReplyRetryLimits = REPLY_RETRY_LIMITS,
+    options: CommandRouterOptions = {},
   ) {
-    this.replies = new ReplySender(bus, logger, replyRetryLimits);
-    // Replies published while the subscription is down are lost, so the
-    // requests waiting for them cannot succeed.
-    bus.onReceivingLost(() => {
-      if (this.pending.size === 0) return;
+    this.replyMarginMs = options.replyMarginMs ?? 0;
+    this.storedAnswer = options.storedAnswer;
+    this.replies = new ReplySender(
+      bus,
+      logger,
+      options.replyRetryLimits ?? REPLY_RETRY_LIMITS,
+    );
+    bus.onReceivingLost(() => this.receivingLost());
+  }
+
+  /**
+   * Marks the waiting commands with a `commandId` for a lookup once the
+   * subscription is back, and answers the others `UNAVAILABLE`, because
+   * replies published meanwhile are lost and only the former are stored.
+   */
+  private receivingLost(): void {
+    this.receiving = false;
+    let answered = 0;
+    for (const [requestId, request] of this.pending) {
+      if (this.canRecover(request)) {
+        request.replyMayBeLost = true;
+        continue;
+      }
+      answered += 1;
+      this.settle(
+        requestId,
+        unavailableAnswer(
+          "lost the connection to the bridge's server, retry later",
+        ),
+      );
+    }
+    const waiting = this.pending.size;
+    if (waiting + answered === 0) return;
+    this.logger.warn(
+      { waiting, answered },
+      "lost the subscription that carries command replies; commands with a commandId wait for it to return, the others answer UNAVAILABLE",
+    );
+  }
+
+  /** Returns true when the answer of `request` can be looked up after its reply was lost. */
+  private canRecover(request: { idempotent: boolean }): boolean {
+    return this.storedAnswer !== undefined && request.idempotent;
+  }
+
+  /**
+   * Reads the stored answers of the commands whose replies may have been
+   * lost, once the subscription is back. The bridge's process stores an
+   * answer before it publishes the reply, so a reply this lookup misses
+   * is published later and arrives. A failed lookup keeps the mark.
+   */
+  async recoverReplies(): Promise<void> {
+    this.receiving = true;
+    const lookup = this.storedAnswer;
+    if (lookup === undefined) return;
+    const lost = [...this.pending].filter(
+      ([, request]) => request.replyMayBeLost,
+    );
+    if (lost.length === 0) return;
+    const found = await Promise.all(
+      lost.map(([requestId, request]) =>
+        this.recoverReply(lookup, requestId, request),
+      ),
+    );
+    this.logger.info(
+      {
+        requests: lost.length,
+        answered: found.filter((answered) => answered).length,
+      },
+      "looked up the answers of commands whose replies may have been lost while the subscription was down",
+    );
+  }
+
+  /** Settles one request with its remembered answer. Returns whether one was found. */
+  private async recoverReply(
+    lookup: StoredAnswerLookup,
+    requestId: string,
+    request: PendingRequest,
+  ): Promise<boolean> {
+    request.replyMayBeLost = false;
+    let answer: CommandAnswer | null;
+    try {
+      answer = await lookup(request.bridgeId, request.commandId);
+    } catch (error) {
+      request.replyMayBeLost = true;
       this.logger.warn(
-        { requests: this.pending.size },
-        "lost the subscription that carries command replies, answering waiting commands UNAVAILABLE",
+        {
+          err: error,
+          bridgeId: request.bridgeId,
+          commandId: request.commandId,
+        },
+        "could not look up the answer of a command whose reply may have been lost",
       );
-      this.answerPending(
-        "lost the connection to the bridge's server, retry later",
-      );
-    });
+      return false;
+    }
+    if (answer === null) return false;
+    this.settle(requestId, answer);
+    return true;
   }
 
   /**
@@ -110,10 +225,25 @@ export class CommandRouter {
       // Reads a reply that arrived while this process was stopped before
       // giving up on it.
       const cancelTimeout = setInputFirstTimeout(() => {
+        const request = this.pending.get(requestId);
         this.pending.delete(requestId);
-        resolve(timeoutAnswer(command.bridgeId));
+        resolve(
+          request?.replyMayBeLost === true
+            ? lostReplyAnswer(command.bridgeId)
+            : timeoutAnswer(command.bridgeId),
+        );
       }, this.timeoutMs);
-      this.pending.set(requestId, { resolve, cancelTimeout });
+      const idempotent = command.idempotent ?? true;
+      this.pending.set(requestId, {
+        resolve,
+        cancelTimeout,
+        bridgeId: command.bridgeId,
+        commandId: command.commandId,
+        idempotent,
+        // A reply to a command sent while the subscription is down is lost
+        // too, when Redis still takes the publish.
+        replyMayBeLost: !this.receiving && this.canRecover({ idempotent }),
+      });
     });
     const deadline = Date.now() + this.timeoutMs - this.replyMarginMs;
     const delivered = this.deliver(
@@ -233,15 +363,27 @@ export class CommandRouter {
 
   /** Resolves every pending request with an `UNAVAILABLE` answer carrying `message`. */
   private answerPending(message: string): void {
-    for (const [requestId, request] of this.pending) {
-      this.pending.delete(requestId);
-      request.cancelTimeout();
-      request.resolve({
-        ok: false,
-        error: new RelayError("UNAVAILABLE", message).toBody(),
-      });
-    }
+    for (const requestId of [...this.pending.keys()])
+      this.settle(requestId, unavailableAnswer(message));
   }
+}
+
+function unavailableAnswer(message: string): CommandAnswer {
+  return {
+    ok: false,
+    error: new RelayError("UNAVAILABLE", message).toBody(),
+  };
+}
+
+/**
+ * Returns the answer of a command whose reply may have been lost, at its
+ * timeout while the subscription is still down. The bridge may have
+ * applied it, and a repeat with the same `commandId` gets its answer.
+ */
+function lostReplyAnswer(bridgeId: string): CommandAnswer {
+  return unavailableAnswer(
+    `lost the connection that carries the answers of bridge ${bridgeId}'s server; the command may have run, so repeat it with the same commandId to get its answer`,
+  );
 }
 
 function timeoutAnswer(bridgeId: string): CommandAnswer {

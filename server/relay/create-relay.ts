@@ -29,7 +29,7 @@ import { askAppsToResubscribe } from "./app-refresh.ts";
 import { AppService } from "./app-service.ts";
 import { namespaceBroadcaster } from "./broadcaster.ts";
 import { BridgeSessions } from "./bridge-sessions.ts";
-import { CommandExecutor } from "./command-executor.ts";
+import { answerFromStored, CommandExecutor } from "./command-executor.ts";
 import { CommandRouter } from "./command-router.ts";
 import { ConnectionDrain } from "./drain.ts";
 import { PresenceLease } from "./presence-lease.ts";
@@ -92,6 +92,11 @@ export interface Relay {
   revalidateBridges(): Promise<void>;
   /** Asks this process's apps to subscribe again, after a subscriber reconnect. */
   refreshApps(): void;
+  /**
+   * Finds the answers of commands whose replies may have been lost while
+   * the subscriber was down, once it is back. Never rejects.
+   */
+  recoverCommandReplies(): Promise<void>;
   /**
    * Closes the sockets in batches over `DRAIN_WINDOW_MS`, each once its
    * work in flight is acknowledged, then the bus and the presence lease.
@@ -198,7 +203,13 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     ),
     config.commandTimeoutMs + ROUTING_MARGIN_MS,
     logger,
-    ROUTING_MARGIN_MS,
+    {
+      replyMarginMs: ROUTING_MARGIN_MS,
+      storedAnswer: async (bridgeId, commandId) => {
+        const stored = await store.getCommandAnswer(bridgeId, commandId);
+        return stored === null ? null : answerFromStored(bridgeId, stored);
+      },
+    },
   );
   const service = new AppService(store, router, {
     serverId: bus.serverId,
@@ -322,6 +333,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     refreshApps: () => {
       askAppsToResubscribe(io.of(APP_NAMESPACE), logger);
     },
+    recoverCommandReplies: () => router.recoverReplies(),
     close: async () => {
       draining = true;
       resyncs.close();

@@ -805,6 +805,120 @@ describe("fault: Redis lost while a command is out", function () {
   });
 });
 
+describe("fault: Redis lost by the app's relay while a command is out", function () {
+  this.timeout(60_000);
+  /** Command timeout of both relays, long enough for the cut and the reconnect. */
+  const COMMAND_TIMEOUT_MS = 8000;
+  /** How long the app's relay stays cut off from Redis. */
+  const CUT_MS = 1000;
+  let redis: RedisServer;
+  let proxy: TcpProxy;
+  let appRelay: RelayProcess;
+  let bridgeRelay: RelayProcess;
+  const clients: { close(): void }[] = [];
+
+  before(async () => {
+    redis = await startRedisServer();
+    proxy = await startTcpProxy(redis.port);
+    const env = { COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS) };
+    // The app's relay reaches Redis through the proxy, which the test cuts.
+    appRelay = await startRelay({ redisUrl: proxy.redisUrl, workers: 1, env });
+    bridgeRelay = await startRelay({ redisUrl: redis.url, workers: 1, env });
+  });
+  after(async () => {
+    for (const client of clients) client.close();
+    await Promise.all([appRelay?.stop(), bridgeRelay?.stop()]);
+    await proxy?.close();
+    await redis?.stop();
+  });
+
+  /**
+   * Sends a command from the app's relay, cuts that relay off from Redis
+   * once the command reached the bridge, lets the bridge answer while the
+   * relay cannot receive the reply, and restores the path after CUT_MS.
+   */
+  async function commandAcrossCut(
+    commandId: string | undefined,
+  ): Promise<{ outcome: Outcome; restoredAt: number; sentAt: number }> {
+    const bridgeId = randomBridgeId();
+    const bridge = await startFakeBridge({ url: bridgeRelay.url, bridgeId });
+    clients.push(bridge);
+    const app = await startAppView({
+      url: appRelay.url,
+      bridgeIds: [bridgeId],
+    });
+    clients.push(app);
+    bridge.withholdAnswers();
+    const sentAt = Date.now();
+    const command = outcomeOf(
+      app.client.setLight(
+        bridgeId,
+        "a",
+        { on: { on: false } },
+        { timeoutMs: COMMAND_TIMEOUT_MS + 5000, commandId },
+      ),
+      sentAt,
+    );
+    await waitUntil(
+      "the command reaching its bridge",
+      () => bridge.commands.length > 0,
+      5000,
+    );
+    await proxy.cut();
+    bridge.answerCommands();
+    // The bridge's relay remembers the answer of a command with an ID, then
+    // publishes the reply to a subscription that is gone.
+    if (commandId !== undefined)
+      await waitForStoredAnswer(`${KEY_PREFIX}:{${bridgeId}}:cmd:${commandId}`);
+    await sleep(CUT_MS);
+    await proxy.restore();
+    const restoredAt = Date.now();
+    return { outcome: await command, restoredAt, sentAt };
+  }
+
+  async function waitForStoredAnswer(key: string): Promise<void> {
+    const admin = createClient({ url: redis.url });
+    await admin.connect();
+    try {
+      await waitUntil(
+        "the bridge's answer remembered",
+        async () => (await admin.exists(key)) === 1,
+        5000,
+        20,
+      );
+    } finally {
+      await admin.close();
+    }
+  }
+
+  it("answers a command with a commandId once the subscription is back", async () => {
+    const { outcome, restoredAt, sentAt } =
+      await commandAcrossCut("across-the-cut");
+    assert.equal(outcome.code, "ok", "command answered across the cut");
+    const afterRestoreMs = sentAt + outcome.elapsedMs - restoredAt;
+    assert.ok(
+      outcome.elapsedMs < COMMAND_TIMEOUT_MS,
+      `answered after ${outcome.elapsedMs} ms`,
+    );
+    const recovered = appRelay.logs.find((line) =>
+      line.msg.startsWith("looked up the answers of commands"),
+    );
+    assert.equal(recovered?.answered, 1, "the app's relay found the answer");
+    printFigure(
+      `redis cut off from the app's relay for ${CUT_MS} ms while its bridge answered: the stored answer reached the app ${afterRestoreMs} ms after the path came back`,
+    );
+  });
+
+  it("answers a command without a commandId UNAVAILABLE at once", async () => {
+    const { outcome, restoredAt, sentAt } = await commandAcrossCut(undefined);
+    assert.equal(outcome.code, "UNAVAILABLE");
+    assert.ok(
+      sentAt + outcome.elapsedMs <= restoredAt,
+      "answered before the path came back",
+    );
+  });
+});
+
 describe("fault: Redis unreachable at start", function () {
   this.timeout(30_000);
   /** STARTUP_WAIT_LOG_INTERVAL_MS of the relay, in ms. */
