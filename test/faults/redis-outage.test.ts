@@ -718,62 +718,119 @@ describe("fault: Redis back for one relay before another", function () {
   });
 });
 
-describe("fault: Redis lost while a command is out", function () {
-  this.timeout(60_000);
-  /** Command timeout of both relays, long enough for the cut and the reconnect. */
-  const COMMAND_TIMEOUT_MS = 8000;
-  /** How long the bridge's relay stays cut off from Redis. */
-  const CUT_MS = 1000;
-  let redis: RedisServer;
-  let proxy: TcpProxy;
-  let appRelay: RelayProcess;
-  let bridgeRelay: RelayProcess;
-  const clients: { close(): void }[] = [];
+/** Command timeout of the relays of a cut test, long enough for the cut and the reconnect. */
+const CUT_COMMAND_TIMEOUT_MS = 8000;
+/** How long a cut test keeps one relay cut off from Redis. */
+const CUT_MS = 1000;
 
+/** Two relays of one worker on one Redis, one of them behind a proxy that a test cuts. */
+interface CutRelays {
+  redis: RedisServer;
+  proxy: TcpProxy;
+  appRelay: RelayProcess;
+  bridgeRelay: RelayProcess;
+  clients: { close(): void }[];
+}
+
+/**
+ * Starts the relays of a cut test before the suite's tests, with the
+ * relay on `cutSide` reaching Redis through the proxy, and stops them after.
+ */
+function relaysWithCut(cutSide: "app" | "bridge"): CutRelays {
+  const relays = { clients: [] } as unknown as CutRelays;
   before(async () => {
-    redis = await startRedisServer();
-    proxy = await startTcpProxy(redis.port);
-    const env = { COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS) };
-    appRelay = await startRelay({ redisUrl: redis.url, workers: 1, env });
-    // The bridge's relay reaches Redis through the proxy, which the test cuts.
-    bridgeRelay = await startRelay({
-      redisUrl: proxy.redisUrl,
+    relays.redis = await startRedisServer();
+    relays.proxy = await startTcpProxy(relays.redis.port);
+    const env = { COMMAND_TIMEOUT_MS: String(CUT_COMMAND_TIMEOUT_MS) };
+    const urlOf = (side: "app" | "bridge"): string =>
+      side === cutSide ? relays.proxy.redisUrl : relays.redis.url;
+    relays.appRelay = await startRelay({
+      redisUrl: urlOf("app"),
+      workers: 1,
+      env,
+    });
+    relays.bridgeRelay = await startRelay({
+      redisUrl: urlOf("bridge"),
       workers: 1,
       env,
     });
   });
   after(async () => {
-    for (const client of clients) client.close();
-    await Promise.all([appRelay?.stop(), bridgeRelay?.stop()]);
-    await proxy?.close();
-    await redis?.stop();
+    for (const client of relays.clients) client.close();
+    await Promise.all([relays.appRelay?.stop(), relays.bridgeRelay?.stop()]);
+    await relays.proxy?.close();
+    await relays.redis?.stop();
   });
+  return relays;
+}
+
+/** Returns the first log line of `relay` that starts with `prefix`, waiting up to 2 s for it. */
+async function logLine(
+  relay: RelayProcess,
+  prefix: string,
+): Promise<LogLine | undefined> {
+  const find = (): LogLine | undefined =>
+    relay.logs.find((line) => line.msg.startsWith(prefix));
+  await waitUntil(
+    `log line "${prefix}"`,
+    () => find() !== undefined,
+    2000,
+  ).catch(() => undefined);
+  return find();
+}
+
+/**
+ * Connects a bridge that withholds its answers and an app, sends a
+ * command with `commandId`, and resolves once the command reached the
+ * bridge.
+ */
+async function commandWaitingAtBridge(
+  relays: CutRelays,
+  commandId?: string,
+): Promise<{
+  bridge: FakeBridge;
+  bridgeId: string;
+  command: Promise<Outcome>;
+  sentAt: number;
+}> {
+  const bridgeId = randomBridgeId();
+  const bridge = await startFakeBridge({
+    url: relays.bridgeRelay.url,
+    bridgeId,
+  });
+  relays.clients.push(bridge);
+  const app = await startAppView({
+    url: relays.appRelay.url,
+    bridgeIds: [bridgeId],
+  });
+  relays.clients.push(app);
+  bridge.withholdAnswers();
+  const sentAt = Date.now();
+  const command = outcomeOf(
+    app.client.setLight(
+      bridgeId,
+      "a",
+      { on: { on: false } },
+      { timeoutMs: CUT_COMMAND_TIMEOUT_MS + 5000, commandId },
+    ),
+    sentAt,
+  );
+  await waitUntil(
+    "the command reaching its bridge",
+    () => bridge.commands.length > 0,
+    5000,
+  );
+  return { bridge, bridgeId, command, sentAt };
+}
+
+describe("fault: Redis lost while a command is out", function () {
+  this.timeout(60_000);
+  // The bridge's relay reaches Redis through the proxy.
+  const relays = relaysWithCut("bridge");
 
   it("resends the reply after Redis returns", async () => {
-    const bridgeId = randomBridgeId();
-    const bridge = await startFakeBridge({ url: bridgeRelay.url, bridgeId });
-    clients.push(bridge);
-    const app = await startAppView({
-      url: appRelay.url,
-      bridgeIds: [bridgeId],
-    });
-    clients.push(app);
-    bridge.withholdAnswers();
-    const sentAt = Date.now();
-    const command = outcomeOf(
-      app.client.setLight(
-        bridgeId,
-        "a",
-        { on: { on: false } },
-        { timeoutMs: COMMAND_TIMEOUT_MS + 5000 },
-      ),
-      sentAt,
-    );
-    await waitUntil(
-      "the command reaching its bridge",
-      () => bridge.commands.length > 0,
-      5000,
-    );
+    const { proxy, bridgeRelay } = relays;
+    const { bridge, command } = await commandWaitingAtBridge(relays);
 
     // The bridge's relay loses its Redis connection as it publishes the
     // reply, after the answer's state write went through, and stays cut
@@ -788,12 +845,12 @@ describe("fault: Redis lost while a command is out", function () {
     const outcome = await command;
     assert.equal(outcome.code, "ok", "command answered across the cut");
     assert.ok(
-      outcome.elapsedMs < COMMAND_TIMEOUT_MS,
+      outcome.elapsedMs < CUT_COMMAND_TIMEOUT_MS,
       `answered after ${outcome.elapsedMs} ms`,
     );
-    const resent = bridgeRelay.logs.find((line) =>
-      line.msg.startsWith("sent a command answer back"),
-    );
+    // The relay logs the resend after the publish, so the line can come
+    // after the answer.
+    const resent = await logLine(bridgeRelay, "sent a command answer back");
     assert.ok(resent !== undefined, "the bridge's relay logged the resend");
     assert.ok(
       (resent.attempts as number) > 1,
@@ -807,30 +864,8 @@ describe("fault: Redis lost while a command is out", function () {
 
 describe("fault: Redis lost by the app's relay while a command is out", function () {
   this.timeout(60_000);
-  /** Command timeout of both relays, long enough for the cut and the reconnect. */
-  const COMMAND_TIMEOUT_MS = 8000;
-  /** How long the app's relay stays cut off from Redis. */
-  const CUT_MS = 1000;
-  let redis: RedisServer;
-  let proxy: TcpProxy;
-  let appRelay: RelayProcess;
-  let bridgeRelay: RelayProcess;
-  const clients: { close(): void }[] = [];
-
-  before(async () => {
-    redis = await startRedisServer();
-    proxy = await startTcpProxy(redis.port);
-    const env = { COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS) };
-    // The app's relay reaches Redis through the proxy, which the test cuts.
-    appRelay = await startRelay({ redisUrl: proxy.redisUrl, workers: 1, env });
-    bridgeRelay = await startRelay({ redisUrl: redis.url, workers: 1, env });
-  });
-  after(async () => {
-    for (const client of clients) client.close();
-    await Promise.all([appRelay?.stop(), bridgeRelay?.stop()]);
-    await proxy?.close();
-    await redis?.stop();
-  });
+  // The app's relay reaches Redis through the proxy.
+  const relays = relaysWithCut("app");
 
   /**
    * Sends a command from the app's relay, cuts that relay off from Redis
@@ -840,29 +875,10 @@ describe("fault: Redis lost by the app's relay while a command is out", function
   async function commandAcrossCut(
     commandId: string | undefined,
   ): Promise<{ outcome: Outcome; restoredAt: number; sentAt: number }> {
-    const bridgeId = randomBridgeId();
-    const bridge = await startFakeBridge({ url: bridgeRelay.url, bridgeId });
-    clients.push(bridge);
-    const app = await startAppView({
-      url: appRelay.url,
-      bridgeIds: [bridgeId],
-    });
-    clients.push(app);
-    bridge.withholdAnswers();
-    const sentAt = Date.now();
-    const command = outcomeOf(
-      app.client.setLight(
-        bridgeId,
-        "a",
-        { on: { on: false } },
-        { timeoutMs: COMMAND_TIMEOUT_MS + 5000, commandId },
-      ),
-      sentAt,
-    );
-    await waitUntil(
-      "the command reaching its bridge",
-      () => bridge.commands.length > 0,
-      5000,
+    const { proxy } = relays;
+    const { bridge, bridgeId, command, sentAt } = await commandWaitingAtBridge(
+      relays,
+      commandId,
     );
     await proxy.cut();
     bridge.answerCommands();
@@ -877,7 +893,7 @@ describe("fault: Redis lost by the app's relay while a command is out", function
   }
 
   async function waitForStoredAnswer(key: string): Promise<void> {
-    const admin = createClient({ url: redis.url });
+    const admin = createClient({ url: relays.redis.url });
     await admin.connect();
     try {
       await waitUntil(
@@ -897,11 +913,12 @@ describe("fault: Redis lost by the app's relay while a command is out", function
     assert.equal(outcome.code, "ok", "command answered across the cut");
     const afterRestoreMs = sentAt + outcome.elapsedMs - restoredAt;
     assert.ok(
-      outcome.elapsedMs < COMMAND_TIMEOUT_MS,
+      outcome.elapsedMs < CUT_COMMAND_TIMEOUT_MS,
       `answered after ${outcome.elapsedMs} ms`,
     );
-    const recovered = appRelay.logs.find((line) =>
-      line.msg.startsWith("looked up the answers of commands"),
+    const recovered = await logLine(
+      relays.appRelay,
+      "looked up the answers of commands",
     );
     assert.equal(recovered?.answered, 1, "the app's relay found the answer");
     printFigure(
