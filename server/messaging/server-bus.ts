@@ -1,36 +1,8 @@
-import type { Ack, Light, LightPatch } from "../../client-sdk/src/protocol.ts";
 import type { Logger } from "../logger.ts";
 import type { ConnectionState } from "../redis/connection-state.ts";
+import type { BusMessage } from "./bus-message.ts";
 
-/** Messages that one relay process sends straight to another. */
-export type BusMessage =
-  | {
-      type: "command";
-      requestId: string;
-      origin: string;
-      bridgeId: string;
-      commandId: string;
-      lightId: string;
-      change: LightPatch;
-      idempotent?: boolean;
-      deadline?: number;
-    }
-  | { type: "reply"; requestId: string; answer: Ack<{ light: Light }> }
-  | { type: "replace"; bridgeId: string; socketId: string }
-  | { type: "reclaim"; bridgeId: string; socketId: string }
-  /**
-   * Asks the server that a bridge's claim names whether it still has
-   * socket `socketId`, because Redis data restored from an older copy can
-   * name a socket that is gone. The server sends `replace` for the
-   * requester's socket when it has that socket. Otherwise it releases the
-   * claim and sends `reclaim`.
-   */
-  | {
-      type: "checkClaim";
-      bridgeId: string;
-      socketId: string;
-      requester: { serverId: string; socketId: string };
-    };
+export type { BusMessage } from "./bus-message.ts";
 
 export type BusHandler = (message: BusMessage) => void;
 
