@@ -1,6 +1,14 @@
+import { Counter } from "prom-client";
 import type { Logger } from "../logger.ts";
+import { RepeatLimiter } from "../logging/repeat-limiter.ts";
+import { relayRegistry } from "../metrics/relay-metrics.ts";
 import type { ConnectionState } from "../redis/connection-state.ts";
-import type { BusMessage } from "./bus-message.ts";
+import {
+  BUS_MESSAGE_TYPES,
+  parseBusMessage,
+  type BusMessage,
+  type DroppedBusMessage,
+} from "./bus-message.ts";
 
 export type { BusMessage } from "./bus-message.ts";
 
@@ -72,6 +80,17 @@ export interface BusRedisClients {
   subscriberState: ConnectionState;
 }
 
+/** Received messages dropped because they were not JSON or failed the schema. */
+export const droppedBusMessages = new Counter({
+  name: "relay_bus_messages_dropped_total",
+  help: "Server bus messages that this process received and dropped, by reason (not_json, or invalid for a failed message schema) and type (command, reply, replace, reclaim, checkClaim, or unknown).",
+  labelNames: ["reason", "type"] as const,
+  registers: [relayRegistry],
+});
+
+/** Window of the log line for dropped bus messages of one reason and type, in ms. */
+const DROPPED_LOG_WINDOW_MS = 10_000;
+
 /**
  * A bus over Redis sharded pub/sub (Redis 7): one channel per process,
  * `<prefix>:server:<serverId>`, so under Redis Cluster each message goes
@@ -79,6 +98,7 @@ export interface BusRedisClients {
  */
 export class RedisBus implements ServerBus {
   private readonly channel: string;
+  private readonly droppedLog = new RepeatLimiter(DROPPED_LOG_WINDOW_MS);
 
   /**
    * `countsReceivers` is false on Redis Cluster (see ServerBus), true on a
@@ -108,17 +128,36 @@ export class RedisBus implements ServerBus {
     return receivers > 0;
   }
 
+  /**
+   * Subscribes to this process's channel and passes each message that
+   * fits the bus message schema to `handler`. Other messages are dropped,
+   * counted and logged (see `drop`).
+   */
   async listen(handler: BusHandler): Promise<void> {
     await this.redis.subscriber.sSubscribe(this.channel, (raw) => {
-      let message: BusMessage;
-      try {
-        message = JSON.parse(raw) as BusMessage;
-      } catch (error) {
-        this.logger.warn({ err: error }, "ignored a malformed bus message");
-        return;
-      }
-      handler(message);
+      const parsed = parseBusMessage(raw);
+      if (parsed.success) handler(parsed.message);
+      else this.drop(parsed);
     });
+  }
+
+  /**
+   * Counts a dropped message, and logs it unless a message of the same
+   * reason and type was logged within DROPPED_LOG_WINDOW_MS.
+   */
+  private drop(dropped: DroppedBusMessage): void {
+    const { reason, type, problem } = dropped;
+    const typeLabel =
+      type !== undefined && BUS_MESSAGE_TYPES.has(type) ? type : "unknown";
+    droppedBusMessages.inc({ reason, type: typeLabel });
+    const suppressed = this.droppedLog.admit(`${reason}:${typeLabel}`);
+    if (suppressed === null) return;
+    this.logger.warn(
+      { reason, type, problem, channel: this.channel, suppressed },
+      reason === "not_json"
+        ? "dropped a server bus message that is not JSON"
+        : "dropped a server bus message that fails the bus message schema",
+    );
   }
 
   // NOTE: on Redis Cluster this also fires when the subscriber connection
