@@ -1,7 +1,10 @@
 import os from "node:os";
 import { z } from "zod";
 import { parsePublicKey } from "./auth/public-key.ts";
-import { defaultMaxConnections } from "./cluster/open-files-limit.ts";
+import {
+  defaultConnectionReserve,
+  defaultMaxConnections,
+} from "./cluster/open-files-limit.ts";
 import {
   DEFAULT_LINGER_MAX_BYTES,
   DEFAULT_LINGER_TIMEOUT_MS,
@@ -255,6 +258,7 @@ const envSchema = z.object({
   MAX_CONNECTIONS: wholeNumber("MAX_CONNECTIONS")
     .pipe(z.number().positive("MAX_CONNECTIONS must be greater than 0"))
     .optional(),
+  MAX_CONNECTIONS_RESERVE: wholeNumber("MAX_CONNECTIONS_RESERVE").optional(),
   SHUTDOWN_TIMEOUT_MS: positiveInt(
     "SHUTDOWN_TIMEOUT_MS",
     10000,
@@ -341,6 +345,11 @@ export interface RelayConfig {
    * unlimited: no cap.
    */
   maxConnections: number | undefined;
+  /**
+   * Connections a relay process accepts above `maxConnections`, only to
+   * serve health checks, metrics and requests of its Engine.IO sessions.
+   */
+  connectionReserve: number;
   shutdownTimeoutMs: number;
   /** Time over which a draining process spreads the closing of its connections, in ms. */
   drainWindowMs: number;
@@ -413,6 +422,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
   }
   const parsed = result.data;
   const production = parsed.NODE_ENV === "production";
+  const maxConnections = parsed.MAX_CONNECTIONS ?? defaultMaxConnections();
   if (production && !parsed.AUTH_SECRET && !parsed.AUTH_PUBLIC_KEY) {
     throw new ConfigError(
       "invalid configuration:\n  AUTH_SECRET or AUTH_PUBLIC_KEY must be set when NODE_ENV=production",
@@ -452,7 +462,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): RelayConfig {
       timeoutMs: parsed.LINGER_TIMEOUT_MS,
       maxBytes: parsed.LINGER_MAX_BYTES,
     },
-    maxConnections: parsed.MAX_CONNECTIONS ?? defaultMaxConnections(),
+    maxConnections,
+    connectionReserve:
+      parsed.MAX_CONNECTIONS_RESERVE ??
+      defaultConnectionReserve(maxConnections),
     shutdownTimeoutMs: parsed.SHUTDOWN_TIMEOUT_MS,
     drainWindowMs: drainWindow(
       parsed.DRAIN_WINDOW_MS,

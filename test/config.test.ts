@@ -19,7 +19,10 @@ import {
   SecretFileError,
   secretFileWarning,
 } from "../server/auth/secret.ts";
-import { defaultMaxConnections } from "../server/cluster/open-files-limit.ts";
+import {
+  defaultConnectionReserve,
+  defaultMaxConnections,
+} from "../server/cluster/open-files-limit.ts";
 import { ConfigError, loadConfig, type RelayConfig } from "../server/config.ts";
 
 const SECRET_32 = "0123456789abcdef0123456789abcdef";
@@ -58,6 +61,7 @@ const DEFAULT_CONFIG: RelayConfig = {
   workerUnresponsiveMs: 5000,
   startupWaitLogIntervalMs: 10_000,
   maxConnections: defaultMaxConnections(),
+  connectionReserve: defaultConnectionReserve(defaultMaxConnections()),
   requestBodyTimeoutMs: 30000,
   linger: { timeoutMs: 2000, maxBytes: 16 * 1024 * 1024 },
   shutdownTimeoutMs: 10000,
@@ -123,6 +127,7 @@ describe("loadConfig", () => {
       LINGER_TIMEOUT_MS: "500",
       LINGER_MAX_BYTES: "1048576",
       MAX_CONNECTIONS: "5000",
+      MAX_CONNECTIONS_RESERVE: "7",
       SHUTDOWN_TIMEOUT_MS: "1500",
       DRAIN_WINDOW_MS: "700",
       RESTART_SURGE: "1",
@@ -161,6 +166,7 @@ describe("loadConfig", () => {
       requestBodyTimeoutMs: 4000,
       linger: { timeoutMs: 500, maxBytes: 1048576 },
       maxConnections: 5000,
+      connectionReserve: 7,
       shutdownTimeoutMs: 1500,
       drainWindowMs: 700,
       logLevel: "debug",
@@ -220,6 +226,7 @@ describe("loadConfig", () => {
       ["SHUTDOWN_TIMEOUT_MS", "86400001"],
       ["MAX_CONNECTIONS", "0"],
       ["MAX_CONNECTIONS", "1e4"],
+      ["MAX_CONNECTIONS_RESERVE", "-1"],
       ["WORKER_UNRESPONSIVE_MS", "99"],
       ["STARTUP_WAIT_LOG_INTERVAL_MS", "99"],
       ["REQUEST_BODY_TIMEOUT_MS", "99"],
@@ -503,6 +510,24 @@ describe("defaultMaxConnections", () => {
 
   it("sets no cap without the file", () => {
     assert.equal(defaultMaxConnections("/nonexistent/limits"), undefined);
+  });
+});
+
+describe("defaultConnectionReserve", () => {
+  it("keeps 1% of the cap", () => {
+    assert.equal(defaultConnectionReserve(921), 10);
+  });
+
+  it("keeps at least 4", () => {
+    assert.equal(defaultConnectionReserve(8), 4);
+  });
+
+  it("keeps at most 100", () => {
+    assert.equal(defaultConnectionReserve(19000), 100);
+  });
+
+  it("keeps none without a cap", () => {
+    assert.equal(defaultConnectionReserve(undefined), 0);
   });
 });
 

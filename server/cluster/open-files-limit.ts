@@ -40,3 +40,22 @@ export function defaultMaxConnections(
   );
   return Math.max(1, limit - reserve);
 }
+
+/** Bounds of the default reserve above MAX_CONNECTIONS, in connections. */
+const MIN_CONNECTION_RESERVE = 4;
+const MAX_CONNECTION_RESERVE = 100;
+
+/**
+ * Returns the default of MAX_CONNECTIONS_RESERVE: 1% of `maxConnections`,
+ * at least 4 and at most 100, and 0 without a cap. With the default
+ * MAX_CONNECTIONS, it takes about a tenth of the descriptors kept free.
+ */
+export function defaultConnectionReserve(
+  maxConnections: number | undefined,
+): number {
+  if (maxConnections === undefined) return 0;
+  return Math.min(
+    MAX_CONNECTION_RESERVE,
+    Math.max(MIN_CONNECTION_RESERVE, Math.ceil(maxConnections / 100)),
+  );
+}
