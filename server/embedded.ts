@@ -4,7 +4,7 @@ import type { RelayConfig } from "./config.ts";
 import type { Logger } from "./logger.ts";
 import { LocalBus } from "./messaging/server-bus.ts";
 import { createRelay, type Relay } from "./relay/create-relay.ts";
-import { capListenedConnections } from "./cluster/connection-cap.ts";
+import { capRelayConnections, servedAtCap } from "./cluster/connection-cap.ts";
 import { listenOn } from "./http/listen.ts";
 import { installShutdown } from "./cluster/shutdown.ts";
 import {
@@ -41,7 +41,13 @@ export async function runEmbedded(
     );
   });
   if (config.maxConnections !== undefined) {
-    capListenedConnections(relay.httpServer, config.maxConnections, log);
+    capRelayConnections(
+      relay.httpServer,
+      { max: config.maxConnections, reserve: config.connectionReserve },
+      servedAtCap(relay.io.engine, relay.engineIoPath),
+      log,
+      { listens: true },
+    );
   }
   closeStalledConnections(relay.httpServer, {
     headersTimeoutMs: HEADERS_TIMEOUT_MS,

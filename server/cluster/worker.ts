@@ -14,7 +14,7 @@ import { createRelay, type Relay } from "../relay/create-relay.ts";
 import { guardStore } from "../state/guarded-store.ts";
 import { RedisLeaseTable } from "../state/lease-table.ts";
 import { RedisStore } from "../state/redis-store.ts";
-import { capHandedConnections } from "./connection-cap.ts";
+import { capRelayConnections, servedAtCap } from "./connection-cap.ts";
 import { bindSessionsBeforeHandshake } from "./session-binding.ts";
 import { installShutdown } from "./shutdown.ts";
 import { releaseForwardedConnections } from "./forwarded-connections.ts";
@@ -165,7 +165,13 @@ export async function runWorker(
   redis.mainState.onReconnected(recoverAndLog);
   redis.subscriberState.onReconnected(recoverAndLog);
   if (config.maxConnections !== undefined) {
-    capHandedConnections(relay.httpServer, config.maxConnections, log);
+    capRelayConnections(
+      relay.httpServer,
+      { max: config.maxConnections, reserve: config.connectionReserve },
+      servedAtCap(relay.io.engine, relay.engineIoPath),
+      log,
+      { listens: false },
+    );
   }
   setupWorker(relay.io);
   releaseForwardedConnections(relay.httpServer);

@@ -86,6 +86,8 @@ export interface Relay {
   readonly serverId: string;
   readonly httpServer: HttpServer;
   readonly io: Server;
+  /** Path prefix of Engine.IO's requests, with its trailing slash, as Engine.IO matches it. */
+  readonly engineIoPath: string;
   /** Stops admitting connections and fails readiness, before `close()`. */
   drain(): void;
   /** Re-checks the claims of this process's bridges and drops its copies of lights, after a Redis outage. */
@@ -313,7 +315,8 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const httpServer = createServer(app);
   io.attach(httpServer);
   releaseUpgradeRequests(httpServer);
-  servePlainUpgrades(httpServer, `${io.path().replace(/\/$/, "")}/`);
+  const engineIoPath = `${io.path().replace(/\/$/, "")}/`;
+  servePlainUpgrades(httpServer, engineIoPath);
   // Inside the wrapper, the drain waits only for requests that are served.
   drain.watchHttp(httpServer);
   serveRequestsInTurn(httpServer);
@@ -322,6 +325,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     serverId: bus.serverId,
     httpServer,
     io,
+    engineIoPath,
     drain: () => {
       draining = true;
     },

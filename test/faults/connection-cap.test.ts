@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import type { Socket } from "node:net";
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { connect as connectTcp, type Socket } from "node:net";
 import type { Socket as ClientSocket } from "socket.io-client";
 import {
   connectApp,
@@ -17,13 +19,24 @@ import {
   waitUntil,
   type RelayOnRedis,
 } from "../support/faults.ts";
-import { send } from "../support/http.ts";
+import { errorOf, send } from "../support/http.ts";
+import { PACKET_SEPARATOR } from "../support/raw-polling.ts";
 import { startRelay, type RelayProcess } from "../support/relay-process.ts";
 import { closedWithin, openIdle } from "../support/tcp-sockets.ts";
 
 const MAX_CONNECTIONS = 8;
+/** Connections a relay accepts above the cap for probes and open sessions. */
+const RESERVE = 3;
 /** Time within which a rejected connection must be closed, in ms. */
 const REJECTION_MS = 1000;
+/**
+ * Time within which a reserve connection that sends no complete header
+ * must be closed, in ms: the relay's 2 s limit, and margin for a loaded
+ * 2-core machine.
+ */
+const RESERVE_CLOSE_MS = 3500;
+/** Start of Engine.IO's handshake over long-polling. */
+const HANDSHAKE_PATH = "/socket.io/?EIO=4&transport=polling";
 /**
  * Time within which a connection handed to a worker that died must be
  * closed once the primary runs again, in ms. The primary closes it as
@@ -99,6 +112,182 @@ async function connectOnceFreed(url: string): Promise<ClientSocket> {
   return bridge!;
 }
 
+/**
+ * Opens a connection that sends part of a request header and waits, so
+ * the cluster primary hands it to a worker, which waits for the rest.
+ */
+async function openHalfRequest(port: number): Promise<Socket> {
+  const socket = await openIdle(port);
+  socket.on("error", () => undefined);
+  socket.write("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+  return socket;
+}
+
+/**
+ * Opens connections with `open` until a new Engine.IO handshake gets 503,
+ * so that the relay's cap is reached (a handshake past it would open a
+ * session). Returns the connections opened, which hold the cap for 10 s,
+ * until the relay's header timeout closes them.
+ */
+async function fillToCap(
+  url: string,
+  open: () => Promise<Socket>,
+): Promise<Socket[]> {
+  const filler: Socket[] = [];
+  for (let attempt = 0; attempt <= MAX_CONNECTIONS; attempt += 1) {
+    const handshake = await send(`${url}${HANDSHAKE_PATH}`);
+    if (handshake.status === 503) return filler;
+    assert.equal(handshake.status, 200, handshake.text);
+    filler.push(await open());
+    // The primary hands a connection to the worker when it reads it.
+    await sleep(50);
+  }
+  for (const socket of filler) socket.destroy();
+  throw new Error(`the cap was not reached with ${filler.length} connections`);
+}
+
+/** Asserts that the relay accepted `sockets` and kept them open for 200 ms. */
+async function assertKeptOpen(
+  sockets: Socket[],
+  description: string,
+): Promise<void> {
+  const closedAfter = await Promise.all(
+    sockets.map((socket) => closedWithin(socket, 200)),
+  );
+  assert.ok(
+    closedAfter.every((ms) => ms === -1),
+    `${description} closed after ${closedAfter.join(", ")} ms`,
+  );
+}
+
+/**
+ * Waits until a new Engine.IO handshake succeeds, for at most 5 s, because
+ * the relay handles the close of the previous test's connections a moment
+ * after the test closed them.
+ */
+async function waitBelowCap(url: string): Promise<void> {
+  await waitUntil(
+    "a handshake admitted",
+    async () => (await send(`${url}${HANDSHAKE_PATH}`)).status === 200,
+    5000,
+    100,
+  );
+}
+
+/** Opens an Engine.IO session over long-polling and returns its ID. */
+async function openPollingSession(url: string): Promise<string> {
+  const response = await send(`${url}${HANDSHAKE_PATH}`);
+  assert.equal(response.status, 200, response.text);
+  assert.ok(response.text.startsWith("0"), response.text);
+  return (JSON.parse(response.text.slice(1)) as { sid: string }).sid;
+}
+
+/**
+ * Sends a Socket.IO connect to `/app` without a token on the long-polling
+ * session `sid` and polls once, each on a new connection. Returns the
+ * statuses and the packets of the poll.
+ */
+async function pollSession(
+  url: string,
+  sid: string,
+): Promise<{ postStatus: number; pollStatus: number; packets: string[] }> {
+  const endpoint = `${url}${HANDSHAKE_PATH}&sid=${sid}`;
+  const post = await send(endpoint, {
+    method: "POST",
+    headers: { "Content-Type": "text/plain;charset=UTF-8" },
+    body: "40/app,",
+  });
+  const poll = await send(endpoint);
+  return {
+    postStatus: post.status,
+    pollStatus: poll.status,
+    packets: poll.text.split(PACKET_SEPARATOR),
+  };
+}
+
+/**
+ * Asks for a websocket upgrade of Engine.IO, of the session `sid` when
+ * given, and returns the status line of the response. The connection
+ * stays open until the test destroys it.
+ */
+async function upgradeStatusLine(
+  port: number,
+  sockets: Socket[],
+  sid?: string,
+): Promise<string> {
+  const socket = connectTcp({ host: "127.0.0.1", port });
+  sockets.push(socket);
+  socket.on("error", () => undefined);
+  await once(socket, "connect");
+  const session = sid === undefined ? "" : `&sid=${sid}`;
+  socket.write(
+    `GET /socket.io/?EIO=4&transport=websocket${session} HTTP/1.1\r\n` +
+      `Host: 127.0.0.1:${port}\r\n` +
+      "Upgrade: websocket\r\nConnection: Upgrade\r\n" +
+      `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\n` +
+      "Sec-WebSocket-Version: 13\r\n\r\n",
+  );
+  let received = "";
+  const deadline = Date.now() + 5000;
+  while (!received.includes("\r\n")) {
+    if (Date.now() > deadline) throw new Error("no upgrade response in 5 s");
+    const chunk = await Promise.race([
+      once(socket, "data").then(([data]) => String(data)),
+      once(socket, "close").then(() => {
+        throw new Error(`closed without a response, after: ${received}`);
+      }),
+    ]);
+    received += chunk;
+  }
+  return received.slice(0, received.indexOf("\r\n"));
+}
+
+/**
+ * Checks a relay at the cap: probes return 200, new sessions get 503, and
+ * the sessions `sid` (long-polling), `app` (websocket) and `pollingApp`
+ * (long-polling) keep working.
+ */
+async function assertServedAtCap(
+  relay: RelayProcess,
+  sockets: Socket[],
+  session: {
+    sid: string;
+    bridgeId: string;
+    app: ClientSocket;
+    pollingApp: ClientSocket;
+  },
+): Promise<void> {
+  for (const path of ["/healthz", "/readyz", "/metrics"]) {
+    const probe = await send(`${relay.url}${path}`);
+    assert.equal(probe.status, 200, `${path} answered ${probe.status}`);
+  }
+
+  const handshake = await send(`${relay.url}${HANDSHAKE_PATH}`);
+  assert.equal(handshake.status, 503, handshake.text);
+  assert.equal(handshake.headers["retry-after"], "5");
+  assert.equal(errorOf(handshake).code, "UNAVAILABLE");
+  const upgrade = await upgradeStatusLine(relay.port, sockets);
+  assert.match(upgrade, /^HTTP\/1\.1 503 /);
+  await assert.rejects(connectBridge(relay.url, randomBridgeId()));
+
+  const polled = await pollSession(relay.url, session.sid);
+  assert.equal(polled.postStatus, 200, "POST of an open session");
+  assert.equal(polled.pollStatus, 200, "GET of an open session");
+  assert.ok(
+    polled.packets.some((packet) => packet.startsWith("44/app,")),
+    `the relay rejected the connect without a token: ${polled.packets.join(" | ")}`,
+  );
+  const sessionUpgrade = await upgradeStatusLine(
+    relay.port,
+    sockets,
+    session.sid,
+  );
+  assert.match(sessionUpgrade, /^HTTP\/1\.1 101 /);
+
+  await assertCommandAnswered(session.app, session.bridgeId);
+  await assertCommandAnswered(session.pollingApp, session.bridgeId);
+}
+
 /** Returns how many log lines of the process `pid` (any, by default) report rejected connections. */
 function rejectionLines(relay: RelayProcess, pid?: number): number {
   return relay.logs.filter(
@@ -123,7 +312,10 @@ describe("fault: a connection flood reaches MAX_CONNECTIONS", function () {
 
     before(async () => {
       relay = await startRelay({
-        env: { MAX_CONNECTIONS: String(MAX_CONNECTIONS) },
+        env: {
+          MAX_CONNECTIONS: String(MAX_CONNECTIONS),
+          MAX_CONNECTIONS_RESERVE: String(RESERVE),
+        },
       });
     });
 
@@ -131,25 +323,35 @@ describe("fault: a connection flood reaches MAX_CONNECTIONS", function () {
       await relay?.stop();
     });
 
-    it("closes connections past the cap", async () => {
+    it("closes connections past the reserve", async () => {
       const { bridgeId, bridge, app } = await bridgeAndApp(relay.url);
       clients.push(bridge, app);
       const idle = await openIdleConnections(relay.port, MAX_CONNECTIONS - 2);
       sockets.push(...idle);
+      const reserve = await openIdleConnections(relay.port, RESERVE);
+      sockets.push(...reserve);
+      await assertKeptOpen(reserve, "idle reserve connections");
       const flood = await openIdleConnections(relay.port, 5);
       sockets.push(...flood);
       const closedAfter = await Promise.all(
         flood.map((socket) => closedWithin(socket, REJECTION_MS)),
       );
+      const reserveClosedAfter = await Promise.all(
+        reserve.map((socket) => closedWithin(socket, RESERVE_CLOSE_MS)),
+      );
       const openIdleCount = (
         await Promise.all(idle.map((socket) => closedWithin(socket, 100)))
       ).filter((ms) => ms === -1).length;
       printFigure(
-        `embedded relay at MAX_CONNECTIONS ${MAX_CONNECTIONS}: 5 more connections closed after ${closedAfter.join(", ")} ms`,
+        `embedded relay at MAX_CONNECTIONS ${MAX_CONNECTIONS} with a reserve of ${RESERVE}: 5 more connections closed after ${closedAfter.join(", ")} ms; idle reserve connections closed ${reserveClosedAfter.join(", ")} ms later`,
       );
       assert.ok(
         closedAfter.every((ms) => ms >= 0),
-        `connections past the cap stayed open: ${closedAfter.join(", ")}`,
+        `connections past the reserve stayed open: ${closedAfter.join(", ")}`,
+      );
+      assert.ok(
+        reserveClosedAfter.every((ms) => ms >= 0),
+        `idle reserve connections stayed open: ${reserveClosedAfter.join(", ")}`,
       );
       assert.equal(openIdleCount, MAX_CONNECTIONS - 2);
       await assertCommandAnswered(app, bridgeId);
@@ -162,6 +364,24 @@ describe("fault: a connection flood reaches MAX_CONNECTIONS", function () {
       const rejected = await counter(relay, "relay_connections_rejected_total");
       assert.ok(rejected >= 5, `${rejected} rejected`);
     });
+
+    it("serves probes and open sessions at the cap", async () => {
+      await waitBelowCap(relay.url);
+      const { bridgeId, bridge, app } = await bridgeAndApp(relay.url);
+      const pollingApp = await connectApp(relay.url, [bridgeId], undefined, {
+        transports: ["polling"],
+      });
+      clients.push(bridge, app, pollingApp);
+      const sid = await openPollingSession(relay.url);
+      const filler = await fillToCap(relay.url, () => openIdle(relay.port));
+      sockets.push(...filler);
+      await assertServedAtCap(relay, sockets, {
+        sid,
+        bridgeId,
+        app,
+        pollingApp,
+      });
+    });
   });
 
   describe("clustered relay, one worker", () => {
@@ -172,6 +392,7 @@ describe("fault: a connection flood reaches MAX_CONNECTIONS", function () {
         workers: 1,
         env: {
           MAX_CONNECTIONS: String(MAX_CONNECTIONS),
+          MAX_CONNECTIONS_RESERVE: String(RESERVE),
           // Pings every 12 s. A ping to a killed worker before the primary
           // reads its closed channel ends the primary with EPIPE.
           WORKER_UNRESPONSIVE_MS: "60000",
@@ -221,6 +442,72 @@ describe("fault: a connection flood reaches MAX_CONNECTIONS", function () {
 
       clients.pop()?.close();
       clients.push(await connectOnceFreed(relay.url));
+    });
+
+    it("serves probes and open sessions at the worker's cap", async () => {
+      const { relay } = deployment;
+      await waitBelowCap(relay.url);
+      const { bridgeId, bridge, app } = await bridgeAndApp(relay.url);
+      const pollingApp = await connectApp(relay.url, [bridgeId], undefined, {
+        transports: ["polling"],
+      });
+      clients.push(bridge, app, pollingApp);
+      const sid = await openPollingSession(relay.url);
+      const filler = await fillToCap(relay.url, () =>
+        openHalfRequest(relay.port),
+      );
+      sockets.push(...filler);
+      await assertServedAtCap(relay, sockets, {
+        sid,
+        bridgeId,
+        app,
+        pollingApp,
+      });
+    });
+
+    it("closes handed connections past the worker's reserve", async () => {
+      const { relay } = deployment;
+      await waitBelowCap(relay.url);
+      const filler = await fillToCap(relay.url, () =>
+        openHalfRequest(relay.port),
+      );
+      sockets.push(...filler);
+
+      const reserve: Socket[] = [];
+      for (let index = 0; index < RESERVE; index += 1) {
+        reserve.push(await openHalfRequest(relay.port));
+        await sleep(50);
+      }
+      sockets.push(...reserve);
+      await assertKeptOpen(reserve, "half requests in the reserve");
+
+      const flood = await Promise.all([
+        openHalfRequest(relay.port),
+        openHalfRequest(relay.port),
+      ]);
+      sockets.push(...flood);
+      const closedAfter = await Promise.all(
+        flood.map((socket) => closedWithin(socket, REJECTION_MS)),
+      );
+      const reserveClosedAfter = await Promise.all(
+        reserve.map((socket) => closedWithin(socket, RESERVE_CLOSE_MS)),
+      );
+      const openFillerCount = (
+        await Promise.all(filler.map((socket) => closedWithin(socket, 100)))
+      ).filter((ms) => ms === -1).length;
+
+      printFigure(
+        `worker at MAX_CONNECTIONS ${MAX_CONNECTIONS} with a reserve of ${RESERVE}: 2 more half requests closed after ${closedAfter.join(", ")} ms; half requests in the reserve closed ${reserveClosedAfter.join(", ")} ms later`,
+      );
+      assert.ok(
+        closedAfter.every((ms) => ms >= 0),
+        `connections past the reserve stayed open: ${closedAfter.join(", ")}`,
+      );
+      assert.ok(
+        reserveClosedAfter.every((ms) => ms >= 0),
+        `half requests in the reserve stayed open: ${reserveClosedAfter.join(", ")}`,
+      );
+      assert.equal(openFillerCount, filler.length, "connections below the cap");
     });
 
     it("keeps the cap after a handoff to a dead worker", async () => {
