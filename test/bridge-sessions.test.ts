@@ -454,6 +454,53 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     assert.deepEqual(emitted, ["state:resync"]);
   });
 
+  it("runs a deferred check on revalidation", async () => {
+    const bridgeId = randomBridgeId();
+    const emitted: string[] = [];
+    const socket = socketWithId("live-socket", emitted);
+    const live = sessionsOf("server-b", store, [socket]);
+    await live.sessions.claim(bridgeId, socket);
+    // As Redis restored from an older copy: the claim names a socket of
+    // server-a that is gone.
+    await store.claimConnection(
+      bridgeId,
+      "server-a",
+      "gone-socket",
+      new Date(),
+    );
+    // server-a's main Redis connection is not back yet when the check
+    // arrives over its subscriber.
+    let redisBack = false;
+    let failedReleases = 0;
+    const offline = storeWith({
+      releaseSocket: (...args) => {
+        if (redisBack) return store.releaseSocket(...args);
+        failedReleases += 1;
+        return Promise.reject(new Error("the client is offline"));
+      },
+    });
+    const named = sessionsOf("server-a", offline);
+    const disconnect = await connectServers(live, named);
+    let resolvedMs: number;
+    try {
+      await live.sessions.revalidate();
+      // Without this, server-b would check again in a second, and that
+      // check, not the deferred one, could resolve the claim.
+      live.sessions.stopRetries();
+      await waitUntil("the check failed", () => failedReleases === 1, 3000);
+
+      redisBack = true;
+      const reconnectedAt = performance.now();
+      await named.sessions.revalidate();
+      await waitForHolder(bridgeId, "live-socket");
+      resolvedMs = performance.now() - reconnectedAt;
+    } finally {
+      await disconnect();
+    }
+    assert.deepEqual(emitted, ["state:resync"]);
+    assert.ok(resolvedMs < 500, `claim resolved after ${resolvedMs} ms`);
+  });
+
   it("replaces a socket when the named server has its own", async () => {
     const bridgeId = randomBridgeId();
     const emitted: string[] = [];

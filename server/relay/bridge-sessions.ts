@@ -8,6 +8,11 @@ import type {
   StateStore,
 } from "../state/store.ts";
 import type { AppBroadcaster } from "./broadcaster.ts";
+import { RepeatLimiter } from "../logging/repeat-limiter.ts";
+import {
+  DeferredClaimChecks,
+  type DeferredClaimCheck,
+} from "./deferred-claim-checks.ts";
 import { HandshakingSockets } from "./handshaking-sockets.ts";
 
 /** A bridge connection held by this process. */
@@ -25,6 +30,18 @@ export const RESYNC_REASON =
 const REVALIDATE_BATCH = 500;
 /** Time between attempts to send releases that failed, in ms. */
 const RELEASE_RETRY_MS = 1000;
+/**
+ * Maximum number of claim checks from other servers kept while Redis is
+ * unavailable. NOTE: a guess, not measured. A check left out waits for
+ * its requester's next request, one second later.
+ */
+const MAX_DEFERRED_CHECKS = 10_000;
+/**
+ * Age in ms after which a deferred claim check is dropped. Its requester
+ * sends it again every second while the claim is unresolved, so an older
+ * check is one that the requester no longer needs.
+ */
+const DEFERRED_CHECK_MAX_AGE_MS = 10_000;
 
 /**
  * The set of bridges this process may hold, which a sweep goes through
@@ -61,6 +78,12 @@ export class BridgeSessions {
     string,
     { serverId: string; socketId: string }
   >();
+  /** Claim checks of other servers that failed on Redis, run again on revalidation. */
+  private readonly deferredChecks = new DeferredClaimChecks(
+    MAX_DEFERRED_CHECKS,
+    DEFERRED_CHECK_MAX_AGE_MS,
+  );
+  private readonly deferredChecksFullLog = new RepeatLimiter(10_000);
   private releaseRetry: NodeJS.Timeout | undefined;
   /** Releases sent again and not finished, which `unreleased` and `abandoned` no longer list. */
   private retriedReleases = 0;
@@ -404,6 +427,7 @@ export class BridgeSessions {
 
   private async revalidateAll(): Promise<void> {
     await this.retryReleases();
+    await this.runDeferredChecks();
     const sessions = [...this.sessions.values()];
     for (let start = 0; start < sessions.length; start += REVALIDATE_BATCH) {
       const batch = sessions.slice(start, start + REVALIDATE_BATCH);
@@ -638,7 +662,8 @@ export class BridgeSessions {
    * found for its own session of `bridgeId`. When the socket is here, the
    * requester's socket is replaced, as a newer connection's claim does.
    * Otherwise the stale claim is released and the requester is asked to
-   * claim the bridge again.
+   * claim the bridge again. When the release fails, the check is kept and
+   * run again on the next revalidation.
    */
   async checkClaim(
     bridgeId: string,
@@ -649,12 +674,68 @@ export class BridgeSessions {
       await this.replace(bridgeId, requester.serverId, requester.socketId);
       return;
     }
-    await this.releaseStaleSocket(
-      bridgeId,
-      socketId,
-      "released a claim of a gone socket that another server found after Redis data was replaced",
-    );
+    try {
+      await this.releaseStaleSocket(
+        bridgeId,
+        socketId,
+        "released a claim of a gone socket that another server found after Redis data was replaced",
+      );
+    } catch (error) {
+      this.deferCheck({ bridgeId, socketId, requester }, error);
+      return;
+    }
     await this.askToReclaim(bridgeId, requester);
+  }
+
+  /**
+   * Keeps a claim check whose release failed until revalidation, which
+   * runs once this process's Redis connections are ready again. A check
+   * can arrive over the subscriber connection before the main connection
+   * is back. Without the deferral, the requester would wait for its next
+   * request, up to a second, while this process's own revalidation has
+   * already released the claim and the bridge reads offline.
+   */
+  private deferCheck(check: DeferredClaimCheck, error: unknown): void {
+    const { bridgeId, socketId, requester } = check;
+    const result = this.deferredChecks.add(check);
+    if (result === "added") {
+      this.logger.warn(
+        { err: error, bridgeId, socketId, requester },
+        "could not check a bridge claim that another server asked about, checking it once Redis is back",
+      );
+      return;
+    }
+    if (result === "replaced") return;
+    const suppressed = this.deferredChecksFullLog.admit("full");
+    if (suppressed === null) return;
+    this.logger.warn(
+      {
+        err: error,
+        bridgeId,
+        requester,
+        maxDeferredChecks: MAX_DEFERRED_CHECKS,
+        suppressed,
+      },
+      "could not check a bridge claim and too many checks wait for Redis; the requester sends it again in 1 s",
+    );
+  }
+
+  /** Runs the claim checks that failed on Redis, in batches. */
+  private async runDeferredChecks(): Promise<void> {
+    const checks = this.deferredChecks.takeAll();
+    if (checks.length === 0) return;
+    this.logger.info(
+      { checks: checks.length },
+      "running bridge claim checks that waited for Redis",
+    );
+    for (let start = 0; start < checks.length; start += REVALIDATE_BATCH) {
+      const batch = checks.slice(start, start + REVALIDATE_BATCH);
+      await Promise.all(
+        batch.map(({ bridgeId, socketId, requester }) =>
+          this.checkClaim(bridgeId, socketId, requester),
+        ),
+      );
+    }
   }
 
   /**
