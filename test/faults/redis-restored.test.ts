@@ -3,7 +3,7 @@ import type { ChildProcess } from "node:child_process";
 import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createClient } from "redis";
+import { createClient, RESP_TYPES } from "redis";
 import type { Socket } from "socket.io-client";
 import { RedisStore } from "../../server/state/redis-store.ts";
 import type { BridgeConnection } from "../../server/state/store.ts";
@@ -26,6 +26,7 @@ import {
   type RelayOptions,
   type RelayProcess,
 } from "../support/relay-process.ts";
+import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
 
 const KEY_PREFIX = "restored";
 /** Time for a worker to reconnect to Redis and check its claims: its retries back off to 5 s. */
@@ -61,6 +62,8 @@ describe("fault: Redis restored from an older copy", function () {
   let relay: RelayProcess | undefined;
   /** Relays started by one test besides `relay`, stopped after all tests. */
   const otherRelays: RelayProcess[] = [];
+  /** Proxies started by one test, closed after all tests. */
+  const proxies: TcpProxy[] = [];
   const sockets: Socket[] = [];
   /** The RDB file that the running Redis loaded and saves to, in `dir`. */
   let dbFile = "dump.rdb";
@@ -81,6 +84,42 @@ describe("fault: Redis restored from an older copy", function () {
     restarts += 1;
     dbFile = copy ?? `empty-${restarts}.rdb`;
     redis = await spawnRedis(port, dir, ["--dbfilename", dbFile]);
+  }
+
+  /** Returns the serialized value of every key matching one of `patterns`, by key. */
+  async function dumpKeys(patterns: string[]): Promise<Map<string, Buffer>> {
+    const admin = createClient({ url: `redis://127.0.0.1:${port}` });
+    await admin.connect();
+    const dumps = new Map<string, Buffer>();
+    try {
+      const binary = admin.withTypeMapping({
+        [RESP_TYPES.BLOB_STRING]: Buffer,
+      });
+      for (const pattern of patterns) {
+        for await (const keys of admin.scanIterator({ MATCH: pattern })) {
+          for (const key of keys) {
+            const dump = await binary.dump(key);
+            if (dump !== null) dumps.set(key, dump);
+          }
+        }
+      }
+    } finally {
+      admin.destroy();
+    }
+    return dumps;
+  }
+
+  /** Writes back keys that `dumpKeys` returned, replacing their current values. */
+  async function restoreKeys(dumps: Map<string, Buffer>): Promise<void> {
+    const admin = createClient({ url: `redis://127.0.0.1:${port}` });
+    await admin.connect();
+    try {
+      for (const [key, dump] of dumps) {
+        await admin.restore(key, 0, dump, { REPLACE: true });
+      }
+    } finally {
+      admin.destroy();
+    }
   }
 
   /** Waits until no socket holds the claim of `bridgeId`. */
@@ -137,6 +176,7 @@ describe("fault: Redis restored from an older copy", function () {
     for (const socket of sockets) socket.close();
     await Promise.all(otherRelays.map((other) => other.stop()));
     await relay?.stop();
+    await Promise.all(proxies.map((proxy) => proxy.close()));
     if (redis !== undefined) await stopProcess(redis);
     await rm(dir, { recursive: true, force: true });
   });
@@ -231,6 +271,84 @@ describe("fault: Redis restored from an older copy", function () {
     const restored = await presenceOf(url, bridgeId);
     assert.equal(restored?.serverId, otherServerId);
     assert.equal(restored?.socketId, bridge.id);
+    bridge.close();
+    await waitUntilOffline(bridgeId, "the bridge offline once it disconnected");
+  });
+
+  it("runs a check that arrives before Redis", async () => {
+    const url = `redis://127.0.0.1:${port}`;
+    const bridgeId = randomBridgeId();
+    // Each relay reaches Redis through its own proxy, so that the test
+    // decides the order of their reconnects.
+    const [askingProxy, namedProxy] = await Promise.all([
+      startTcpProxy(port),
+      startTcpProxy(port),
+    ]);
+    proxies.push(askingProxy, namedProxy);
+    const [asking, named] = await Promise.all([
+      startRelay({ ...relayOptions(), redisUrl: askingProxy.redisUrl }),
+      startRelay({ ...relayOptions(), redisUrl: namedProxy.redisUrl }),
+    ]);
+    otherRelays.push(asking, named);
+    const namedServerId = named.workers()[0]?.serverId;
+    assert.ok(namedServerId !== undefined, "the named relay's server ID");
+    const first = await connectBridge(named.url, bridgeId);
+    await sendSnapshot(first, true);
+    // The bridge's claim and the named server's connection index.
+    const copy = await dumpKeys([
+      `${KEY_PREFIX}:{${bridgeId}}:*`,
+      `${KEY_PREFIX}:server:{${namedServerId}}:*`,
+    ]);
+    first.close();
+    await waitUntilOffline(bridgeId, "the first connection released");
+    const bridge = await connectBridge(asking.url, bridgeId);
+    sockets.push(bridge);
+    await sendSnapshot(bridge, false);
+    const replaced = record(bridge, "session:replaced");
+
+    // The older copy's keys come back without a restart, so no connection
+    // drops yet. They name the first socket, on the named relay.
+    await restoreKeys(copy);
+    // The named relay's main connection drops and reconnects into a
+    // handshake that gets no reply, so it is not ready. Its subscriber,
+    // which sent node-redis's lowercase "ssubscribe", stays up.
+    namedProxy.cutAllBut("ssubscribe");
+    const checkFailed = named.waitForLog(
+      (line) =>
+        line.bridgeId === bridgeId &&
+        line.msg.startsWith("could not check a bridge claim"),
+      RECOVERY_TIMEOUT_MS,
+    );
+    const resync = nextEvent(
+      bridge,
+      "state:resync",
+      () => true,
+      RECOVERY_TIMEOUT_MS,
+    );
+    // The asking relay reconnects, revalidates and sends checkClaim to the
+    // named relay, whose release fails.
+    await askingProxy.cut();
+    await askingProxy.restore();
+    await checkFailed;
+    namedProxy.passReplies();
+    const namedBackAt = Date.now();
+    await resync;
+    const resyncMs = Date.now() - namedBackAt;
+    await sendSnapshot(bridge, false);
+
+    assert.deepEqual(replaced, []);
+    assert.equal(bridge.connected, true);
+    const restored = await presenceOf(url, bridgeId);
+    assert.equal(restored?.socketId, bridge.id);
+    // Without a deferred check, the resync waits for the asking relay's
+    // next check, 1 s after its first.
+    assert.ok(
+      resyncMs < 500,
+      `state:resync ${resyncMs} ms after the named relay's Redis came back`,
+    );
+    printFigure(
+      `a claim check that arrived before the named relay's Redis connection: the bridge was asked to resync ${resyncMs} ms after that connection came back`,
+    );
     bridge.close();
     await waitUntilOffline(bridgeId, "the bridge offline once it disconnected");
   });

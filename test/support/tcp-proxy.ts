@@ -18,6 +18,14 @@ export interface TcpProxy {
   /** Forwards the delayed replies, and later ones at once. */
   passReplies: () => void;
   /**
+   * Destroys the open connections whose first 64 KiB of requests do not
+   * contain `marker`, and delays the replies on new connections until
+   * `passReplies()`. A Redis client that reconnects then stays in its
+   * handshake, not ready, while the connections that sent `marker` keep
+   * working.
+   */
+  cutAllBut: (marker: string) => void;
+  /**
    * Destroys the first connection that then sends a request containing
    * `marker`, without forwarding that request to the server, and resolves
    * once it did. The search is per chunk read, so a marker split across
@@ -27,6 +35,9 @@ export interface TcpProxy {
   close: () => Promise<void>;
 }
 
+/** Bytes of each connection's first requests that `cutAllBut` searches. */
+const REQUEST_PREFIX_BYTES = 64 * 1024;
+
 /** Starts a proxy on a free loopback port that forwards to `targetPort`. */
 export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
@@ -35,14 +46,23 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
     socket.once("close", () => sockets.delete(socket));
   };
   const replies = new Map<Socket, Socket>();
+  /** Server sockets whose replies are delayed. */
+  const heldUpstreams = new Set<Socket>();
+  /** First requests of each client connection, up to REQUEST_PREFIX_BYTES. */
+  const requestPrefixes = new Map<Socket, string>();
   let holding = false;
   let trap: { marker: string; sprung: () => void } | undefined;
   const forward = (client: Socket): void => {
     const upstream = connect({ host: "127.0.0.1", port: targetPort });
     track(client);
     track(upstream);
+    requestPrefixes.set(client, "");
     // Added before the pipe, so it runs before the chunk is forwarded.
     client.on("data", (chunk: Buffer) => {
+      const prefix = requestPrefixes.get(client);
+      if (prefix !== undefined && prefix.length < REQUEST_PREFIX_BYTES) {
+        requestPrefixes.set(client, prefix + chunk.toString("latin1"));
+      }
       if (trap === undefined || !chunk.includes(trap.marker)) return;
       const { sprung } = trap;
       trap = undefined;
@@ -52,14 +72,19 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
     });
     client.on("error", () => upstream.destroy());
     upstream.on("error", () => client.destroy());
-    client.once("close", () => upstream.destroy());
+    client.once("close", () => {
+      requestPrefixes.delete(client);
+      upstream.destroy();
+    });
     upstream.once("close", () => {
       replies.delete(upstream);
+      heldUpstreams.delete(upstream);
       client.destroy();
     });
     client.pipe(upstream);
     replies.set(upstream, client);
-    if (!holding) upstream.pipe(client);
+    if (holding) heldUpstreams.add(upstream);
+    else upstream.pipe(client);
   };
   let server = createServer(forward);
   server.listen(0, "127.0.0.1");
@@ -88,13 +113,27 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
     holdReplies: () => {
       holding = true;
       for (const [upstream, client] of replies) {
+        if (heldUpstreams.has(upstream)) continue;
         upstream.unpipe(client);
         upstream.pause();
+        heldUpstreams.add(upstream);
       }
     },
     passReplies: () => {
       holding = false;
-      for (const [upstream, client] of replies) upstream.pipe(client);
+      for (const upstream of heldUpstreams) {
+        const client = replies.get(upstream);
+        if (client !== undefined) upstream.pipe(client);
+      }
+      heldUpstreams.clear();
+    },
+    cutAllBut: (marker) => {
+      holding = true;
+      for (const [upstream, client] of replies) {
+        if (requestPrefixes.get(client)?.includes(marker)) continue;
+        upstream.destroy();
+        client.destroy();
+      }
     },
     dropOnRequest: (marker) =>
       new Promise((resolve) => {
