@@ -213,7 +213,12 @@ export class BridgeSessions {
     socketId: string,
   ): Promise<void> {
     try {
-      await this.releaseAbandoned(bridgeId, socketId);
+      await this.releaseStaleClaim(
+        bridgeId,
+        socketId,
+        "released a claim that Redis ran after the handshake gave up on it",
+        { untrack: false },
+      );
     } catch (error) {
       this.abandoned.set(socketId, bridgeId);
       this.scheduleReleaseRetry();
@@ -248,20 +253,6 @@ export class BridgeSessions {
       ),
     );
     return results.filter((result) => result.status === "rejected").length;
-  }
-
-  private async releaseAbandoned(
-    bridgeId: string,
-    socketId: string,
-  ): Promise<void> {
-    const release = await this.releaseStaleSocket(
-      bridgeId,
-      socketId,
-      "released a claim that Redis ran after the handshake gave up on it",
-    );
-    if (release.released && release.replaced !== null) {
-      await this.askToReclaim(bridgeId, release.replaced);
-    }
   }
 
   /**
@@ -462,29 +453,41 @@ export class BridgeSessions {
       if (bridgeIds.length === 0) continue;
       const records = await this.store.getPresence(bridgeIds);
       await Promise.all(
-        records.map(({ bridgeId, connection }) =>
-          connection === null || !this.isGoneLocalSocket(connection)
-            ? Promise.resolve()
-            : this.releaseGoneLocalClaim(bridgeId, connection.socketId),
-        ),
+        records.map(async ({ bridgeId, connection }) => {
+          if (connection === null || !this.isGoneLocalSocket(connection)) {
+            return;
+          }
+          // Fenced by socket ID, so a claim made since the read is kept.
+          await this.releaseStaleClaim(
+            bridgeId,
+            connection.socketId,
+            "released a claim of a gone socket of this process, after Redis data was replaced",
+            { untrack: true },
+          );
+        }),
       );
     } while (cursor !== "0");
   }
 
-  private async releaseGoneLocalClaim(
+  /**
+   * Releases the claim of `socketId`, a socket of this process that no
+   * connection uses. Then requests that the server of the connection that
+   * this claim had replaced claim the bridge again, because that
+   * connection's socket may still be open. With `untrack`, a released
+   * bridge that this process does not hold leaves the connection index
+   * before that request.
+   */
+  private async releaseStaleClaim(
     bridgeId: string,
     socketId: string,
+    message: string,
+    options: { untrack: boolean },
   ): Promise<void> {
-    // Fenced by socket ID, so a claim made since the read is kept.
-    const release = await this.releaseStaleSocket(
-      bridgeId,
-      socketId,
-      "released a claim of a gone socket of this process, after Redis data was replaced",
-    );
+    const release = await this.releaseStaleSocket(bridgeId, socketId, message);
     if (!release.released) return;
-    if (!this.isLocal(bridgeId)) await this.index?.untrack(bridgeId);
-    // A claim that Redis ran after its handshake gave up replaced a
-    // connection whose socket may still be open, as in releaseAbandoned.
+    if (options.untrack && !this.isLocal(bridgeId)) {
+      await this.index?.untrack(bridgeId);
+    }
     if (release.replaced !== null) {
       await this.askToReclaim(bridgeId, release.replaced);
     }
