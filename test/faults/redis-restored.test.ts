@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { copyFile, mkdtemp, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient, RESP_TYPES } from "redis";
@@ -76,6 +76,29 @@ describe("fault: Redis restored from an older copy", function () {
     await admin.sendCommand(["SAVE"]);
     admin.destroy();
     await copyFile(join(dir, dbFile), join(dir, copy));
+  }
+
+  /**
+   * Reads a bridge's presence from the RDB copy `copy`, loaded into a
+   * separate Redis, so that the running relays cannot change it first.
+   */
+  async function presenceInCopy(
+    copy: string,
+    bridgeId: string,
+  ): Promise<BridgeConnection | null> {
+    const readerDir = join(dir, "copy-reader");
+    await mkdir(readerDir, { recursive: true });
+    await copyFile(join(dir, copy), join(readerDir, copy));
+    const readerPort = await findFreePort();
+    const reader = await spawnRedis(readerPort, readerDir, [
+      "--dbfilename",
+      copy,
+    ]);
+    try {
+      return await presenceOf(`redis://127.0.0.1:${readerPort}`, bridgeId);
+    } finally {
+      await stopProcess(reader);
+    }
   }
 
   /** Restarts Redis from the RDB copy `copy`, or empty without one. */
@@ -354,7 +377,6 @@ describe("fault: Redis restored from an older copy", function () {
   });
 
   it("releases a restored claim of no session", async () => {
-    const url = `redis://127.0.0.1:${port}`;
     const bridgeId = randomBridgeId();
     const bridge = await connectBridge(relay!.url, bridgeId);
     const closedSocketId = bridge.id;
@@ -362,15 +384,15 @@ describe("fault: Redis restored from an older copy", function () {
     await saveCopy("closed.rdb");
     bridge.close();
     await waitUntilOffline(bridgeId, "the connection released");
+    assert.equal(
+      (await presenceInCopy("closed.rdb", bridgeId))?.socketId,
+      closedSocketId,
+      "the copy names the closed socket",
+    );
 
     // The copy names the closed socket, and the worker's lease is alive.
     await restartRedis("closed.rdb");
     const restoredAt = Date.now();
-    assert.equal(
-      (await presenceOf(url, bridgeId))?.socketId,
-      closedSocketId,
-      "the copy names the closed socket",
-    );
     await waitUntilOffline(
       bridgeId,
       "the restored claim released",
