@@ -44,7 +44,7 @@ export async function runEmbedded(
     capRelayConnections(
       relay.httpServer,
       { max: config.maxConnections, reserve: config.connectionReserve },
-      servedAtCap(relay.io.engine, relay.engineIoPath),
+      servedAtCap(relay.engineIoPath),
       log,
       { listens: true },
     );

@@ -97,43 +97,24 @@ export interface ConnectionCap {
   reserve: number;
 }
 
-/** The Engine.IO server of a relay, as far as the cap needs it. */
-interface EngineSessions {
-  on(event: "connection", listener: (socket: EngineSession) => void): unknown;
-}
-
-interface EngineSession {
-  id: string;
-  once(event: "close", listener: () => void): unknown;
-}
-
 /**
  * Returns a predicate that is true for the requests a process serves at
- * the cap: a GET or HEAD of `/healthz`, `/readyz` or `/metrics`, or a
- * request under `engineIoPath` (with its trailing slash) whose `sid`
- * names an Engine.IO session open on this process. That covers the polls
- * and the websocket upgrade of a session, but not a handshake, which
- * carries no `sid`.
+ * the cap: a GET or HEAD of `/healthz`, `/readyz` or `/metrics`, or an
+ * Engine.IO request (under `engineIoPath`) that carries a `sid`. Those are
+ * the polls and the websocket upgrade of a session, not a handshake.
+ * Engine.IO answers a `sid` that names no session of this process with
+ * `400` itself, so no session is tracked here.
  */
 export function servedAtCap(
-  engine: EngineSessions,
   engineIoPath: string,
 ): (request: IncomingMessage) => boolean {
-  // Engine.IO 6.6 keeps its own map of sessions in a protected field, so
-  // the sessions are tracked here from its public events.
-  const sessions = new Set<string>();
-  engine.on("connection", (session) => {
-    sessions.add(session.id);
-    session.once("close", () => sessions.delete(session.id));
-  });
   return (request) => {
     const url = request.url ?? "";
     const queryStart = url.indexOf("?");
     const path = queryStart < 0 ? url : url.slice(0, queryStart);
     if (path.startsWith(engineIoPath)) {
       if (queryStart < 0) return false;
-      const sid = new URLSearchParams(url.slice(queryStart + 1)).get("sid");
-      return sid !== null && sessions.has(sid);
+      return new URLSearchParams(url.slice(queryStart + 1)).has("sid");
     }
     const probe = request.method === "GET" || request.method === "HEAD";
     return probe && PROBE_PATHS.has(path);

@@ -168,7 +168,7 @@ export async function runWorker(
     capRelayConnections(
       relay.httpServer,
       { max: config.maxConnections, reserve: config.connectionReserve },
-      servedAtCap(relay.io.engine, relay.engineIoPath),
+      servedAtCap(relay.engineIoPath),
       log,
       { listens: false },
     );

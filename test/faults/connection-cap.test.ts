@@ -269,6 +269,9 @@ async function assertServedAtCap(
   const upgrade = await upgradeStatusLine(relay.port, sockets);
   assert.match(upgrade, /^HTTP\/1\.1 503 /);
   await assert.rejects(connectBridge(relay.url, randomBridgeId()));
+  // Engine.IO rejects a session this process does not have.
+  const unknown = await send(`${relay.url}${HANDSHAKE_PATH}&sid=unknown-sid`);
+  assert.equal(unknown.status, 400, unknown.text);
 
   const polled = await pollSession(relay.url, session.sid);
   assert.equal(polled.postStatus, 200, "POST of an open session");
