@@ -20,6 +20,34 @@ export interface BridgeSession {
   bridgeId: string;
   epoch: number;
   socket: Socket;
+  /**
+   * Time (`performance.now()`) at which this process claimed the bridge
+   * again after Redis lost the claim, and sent `state:resync`. Cleared
+   * once a snapshot of the bridge is stored.
+   */
+  resyncRequestedAt?: number | undefined;
+}
+
+/**
+ * How long after `state:resync` a light missing from the store may still
+ * be one that the bridge has, in ms. NOTE: a guess: the bridge sends its
+ * snapshot at once, and this bounds the wait on one that never does.
+ */
+export const RESYNC_SNAPSHOT_WAIT_MS = 10_000;
+
+/**
+ * Returns true while `session` waits for the snapshot that revalidation
+ * asked for, so that a light missing from the store may only be missing
+ * because Redis lost it.
+ */
+export function awaitsResyncSnapshot(
+  session: BridgeSession,
+  now = performance.now(),
+): boolean {
+  const requestedAt = session.resyncRequestedAt;
+  return (
+    requestedAt !== undefined && now - requestedAt < RESYNC_SNAPSHOT_WAIT_MS
+  );
 }
 
 export const REPLACED_REASON = "a newer connection of this bridge took over";
@@ -594,6 +622,7 @@ export class BridgeSessions {
       },
       takeOverMessage ?? revalidationMessage(stored),
     );
+    session.resyncRequestedAt = performance.now();
     session.socket.emit("state:resync", { reason: RESYNC_REASON });
   }
 

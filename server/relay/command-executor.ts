@@ -12,7 +12,11 @@ import {
 import { describeFirstIssue } from "../protocol/validate.ts";
 import { canonicalLight } from "../state/lights.ts";
 import type { StateStore, StoredCommandAnswer } from "../state/store.ts";
-import type { BridgeSession, BridgeSessions } from "./bridge-sessions.ts";
+import {
+  awaitsResyncSnapshot,
+  type BridgeSession,
+  type BridgeSessions,
+} from "./bridge-sessions.ts";
 import type { CommandAnswer, RoutedCommand } from "./command-router.ts";
 import { setInputFirstTimeout } from "./input-first-timeout.ts";
 import { FencedWrite, type StateWriter } from "./state-writer.ts";
@@ -174,7 +178,9 @@ export class CommandExecutor {
    * in the contract's order. While the store is unreachable the read
    * fails, so no command reaches a bridge whose answer could not be stored.
    * The read is not cached, so the answer's write reads the light again
-   * and notices a store that lost its data meanwhile.
+   * and notices a store that lost its data meanwhile. A light missing
+   * while the bridge resends its lights after Redis lost them is
+   * `UNAVAILABLE`, since the bridge may have it.
    */
   private async checkLight(
     session: BridgeSession,
@@ -183,6 +189,12 @@ export class CommandExecutor {
     if (this.knowsSessionLight(session, lightId)) return;
     const stored = await this.store.getLights(session.bridgeId, [lightId]);
     if ((stored.lights[0] ?? null) !== null) return;
+    if (awaitsResyncSnapshot(session)) {
+      throw new RelayError(
+        "UNAVAILABLE",
+        `light ${JSON.stringify(lightId)} of bridge ${session.bridgeId} is not known yet: Redis lost the bridge's lights and the relay is waiting for the bridge to send them again; retry in a moment`,
+      );
+    }
     throw new RelayError(
       "NOT_FOUND",
       `light ${JSON.stringify(lightId)} not found on bridge ${session.bridgeId}`,

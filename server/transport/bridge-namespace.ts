@@ -165,11 +165,11 @@ function bridgeRequests(
   return {
     "state:snapshot": async (payload, socket) => {
       const { lights } = parsePayload(snapshotPayloadSchema, payload);
-      const version = await deps.writer.applySnapshot(
-        socketSession(socket),
-        lights,
-        () => deps.limits.consumeRequest(socket.id),
+      const session = socketSession(socket);
+      const version = await deps.writer.applySnapshot(session, lights, () =>
+        deps.limits.consumeRequest(socket.id),
       );
+      session.resyncRequestedAt = undefined;
       return { version };
     },
     "state:changed": async (payload, socket) => {
