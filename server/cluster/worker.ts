@@ -6,11 +6,16 @@ import type { RedisTarget, RelayConfig } from "../config.ts";
 import type { Logger } from "../logger.ts";
 import { clusterMetricsClient } from "../metrics/cluster-metrics.ts";
 import { RedisBus } from "../messaging/server-bus.ts";
-import { connectRedis, type RedisClients } from "../redis/clients.ts";
+import {
+  connectRedis,
+  MAX_RECONNECT_DELAY_MS,
+  type RedisClients,
+} from "../redis/clients.ts";
 import { connectRedisCluster } from "../redis/cluster-clients.ts";
 import { watchRedisStartWait } from "../redis/start-wait.ts";
 import type { RelayRedisClient } from "../redis/connection-state.ts";
 import { createRelay, type Relay } from "../relay/create-relay.ts";
+import { DataLossWindow } from "../state/data-loss-window.ts";
 import { guardStore } from "../state/guarded-store.ts";
 import { RedisLeaseTable } from "../state/lease-table.ts";
 import { RedisStore } from "../state/redis-store.ts";
@@ -29,6 +34,17 @@ import { sendToPrimary, watchPrimaryErrors } from "./worker-ipc.ts";
 export const SHUTDOWN_MESSAGE = "relay:shutdown";
 /** Message from a worker telling the primary that it can take connections. */
 export const READY_MESSAGE = "relay:worker-ready";
+
+/**
+ * How long requests that find no claim answer `UNAVAILABLE` after Redis
+ * lost its data, in ms. Every process's connections retry at most
+ * MAX_RECONNECT_DELAY_MS apart, so the last one is back within that time
+ * of the first. The other half is left for its claims to be made again.
+ * NOTE: an estimate: a process cut off from Redis for longer than the
+ * reconnect delay, or slower to revalidate, claims its bridges after the
+ * window, and they read offline meanwhile.
+ */
+const DATA_LOSS_WINDOW_MS = 2 * MAX_RECONNECT_DELAY_MS;
 
 /** Connects the worker's Redis clients to one Redis server or to a Redis Cluster. */
 function connectTo(
@@ -118,6 +134,16 @@ export async function runWorker(
     log,
     config.redis.kind === "standalone",
   );
+  const dataLoss = new DataLossWindow({
+    client: redis.requests,
+    keyPrefix: config.redisKeyPrefix,
+    sentinelKeys: (baseKey) => redis.keysOnEveryMaster(baseKey),
+    windowMs: DATA_LOSS_WINDOW_MS,
+    serverId,
+    logger: log,
+  });
+  dataLoss.watch(redis.mainState);
+  await dataLoss.start();
   const awaitSubscriptions = () => redis.awaitSubscriptions();
   const relay = await createRelay({
     config,
@@ -134,6 +160,7 @@ export async function runWorker(
       subscriptionMode: "dynamic",
     }),
     awaitSubscriptions,
+    dataLoss,
   });
   // After an outage, recovery waits for both connections: a bridge claimed
   // again before the subscriber is back would be announced online while
@@ -183,6 +210,7 @@ export async function runWorker(
   installShutdown(relay, config, log, async () => {
     // Logs the count of store failures not yet reported.
     await store.close();
+    dataLoss.stop();
     await redis.close();
   });
   logPrimaryLoss(log);

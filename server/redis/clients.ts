@@ -53,7 +53,7 @@ export interface RedisClients<
 }
 
 /** Maximum wait between reconnection attempts, in ms. */
-const MAX_RECONNECT_DELAY_MS = 5000;
+export const MAX_RECONNECT_DELAY_MS = 5000;
 
 /**
  * Returns the wait before reconnection attempt `retries` (from 0), in ms:

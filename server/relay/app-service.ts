@@ -64,6 +64,15 @@ export interface LocalBridges {
 }
 
 /**
+ * Tells whether a bridge that has no record in the store may still be
+ * connected, because Redis lost its data and the relay processes are
+ * claiming their bridges again.
+ */
+export interface NoClaimExplanation {
+  isOpen(): Promise<boolean>;
+}
+
+/**
  * Operations that apps request, shared by every transport. Callers have
  * validated the payload and checked grants and rate limits. These check
  * the bridge's presence and route a command to the bridge's process. That
@@ -74,6 +83,7 @@ export class AppService {
     private readonly store: StateStore,
     private readonly router: CommandRouter,
     private readonly local?: LocalBridges,
+    private readonly dataLoss?: NoClaimExplanation,
   ) {}
 
   async listBridges(identity: AppIdentity): Promise<BridgePresence[]> {
@@ -220,14 +230,28 @@ export class AppService {
     return null;
   }
 
-  /** Returns the ID of the server with the bridge's connection, or raises `BRIDGE_OFFLINE`. */
+  /**
+   * Returns the ID of the server with the bridge's connection. Raises
+   * `BRIDGE_OFFLINE` when none has it, or `UNAVAILABLE` when the bridge
+   * has no record at all while the window after a loss of Redis data is
+   * open: its server may not have claimed it again yet.
+   */
   private async findServer(bridgeId: string): Promise<string> {
     const [presence] = await this.store.getPresence([bridgeId]);
     const connection = presence?.connection ?? null;
-    if (connection === null) {
-      throw new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} is offline`);
+    if (connection !== null) return connection.serverId;
+    // A bridge claimed since the data loss, that then disconnected, has
+    // its lastSeen recorded, so it is offline for certain.
+    const unrecorded =
+      presence === undefined ||
+      (presence.epoch === 0 && presence.lastSeen === null);
+    if (unrecorded && (await this.dataLoss?.isOpen()) === true) {
+      throw new RelayError(
+        "UNAVAILABLE",
+        `bridge ${bridgeId} has no connection recorded because Redis lost its data, and the relay is still restoring its bridges' connections; retry in a few seconds`,
+      );
     }
-    return connection.serverId;
+    throw new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} is offline`);
   }
 }
 

@@ -26,7 +26,7 @@ import { HandshakeError, MAX_TIMER_MS } from "../transport/handshake.ts";
 import { jsonOnlyParser } from "../transport/json-only-parser.ts";
 import { RateLimits } from "../transport/rate-limits.ts";
 import { askAppsToResubscribe } from "./app-refresh.ts";
-import { AppService } from "./app-service.ts";
+import { AppService, type NoClaimExplanation } from "./app-service.ts";
 import { namespaceBroadcaster } from "./broadcaster.ts";
 import { BridgeSessions } from "./bridge-sessions.ts";
 import { answerFromStored, CommandExecutor } from "./command-executor.ts";
@@ -68,6 +68,12 @@ export interface RelayOptions {
    */
   redisState?: Pick<ConnectionState, "isReady">;
   awaitSubscriptions?: () => Promise<void>;
+  /**
+   * The window after Redis lost its data, in which a bridge without a
+   * claim answers `UNAVAILABLE`. Absent in a single process, whose store
+   * loses nothing while it runs.
+   */
+  dataLoss?: NoClaimExplanation;
   /**
    * Presence leases shared by the processes of a cluster, so that the
    * bridges of a process that dies without closing them go offline. A single
@@ -213,10 +219,15 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       },
     },
   );
-  const service = new AppService(store, router, {
-    serverId: bus.serverId,
-    knowsLight: (bridgeId, lightId) => executor.knowsLight(bridgeId, lightId),
-  });
+  const service = new AppService(
+    store,
+    router,
+    {
+      serverId: bus.serverId,
+      knowsLight: (bridgeId, lightId) => executor.knowsLight(bridgeId, lightId),
+    },
+    options.dataLoss,
+  );
   const untrackConnections = trackConnections({
     bridges: () => sessions.count,
     apps: () => io.of(APP_NAMESPACE).sockets.size,
