@@ -36,7 +36,7 @@ export const SHUTDOWN_MESSAGE = "relay:shutdown";
 export const READY_MESSAGE = "relay:worker-ready";
 
 /**
- * How long requests that find no claim answer `UNAVAILABLE` after Redis
+ * How long requests that find no claim get `UNAVAILABLE` after Redis
  * lost its data, in ms. Every process's connections retry at most
  * MAX_RECONNECT_DELAY_MS apart, so the last one is back within that time
  * of the first. The other half is left for its claims to be made again.

@@ -37,7 +37,7 @@ export const RESYNC_SNAPSHOT_WAIT_MS = 10_000;
 
 /**
  * Returns true while `session` waits for the snapshot that revalidation
- * asked for, so that a light missing from the store may only be missing
+ * requested, so that a light missing from the store may only be missing
  * because Redis lost it.
  */
 export function awaitsResyncSnapshot(

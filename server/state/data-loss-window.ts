@@ -39,8 +39,8 @@ const CHECK_RETRY_MS = 1000;
 /**
  * Notices that Redis lost its data (it restarted empty) and opens a
  * window, shared by every relay process, during which a bridge that has no
- * record at all may still be connected. Each process holds its bridges'
- * sockets through a claim in Redis, and makes the claims again only once
+ * record at all may still be connected. Each process records every bridge
+ * socket it has as a claim in Redis, and makes the claims again only once
  * both of its Redis connections are back, so for a while after the
  * restart a connected bridge reads as never seen.
  *
@@ -89,7 +89,7 @@ export class DataLossWindow {
   /**
    * Returns true while the window is open, or while this process has not
    * yet checked the sentinel since its main connection came back. Rejects
-   * with `UNAVAILABLE` when Redis does not answer. Only the requests that
+   * with `UNAVAILABLE` when the read of the marker fails. Only the requests that
    * found no claim call it, so it costs nothing on the usual path.
    */
   async isOpen(): Promise<boolean> {
@@ -128,7 +128,7 @@ export class DataLossWindow {
       await this.checkNow();
       this.checked = true;
     } catch (error) {
-      // `checked` stays false, so requests that find no claim answer
+      // `checked` stays false, so requests that find no claim get
       // UNAVAILABLE until a check succeeds.
       this.options.logger.warn(
         { err: error, retryInMs: CHECK_RETRY_MS },

@@ -28,7 +28,7 @@ const WINDOW_KEY = `${KEY_PREFIX}:data-loss-window`;
 const WINDOW_MS = 10_000;
 /** How long the test sends commands while the bridge's relay stays cut off. */
 const CUT_COMMANDS_MS = 1500;
-/** Time between those commands, in ms: about 25 a second, as the report that found the fault sent. */
+/** Time between those commands, in ms: about 25 a second. */
 const COMMAND_GAP_MS = 40;
 
 /** Sends `light:set` from `app` and returns `ok` or the error code. */
@@ -78,8 +78,9 @@ describe("fault: Redis restarted empty while a bridge stays connected", function
   it("answers UNAVAILABLE until the bridge is claimed and resynced", async () => {
     const bridgeId = randomBridgeId();
     const neverId = randomBridgeId();
-    const goneId = randomBridgeId();
-    // A raw bridge, so that the test decides when it answers `state:resync`.
+    const disconnectedId = randomBridgeId();
+    // A raw bridge, so that the test decides when it sends the snapshot that
+    // `state:resync` requests.
     const bridge = await connectBridge(bridgeRelay.url, bridgeId);
     sockets.push(bridge);
     const lights = lightMap("a", "b");
@@ -88,7 +89,11 @@ describe("fault: Redis restarted empty while a bridge stays connected", function
     await requestData(bridge, "state:snapshot", {
       lights: [...lights.values()],
     });
-    const app = await connectApp(appRelay.url, [bridgeId, neverId, goneId]);
+    const app = await connectApp(appRelay.url, [
+      bridgeId,
+      neverId,
+      disconnectedId,
+    ]);
     sockets.push(app);
     assert.equal(await commandCode(app, bridgeId, "a"), "ok", "before");
     assert.equal(
@@ -130,17 +135,18 @@ describe("fault: Redis restarted empty while a bridge stays connected", function
 
     // A bridge that connects and disconnects after the restart has a
     // record, so it reads offline inside the window as well.
-    const gone = await connectBridge(appRelay.url, goneId);
-    await requestData(gone, "state:snapshot", { lights: [] });
-    gone.close();
+    const disconnected = await connectBridge(appRelay.url, disconnectedId);
+    await requestData(disconnected, "state:snapshot", { lights: [] });
+    disconnected.close();
     await waitUntil(
-      "the gone bridge released",
-      async () => (await commandCode(app, goneId, "a")) === "BRIDGE_OFFLINE",
+      "the disconnected bridge released",
+      async () =>
+        (await commandCode(app, disconnectedId, "a")) === "BRIDGE_OFFLINE",
       5000,
     );
 
-    // The bridge's relay comes back, claims the bridge again and asks for
-    // a snapshot, which the bridge holds back for now.
+    // The bridge's relay comes back, claims the bridge again and sends
+    // `state:resync`, whose snapshot the bridge holds back for now.
     await proxy.restore();
     const restoredAt = Date.now();
     await waitUntil("state:resync sent", () => resyncs.length > 0, 15_000);
