@@ -67,11 +67,15 @@ describe("command router", function () {
     const elapsedMs = performance.now() - startedAt;
     assert.equal(answer.ok, false);
     assert.equal(answer.ok ? undefined : answer.error.code, "TIMEOUT");
+    // The reply may be lost rather than never sent, so the message does
+    // not say that the bridge failed to answer.
+    assert.match(answer.ok ? "" : answer.error.message, /may have run/);
     assert.ok(
       elapsedMs < PAUSE_MS - 500,
       `answered after ${Math.round(elapsedMs)} ms, with the pause`,
     );
   });
+
   /** Returns a router whose bus publishes through `publisher`, with PAUSE_MS * 2 as its own timeout. */
   function routerOn(
     serverId: string,

@@ -378,20 +378,27 @@ function unavailableAnswer(message: string): CommandAnswer {
 /**
  * Returns the answer of a command whose reply may have been lost, at its
  * timeout while the subscription is still down. The bridge may have
- * applied it, and a repeat with the same `commandId` gets its answer.
+ * applied it. A repeat with the same `commandId` gets the stored answer,
+ * unless Redis lost it too, and otherwise reaches the bridge again.
  */
 function lostReplyAnswer(bridgeId: string): CommandAnswer {
   return unavailableAnswer(
-    `lost the connection that carries the answers of bridge ${bridgeId}'s server; the command may have run, so repeat it with the same commandId to get its answer`,
+    `lost the connection that carries the answers of bridge ${bridgeId}'s server, and the command may have run; repeat it with the same commandId to get its stored answer or to let the bridge drop it as a duplicate`,
   );
 }
 
+/**
+ * Returns the answer of a command whose reply did not come back in time.
+ * The bridge's process answers `TIMEOUT` itself when the bridge is late,
+ * before this timeout, so here the bridge may have answered and its
+ * reply been lost, for example while Redis was down.
+ */
 function timeoutAnswer(bridgeId: string): CommandAnswer {
   return {
     ok: false,
     error: new RelayError(
       "TIMEOUT",
-      `bridge ${bridgeId} did not answer within the command timeout`,
+      `no answer from bridge ${bridgeId} came back within the command timeout, and the command may have run`,
     ).toBody(),
   };
 }
