@@ -470,6 +470,59 @@ for (const variant of VARIANTS) {
         assert.deepEqual(state.lights[0]?.on, { on: false });
       });
 
+      it("rejects a change with another type", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [
+          light("a"),
+          light("typed"),
+        ]);
+        for (const type of ["grouped_light", "scene", null, 1]) {
+          const ack = await request(bridge, "state:changed", {
+            lights: [
+              { id: "a", on: { on: true } },
+              { id: "typed", type, on: { on: true } },
+            ],
+          });
+          const label = `type ${JSON.stringify(type)}`;
+          assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD", label);
+          assert.match(
+            !ack.ok ? ack.error.message : "",
+            /^invalid lights\[1\]\.type: /,
+            label,
+          );
+        }
+        const watcher = await app([bridgeId]);
+        const state = await requestData<BridgeState>(
+          watcher,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(state.version, 1, "no rejected change bumped the version");
+      });
+
+      it("accepts a change with type light", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        const ack = await requestData<{ version: number }>(
+          bridge,
+          "state:changed",
+          { lights: [{ id: "a", type: "light", on: { on: true } }] },
+        );
+        assert.equal(ack.version, 2);
+      });
+
+      it("rejects a change with only a type", async () => {
+        const bridge = await bridgeWithLights(randomBridgeId(), [light("a")]);
+        const ack = await request(bridge, "state:changed", {
+          lights: [{ id: "a", type: "light" }],
+        });
+        assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD");
+        assert.match(
+          !ack.ok ? ack.error.message : "",
+          /^invalid lights\[0\]: must carry at least one of/,
+        );
+      });
+
       it("names the invalid field", async () => {
         const bridge = await bridgeWithLights(randomBridgeId(), [light("a")]);
         const ack = await request(bridge, "state:changed", {
@@ -1256,6 +1309,62 @@ for (const variant of VARIANTS) {
           { bridgeId },
         );
         assert.equal(state.version, 1, "no invalid answer changed the state");
+      });
+
+      it("rejects an answer with another type", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("typed")]);
+        bridge.on(
+          "light:set",
+          (command: LightSetCommand, ack: (answer: unknown) => void) =>
+            ack({
+              ok: true,
+              data: {
+                light: {
+                  ...light(command.lightId, true),
+                  type: "grouped_light",
+                },
+              },
+            }),
+        );
+        const controller = await app([bridgeId]);
+        const ack = await request(controller, "light:set", {
+          bridgeId,
+          lightId: "typed",
+          change: { on: { on: true } },
+        });
+        assert.equal(!ack.ok && ack.error.code, "BRIDGE_ERROR");
+        assert.equal(!ack.ok && ack.error.details?.code, "INVALID_ANSWER");
+        assert.match(
+          !ack.ok ? (ack.error.details?.message ?? "") : "",
+          /^invalid data\.light\.type: /,
+        );
+        const state = await requestData<BridgeState>(
+          controller,
+          "bridge:subscribe",
+          { bridgeId },
+        );
+        assert.equal(state.version, 1, "the invalid answer changed nothing");
+        assert.deepEqual(state.lights[0]?.on, { on: false });
+      });
+
+      it("rejects a command with another type", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [light("a")]);
+        const commands = record(bridge, "light:set");
+        const controller = await app([bridgeId]);
+        const ack = await request(controller, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { type: "scene", on: { on: true } },
+        });
+        assert.equal(!ack.ok && ack.error.code, "INVALID_PAYLOAD");
+        assert.match(
+          !ack.ok ? ack.error.message : "",
+          /^invalid change\.type: /,
+        );
+        await settle();
+        assert.equal(commands.length, 0, "the command reached the bridge");
       });
 
       it("accepts a partial light in an answer", async () => {

@@ -296,6 +296,12 @@ describe("http api: 2 workers on Redis", function () {
         message: /^invalid metadata\.name: .* found U\+200B at code point 5/,
       },
       {
+        name: "another resource type",
+        target: lightUrl(bridgeId, "a"),
+        body: JSON.stringify({ type: "grouped_light", on: { on: true } }),
+        message: /^invalid type: /,
+      },
+      {
         name: "empty change",
         target: lightUrl(bridgeId, "a"),
         body: "{}",

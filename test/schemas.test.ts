@@ -673,6 +673,30 @@ describe("changed payload schema", () => {
     );
   });
 
+  it("rejects another resource type in change", () => {
+    assertInvalidField(
+      changedPayloadSchema,
+      changesOf({ id: "lamp", type: "grouped_light", on: { on: true } }),
+      "lights[0].type",
+    );
+  });
+
+  it("accepts and drops type light in change", () => {
+    const parsed = parsePayload(
+      changedPayloadSchema,
+      changesOf({ id: "lamp", type: "light", on: { on: true } }),
+    );
+    assert.deepEqual(parsed.lights, [{ id: "lamp", on: { on: true } }]);
+  });
+
+  it("rejects change with type only", () => {
+    assertInvalidField(
+      changedPayloadSchema,
+      changesOf({ id: "lamp", type: "light" }),
+      "lights[0]",
+    );
+  });
+
   it("rejects change with unknown fields only", () => {
     assertInvalidField(
       changedPayloadSchema,
@@ -788,6 +812,22 @@ describe("app light:set payload schema", () => {
       lightId: "lamp",
       change: { on: { on: true } },
     });
+  });
+
+  it("rejects another resource type in change", () => {
+    assertInvalidField(
+      appLightSetPayloadSchema,
+      lightSet({ change: { type: "scene", on: { on: true } } }),
+      "change.type",
+    );
+  });
+
+  it("accepts and drops type light in change", () => {
+    const parsed = parsePayload(
+      appLightSetPayloadSchema,
+      lightSet({ change: { type: "light", on: { on: true } } }),
+    );
+    assert.deepEqual(parsed.change, { on: { on: true } });
   });
 
   it("rejects empty change", () => {
@@ -1046,6 +1086,13 @@ describe("bridge answer schemas", () => {
       {
         ok: true,
         data: { light: { id: "lamp", metadata: { name: "Lamp\u2066" } } },
+      },
+    ],
+    [
+      "success light of another type",
+      {
+        ok: true,
+        data: { light: minimalLight("lamp", { type: "grouped_light" }) },
       },
     ],
     ["non-object answer", "ok"],

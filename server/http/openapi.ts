@@ -146,6 +146,10 @@ const schemas = {
         type: "string",
         description: "Must equal the lightId in the path when present",
       },
+      type: {
+        const: "light",
+        description: "Optional. Any other value is INVALID_PAYLOAD",
+      },
       ...lightFields,
     },
   },

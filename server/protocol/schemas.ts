@@ -168,11 +168,18 @@ const fieldSchemas = {
   }),
 };
 
+/**
+ * The `type` of a light: optional on input, but when present it must be
+ * "light". A CLIP v2 `grouped_light` or `scene` has other fields and rules,
+ * so a bridge or app that sends one is rejected rather than stored as a light.
+ */
+const lightTypeSchema = z.literal("light").optional();
+
 /** A light document; the output always carries `type: "light"`. */
 export const lightSchema = z
   .object({
     id: lightIdSchema,
-    type: z.literal("light").optional(),
+    type: lightTypeSchema,
     metadata: fieldSchemas.metadata.optional(),
     on: fieldSchemas.on,
     dimming: fieldSchemas.dimming.optional(),
@@ -184,9 +191,14 @@ export const lightSchema = z
     type: "light" as const,
   }));
 
-/** A light change without `id`: at least one field, each complete. */
+/**
+ * A light change without `id`: at least one field, each complete. A `type`
+ * other than "light" is rejected, and the output drops `type`, which is not
+ * a field that a change sets.
+ */
 export const lightPatchSchema = z
   .object({
+    type: lightTypeSchema,
     metadata: fieldSchemas.metadata.optional(),
     on: fieldSchemas.on.optional(),
     dimming: fieldSchemas.dimming.optional(),
@@ -194,13 +206,17 @@ export const lightPatchSchema = z
     color: fieldSchemas.color.optional(),
   })
   .refine(
-    (patch) => Object.values(patch).some((field) => field !== undefined),
+    ({ type: _type, ...fields }) =>
+      Object.values(fields).some((field) => field !== undefined),
     "must carry at least one of metadata, on, dimming, color_temperature, color",
-  );
+  )
+  .transform(({ type: _type, ...patch }) => patch);
 
+/** A light change: `id` plus the fields of a patch, whose `type` is checked and dropped as in `lightPatchSchema`. */
 export const lightChangeSchema = z
   .object({
     id: lightIdSchema,
+    type: lightTypeSchema,
     metadata: fieldSchemas.metadata.optional(),
     on: fieldSchemas.on.optional(),
     dimming: fieldSchemas.dimming.optional(),
@@ -208,10 +224,11 @@ export const lightChangeSchema = z
     color: fieldSchemas.color.optional(),
   })
   .refine(
-    ({ id: _id, ...fields }) =>
+    ({ id: _id, type: _type, ...fields }) =>
       Object.values(fields).some((field) => field !== undefined),
     "must carry at least one of metadata, on, dimming, color_temperature, color",
-  );
+  )
+  .transform(({ type: _type, ...change }) => change);
 
 function uniqueIds<T extends { id: string }>(
   lights: T[],
