@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import type { AddressInfo } from "node:net";
+import { once } from "node:events";
+import {
+  connect as connectSocket,
+  type AddressInfo,
+  type Socket as NetSocket,
+} from "node:net";
 import express from "express";
 import { pino } from "pino";
 import type { Socket } from "socket.io-client";
@@ -819,3 +824,154 @@ describe("http api: unexpected errors", () => {
     }
   });
 });
+
+/** Length of the Idempotency-Key in the oversized-header tests: over Node's 16 KiB limit on a header section. */
+const OVERSIZED_KEY_LENGTH = 20_000;
+
+/** Reads a raw HTTP response from `socket` until the relay closes it. */
+function readUntilClose(socket: NetSocket): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.once("error", reject);
+    socket.once("end", () => {
+      socket.end();
+      resolve(Buffer.concat(chunks).toString("utf8"));
+    });
+  });
+}
+
+/** Sends `head` and `body` on a new loopback connection to `url`, and returns what comes back until the close. */
+async function sendRaw(url: string, head: string, body = ""): Promise<string> {
+  const { port } = new URL(url);
+  const socket = connectSocket(Number(port), "127.0.0.1");
+  await once(socket, "connect");
+  const response = readUntilClose(socket);
+  socket.write(head + body);
+  return response;
+}
+
+/** Splits a raw HTTP response into its status, lower-case headers and body. */
+function parseRawResponse(raw: string): {
+  status: number;
+  headers: Map<string, string>;
+  body: string;
+} {
+  const end = raw.indexOf("\r\n\r\n");
+  assert.notEqual(end, -1, `no end of header in ${JSON.stringify(raw)}`);
+  const [statusLine = "", ...lines] = raw.slice(0, end).split("\r\n");
+  const headers = new Map<string, string>();
+  for (const line of lines) {
+    const colon = line.indexOf(":");
+    headers.set(
+      line.slice(0, colon).trim().toLowerCase(),
+      line.slice(colon + 1).trim(),
+    );
+  }
+  return {
+    status: Number(statusLine.split(" ")[1]),
+    headers,
+    body: raw.slice(end + 4),
+  };
+}
+
+const OVERSIZED_HEADER_DEPLOYMENTS = [
+  { name: "embedded", redis: false, workers: undefined },
+  { name: "2 workers on Redis", redis: true, workers: 2 },
+];
+
+for (const deployment of OVERSIZED_HEADER_DEPLOYMENTS) {
+  describe(`http api: oversized headers, ${deployment.name}`, function () {
+    this.timeout(60_000);
+    let redis: RedisServer | undefined;
+    let relay: RelayProcess;
+    let lightUrl: string;
+
+    before(async () => {
+      redis = deployment.redis ? await startRedisServer() : undefined;
+      relay = await startRelay({
+        redisUrl: redis?.url,
+        workers: deployment.workers,
+      });
+      lightUrl = `${relay.url}${API_BASE_PATH}/bridges/${randomBridgeId()}/lights/a`;
+    });
+    after(async () => {
+      await relay?.stop();
+      await redis?.stop();
+    });
+
+    const assertHeaderTooLarge = (response: {
+      status: number;
+      contentType: string | undefined;
+      body: string;
+    }): void => {
+      assert.equal(response.status, 431, response.body);
+      assert.match(response.contentType ?? "", /^application\/json/);
+      const parsed = JSON.parse(response.body) as {
+        error: { code: string; message: string };
+      };
+      assert.equal(parsed.error.code, "PAYLOAD_TOO_LARGE");
+      assert.match(parsed.error.message, /over the limit of 16384 bytes/);
+    };
+
+    const rawCases = [
+      { name: "PUT with a body", method: "PUT", body: '{"on":{"on":true}}' },
+      { name: "GET without a body", method: "GET", body: "" },
+    ];
+    for (const rawCase of rawCases) {
+      it(`answers 431 JSON on a raw ${rawCase.name}`, async () => {
+        const { host, pathname } = new URL(lightUrl);
+        const lengthHeader =
+          rawCase.body === ""
+            ? ""
+            : `Content-Type: application/json\r\nContent-Length: ${rawCase.body.length}\r\n`;
+        const head =
+          `${rawCase.method} ${pathname} HTTP/1.1\r\nHost: ${host}\r\n` +
+          lengthHeader +
+          `Idempotency-Key: ${"k".repeat(OVERSIZED_KEY_LENGTH)}\r\n\r\n`;
+        const raw = await sendRaw(relay.url, head, rawCase.body);
+        const response = parseRawResponse(raw);
+        assert.equal(response.headers.get("connection"), "close");
+        assert.equal(
+          response.headers.get("content-length"),
+          String(Buffer.byteLength(response.body)),
+        );
+        assertHeaderTooLarge({
+          status: response.status,
+          contentType: response.headers.get("content-type"),
+          body: response.body,
+        });
+      });
+    }
+
+    it("answers 431 JSON to fetch", async () => {
+      const response = await fetch(lightUrl, {
+        method: "PUT",
+        headers: {
+          "Content-Type": "application/json",
+          "Idempotency-Key": "k".repeat(OVERSIZED_KEY_LENGTH),
+        },
+        body: JSON.stringify({ on: { on: true } }),
+      });
+      assertHeaderTooLarge({
+        status: response.status,
+        contentType: response.headers.get("content-type") ?? undefined,
+        body: await response.text(),
+      });
+    });
+
+    it("serves requests after an oversized header", async () => {
+      await sendRaw(
+        relay.url,
+        `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: ${"p".repeat(OVERSIZED_KEY_LENGTH)}\r\n\r\n`,
+      );
+      const response = await send(`${relay.url}/healthz`);
+      assert.equal(response.status, 200, response.text);
+    });
+
+    it("keeps a plain 400 for a malformed request", async () => {
+      const raw = await sendRaw(relay.url, "NOT HTTP\r\n\r\n");
+      assert.match(raw, /^HTTP\/1\.1 400 Bad Request\r\n/);
+    });
+  });
+}

@@ -21,7 +21,7 @@ const EXPECTED_STATUSES: Record<string, number[]> = {
   "GET /api/v1/bridges": [200, 401, 403, 429, 500, 503],
   "GET /api/v1/bridges/{bridgeId}": [200, 400, 401, 403, 429, 500, 503],
   "PUT /api/v1/bridges/{bridgeId}/lights/{lightId}": [
-    200, 400, 401, 403, 404, 409, 413, 429, 500, 502, 503, 504,
+    200, 400, 401, 403, 404, 409, 413, 429, 431, 500, 502, 503, 504,
   ],
   "GET /readyz": [200, 503],
   "GET /metrics": [200, 503],

@@ -5,6 +5,7 @@ import {
   type ErrorCode,
 } from "../../client-sdk/src/protocol.ts";
 import { STATUS_BY_CODE } from "./api-errors.ts";
+import { HEADER_TOO_LARGE_STATUS } from "./client-errors.ts";
 
 /**
  * OpenAPI 3.1 description of every HTTP route the relay serves, at
@@ -407,6 +408,11 @@ export const openApiDocument = {
             "TIMEOUT",
             ...READ_ERRORS,
           ]),
+          [String(HEADER_TOO_LARGE_STATUS)]: {
+            description:
+              "PAYLOAD_TOO_LARGE: the request line and headers are over Node.js's 16 KiB limit, e.g. an oversized Idempotency-Key",
+            content: json(ref("ErrorResponse")),
+          },
         },
       },
     },

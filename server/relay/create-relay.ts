@@ -8,6 +8,7 @@ import {
 import { TokenVerifier } from "../auth/verify.ts";
 import type { RelayConfig } from "../config.ts";
 import { createHttpApp } from "../http/app.ts";
+import { answerClientErrors } from "../http/client-errors.ts";
 import { serveRequestsInTurn } from "../http/pipelined-requests.ts";
 import type { Logger } from "../logger.ts";
 import type { ServerBus } from "../messaging/server-bus.ts";
@@ -324,6 +325,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     production: config.production,
   });
   const httpServer = createServer(app);
+  answerClientErrors(httpServer, config.linger, logger);
   io.attach(httpServer);
   releaseUpgradeRequests(httpServer);
   const engineIoPath = `${io.path().replace(/\/$/, "")}/`;
