@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { pino } from "pino";
 import { createClient, type RedisClientType } from "redis";
 import type { Light } from "../client-sdk/src/protocol.ts";
-import { RedisBus } from "../server/messaging/server-bus.ts";
+import { RelayError } from "../server/errors.ts";
+import { LocalBus, RedisBus } from "../server/messaging/server-bus.ts";
 import { serverConnectionState } from "../server/redis/connection-state.ts";
 import { AppService } from "../server/relay/app-service.ts";
 import {
@@ -10,7 +11,10 @@ import {
   type CommandAnswer,
   type RoutedCommand,
 } from "../server/relay/command-router.ts";
+import { commandFingerprint } from "../server/relay/command-fingerprint.ts";
+import { MemoryStore } from "../server/state/memory-store.ts";
 import { RedisStore } from "../server/state/redis-store.ts";
+import type { StateStore, StoredCommandAnswer } from "../server/state/store.ts";
 import { randomBridgeId } from "./support/clients.ts";
 import { sleep } from "./support/faults.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
@@ -261,3 +265,170 @@ describe("app service on Redis Cluster, where no count proves anything", functio
     assert.deepEqual(light.on, LIGHT.on);
   });
 });
+
+/** Stores whose remembered answers the app service reads before it routes a command. */
+const REMEMBERING_STORES: {
+  name: string;
+  start: () => Promise<{
+    store: StateStore;
+    /** Stores `json` as the remembered answer, as an older relay wrote it. */
+    putRaw: (
+      bridgeId: string,
+      commandId: string,
+      json: object,
+    ) => Promise<void>;
+    stop: () => Promise<void>;
+  }>;
+}[] = [
+  {
+    name: "memory",
+    start: async () => {
+      const store = new MemoryStore();
+      return {
+        store,
+        // The memory store never outlives its process, so no older relay
+        // wrote to it; an answer without a fingerprint serves as one.
+        putRaw: (bridgeId, commandId, json) =>
+          store.putCommandAnswer(
+            bridgeId,
+            commandId,
+            json as StoredCommandAnswer,
+            60_000,
+          ),
+        stop: () => store.close(),
+      };
+    },
+  },
+  {
+    name: "Redis",
+    start: async () => {
+      const server = await startRedisServer();
+      const client: RedisClientType = createClient({ url: server.url });
+      await client.connect();
+      const store = new RedisStore(client, { keyPrefix: KEY_PREFIX });
+      return {
+        store,
+        putRaw: async (bridgeId, commandId, json) => {
+          await client.set(
+            `${KEY_PREFIX}:{${bridgeId}}:cmd:${commandId}`,
+            JSON.stringify(json),
+            { PX: 60_000 },
+          );
+        },
+        stop: async () => {
+          await store.close();
+          await client.close();
+          await server.stop();
+        },
+      };
+    },
+  },
+];
+
+for (const variant of REMEMBERING_STORES) {
+  describe(`app service reused commandId, ${variant.name} store`, function () {
+    this.timeout(15_000);
+    let context: Awaited<ReturnType<typeof variant.start>>;
+    let service: AppService;
+    let executed: RoutedCommand[];
+    const firstCommand: RoutedCommand = {
+      bridgeId: "",
+      commandId: "reused",
+      lightId: "ok1",
+      change: { on: { on: true }, dimming: { brightness: 40 } },
+    };
+    const firstLight: Light = { id: "ok1", type: "light", on: { on: true } };
+
+    before(async () => {
+      context = await variant.start();
+    });
+    beforeEach(() => {
+      executed = [];
+      const router = new CommandRouter(
+        new LocalBus("app-service-test"),
+        async (command) => {
+          executed.push(command);
+          return {
+            ok: false,
+            error: {
+              code: "INTERNAL",
+              message: "the executor is not expected to run in these tests",
+            },
+          };
+        },
+        COMMAND_TIMEOUT_MS,
+        pino({ level: "silent" }),
+      );
+      service = new AppService(context.store, router);
+    });
+    after(async () => {
+      await context?.stop();
+    });
+
+    /** Remembers `firstLight` under "reused" for a new bridge, with the first command's fingerprint. */
+    async function rememberFirst(): Promise<string> {
+      const bridgeId = randomBridgeId();
+      await context.store.putCommandAnswer(
+        bridgeId,
+        "reused",
+        {
+          ok: true,
+          light: firstLight,
+          fingerprint: commandFingerprint({ ...firstCommand, bridgeId }),
+        },
+        60_000,
+      );
+      return bridgeId;
+    }
+
+    it("returns the answer to a repeat", async () => {
+      const bridgeId = await rememberFirst();
+      const light = await service.setLight({
+        bridgeId,
+        lightId: "ok1",
+        change: { dimming: { brightness: 40 }, on: { on: true } },
+        commandId: "reused",
+      });
+      assert.deepEqual(light, firstLight);
+      assert.equal(executed.length, 0);
+    });
+
+    const others = [
+      { name: "another light", lightId: "typed", change: firstCommand.change },
+      { name: "another change", lightId: "ok1", change: { on: { on: true } } },
+    ];
+    for (const other of others) {
+      it(`rejects a reuse for ${other.name}`, async () => {
+        const bridgeId = await rememberFirst();
+        await assert.rejects(
+          service.setLight({
+            bridgeId,
+            lightId: other.lightId,
+            change: other.change,
+            commandId: "reused",
+          }),
+          (error: unknown) => {
+            assert.ok(error instanceof RelayError);
+            assert.equal(error.code, "INVALID_PAYLOAD");
+            assert.match(error.message, /already used for another command/);
+            return true;
+          },
+        );
+        assert.equal(executed.length, 0);
+      });
+    }
+
+    it("accepts an answer without fingerprint", async () => {
+      const bridgeId = randomBridgeId();
+      await context.putRaw(bridgeId, "reused", { ok: true, light: firstLight });
+      const light = await service.setLight({
+        bridgeId,
+        lightId: "typed",
+        change: { on: { on: false } },
+        commandId: "reused",
+      });
+      assert.deepEqual(light, firstLight);
+      assert.equal(executed.length, 0);
+    });
+  });
+}

@@ -445,7 +445,7 @@ describe("cluster: two relay instances on one Redis", function () {
     const repeat = await request(app, "light:set", {
       bridgeId,
       lightId: "a",
-      change: { on: { on: true } },
+      change: { color: { xy: { x: 0.3, y: 0.3 } } },
       commandId: "across-1",
     });
     assert.deepEqual(repeat, ack, "the other instance remembers the answer");

@@ -1409,13 +1409,137 @@ for (const variant of VARIANTS) {
           commandId: "cmd-1",
         };
         const first = await request(controller, "light:set", payload);
-        const second = await request(controller, "light:set", {
-          ...payload,
-          change: { on: { on: false } },
-        });
+        const second = await request(controller, "light:set", payload);
         assert.deepEqual(second, first);
         assert.equal(received.length, 1);
         assert.equal(received[0]?.commandId, "cmd-1");
+      });
+
+      it("repeats a command in any key order", async () => {
+        const bridgeId = randomBridgeId();
+        const lights = untypedLightMap("a");
+        const bridge = await bridgeWithLights(bridgeId, [...lights.values()]);
+        const received = answerLightSet(bridge, lights);
+        const controller = await app([bridgeId]);
+        const first = await request(controller, "light:set", {
+          bridgeId,
+          lightId: "a",
+          change: { on: { on: true }, color: { xy: { x: 0.3, y: 0.4 } } },
+          commandId: "ordered",
+        });
+        const second = await request(controller, "light:set", {
+          commandId: "ordered",
+          change: { color: { xy: { y: 0.4, x: 0.3 } }, on: { on: true } },
+          lightId: "a",
+          bridgeId: bridgeId.toUpperCase(),
+        });
+        assert.equal(first.ok, true, JSON.stringify(first));
+        assert.deepEqual(second, first);
+        assert.equal(received.length, 1);
+      });
+
+      const otherCommands = [
+        {
+          name: "another light",
+          lightId: "typed",
+          change: { on: { on: true } },
+        },
+        {
+          name: "another change",
+          lightId: "ok1",
+          change: { on: { on: false } },
+        },
+        {
+          name: "an added field",
+          lightId: "ok1",
+          change: { on: { on: true }, dimming: { brightness: 10 } },
+        },
+      ];
+      for (const other of otherCommands) {
+        it(`rejects a commandId reused for ${other.name}`, async () => {
+          const bridgeId = randomBridgeId();
+          const lights = untypedLightMap("ok1", "typed");
+          const bridge = await bridgeWithLights(bridgeId, [...lights.values()]);
+          const received = answerLightSet(bridge, lights);
+          const controller = await app([bridgeId]);
+          const first = await request(controller, "light:set", {
+            bridgeId,
+            lightId: "ok1",
+            change: { on: { on: true } },
+            commandId: "reused",
+          });
+          assert.equal(first.ok, true, JSON.stringify(first));
+          const second = await request(controller, "light:set", {
+            bridgeId,
+            lightId: other.lightId,
+            change: other.change,
+            commandId: "reused",
+          });
+          assert.equal(!second.ok && second.error.code, "INVALID_PAYLOAD");
+          assert.match(
+            !second.ok ? second.error.message : "",
+            /^invalid commandId: "reused" was already used for another command on bridge [0-9a-f]{16}/,
+          );
+          assert.equal(received.length, 1, "the bridge got only the first");
+          const third = await request(controller, "light:set", {
+            bridgeId,
+            lightId: "ok1",
+            change: { on: { on: true } },
+            commandId: "reused",
+          });
+          assert.deepEqual(third, first, "a true repeat still gets the answer");
+        });
+      }
+
+      it("rejects a reused commandId in flight", async () => {
+        const bridgeId = randomBridgeId();
+        const bridge = await bridgeWithLights(bridgeId, [
+          light("ok1"),
+          light("typed"),
+        ]);
+        const received: LightSetCommand[] = [];
+        bridge.on(
+          "light:set",
+          (command: LightSetCommand, ack: (answer: unknown) => void) => {
+            received.push(command);
+            setTimeout(
+              () =>
+                ack({
+                  ok: true,
+                  data: { light: { id: command.lightId, on: { on: true } } },
+                }),
+              300,
+            );
+          },
+        );
+        const one = await app([bridgeId]);
+        const two = await app([bridgeId]);
+        const payload = {
+          bridgeId,
+          lightId: "ok1",
+          change: { on: { on: true } },
+          commandId: "slow-reused",
+        };
+        const [first, other, repeat] = await Promise.all([
+          request<{ light: Light }>(one, "light:set", payload),
+          (async () => {
+            await settle(50);
+            return request(two, "light:set", { ...payload, lightId: "typed" });
+          })(),
+          (async () => {
+            await settle(100);
+            return request(two, "light:set", payload);
+          })(),
+        ]);
+        assert.equal(first.ok, true, JSON.stringify(first));
+        assert.equal(first.ok && first.data.light.id, "ok1");
+        assert.equal(!other.ok && other.error.code, "INVALID_PAYLOAD");
+        assert.match(
+          !other.ok ? other.error.message : "",
+          /already used for another command/,
+        );
+        assert.deepEqual(repeat, first, "the repeat joined the first");
+        assert.equal(received.length, 1);
       });
 
       it("joins a repeat while in flight", async () => {

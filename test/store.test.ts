@@ -785,6 +785,26 @@ for (const variant of variants) {
         );
       });
 
+      it("answers keep their fingerprint", async function () {
+        const bridgeId = newBridgeId();
+        const withFingerprint: StoredCommandAnswer[] = [
+          { ...success, fingerprint: "fingerprint-of-cmd-1" },
+          { ...refusal, fingerprint: "fingerprint-of-cmd-2" },
+        ];
+        for (const [index, answer] of withFingerprint.entries()) {
+          await store.putCommandAnswer(
+            bridgeId,
+            `cmd-${index}`,
+            answer,
+            60_000,
+          );
+          assert.deepEqual(
+            await store.getCommandAnswer(bridgeId, `cmd-${index}`),
+            answer,
+          );
+        }
+      });
+
       it("unknown commandId returns null", async function () {
         assert.equal(
           await store.getCommandAnswer(newBridgeId(), "cmd-unknown"),

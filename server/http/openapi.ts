@@ -378,7 +378,7 @@ export const openApiDocument = {
             in: "header",
             required: false,
             description:
-              "The command's commandId: a repeat within 60 s of the bridge's answer returns that answer without reaching the bridge again",
+              "The command's commandId: a repeat within 60 s of the bridge's answer returns that answer without reaching the bridge again. The same key with another light or body is INVALID_PAYLOAD",
             schema: {
               type: "string",
               minLength: 1,

@@ -10,6 +10,7 @@ import { RelayError } from "../errors.ts";
 import { observeCommand } from "../metrics/relay-metrics.ts";
 import type { StateStore } from "../state/store.ts";
 import { answerFromStored } from "./command-executor.ts";
+import { rejectReusedCommandId } from "./command-fingerprint.ts";
 import {
   NoReceiverError,
   type CommandRouter,
@@ -115,13 +116,16 @@ export class AppService {
 
   private async sendCommand(request: SetLightRequest): Promise<Light> {
     const { bridgeId, lightId } = request;
-    if (request.commandId !== undefined) {
-      const remembered = await this.store.getCommandAnswer(
-        bridgeId,
-        request.commandId,
-      );
-      if (remembered !== null)
+    const { commandId } = request;
+    if (commandId !== undefined) {
+      const remembered = await this.store.getCommandAnswer(bridgeId, commandId);
+      if (remembered !== null) {
+        rejectReusedCommandId(
+          { bridgeId, lightId, change: request.change, commandId },
+          remembered.fingerprint,
+        );
         return unwrap(answerFromStored(bridgeId, remembered));
+      }
     }
     const command: RoutedCommand = {
       bridgeId,

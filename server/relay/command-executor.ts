@@ -21,6 +21,12 @@ import type { CommandAnswer, RoutedCommand } from "./command-router.ts";
 import { setInputFirstTimeout } from "./input-first-timeout.ts";
 import { FencedWrite, type StateWriter } from "./state-writer.ts";
 import { UnansweredCommands } from "./unanswered-commands.ts";
+import {
+  commandFingerprint,
+  isSameCommand,
+  rejectReusedCommandId,
+  reusedCommandIdError,
+} from "./command-fingerprint.ts";
 
 /** How long a bridge's answer is remembered for a repeated `commandId`, in ms. */
 export const COMMAND_ANSWER_TTL_MS = 60_000;
@@ -56,7 +62,7 @@ export function answerFromStored(
  * of a command still in flight waits for the same answer.
  */
 export class CommandExecutor {
-  private readonly inFlight = new Map<string, Promise<CommandAnswer>>();
+  private readonly inFlight = new Map<string, RunningCommand>();
   private readonly unanswered: UnansweredCommands;
 
   constructor(
@@ -75,7 +81,7 @@ export class CommandExecutor {
   execute = (command: RoutedCommand): Promise<CommandAnswer> => {
     const key = `${command.bridgeId}\n${command.commandId}`;
     const running = this.inFlight.get(key);
-    if (running !== undefined) return running;
+    if (running !== undefined) return joinRunning(running, command);
     const answer = this.run(command).catch((error: unknown) => {
       if (!(error instanceof RelayError)) {
         this.logger.error(
@@ -89,7 +95,7 @@ export class CommandExecutor {
       }
       return { ok: false as const, error: toErrorBody(error) };
     });
-    this.inFlight.set(key, answer);
+    this.inFlight.set(key, { command, answer });
     void answer.finally(() => this.inFlight.delete(key));
     return answer;
   };
@@ -100,8 +106,10 @@ export class CommandExecutor {
     const remembered = idempotent
       ? await this.store.getCommandAnswer(command.bridgeId, command.commandId)
       : null;
-    if (remembered !== null)
+    if (remembered !== null) {
+      rejectReusedCommandId(command, remembered.fingerprint);
       return answerFromStored(command.bridgeId, remembered);
+    }
     const session = this.sessions.get(command.bridgeId);
     if (session === undefined) {
       throw new RelayError(
@@ -202,9 +210,11 @@ export class CommandExecutor {
   }
 
   /**
-   * Stores the bridge's answer for repeats of the command. A failure is
-   * logged and leaves the answer standing: the bridge has answered, and a
-   * repeat then reaches the bridge again.
+   * Stores the bridge's answer for repeats of the command, with the
+   * command's fingerprint, which tells a repeat from another command
+   * under the same `commandId`. A failure is logged and leaves the answer
+   * standing: the bridge has answered, and a repeat then reaches the
+   * bridge again.
    */
   private async remember(
     command: RoutedCommand,
@@ -214,7 +224,7 @@ export class CommandExecutor {
       await this.store.putCommandAnswer(
         command.bridgeId,
         command.commandId,
-        stored,
+        { ...stored, fingerprint: commandFingerprint(command) },
         COMMAND_ANSWER_TTL_MS,
       );
     } catch (error) {
@@ -414,6 +424,25 @@ export class CommandExecutor {
       return false;
     }
   }
+}
+
+/** A command in flight and the promise of its answer, which repeats of it join. */
+export interface RunningCommand {
+  command: RoutedCommand;
+  answer: Promise<CommandAnswer>;
+}
+
+/**
+ * Returns the answer of `running` for a repeat of its command, and an
+ * `INVALID_PAYLOAD` answer for another command under the same `commandId`.
+ */
+export function joinRunning(
+  running: RunningCommand,
+  command: RoutedCommand,
+): Promise<CommandAnswer> {
+  if (isSameCommand(running.command, command)) return running.answer;
+  const error = reusedCommandIdError(command);
+  return Promise.resolve({ ok: false, error: toErrorBody(error) });
 }
 
 function invalidAnswer(message: string): StoredCommandAnswer {

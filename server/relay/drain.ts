@@ -7,6 +7,7 @@ import type {
   CommandExecutor,
   RoutedCommand,
 } from "./command-router.ts";
+import { joinRunning, type RunningCommand } from "./command-executor.ts";
 
 /** Shortest gap between two batches, in ms: a wider window gets more batches, not shorter gaps. */
 const MIN_BATCH_GAP_MS = 50;
@@ -53,7 +54,7 @@ export class ConnectionDrain {
   /** Callbacks that close a socket once it is idle, per socket ID. */
   private readonly closeWhenIdle = new Map<string, () => void>();
   /** Commands in flight through `guardCommands`, by bridge and command ID. */
-  private readonly commands = new Map<string, Promise<CommandAnswer>>();
+  private readonly commands = new Map<string, RunningCommand>();
   /** HTTP requests and bus messages that must finish before Redis closes. */
   private readonly tasks = new Set<Promise<unknown>>();
 
@@ -108,7 +109,8 @@ export class ConnectionDrain {
    * Wraps the execution of commands on this process's bridges: counts each
    * command as work in flight on its bridge's socket, and answers
    * `UNAVAILABLE` to a new command for a bridge whose socket is closing. A
-   * repeat of a command in flight still joins it.
+   * repeat of a command in flight still joins it, and another command
+   * under its `commandId` gets `INVALID_PAYLOAD`.
    */
   guardCommands(
     execute: CommandExecutor,
@@ -117,7 +119,7 @@ export class ConnectionDrain {
     return (command: RoutedCommand) => {
       const key = `${command.bridgeId}\n${command.commandId}`;
       const running = this.commands.get(key);
-      if (running !== undefined) return running;
+      if (running !== undefined) return joinRunning(running, command);
       const socketId = socketIdOf(command.bridgeId);
       if (socketId === undefined) return execute(command);
       if (this.refusing.has(socketId)) {
@@ -125,7 +127,7 @@ export class ConnectionDrain {
       }
       this.begin(socketId);
       const answer = execute(command);
-      this.commands.set(key, answer);
+      this.commands.set(key, { command, answer });
       void answer.finally(() => {
         this.commands.delete(key);
         this.end(socketId);

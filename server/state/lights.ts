@@ -2,6 +2,7 @@ import type {
   Light,
   LightChange,
   LightFields,
+  LightPatch,
 } from "../../client-sdk/src/protocol.ts";
 
 const FIELD_NAMES = [
@@ -29,6 +30,27 @@ export function canonicalLight(light: Light): Light {
   }
   if (light.color !== undefined) {
     result.color = { xy: { x: light.color.xy.x, y: light.color.xy.y } };
+  }
+  return result;
+}
+
+/**
+ * Rebuilds a change with its keys in one fixed order, as `canonicalLight`
+ * does, so that two equal changes serialise to the same JSON.
+ */
+export function canonicalPatch(change: LightPatch): LightPatch {
+  const result: LightPatch = {};
+  if (change.metadata !== undefined)
+    result.metadata = { name: change.metadata.name };
+  if (change.on !== undefined) result.on = { on: change.on.on };
+  if (change.dimming !== undefined) {
+    result.dimming = { brightness: change.dimming.brightness };
+  }
+  if (change.color_temperature !== undefined) {
+    result.color_temperature = { mirek: change.color_temperature.mirek };
+  }
+  if (change.color !== undefined) {
+    result.color = { xy: { x: change.color.xy.x, y: change.color.xy.y } };
   }
   return result;
 }

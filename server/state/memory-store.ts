@@ -254,8 +254,11 @@ function commandAnswerKey(bridgeId: string, commandId: string): string {
 }
 
 function copyAnswer(answer: StoredCommandAnswer): StoredCommandAnswer {
-  if (answer.ok) return { ok: true, light: canonicalLight(answer.light) };
-  return { ok: false, details: { ...answer.details } };
+  const copy: StoredCommandAnswer = answer.ok
+    ? { ok: true, light: canonicalLight(answer.light) }
+    : { ok: false, details: { ...answer.details } };
+  if (answer.fingerprint !== undefined) copy.fingerprint = answer.fingerprint;
+  return copy;
 }
 
 /** Orders lights by ID in UTF-16 code unit order, the same in every locale. */

@@ -404,6 +404,11 @@ export class RedisStore implements StateStore {
             message: answer.details.message,
           },
         };
+    // In the same value as the answer, so that reading it costs no extra
+    // round trip. Older relays ignore the field.
+    if (answer.fingerprint !== undefined) {
+      stored.fingerprint = answer.fingerprint;
+    }
     await this.client.set(
       this.commandKey(bridgeId, commandId),
       JSON.stringify(stored),
@@ -552,8 +557,14 @@ function parseCommandAnswer(value: unknown): StoredCommandAnswer {
     );
   }
   const answer = JSON.parse(value) as StoredCommandAnswer;
-  if (answer.ok) return { ok: true, light: canonicalLight(answer.light) };
-  return answer;
+  const parsed: StoredCommandAnswer = answer.ok
+    ? { ok: true, light: canonicalLight(answer.light) }
+    : { ok: false, details: answer.details };
+  // An answer stored by an older relay has no fingerprint.
+  if (typeof answer.fingerprint === "string") {
+    parsed.fingerprint = answer.fingerprint;
+  }
+  return parsed;
 }
 
 /** Orders lights by ID in UTF-16 code unit order, the same in every locale. */

@@ -47,9 +47,17 @@ export type WriteResult =
   | { status: "conflict" };
 
 /** A bridge's answer to a command, remembered for `commandId` idempotency. */
-export type StoredCommandAnswer =
+export type StoredCommandAnswer = (
   | { ok: true; light: Light }
-  | { ok: false; details: { code: string; message: string } };
+  | { ok: false; details: { code: string; message: string } }
+) & {
+  /**
+   * Fingerprint of the command that got the answer (`commandFingerprint`),
+   * so that another command under the same `commandId` is rejected.
+   * Answers that an older relay stored lack it.
+   */
+  fingerprint?: string;
+};
 
 /**
  * The outcome of undoing a claim by socket ID. A released claim reports
