@@ -394,20 +394,34 @@ describe("bridge sessions on a Redis that fails a claim", function () {
 
   /**
    * Makes each server's sessions handle the bus messages sent to it, as
-   * the relay does, and returns a function that stops listening.
+   * the relay does, and returns a function that stops listening. With
+   * `dropTakeOver`, claim checks arrive without `takeOver`, as from a
+   * relay older than that field.
    */
   async function connectServers(
-    ...servers: ReturnType<typeof sessionsOf>[]
+    servers: ReturnType<typeof sessionsOf>[],
+    options: { dropTakeOver?: boolean } = {},
   ): Promise<() => Promise<void>> {
     for (const { bus, sessions: serverSessions } of servers) {
       await bus.listen((message) => {
         if (message.type === "replace") {
           serverSessions.disconnectReplaced(message.bridgeId, message.socketId);
         } else if (message.type === "reclaim") {
-          void serverSessions.reclaim(message.bridgeId, message.socketId);
+          void serverSessions.reclaim(
+            message.bridgeId,
+            message.socketId,
+            message.staleSocketId,
+          );
         } else if (message.type === "checkClaim") {
+          const takeOver =
+            options.dropTakeOver !== true && message.takeOver === true;
           void serverSessions
-            .checkClaim(message.bridgeId, message.socketId, message.requester)
+            .checkClaim(
+              message.bridgeId,
+              message.socketId,
+              message.requester,
+              takeOver,
+            )
             .catch(() => undefined);
         }
       });
@@ -442,7 +456,10 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       },
     });
     const named = sessionsOf("server-a", flaky);
-    const disconnect = await connectServers(live, named);
+    // A check with `takeOver` releases nothing on server-a.
+    const disconnect = await connectServers([live, named], {
+      dropTakeOver: true,
+    });
     try {
       await live.sessions.revalidate();
 
@@ -480,7 +497,10 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       },
     });
     const named = sessionsOf("server-a", offline);
-    const disconnect = await connectServers(live, named);
+    // A check with `takeOver` needs no Redis on server-a.
+    const disconnect = await connectServers([live, named], {
+      dropTakeOver: true,
+    });
     let resolvedMs: number;
     try {
       await live.sessions.revalidate();
@@ -501,6 +521,59 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     assert.ok(resolvedMs < 500, `claim resolved after ${resolvedMs} ms`);
   });
 
+  it("takes over a claim that its server confirmed gone", async () => {
+    const bridgeId = randomBridgeId();
+    const emitted: string[] = [];
+    const socket = socketWithId("live-socket", emitted);
+    const live = sessionsOf("server-b", store, [socket]);
+    await live.sessions.claim(bridgeId, socket);
+    // As Redis restored from an older copy: the claim names a socket of
+    // server-a that is gone.
+    await store.claimConnection(
+      bridgeId,
+      "server-a",
+      "gone-socket",
+      new Date(),
+    );
+    const [restored] = await store.getPresence([bridgeId]);
+    // server-a's Redis connection is not back, so any release would fail.
+    let namedStoreCalls = 0;
+    const offline = storeWith({
+      releaseSocket: () => {
+        namedStoreCalls += 1;
+        return Promise.reject(new Error("the client is offline"));
+      },
+      getPresence: () => {
+        namedStoreCalls += 1;
+        return Promise.reject(new Error("the client is offline"));
+      },
+    });
+    const named = sessionsOf("server-a", offline);
+    const disconnect = await connectServers([live, named]);
+    try {
+      await live.sessions.revalidate();
+
+      await waitForHolder(bridgeId, "live-socket");
+    } finally {
+      live.sessions.stopRetries();
+      await disconnect();
+    }
+    assert.equal(namedStoreCalls, 0, "server-a's store calls");
+    assert.deepEqual(named.broadcaster.presences, []);
+    assert.deepEqual(
+      live.broadcaster.presences.map((presence) => presence.online),
+      [true, true],
+      "server-b's presence events: its first claim, then the takeover",
+    );
+    assert.deepEqual(emitted, ["state:resync"]);
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection?.epoch, restored!.epoch + 1);
+    assert.equal(
+      presence?.connection?.epoch,
+      live.sessions.get(bridgeId)?.epoch,
+    );
+  });
+
   it("replaces a socket when the named server has its own", async () => {
     const bridgeId = randomBridgeId();
     const emitted: string[] = [];
@@ -516,7 +589,7 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       "held-socket",
       new Date(),
     );
-    const disconnect = await connectServers(replaced, holder);
+    const disconnect = await connectServers([replaced, holder]);
     try {
       await replaced.sessions.revalidate();
 

@@ -35,12 +35,18 @@ const VALID: Record<BusMessage["type"], object> = {
     answer: { ok: true, data: { light: LIGHT } },
   },
   replace: { type: "replace", bridgeId: BRIDGE_ID, socketId: "sock-1" },
-  reclaim: { type: "reclaim", bridgeId: BRIDGE_ID, socketId: "sock-1" },
+  reclaim: {
+    type: "reclaim",
+    bridgeId: BRIDGE_ID,
+    socketId: "sock-1",
+    staleSocketId: "sock-0",
+  },
   checkClaim: {
     type: "checkClaim",
     bridgeId: BRIDGE_ID,
     socketId: "sock-1",
     requester: { serverId: "worker-b", socketId: "sock-2" },
+    takeOver: true,
   },
 };
 
@@ -78,6 +84,17 @@ describe("bus message schema", () => {
     assert.equal(message.idempotent, undefined);
     assert.equal(message.deadline, undefined);
     assert.deepEqual(message.change, COMMAND.change);
+  });
+
+  it("accepts claim messages of an older relay", () => {
+    const { staleSocketId: _staleSocketId, ...reclaim } = VALID.reclaim as {
+      staleSocketId: string;
+    };
+    const { takeOver: _takeOver, ...checkClaim } = VALID.checkClaim as {
+      takeOver: boolean;
+    };
+    assert.deepEqual(parseValid(reclaim), reclaim);
+    assert.deepEqual(parseValid(checkClaim), checkClaim);
   });
 
   it("accepts a reply with an error answer", () => {
@@ -304,6 +321,18 @@ describe("bus message schema", () => {
         "reclaim",
         { ...VALID.reclaim, bridgeId: 17 },
         "bridgeId",
+      ],
+      [
+        "a reclaim with an empty staleSocketId",
+        "reclaim",
+        { ...VALID.reclaim, staleSocketId: "" },
+        "staleSocketId",
+      ],
+      [
+        "a checkClaim whose takeOver is a string",
+        "checkClaim",
+        { ...VALID.checkClaim, takeOver: "yes" },
+        "takeOver",
       ],
       [
         "a checkClaim without requester",

@@ -12,6 +12,7 @@ function checkOf(
     bridgeId,
     socketId,
     requester: { serverId: "server-b", socketId: "live-socket" },
+    takeOver: true,
   };
 }
 

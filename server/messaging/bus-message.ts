@@ -80,20 +80,28 @@ const reclaimMessageSchema = z.object({
   type: z.literal("reclaim"),
   bridgeId: bridgeIdSchema,
   socketId: relayIdSchema,
+  /**
+   * A gone socket whose claim the receiver takes over for `socketId`, in
+   * one step. Older relays send no such field, and ignore it.
+   */
+  staleSocketId: relayIdSchema.optional(),
 });
 
 /**
  * Asks the server that a bridge's claim names whether it still has socket
  * `socketId`, because Redis data restored from an older copy can name a
  * socket that is gone. The server sends `replace` for the requester's
- * socket when it has that socket. Otherwise it releases the claim and
- * sends `reclaim`.
+ * socket when it has that socket. Otherwise, for a requester that sets
+ * `takeOver`, it sends `reclaim` with `staleSocketId` and leaves the
+ * claim alone. For an older requester, which does not set it, the server
+ * releases the claim and then sends `reclaim`.
  */
 const checkClaimMessageSchema = z.object({
   type: z.literal("checkClaim"),
   bridgeId: bridgeIdSchema,
   socketId: relayIdSchema,
   requester: z.object({ serverId: relayIdSchema, socketId: relayIdSchema }),
+  takeOver: z.boolean().optional(),
 });
 
 export const busMessageSchema = z.discriminatedUnion("type", [

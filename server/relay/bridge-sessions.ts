@@ -321,15 +321,34 @@ export class BridgeSessions {
 
   /**
    * Claims the bridge again for local socket `socketId` when the store
-   * shows no connection: an undone claim had replaced it. Disconnects the
-   * socket when a newer connection holds the bridge, and does nothing when
-   * the socket is gone.
+   * shows no connection: an undone claim had replaced it. With
+   * `staleSocketId`, a gone socket that another server confirmed, the
+   * claim of that socket is taken over in one step, so the bridge never
+   * reads offline. Disconnects the socket when a newer connection holds
+   * the bridge, and does nothing when the socket is gone.
    */
-  async reclaim(bridgeId: string, socketId: string): Promise<void> {
+  async reclaim(
+    bridgeId: string,
+    socketId: string,
+    staleSocketId?: string,
+  ): Promise<void> {
     const session = this.sessions.get(bridgeId);
     if (session?.socket.id !== socketId) return;
     const [record] = await this.store.getPresence([bridgeId]);
-    await this.revalidateOne(session, record?.connection ?? null);
+    const stored = record?.connection ?? null;
+    if (
+      staleSocketId !== undefined &&
+      stored?.socketId === staleSocketId &&
+      this.sessions.get(bridgeId) === session
+    ) {
+      await this.claimAgain(
+        session,
+        stored,
+        "bridge claim named a gone socket of another server, which confirmed it; took it over and asking for a snapshot",
+      );
+      return;
+    }
+    await this.revalidateOne(session, stored);
   }
 
   /** Stops sending owed releases again, once Redis is about to close. */
@@ -630,9 +649,11 @@ export class BridgeSessions {
    * Asks the server that `stored` names whether it has that socket, rather
    * than taking the claim for a newer connection, because Redis data
    * restored from an older copy names sockets that may be gone. That server
-   * replies with a `replace` or `reclaim` message. An epoch lower than the
-   * session's does not prove the claim stale: epochs start again at 1 when
-   * Redis restarts empty.
+   * replies with a `replace` or `reclaim` message. With `takeOver`, this
+   * server offers to take a stale claim over itself, so that the other
+   * server need not release it first and the bridge never reads offline.
+   * An epoch lower than the session's does not prove the claim stale:
+   * epochs start again at 1 when Redis restarts empty.
    */
   private async askHolderToCheck(
     session: BridgeSession,
@@ -650,6 +671,7 @@ export class BridgeSessions {
         bridgeId,
         socketId: stored.socketId,
         requester,
+        takeOver: true,
       });
     } catch (error) {
       // The session is kept, because disconnecting it would stop the bridge
@@ -693,39 +715,68 @@ export class BridgeSessions {
    * Checks a claim of local socket `socketId` that `requester`'s server
    * found for its own session of `bridgeId`. When the socket is here, the
    * requester's socket is replaced, as a newer connection's claim does.
-   * Otherwise the stale claim is released and the requester is asked to
-   * claim the bridge again. When the release fails, the check is kept and
-   * run again on the next revalidation.
+   * Otherwise, with `takeOver`, the requester is asked to take the stale
+   * claim over, and the claim is left as it is. Without it (a check from
+   * an older relay), the stale claim is released and the requester is
+   * asked to claim the bridge again. When the message or the release fails on
+   * Redis, the check is kept and run again on the next revalidation.
    */
   async checkClaim(
     bridgeId: string,
     socketId: string,
     requester: { serverId: string; socketId: string },
+    takeOver = false,
   ): Promise<void> {
     if (this.holdsSocket(socketId)) {
       await this.replace(bridgeId, requester.serverId, requester.socketId);
       return;
     }
     try {
+      if (takeOver) {
+        await this.askToTakeOver(bridgeId, socketId, requester);
+        return;
+      }
       await this.releaseStaleSocket(
         bridgeId,
         socketId,
         "released a claim of a gone socket that another server found after Redis data was replaced",
       );
     } catch (error) {
-      this.deferCheck({ bridgeId, socketId, requester }, error);
+      this.deferCheck({ bridgeId, socketId, requester, takeOver }, error);
       return;
     }
     await this.askToReclaim(bridgeId, requester);
   }
 
   /**
-   * Keeps a claim check whose release failed until revalidation, which
-   * runs once this process's Redis connections are ready again. A check
-   * can arrive over the subscriber connection before the main connection
-   * is back. Without the deferral, the requester would wait for its next
-   * request, up to a second, while this process's own revalidation has
-   * already released the claim and the bridge reads offline.
+   * Tells `requester`'s server to take over the claim of `staleSocketId`,
+   * a socket of this process that is gone, for its socket. The message
+   * goes out on the main Redis connection, so it fails while that
+   * connection is down, even though the check arrived.
+   */
+  private async askToTakeOver(
+    bridgeId: string,
+    staleSocketId: string,
+    requester: { serverId: string; socketId: string },
+  ): Promise<void> {
+    await this.bus.send(requester.serverId, {
+      type: "reclaim",
+      bridgeId,
+      socketId: requester.socketId,
+      staleSocketId,
+    });
+    this.logger.info(
+      { bridgeId, staleSocketId, requester },
+      "bridge claim that another server found names a gone socket of this process, after Redis data was replaced; asked that server to take it over",
+    );
+  }
+
+  /**
+   * Keeps a claim check whose release or reply failed until revalidation,
+   * which runs once this process's Redis connections are ready again. A
+   * check can arrive over the subscriber connection before the main
+   * connection is back. Without the deferral, the requester would wait for
+   * its next request, up to a second, after this process's Redis is back.
    */
   private deferCheck(check: DeferredClaimCheck, error: unknown): void {
     const { bridgeId, socketId, requester } = check;
@@ -763,8 +814,8 @@ export class BridgeSessions {
     for (let start = 0; start < checks.length; start += REVALIDATE_BATCH) {
       const batch = checks.slice(start, start + REVALIDATE_BATCH);
       await Promise.all(
-        batch.map(({ bridgeId, socketId, requester }) =>
-          this.checkClaim(bridgeId, socketId, requester),
+        batch.map(({ bridgeId, socketId, requester, takeOver }) =>
+          this.checkClaim(bridgeId, socketId, requester, takeOver),
         ),
       );
     }

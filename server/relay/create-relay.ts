@@ -246,7 +246,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     }
     if (message.type === "reclaim") {
       const reclaiming = sessions
-        .reclaim(message.bridgeId, message.socketId)
+        .reclaim(message.bridgeId, message.socketId, message.staleSocketId)
         .catch((error: unknown) => {
           logger.warn(
             { err: error, bridgeId: message.bridgeId },
@@ -258,7 +258,12 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     }
     if (message.type === "checkClaim") {
       const checking = sessions
-        .checkClaim(message.bridgeId, message.socketId, message.requester)
+        .checkClaim(
+          message.bridgeId,
+          message.socketId,
+          message.requester,
+          message.takeOver === true,
+        )
         .catch((error: unknown) => {
           logger.warn(
             {

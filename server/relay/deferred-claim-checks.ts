@@ -5,6 +5,8 @@ export interface DeferredClaimCheck {
   socketId: string;
   /** Server and socket of the session that found the claim. */
   requester: { serverId: string; socketId: string };
+  /** True when the requester takes the claim over itself (see the `checkClaim` bus message). */
+  takeOver: boolean;
 }
 
 /** Outcome of `DeferredClaimChecks.add`. */
