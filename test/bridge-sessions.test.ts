@@ -8,7 +8,10 @@ import { RedisBus } from "../server/messaging/server-bus.ts";
 import { commandDeadline } from "../server/redis/clients.ts";
 import { serverConnectionState } from "../server/redis/connection-state.ts";
 import type { AppBroadcaster } from "../server/relay/broadcaster.ts";
-import { BridgeSessions } from "../server/relay/bridge-sessions.ts";
+import {
+  BridgeSessions,
+  type ConnectionIndex,
+} from "../server/relay/bridge-sessions.ts";
 import { RedisStore } from "../server/state/redis-store.ts";
 import type { StateStore } from "../server/state/store.ts";
 import { startRedisServer, type RedisServer } from "./support/redis-server.ts";
@@ -38,6 +41,20 @@ async function loadClaimScript(store: RedisStore): Promise<void> {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Returns a connection index in memory that lists `bridgeIds`. */
+function indexOf(bridgeIds: string[]): ConnectionIndex {
+  const tracked = new Set(bridgeIds);
+  return {
+    track: async (ids) => {
+      for (const id of ids) tracked.add(id);
+    },
+    untrack: async (id) => {
+      tracked.delete(id);
+    },
+    scan: async () => ({ cursor: "0", bridgeIds: [...tracked] }),
+  };
 }
 
 /** Collects the presence events that the sessions broadcast. */
@@ -100,11 +117,16 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     await loadClaimScript(store);
   });
 
-  /** Returns the sessions of server `serverId`, on the test's Redis or `sessionStore`. */
+  /**
+   * Returns the sessions of server `serverId`, on the test's Redis or
+   * `sessionStore`, with the connection index and restored claim grace of
+   * `options`.
+   */
   function sessionsOf(
     serverId: string,
     sessionStore: StateStore = store,
     sockets: Socket[] = [],
+    options: { index?: ConnectionIndex; graceMs?: number } = {},
   ) {
     const logger = pino({ level: "silent" });
     const bus = new RedisBus(
@@ -122,6 +144,8 @@ describe("bridge sessions on a Redis that fails a claim", function () {
         sockets: new Map(sockets.map((socket) => [socket.id, socket])),
       } as unknown as Namespace,
       logger,
+      options.index,
+      options.graceMs,
     );
     return { bus, broadcaster: recorder, sessions: serverSessions };
   }
@@ -572,6 +596,87 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       presence?.connection?.epoch,
       live.sessions.get(bridgeId)?.epoch,
     );
+  });
+
+  it("releases a gone claim after the grace", async () => {
+    const bridgeId = randomBridgeId();
+    const graceMs = 500;
+    // As Redis restored from an older copy: the claim names a socket of
+    // server-a that closed since, and server-a's index lists the bridge.
+    await store.claimConnection(
+      bridgeId,
+      "server-a",
+      "gone-socket",
+      new Date(),
+    );
+    const index = indexOf([bridgeId]);
+    const named = sessionsOf("server-a", store, [], { index, graceMs });
+
+    const revalidatedAt = performance.now();
+    await named.sessions.revalidate();
+    const [held] = await store.getPresence([bridgeId]);
+    assert.equal(held?.connection?.socketId, "gone-socket");
+    assert.equal(named.sessions.idle, false, "idle while the claim is held");
+
+    await waitUntil(
+      "the gone claim released",
+      async () => {
+        const [presence] = await store.getPresence([bridgeId]);
+        return presence?.connection === null;
+      },
+      3000,
+    );
+    const releasedMs = performance.now() - revalidatedAt;
+    assert.ok(releasedMs >= graceMs, `released after ${releasedMs} ms`);
+    await waitUntil("idle once released", () => named.sessions.idle, 1000);
+    assert.deepEqual(
+      named.broadcaster.presences.map((presence) => presence.online),
+      [false],
+    );
+    const page = await index.scan("0", 10);
+    assert.deepEqual(page.bridgeIds, [], "bridges left in the index");
+  });
+
+  it("keeps a gone claim taken over", async () => {
+    const bridgeId = randomBridgeId();
+    const graceMs = 500;
+    const emitted: string[] = [];
+    const socket = socketWithId("live-socket", emitted);
+    const live = sessionsOf("server-b", store, [socket]);
+    await live.sessions.claim(bridgeId, socket);
+    // As Redis restored from an older copy: the claim names a socket of
+    // server-a from before the bridge moved to server-b.
+    await store.claimConnection(
+      bridgeId,
+      "server-a",
+      "gone-socket",
+      new Date(),
+    );
+    const named = sessionsOf("server-a", store, [], {
+      index: indexOf([bridgeId]),
+      graceMs,
+    });
+    const disconnect = await connectServers([live, named]);
+    try {
+      // server-a reconnects first, then server-b within the grace.
+      await named.sessions.revalidate();
+      await live.sessions.revalidate();
+      await waitForHolder(bridgeId, "live-socket");
+      await sleep(graceMs + 200);
+    } finally {
+      live.sessions.stopRetries();
+      await disconnect();
+    }
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection?.socketId, "live-socket");
+    assert.deepEqual(named.broadcaster.presences, []);
+    assert.deepEqual(
+      live.broadcaster.presences.map((event) => event.online),
+      [true, true],
+      "server-b's presence events: its first claim, then the takeover",
+    );
+    assert.deepEqual(emitted, ["state:resync"]);
+    assert.equal(named.sessions.idle, true, "server-a idle after the grace");
   });
 
   it("replaces a socket when the named server has its own", async () => {

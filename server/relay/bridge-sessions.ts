@@ -9,6 +9,7 @@ import type {
 } from "../state/store.ts";
 import type { AppBroadcaster } from "./broadcaster.ts";
 import { RepeatLimiter } from "../logging/repeat-limiter.ts";
+import { MAX_RECONNECT_DELAY_MS } from "../redis/clients.ts";
 import {
   DeferredClaimChecks,
   type DeferredClaimCheck,
@@ -70,6 +71,18 @@ const MAX_DEFERRED_CHECKS = 10_000;
  * check is one that the requester no longer needs.
  */
 const DEFERRED_CHECK_MAX_AGE_MS = 10_000;
+/**
+ * Time in ms from the revalidation that finds a restored claim of a gone
+ * socket of this process to the release of that claim. The bridge may
+ * have moved to another relay after the copy was saved. That relay takes
+ * the claim over once it reconnects and revalidates, and the bridge then
+ * never reads offline. Its Redis clients retry at least every 5 s
+ * (MAX_RECONNECT_DELAY_MS), and 2 s more are left for its revalidation
+ * and check. NOTE: the 2 s are an estimate. A relay that takes longer
+ * finds the claim released, and its bridge reads offline until it claims
+ * the bridge again.
+ */
+export const RESTORED_CLAIM_GRACE_MS = MAX_RECONNECT_DELAY_MS + 2000;
 
 /**
  * The set of bridges this process may hold, which a sweep goes through
@@ -112,6 +125,13 @@ export class BridgeSessions {
     DEFERRED_CHECK_MAX_AGE_MS,
   );
   private readonly deferredChecksFullLog = new RepeatLimiter(10_000);
+  /**
+   * Socket IDs by bridge ID of restored claims of gone sockets of this
+   * process, released when `goneClaimsRelease` fires.
+   */
+  private readonly goneClaims = new Map<string, string>();
+  private goneClaimsRelease: NodeJS.Timeout | undefined;
+  private readonly goneClaimsFailureLog = new RepeatLimiter(10_000);
   private releaseRetry: NodeJS.Timeout | undefined;
   /** Releases sent again and not finished, which `unreleased` and `abandoned` no longer list. */
   private retriedReleases = 0;
@@ -125,6 +145,7 @@ export class BridgeSessions {
     private readonly bridges: Namespace,
     private readonly logger: Logger,
     private readonly index?: ConnectionIndex,
+    private readonly restoredClaimGraceMs = RESTORED_CLAIM_GRACE_MS,
   ) {}
 
   get(bridgeId: string): BridgeSession | undefined {
@@ -139,6 +160,7 @@ export class BridgeSessions {
   get idle(): boolean {
     return (
       this.sessions.size === 0 &&
+      this.goneClaims.size === 0 &&
       this.claiming.size === 0 &&
       this.unreleased.size === 0 &&
       this.abandoned.size === 0 &&
@@ -351,11 +373,17 @@ export class BridgeSessions {
     await this.revalidateOne(session, stored);
   }
 
-  /** Stops sending owed releases again, once Redis is about to close. */
+  /**
+   * Stops sending owed releases again, once Redis is about to close. The
+   * restored claims still waiting for their release are left to the sweep
+   * of this process's lease, which `idle` keeps from being dropped.
+   */
   stopRetries(): void {
     this.retriesStopped = true;
     clearTimeout(this.releaseRetry);
     this.releaseRetry = undefined;
+    clearTimeout(this.goneClaimsRelease);
+    this.goneClaimsRelease = undefined;
   }
 
   /** Resolves once every release in flight has finished (before Redis is closed on shutdown). */
@@ -478,19 +506,25 @@ export class BridgeSessions {
         ),
       );
     }
-    await this.releaseGoneLocalClaims();
+    await this.holdGoneLocalClaims();
   }
 
   /**
-   * Releases the claims that name this process with a socket it does not
+   * Finds the claims that name this process with a socket it does not
    * have, which Redis data restored from an older copy brings back after
-   * the bridge disconnected. No session checks them, and this process's
-   * live lease keeps a sweep away, so the bridges would read online for as
-   * long as it lives. The connection index, restored from the same copy,
-   * lists the bridges to read.
+   * the bridge disconnected, and releases them once `restoredClaimGraceMs`
+   * has passed. No session checks them, and this process's live lease
+   * keeps a sweep away, so the bridges would read online for as long as it
+   * lives. The connection index, restored from the same copy, lists the
+   * bridges to read. The grace lets a relay that the bridge moved to
+   * reconnect and take the claim over, so that the bridge does not read
+   * offline meanwhile. A later revalidation that finds claims starts the
+   * grace again, because after another restore the other relays reconnect
+   * again too.
    */
-  private async releaseGoneLocalClaims(): Promise<void> {
+  private async holdGoneLocalClaims(): Promise<void> {
     if (this.index === undefined) return;
+    let found = 0;
     let cursor = "0";
     do {
       const page = await this.index.scan(cursor, REVALIDATE_BATCH);
@@ -499,21 +533,79 @@ export class BridgeSessions {
       const bridgeIds = page.bridgeIds.filter((id) => !this.isLocal(id));
       if (bridgeIds.length === 0) continue;
       const records = await this.store.getPresence(bridgeIds);
+      for (const { bridgeId, connection } of records) {
+        if (connection === null || !this.isGoneLocalSocket(connection)) {
+          continue;
+        }
+        this.goneClaims.set(bridgeId, connection.socketId);
+        found += 1;
+      }
+    } while (cursor !== "0");
+    if (found === 0) return;
+    this.logger.info(
+      { claims: found, graceMs: this.restoredClaimGraceMs },
+      "found restored claims of gone sockets of this process, after Redis data was replaced; releasing them after a grace for other relays to take them over",
+    );
+    this.scheduleGoneClaimsRelease(this.restoredClaimGraceMs);
+  }
+
+  /** Sets the release of `goneClaims` to run in `delayMs`, replacing an earlier schedule. */
+  private scheduleGoneClaimsRelease(delayMs: number): void {
+    if (this.retriesStopped) return;
+    clearTimeout(this.goneClaimsRelease);
+    this.goneClaimsRelease = setTimeout(() => {
+      this.goneClaimsRelease = undefined;
+      const releasing = this.releaseGoneClaims();
+      this.releasing.add(releasing);
+      void releasing.finally(() => this.releasing.delete(releasing));
+    }, delayMs);
+    this.goneClaimsRelease.unref();
+  }
+
+  /**
+   * Releases every claim in `goneClaims`, fenced by socket ID, so a claim
+   * that another relay took over is kept. Claims whose release failed are
+   * released again in a second, unless a revalidation scheduled them
+   * later meanwhile.
+   */
+  private async releaseGoneClaims(): Promise<void> {
+    const claims = [...this.goneClaims];
+    this.goneClaims.clear();
+    const failed: [string, string][] = [];
+    let firstError: unknown;
+    for (let start = 0; start < claims.length; start += REVALIDATE_BATCH) {
+      const batch = claims.slice(start, start + REVALIDATE_BATCH);
       await Promise.all(
-        records.map(async ({ bridgeId, connection }) => {
-          if (connection === null || !this.isGoneLocalSocket(connection)) {
-            return;
+        batch.map(async ([bridgeId, socketId]) => {
+          try {
+            await this.releaseStaleClaim(
+              bridgeId,
+              socketId,
+              "released a claim of a gone socket of this process, after Redis data was replaced and no other relay took it over",
+              { untrack: true },
+            );
+          } catch (error) {
+            firstError ??= error;
+            failed.push([bridgeId, socketId]);
           }
-          // Fenced by socket ID, so a claim made since the read is kept.
-          await this.releaseStaleClaim(
-            bridgeId,
-            connection.socketId,
-            "released a claim of a gone socket of this process, after Redis data was replaced",
-            { untrack: true },
-          );
         }),
       );
-    } while (cursor !== "0");
+    }
+    if (failed.length === 0) return;
+    for (const [bridgeId, socketId] of failed) {
+      if (!this.goneClaims.has(bridgeId))
+        this.goneClaims.set(bridgeId, socketId);
+    }
+    const suppressed = this.goneClaimsFailureLog.admit("failed");
+    if (suppressed !== null) {
+      this.logger.warn(
+        { err: firstError, failed: failed.length, suppressed },
+        "could not release restored claims of gone sockets of this process, retrying in 1 s",
+      );
+    }
+    if (this.goneClaimsRelease === undefined) {
+      this.scheduleGoneClaimsRelease(RELEASE_RETRY_MS);
+    }
   }
 
   /**
