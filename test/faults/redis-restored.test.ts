@@ -5,14 +5,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient, RESP_TYPES } from "redis";
 import type { Socket } from "socket.io-client";
+import type { BridgePresence } from "../../client-sdk/src/protocol.ts";
+import { MAX_RECONNECT_DELAY_MS } from "../../server/redis/clients.ts";
+import { RESTORED_CLAIM_GRACE_MS } from "../../server/relay/bridge-sessions.ts";
 import { RedisStore } from "../../server/state/redis-store.ts";
 import type { BridgeConnection } from "../../server/state/store.ts";
 import {
+  connectApp,
   connectBridge,
   nextEvent,
   randomBridgeId,
   record,
   requestData,
+  settle,
 } from "../support/clients.ts";
 import { printFigure, sleep, waitUntil } from "../support/faults.ts";
 import { light } from "../support/fixtures.ts";
@@ -31,6 +36,8 @@ import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.ts";
 const KEY_PREFIX = "restored";
 /** Time for a worker to reconnect to Redis and check its claims: its retries back off to 5 s. */
 const RECOVERY_TIMEOUT_MS = 20_000;
+/** Time that a test keeps one relay away from a restored Redis after the other relay is back, in ms. */
+const LATER_RELAY_HOLD_MS = 1000;
 
 /** Reads a bridge's presence straight from Redis. */
 async function presenceOf(
@@ -349,7 +356,8 @@ describe("fault: Redis restored from an older copy", function () {
       RECOVERY_TIMEOUT_MS,
     );
     // The asking relay reconnects, revalidates and sends checkClaim to the
-    // named relay, whose release fails.
+    // named relay, whose reply fails, because it goes out on the main
+    // connection.
     await askingProxy.cut();
     await askingProxy.restore();
     await checkFailed;
@@ -374,6 +382,112 @@ describe("fault: Redis restored from an older copy", function () {
     );
     bridge.close();
     await waitUntilOffline(bridgeId, "the bridge offline once it disconnected");
+  });
+
+  it("keeps a moved bridge online throughout", async () => {
+    const url = `redis://127.0.0.1:${port}`;
+    const movedId = randomBridgeId();
+    const closedId = randomBridgeId();
+    const addedId = randomBridgeId();
+    // Each relay reaches Redis through its own proxy, so that the test
+    // decides the order of their reconnects.
+    const [liveProxy, namedProxy] = await Promise.all([
+      startTcpProxy(port),
+      startTcpProxy(port),
+    ]);
+    proxies.push(liveProxy, namedProxy);
+    const options = relayOptions();
+    options.env = { ...options.env, PRESENCE_HEARTBEAT_MS: "2000" };
+    const [live, named] = await Promise.all([
+      startRelay({ ...options, redisUrl: liveProxy.redisUrl }),
+      startRelay({ ...options, redisUrl: namedProxy.redisUrl }),
+    ]);
+    otherRelays.push(live, named);
+    const liveServerId = live.workers()[0]?.serverId;
+    assert.ok(liveServerId !== undefined, "the live relay's server ID");
+    // In the copy, both bridges are on the named relay.
+    const first = await connectBridge(named.url, movedId);
+    const closed = await connectBridge(named.url, closedId);
+    await Promise.all([sendSnapshot(first, true), sendSnapshot(closed, true)]);
+    await saveCopy("moved-later.rdb");
+    first.close();
+    closed.close();
+    await waitUntilOffline(movedId, "the first connection released");
+    await waitUntilOffline(closedId, "the closed bridge released");
+    // Since the copy, one bridge moved to the live relay and another one
+    // connected there for the first time.
+    const moved = await connectBridge(live.url, movedId);
+    const added = await connectBridge(live.url, addedId);
+    sockets.push(moved, added);
+    await Promise.all([sendSnapshot(moved, false), sendSnapshot(added, false)]);
+    // The app is on the named relay, which is back first, so it gets that
+    // relay's broadcasts while the live relay is away.
+    const bridgeIds = [movedId, closedId, addedId];
+    const app = await connectApp(named.url, bridgeIds);
+    sockets.push(app);
+    for (const bridgeId of bridgeIds) {
+      await requestData(app, "bridge:subscribe", { bridgeId });
+    }
+    const presences = record<BridgePresence>(app, "bridge:presence");
+    const replaced = record(moved, "session:replaced");
+    const resync = nextEvent(
+      moved,
+      "state:resync",
+      () => true,
+      RECOVERY_TIMEOUT_MS,
+    );
+
+    // The live relay stays away until 1 s after the named relay's Redis
+    // connection is back. Meanwhile the named relay revalidates and finds
+    // the restored claims of its first and its closed socket.
+    await liveProxy.cut();
+    await restartRedis("moved-later.rdb");
+    const restoredAt = Date.now();
+    await named.waitForLog(
+      (line) =>
+        line.msg === "redis connection restored" && line.connection === "main",
+      RECOVERY_TIMEOUT_MS,
+    );
+    await sleep(LATER_RELAY_HOLD_MS);
+    await liveProxy.restore();
+    await resync;
+    const resyncMs = Date.now() - restoredAt;
+    await waitUntil(
+      "the added bridge claimed again",
+      async () => (await presenceOf(url, addedId))?.socketId === added.id,
+      RECOVERY_TIMEOUT_MS,
+    );
+    const addedOfflineMs = Date.now() - restoredAt;
+    await waitUntilOffline(
+      closedId,
+      "the closed bridge's restored claim released",
+      RECOVERY_TIMEOUT_MS,
+    );
+    const closedOnlineMs = Date.now() - restoredAt;
+    await settle();
+
+    const offlineEvents = (bridgeId: string): BridgePresence[] =>
+      presences.filter((event) => event.bridgeId === bridgeId && !event.online);
+    assert.deepEqual(offlineEvents(movedId), [], "moved bridge offline events");
+    assert.deepEqual(offlineEvents(addedId), [], "added bridge offline events");
+    assert.equal(offlineEvents(closedId).length, 1, "closed bridge offline");
+    assert.deepEqual(replaced, []);
+    assert.equal(moved.connected, true);
+    const restored = await presenceOf(url, movedId);
+    assert.equal(restored?.serverId, liveServerId);
+    assert.equal(restored?.socketId, moved.id);
+    // The named relay is back within its reconnect delay, and releases
+    // the claim one grace after its revalidation. The extra second covers
+    // that revalidation and the polling.
+    const closedBoundMs =
+      MAX_RECONNECT_DELAY_MS + RESTORED_CLAIM_GRACE_MS + 1000;
+    assert.ok(
+      closedOnlineMs < closedBoundMs,
+      `the closed bridge read online ${closedOnlineMs} ms, bound ${closedBoundMs} ms`,
+    );
+    printFigure(
+      `a bridge that moved to a relay that reconnected ${LATER_RELAY_HOLD_MS} ms after the other: no offline event, asked to resync ${resyncMs} ms after Redis answered; a bridge connected after the copy read offline for ${addedOfflineMs} ms; a closed bridge read online for ${closedOnlineMs} ms`,
+    );
   });
 
   it("releases a restored claim of no session", async () => {
