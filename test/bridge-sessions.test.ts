@@ -637,6 +637,39 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     assert.deepEqual(page.bridgeIds, [], "bridges left in the index");
   });
 
+  it("keeps the first grace on revalidation", async () => {
+    const bridgeId = randomBridgeId();
+    const graceMs = 1000;
+    await store.claimConnection(
+      bridgeId,
+      "server-a",
+      "gone-socket",
+      new Date(),
+    );
+    const named = sessionsOf("server-a", store, [], {
+      index: indexOf([bridgeId]),
+      graceMs,
+    });
+
+    const revalidatedAt = performance.now();
+    await named.sessions.revalidate();
+    await sleep(700);
+    // As after another Redis reconnect within the grace.
+    await named.sessions.revalidate();
+    await waitUntil(
+      "the offline presence event",
+      () => named.broadcaster.presences.length > 0,
+      3000,
+    );
+    const releasedMs = performance.now() - revalidatedAt;
+
+    assert.ok(releasedMs >= graceMs, `released after ${releasedMs} ms`);
+    // A grace started again by the second revalidation ends at 1700 ms.
+    assert.ok(releasedMs < graceMs + 500, `released after ${releasedMs} ms`);
+    const [presence] = await store.getPresence([bridgeId]);
+    assert.equal(presence?.connection, null);
+  });
+
   it("keeps a gone claim taken over", async () => {
     const bridgeId = randomBridgeId();
     const graceMs = 500;

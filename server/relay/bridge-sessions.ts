@@ -72,11 +72,11 @@ const MAX_DEFERRED_CHECKS = 10_000;
  */
 const DEFERRED_CHECK_MAX_AGE_MS = 10_000;
 /**
- * Time in ms from the revalidation that finds a restored claim of a gone
- * socket of this process to the release of that claim. The bridge may
- * have moved to another relay after the copy was saved. That relay takes
- * the claim over once it reconnects and revalidates, and the bridge then
- * never reads offline. Its Redis clients retry at least every 5 s
+ * Time in ms from the first revalidation that finds a restored claim of a
+ * gone socket of this process to the release of that claim. The bridge
+ * may have moved to another relay after the copy was saved. That relay
+ * takes the claim over once it reconnects and revalidates, and the bridge
+ * then never reads offline. Its Redis clients retry at least every 5 s
  * (MAX_RECONNECT_DELAY_MS), and 2 s more are left for its revalidation
  * and check. NOTE: the 2 s are an estimate. A relay that takes longer
  * finds the claim released, and its bridge reads offline until it claims
@@ -126,10 +126,13 @@ export class BridgeSessions {
   );
   private readonly deferredChecksFullLog = new RepeatLimiter(10_000);
   /**
-   * Socket IDs by bridge ID of restored claims of gone sockets of this
-   * process, released when `goneClaimsRelease` fires.
+   * Restored claims of gone sockets of this process by bridge ID, each with
+   * the `performance.now()` time at which it is released.
    */
-  private readonly goneClaims = new Map<string, string>();
+  private readonly goneClaims = new Map<
+    string,
+    { socketId: string; releaseAt: number }
+  >();
   private goneClaimsRelease: NodeJS.Timeout | undefined;
   private readonly goneClaimsFailureLog = new RepeatLimiter(10_000);
   private releaseRetry: NodeJS.Timeout | undefined;
@@ -512,18 +515,19 @@ export class BridgeSessions {
   /**
    * Finds the claims that name this process with a socket it does not
    * have, which Redis data restored from an older copy brings back after
-   * the bridge disconnected, and releases them once `restoredClaimGraceMs`
-   * has passed. No session checks them, and this process's live lease
-   * keeps a sweep away, so the bridges would read online for as long as it
-   * lives. The connection index, restored from the same copy, lists the
-   * bridges to read. The grace lets a relay that the bridge moved to
-   * reconnect and take the claim over, so that the bridge does not read
-   * offline meanwhile. A later revalidation that finds claims starts the
-   * grace again, because after another restore the other relays reconnect
-   * again too.
+   * the bridge disconnected, and releases each one `restoredClaimGraceMs`
+   * after the first revalidation that found it. No session checks them,
+   * and this process's live lease keeps a sweep away, so the bridges would
+   * read online for as long as it lives. The connection index, restored
+   * from the same copy, lists the bridges to read. The grace lets a relay
+   * that the bridge moved to reconnect and take the claim over, so that
+   * the bridge does not read offline meanwhile. A later revalidation does
+   * not extend the grace of a claim already held, so that a closed bridge
+   * reads online for at most one grace.
    */
   private async holdGoneLocalClaims(): Promise<void> {
     if (this.index === undefined) return;
+    const releaseAt = performance.now() + this.restoredClaimGraceMs;
     let found = 0;
     let cursor = "0";
     do {
@@ -537,7 +541,9 @@ export class BridgeSessions {
         if (connection === null || !this.isGoneLocalSocket(connection)) {
           continue;
         }
-        this.goneClaims.set(bridgeId, connection.socketId);
+        const { socketId } = connection;
+        if (this.goneClaims.get(bridgeId)?.socketId === socketId) continue;
+        this.goneClaims.set(bridgeId, { socketId, releaseAt });
         found += 1;
       }
     } while (cursor !== "0");
@@ -546,13 +552,20 @@ export class BridgeSessions {
       { claims: found, graceMs: this.restoredClaimGraceMs },
       "found restored claims of gone sockets of this process, after Redis data was replaced; releasing them after a grace for other relays to take them over",
     );
-    this.scheduleGoneClaimsRelease(this.restoredClaimGraceMs);
+    this.scheduleGoneClaimsRelease();
   }
 
-  /** Sets the release of `goneClaims` to run in `delayMs`, replacing an earlier schedule. */
-  private scheduleGoneClaimsRelease(delayMs: number): void {
+  /** Sets the release of `goneClaims` to run when the first of them is due. */
+  private scheduleGoneClaimsRelease(): void {
     if (this.retriesStopped) return;
+    let firstReleaseAt = Infinity;
+    for (const { releaseAt } of this.goneClaims.values()) {
+      firstReleaseAt = Math.min(firstReleaseAt, releaseAt);
+    }
     clearTimeout(this.goneClaimsRelease);
+    this.goneClaimsRelease = undefined;
+    if (firstReleaseAt === Infinity) return;
+    const delayMs = Math.max(0, firstReleaseAt - performance.now());
     this.goneClaimsRelease = setTimeout(() => {
       this.goneClaimsRelease = undefined;
       const releasing = this.releaseGoneClaims();
@@ -563,14 +576,18 @@ export class BridgeSessions {
   }
 
   /**
-   * Releases every claim in `goneClaims`, fenced by socket ID, so a claim
-   * that another relay took over is kept. Claims whose release failed are
-   * released again in a second, unless a revalidation scheduled them
-   * later meanwhile.
+   * Releases the claims in `goneClaims` that are due, fenced by socket ID,
+   * so a claim that another relay took over is kept. Claims whose release
+   * failed are released again in a second.
    */
   private async releaseGoneClaims(): Promise<void> {
-    const claims = [...this.goneClaims];
-    this.goneClaims.clear();
+    const now = performance.now();
+    const claims: [string, string][] = [];
+    for (const [bridgeId, { socketId, releaseAt }] of this.goneClaims) {
+      if (releaseAt > now) continue;
+      claims.push([bridgeId, socketId]);
+      this.goneClaims.delete(bridgeId);
+    }
     const failed: [string, string][] = [];
     let firstError: unknown;
     for (let start = 0; start < claims.length; start += REVALIDATE_BATCH) {
@@ -591,21 +608,21 @@ export class BridgeSessions {
         }),
       );
     }
-    if (failed.length === 0) return;
+    const retryAt = performance.now() + RELEASE_RETRY_MS;
     for (const [bridgeId, socketId] of failed) {
-      if (!this.goneClaims.has(bridgeId))
-        this.goneClaims.set(bridgeId, socketId);
+      if (this.goneClaims.has(bridgeId)) continue;
+      this.goneClaims.set(bridgeId, { socketId, releaseAt: retryAt });
     }
-    const suppressed = this.goneClaimsFailureLog.admit("failed");
-    if (suppressed !== null) {
-      this.logger.warn(
-        { err: firstError, failed: failed.length, suppressed },
-        "could not release restored claims of gone sockets of this process, retrying in 1 s",
-      );
+    if (failed.length > 0) {
+      const suppressed = this.goneClaimsFailureLog.admit("failed");
+      if (suppressed !== null) {
+        this.logger.warn(
+          { err: firstError, failed: failed.length, suppressed },
+          "could not release restored claims of gone sockets of this process, retrying in 1 s",
+        );
+      }
     }
-    if (this.goneClaimsRelease === undefined) {
-      this.scheduleGoneClaimsRelease(RELEASE_RETRY_MS);
-    }
+    this.scheduleGoneClaimsRelease();
   }
 
   /**
