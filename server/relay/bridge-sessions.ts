@@ -827,8 +827,9 @@ export class BridgeSessions {
    * Otherwise, with `takeOver`, the requester is asked to take the stale
    * claim over, and the claim is left as it is. Without it (a check from
    * an older relay), the stale claim is released and the requester is
-   * asked to claim the bridge again. When the message or the release fails on
-   * Redis, the check is kept and run again on the next revalidation.
+   * asked to claim the bridge again. When the message or the release
+   * fails on Redis, the check is kept and run again on the next
+   * revalidation.
    */
   async checkClaim(
     bridgeId: string,
