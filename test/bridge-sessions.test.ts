@@ -690,6 +690,7 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       graceMs,
     });
     const disconnect = await connectServers([live, named]);
+
     try {
       // server-a reconnects first, then server-b within the grace.
       await named.sessions.revalidate();
@@ -700,6 +701,7 @@ describe("bridge sessions on a Redis that fails a claim", function () {
       live.sessions.stopRetries();
       await disconnect();
     }
+
     const [presence] = await store.getPresence([bridgeId]);
     assert.equal(presence?.connection?.socketId, "live-socket");
     assert.deepEqual(named.broadcaster.presences, []);
