@@ -455,20 +455,33 @@ describe("bridge sessions on a Redis that fails a claim", function () {
     };
   }
 
-  it("checks a restored claim again after a failure", async () => {
+  /**
+   * Claims a new bridge for socket "live-socket" of server-b, then claims
+   * it for "gone-socket" of server-a, as Redis restored from an older copy
+   * does. Returns the bridge, the events sent to the live socket and
+   * server-b's sessions.
+   */
+  async function liveBridgeWithStaleClaim(): Promise<{
+    bridgeId: string;
+    emitted: string[];
+    live: ReturnType<typeof sessionsOf>;
+  }> {
     const bridgeId = randomBridgeId();
     const emitted: string[] = [];
     const socket = socketWithId("live-socket", emitted);
     const live = sessionsOf("server-b", store, [socket]);
     await live.sessions.claim(bridgeId, socket);
-    // As Redis restored from an older copy: the claim names a socket of
-    // server-a that is gone.
     await store.claimConnection(
       bridgeId,
       "server-a",
       "gone-socket",
       new Date(),
     );
+    return { bridgeId, emitted, live };
+  }
+
+  it("checks a restored claim again after a failure", async () => {
+    const { bridgeId, emitted, live } = await liveBridgeWithStaleClaim();
     let failedReleases = 0;
     // server-a's first release fails, as when its own Redis connection is
     // not back yet.
@@ -496,19 +509,7 @@ describe("bridge sessions on a Redis that fails a claim", function () {
   });
 
   it("runs a deferred check on revalidation", async () => {
-    const bridgeId = randomBridgeId();
-    const emitted: string[] = [];
-    const socket = socketWithId("live-socket", emitted);
-    const live = sessionsOf("server-b", store, [socket]);
-    await live.sessions.claim(bridgeId, socket);
-    // As Redis restored from an older copy: the claim names a socket of
-    // server-a that is gone.
-    await store.claimConnection(
-      bridgeId,
-      "server-a",
-      "gone-socket",
-      new Date(),
-    );
+    const { bridgeId, emitted, live } = await liveBridgeWithStaleClaim();
     // server-a's main Redis connection is not back yet when the check
     // arrives over its subscriber.
     let redisBack = false;
@@ -546,19 +547,7 @@ describe("bridge sessions on a Redis that fails a claim", function () {
   });
 
   it("takes over a claim that its server confirmed gone", async () => {
-    const bridgeId = randomBridgeId();
-    const emitted: string[] = [];
-    const socket = socketWithId("live-socket", emitted);
-    const live = sessionsOf("server-b", store, [socket]);
-    await live.sessions.claim(bridgeId, socket);
-    // As Redis restored from an older copy: the claim names a socket of
-    // server-a that is gone.
-    await store.claimConnection(
-      bridgeId,
-      "server-a",
-      "gone-socket",
-      new Date(),
-    );
+    const { bridgeId, emitted, live } = await liveBridgeWithStaleClaim();
     const [restored] = await store.getPresence([bridgeId]);
     // server-a's Redis connection is not back, so any release would fail.
     let namedStoreCalls = 0;
@@ -671,20 +660,10 @@ describe("bridge sessions on a Redis that fails a claim", function () {
   });
 
   it("keeps a gone claim taken over", async () => {
-    const bridgeId = randomBridgeId();
     const graceMs = 500;
-    const emitted: string[] = [];
-    const socket = socketWithId("live-socket", emitted);
-    const live = sessionsOf("server-b", store, [socket]);
-    await live.sessions.claim(bridgeId, socket);
-    // As Redis restored from an older copy: the claim names a socket of
-    // server-a from before the bridge moved to server-b.
-    await store.claimConnection(
-      bridgeId,
-      "server-a",
-      "gone-socket",
-      new Date(),
-    );
+    // The stale claim names a socket of server-a from before the bridge
+    // moved to server-b.
+    const { bridgeId, emitted, live } = await liveBridgeWithStaleClaim();
     const named = sessionsOf("server-a", store, [], {
       index: indexOf([bridgeId]),
       graceMs,
