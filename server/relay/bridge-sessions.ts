@@ -155,6 +155,15 @@ export class BridgeSessions {
     return this.sessions.get(bridgeId);
   }
 
+  /**
+   * Returns true while this process holds a restored claim of `bridgeId`
+   * that names a gone socket of its own, for another relay to take over.
+   * The bridge may be connected there.
+   */
+  holdsRestoredClaim(bridgeId: string): boolean {
+    return this.goneClaims.has(bridgeId);
+  }
+
   get count(): number {
     return this.sessions.size;
   }

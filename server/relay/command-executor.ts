@@ -111,12 +111,7 @@ export class CommandExecutor {
       return answerFromStored(command.bridgeId, remembered);
     }
     const session = this.sessions.get(command.bridgeId);
-    if (session === undefined) {
-      throw new RelayError(
-        "BRIDGE_OFFLINE",
-        `bridge ${command.bridgeId} is offline`,
-      );
-    }
+    if (session === undefined) throw this.noSessionError(command.bridgeId);
     await this.checkLight(session, command.lightId);
     const stored = this.sendToBridge(
       session,
@@ -130,6 +125,21 @@ export class CommandExecutor {
       (late) => void this.applyLateAnswer(command, late),
     );
     return this.settleAnswer(command, await stored);
+  }
+
+  /**
+   * Returns the error for a command to a bridge without a session here. A
+   * restored claim that this process holds for another relay to take over
+   * names a bridge that may be connected there, so that is `UNAVAILABLE`.
+   */
+  private noSessionError(bridgeId: string): RelayError {
+    if (this.sessions.holdsRestoredClaim(bridgeId)) {
+      return new RelayError(
+        "UNAVAILABLE",
+        `bridge ${bridgeId} may be connected to another relay that has not claimed it again since Redis data was replaced; retry`,
+      );
+    }
+    return new RelayError("BRIDGE_OFFLINE", `bridge ${bridgeId} is offline`);
   }
 
   /** Remembers the stored answer for repeats of the command, and returns it. */

@@ -16,6 +16,7 @@ import {
   nextEvent,
   randomBridgeId,
   record,
+  request,
   requestData,
   settle,
 } from "../support/clients.ts";
@@ -448,7 +449,19 @@ describe("fault: Redis restored from an older copy", function () {
         line.msg === "redis connection restored" && line.connection === "main",
       RECOVERY_TIMEOUT_MS,
     );
-    await sleep(LATER_RELAY_HOLD_MS);
+    const heldAt = Date.now();
+    await named.waitForLog(
+      (line) => line.msg.startsWith("found restored claims of gone sockets"),
+      LATER_RELAY_HOLD_MS,
+    );
+    // The named relay holds the moved bridge's restored claim, and the
+    // bridge is connected to the live relay.
+    const held = await request(app, "light:set", {
+      bridgeId: movedId,
+      lightId: "a",
+      change: { on: { on: true } },
+    });
+    await sleep(Math.max(0, LATER_RELAY_HOLD_MS - (Date.now() - heldAt)));
     await liveProxy.restore();
     await resync;
     const resyncMs = Date.now() - restoredAt;
@@ -472,6 +485,11 @@ describe("fault: Redis restored from an older copy", function () {
     assert.deepEqual(offlineEvents(addedId), [], "added bridge offline events");
     assert.equal(offlineEvents(closedId).length, 1, "closed bridge offline");
     assert.deepEqual(replaced, []);
+    assert.equal(
+      held.ok ? "ok" : held.error.code,
+      "UNAVAILABLE",
+      "a command to the moved bridge while its claim was held",
+    );
     assert.equal(moved.connected, true);
     const restored = await presenceOf(url, movedId);
     assert.equal(restored?.serverId, liveServerId);
