@@ -7,6 +7,10 @@ import type { Logger } from "../logger.ts";
 import { clusterMetricsClient } from "../metrics/cluster-metrics.ts";
 import { RedisBus } from "../messaging/server-bus.ts";
 import {
+  UnsubscribedMarker,
+  unsubscribedCheck,
+} from "../messaging/unsubscribed-marker.ts";
+import {
   connectRedis,
   MAX_RECONNECT_DELAY_MS,
   type RedisClients,
@@ -144,6 +148,13 @@ export async function runWorker(
   });
   dataLoss.watch(redis.mainState);
   await dataLoss.start();
+  const unsubscribed = new UnsubscribedMarker(
+    redis.requests,
+    config.redisKeyPrefix,
+    serverId,
+    log,
+  );
+  unsubscribed.watch(redis.mainState, redis.subscriberState);
   const awaitSubscriptions = () => redis.awaitSubscriptions();
   const relay = await createRelay({
     config,
@@ -161,6 +172,7 @@ export async function runWorker(
     }),
     awaitSubscriptions,
     dataLoss,
+    isUnsubscribed: unsubscribedCheck(redis.requests, config.redisKeyPrefix),
   });
   // After an outage, recovery waits for both connections: a bridge claimed
   // again before the subscriber is back would be announced online while
@@ -211,6 +223,7 @@ export async function runWorker(
     // Logs the count of store failures not yet reported.
     await store.close();
     dataLoss.stop();
+    unsubscribed.stop();
     await redis.close();
   });
   logPrimaryLoss(log);

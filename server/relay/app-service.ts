@@ -79,13 +79,30 @@ export interface NoClaimExplanation {
  * the bridge's presence and route a command to the bridge's process. That
  * process then checks that the light exists, in the contract's order.
  */
+/** Explanations of a bridge that reads offline but may be connected. */
+export interface OfflineExplanations {
+  dataLoss?: NoClaimExplanation;
+  /**
+   * Tells whether process `serverId` runs but has lost the subscription on
+   * which it receives commands, so that its bridges may be connected.
+   */
+  isUnsubscribed?: (serverId: string) => Promise<boolean>;
+}
+
 export class AppService {
+  private readonly dataLoss: NoClaimExplanation | undefined;
+  private readonly isUnsubscribed:
+    ((serverId: string) => Promise<boolean>) | undefined;
+
   constructor(
     private readonly store: StateStore,
     private readonly router: CommandRouter,
     private readonly local?: LocalBridges,
-    private readonly dataLoss?: NoClaimExplanation,
-  ) {}
+    explanations: OfflineExplanations = {},
+  ) {
+    this.dataLoss = explanations.dataLoss;
+    this.isUnsubscribed = explanations.isUnsubscribed;
+  }
 
   async listBridges(identity: AppIdentity): Promise<BridgePresence[]> {
     const records = await this.store.getPresence([...identity.bridges].sort());
@@ -165,7 +182,7 @@ export class AppService {
         } catch (error) {
           const retry =
             error instanceof NoReceiverError && performance.now() < retryUntil;
-          if (!retry) throw error;
+          if (!retry) throw await this.explainNoReceiver(error, target);
         }
         await sleep(NO_RECEIVER_RETRY_GAP_MS);
         target = await this.findServer(command.bridgeId);
@@ -173,6 +190,24 @@ export class AppService {
     } finally {
       moves.done = true;
     }
+  }
+
+  /**
+   * Returns `error`, or `UNAVAILABLE` in its place when no process received
+   * the command because `serverId` runs without its subscription, as while
+   * its subscriber reconnects to Redis after its main connection did. The
+   * bridge may then be connected there.
+   */
+  private async explainNoReceiver(
+    error: unknown,
+    serverId: string,
+  ): Promise<unknown> {
+    if (!(error instanceof NoReceiverError)) return error;
+    if ((await this.isUnsubscribed?.(serverId)) !== true) return error;
+    return new RelayError(
+      "UNAVAILABLE",
+      `bridge ${error.bridgeId}'s server ${serverId} is reconnecting to Redis and cannot receive commands; retry`,
+    );
   }
 
   /**

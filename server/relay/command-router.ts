@@ -44,7 +44,10 @@ export type CommandExecutor = (
  * process.
  */
 export class NoReceiverError extends RelayError {
-  constructor(bridgeId: string, serverId: string) {
+  constructor(
+    readonly bridgeId: string,
+    serverId: string,
+  ) {
     super(
       "BRIDGE_OFFLINE",
       `bridge ${bridgeId} is offline: its server ${serverId} received no command`,

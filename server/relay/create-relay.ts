@@ -76,6 +76,12 @@ export interface RelayOptions {
    */
   dataLoss?: NoClaimExplanation;
   /**
+   * Tells whether another process runs without its subscription, so that
+   * a command it does not receive answers `UNAVAILABLE`. Absent in a
+   * single process.
+   */
+  isUnsubscribed?: (serverId: string) => Promise<boolean>;
+  /**
    * Presence leases shared by the processes of a cluster, so that the
    * bridges of a process that dies without closing them go offline. A single
    * process needs none: its bridges go down with it.
@@ -227,7 +233,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       serverId: bus.serverId,
       knowsLight: (bridgeId, lightId) => executor.knowsLight(bridgeId, lightId),
     },
-    options.dataLoss,
+    { dataLoss: options.dataLoss, isUnsubscribed: options.isUnsubscribed },
   );
   const untrackConnections = trackConnections({
     bridges: () => sessions.count,

@@ -936,6 +936,60 @@ describe("fault: Redis lost by the app's relay while a command is out", function
   });
 });
 
+describe("fault: subscriber of the bridge's relay lost", function () {
+  this.timeout(60_000);
+  // The bridge's relay reaches Redis through the proxy.
+  const relays = relaysWithCut("bridge");
+
+  it("answers UNAVAILABLE while only the subscriber is away", async () => {
+    const { proxy, bridgeRelay, appRelay } = relays;
+    const bridgeId = randomBridgeId();
+    const bridge = await startFakeBridge({ url: bridgeRelay.url, bridgeId });
+    relays.clients.push(bridge);
+    const app = await startAppView({
+      url: appRelay.url,
+      bridgeIds: [bridgeId],
+    });
+    relays.clients.push(app);
+    const serverId = bridgeRelay.workers()[0]?.serverId;
+    assert.ok(serverId !== undefined, "the bridge relay's server ID");
+    const marker = `${KEY_PREFIX}:server:${serverId}:unsubscribed`;
+    const admin = createClient({ url: relays.redis.url });
+    await admin.connect();
+    let away: Outcome;
+    try {
+      // The subscriber drops and cannot connect again, while the main
+      // connection keeps working.
+      proxy.cutOnly("ssubscribe");
+      await waitUntil(
+        "the lost subscription marked",
+        async () => (await admin.exists(marker)) === 1,
+        5000,
+      );
+      away = await outcomeOf(
+        app.client.setLight(bridgeId, "a", { on: { on: false } }),
+      );
+      assert.equal(away.code, "UNAVAILABLE", "command while away");
+
+      proxy.admitNew();
+      await waitUntil(
+        "the marker deleted",
+        async () => (await admin.exists(marker)) === 0,
+        RECOVERY_TIMEOUT_MS,
+      );
+    } finally {
+      await admin.close();
+    }
+    const back = await outcomeOf(
+      app.client.setLight(bridgeId, "a", { on: { on: true } }),
+    );
+    assert.equal(back.code, "ok", "command once the subscriber is back");
+    printFigure(
+      `subscriber of the bridge's relay away, its main connection up: a command answered UNAVAILABLE in ${away.elapsedMs} ms`,
+    );
+  });
+});
+
 describe("fault: Redis unreachable at start", function () {
   this.timeout(30_000);
   /** STARTUP_WAIT_LOG_INTERVAL_MS of the relay, in ms. */

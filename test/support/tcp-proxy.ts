@@ -26,6 +26,14 @@ export interface TcpProxy {
    */
   cutAllBut: (marker: string) => void;
   /**
+   * Destroys the open connections whose first requests contain `marker`,
+   * such as a Redis subscriber's, and closes new connections on arrival
+   * until `admitNew()`, while the other open connections keep working.
+   */
+  cutOnly: (marker: string) => void;
+  /** Forwards new connections again after `cutOnly`. */
+  admitNew: () => void;
+  /**
    * Destroys the first connection that then sends a request containing
    * `marker`, without forwarding that request to the server, and resolves
    * once it did. The search is per chunk read, so a marker split across
@@ -51,8 +59,14 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
   /** First requests of each client connection, up to REQUEST_PREFIX_BYTES. */
   const requestPrefixes = new Map<Socket, string>();
   let holding = false;
+  /** True while new connections are closed on arrival. */
+  let refusing = false;
   let trap: { marker: string; sprung: () => void } | undefined;
   const forward = (client: Socket): void => {
+    if (refusing) {
+      client.destroy();
+      return;
+    }
     const upstream = connect({ host: "127.0.0.1", port: targetPort });
     track(client);
     track(upstream);
@@ -100,6 +114,14 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
     for (const socket of sockets) socket.destroy();
     await closed;
   };
+  /** Destroys the connections whose first requests match. */
+  const cutWhere = (matches: (prefix: string) => boolean): void => {
+    for (const [upstream, client] of replies) {
+      if (!matches(requestPrefixes.get(client) ?? "")) continue;
+      upstream.destroy();
+      client.destroy();
+    }
+  };
   return {
     port,
     redisUrl: `redis://127.0.0.1:${port}`,
@@ -129,11 +151,14 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
     },
     cutAllBut: (marker) => {
       holding = true;
-      for (const [upstream, client] of replies) {
-        if (requestPrefixes.get(client)?.includes(marker)) continue;
-        upstream.destroy();
-        client.destroy();
-      }
+      cutWhere((prefix) => !prefix.includes(marker));
+    },
+    cutOnly: (marker) => {
+      refusing = true;
+      cutWhere((prefix) => prefix.includes(marker));
+    },
+    admitNew: () => {
+      refusing = false;
     },
     dropOnRequest: (marker) =>
       new Promise((resolve) => {
