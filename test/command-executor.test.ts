@@ -137,6 +137,30 @@ describe("CommandExecutor on a real socket", () => {
     assert.equal(received, 1);
   });
 
+  it("rejects another command while one awaits its late answer", async () => {
+    const received: string[] = [];
+    client.on(
+      "light:set",
+      (sent: { lightId: string }, ack: (answer: unknown) => void) => {
+        received.push(sent.lightId);
+        setTimeout(
+          () => ack({ ok: true, data: { light: light(sent.lightId, true) } }),
+          TIMEOUT_MS + 300,
+        );
+      },
+    );
+
+    const first = await executor.execute(command("late-2"));
+    assert.equal(first.ok ? undefined : first.error.code, "TIMEOUT");
+    // The bridge may still answer the first command.
+    const other = await executor.execute({
+      ...command("late-2"),
+      change: { on: { on: false } },
+    });
+    assert.equal(other.ok ? undefined : other.error.code, "INVALID_PAYLOAD");
+    assert.deepEqual(received, ["lamp"], "commands that reached the bridge");
+  });
+
   it("rejects a closed transport at once", async () => {
     let received = 0;
     client.on("light:set", () => (received += 1));

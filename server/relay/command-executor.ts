@@ -63,6 +63,14 @@ export function answerFromStored(
  */
 export class CommandExecutor {
   private readonly inFlight = new Map<string, RunningCommand>();
+  /**
+   * Commands that timed out while their bridge may still answer, by key,
+   * until the late answer is applied or its wait ends.
+   */
+  private readonly awaitingLate = new Map<
+    string,
+    { command: RoutedCommand; timer: NodeJS.Timeout }
+  >();
   private readonly unanswered: UnansweredCommands;
 
   constructor(
@@ -79,9 +87,16 @@ export class CommandExecutor {
   }
 
   execute = (command: RoutedCommand): Promise<CommandAnswer> => {
-    const key = `${command.bridgeId}\n${command.commandId}`;
+    const key = commandKey(command);
     const running = this.inFlight.get(key);
     if (running !== undefined) return joinRunning(running, command);
+    // The bridge may still apply the timed-out command, so another command
+    // under its ID would reach a bridge that takes it for a duplicate.
+    const late = this.awaitingLate.get(key)?.command;
+    if (late !== undefined && !isSameCommand(late, command)) {
+      const error = reusedCommandIdError(command);
+      return Promise.resolve({ ok: false, error: toErrorBody(error) });
+    }
     const answer = this.run(command).catch((error: unknown) => {
       if (!(error instanceof RelayError)) {
         this.logger.error(
@@ -124,7 +139,40 @@ export class CommandExecutor {
       (raw) => this.interpret(session, command, raw),
       (late) => void this.applyLateAnswer(command, late),
     );
-    return this.settleAnswer(command, await stored);
+    let answer: StoredCommandAnswer;
+    try {
+      answer = await stored;
+    } catch (error) {
+      if (error instanceof RelayError && error.code === "TIMEOUT")
+        this.awaitLateAnswer(command);
+      throw error;
+    }
+    return this.settleAnswer(command, answer);
+  }
+
+  /**
+   * Records a command that timed out while its bridge may still answer,
+   * for as long as Socket.IO waits for that answer, so that another
+   * command under its ID is rejected meanwhile.
+   */
+  private awaitLateAnswer(command: RoutedCommand): void {
+    if (!(command.idempotent ?? true)) return;
+    const key = commandKey(command);
+    clearTimeout(this.awaitingLate.get(key)?.timer);
+    const timer = setTimeout(
+      () => this.stopAwaitingLate(command),
+      ANSWER_STALL_GRACE_MS,
+    );
+    timer.unref();
+    this.awaitingLate.set(key, { command, timer });
+  }
+
+  private stopAwaitingLate(command: RoutedCommand): void {
+    const key = commandKey(command);
+    const entry = this.awaitingLate.get(key);
+    if (entry?.command !== command) return;
+    clearTimeout(entry.timer);
+    this.awaitingLate.delete(key);
   }
 
   /**
@@ -172,6 +220,8 @@ export class CommandExecutor {
         { err: error, ...ids },
         "could not apply a bridge's answer that came after its command's timeout",
       );
+    } finally {
+      this.stopAwaitingLate(command);
     }
   }
 
@@ -446,6 +496,11 @@ export interface RunningCommand {
  * Returns the answer of `running` for a repeat of its command, and an
  * `INVALID_PAYLOAD` answer for another command under the same `commandId`.
  */
+/** Returns the key of a command: its bridge and its `commandId`. */
+function commandKey(command: RoutedCommand): string {
+  return `${command.bridgeId}\n${command.commandId}`;
+}
+
 export function joinRunning(
   running: RunningCommand,
   command: RoutedCommand,
