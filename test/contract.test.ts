@@ -1520,17 +1520,21 @@ for (const variant of VARIANTS) {
           change: { on: { on: true } },
           commandId: "slow-reused",
         };
-        const [first, other, repeat] = await Promise.all([
-          request<{ light: Light }>(one, "light:set", payload),
-          (async () => {
-            await settle(50);
-            return request(two, "light:set", { ...payload, lightId: "typed" });
-          })(),
-          (async () => {
-            await settle(100);
-            return request(two, "light:set", payload);
-          })(),
+        const sent = request<{ light: Light }>(one, "light:set", payload);
+        // The others go once the first is in flight at the bridge, so that
+        // it is the first whatever the machine's load.
+        await waitUntil(
+          "the first command at the bridge",
+          () => {
+            return received.length === 1;
+          },
+          5000,
+        );
+        const [other, repeat] = await Promise.all([
+          request(two, "light:set", { ...payload, lightId: "typed" }),
+          request(two, "light:set", payload),
         ]);
+        const first = await sent;
         assert.equal(first.ok, true, JSON.stringify(first));
         assert.equal(first.ok && first.data.light.id, "ok1");
         assert.equal(!other.ok && other.error.code, "INVALID_PAYLOAD");
