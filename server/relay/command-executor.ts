@@ -93,10 +93,8 @@ export class CommandExecutor {
     // The bridge may still apply the timed-out command, so another command
     // under its ID would reach a bridge that takes it for a duplicate.
     const late = this.awaitingLate.get(key)?.command;
-    if (late !== undefined && !isSameCommand(late, command)) {
-      const error = reusedCommandIdError(command);
-      return Promise.resolve({ ok: false, error: toErrorBody(error) });
-    }
+    if (late !== undefined && !isSameCommand(late, command))
+      return reusedCommandIdAnswer(command);
     const answer = this.run(command).catch((error: unknown) => {
       if (!(error instanceof RelayError)) {
         this.logger.error(
@@ -492,20 +490,25 @@ export interface RunningCommand {
   answer: Promise<CommandAnswer>;
 }
 
+/** Returns the key of a command: its bridge and its `commandId`. */
+export function commandKey(command: RoutedCommand): string {
+  return `${command.bridgeId}\n${command.commandId}`;
+}
+
 /**
  * Returns the answer of `running` for a repeat of its command, and an
  * `INVALID_PAYLOAD` answer for another command under the same `commandId`.
  */
-/** Returns the key of a command: its bridge and its `commandId`. */
-function commandKey(command: RoutedCommand): string {
-  return `${command.bridgeId}\n${command.commandId}`;
-}
-
 export function joinRunning(
   running: RunningCommand,
   command: RoutedCommand,
 ): Promise<CommandAnswer> {
   if (isSameCommand(running.command, command)) return running.answer;
+  return reusedCommandIdAnswer(command);
+}
+
+/** Returns the `INVALID_PAYLOAD` answer of a command that reuses another command's `commandId`. */
+function reusedCommandIdAnswer(command: RoutedCommand): Promise<CommandAnswer> {
   const error = reusedCommandIdError(command);
   return Promise.resolve({ ok: false, error: toErrorBody(error) });
 }

@@ -7,7 +7,11 @@ import type {
   CommandExecutor,
   RoutedCommand,
 } from "./command-router.ts";
-import { joinRunning, type RunningCommand } from "./command-executor.ts";
+import {
+  commandKey,
+  joinRunning,
+  type RunningCommand,
+} from "./command-executor.ts";
 
 /** Shortest gap between two batches, in ms: a wider window gets more batches, not shorter gaps. */
 const MIN_BATCH_GAP_MS = 50;
@@ -117,7 +121,7 @@ export class ConnectionDrain {
     socketIdOf: (bridgeId: string) => string | undefined,
   ): CommandExecutor {
     return (command: RoutedCommand) => {
-      const key = `${command.bridgeId}\n${command.commandId}`;
+      const key = commandKey(command);
       const running = this.commands.get(key);
       if (running !== undefined) return joinRunning(running, command);
       const socketId = socketIdOf(command.bridgeId);
