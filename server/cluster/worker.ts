@@ -171,8 +171,10 @@ export async function runWorker(
       subscriptionMode: "dynamic",
     }),
     awaitSubscriptions,
-    dataLoss,
-    isUnsubscribed: unsubscribedCheck(redis.requests, config.redisKeyPrefix),
+    offline: {
+      dataLoss,
+      isUnsubscribed: unsubscribedCheck(redis.requests, config.redisKeyPrefix),
+    },
   });
   // After an outage, recovery waits for both connections: a bridge claimed
   // again before the subscriber is back would be announced online while

@@ -73,36 +73,31 @@ export interface NoClaimExplanation {
   isOpen(): Promise<boolean>;
 }
 
+/** Explanations of a bridge that reads offline but may be connected. */
+export interface OfflineExplanations {
+  /** The window after Redis lost its data. Absent in a single process. */
+  dataLoss?: NoClaimExplanation;
+  /**
+   * Tells whether process `serverId` runs but has lost the subscription on
+   * which it receives commands, so that its bridges may be connected.
+   * Absent in a single process.
+   */
+  isUnsubscribed?: (serverId: string) => Promise<boolean>;
+}
+
 /**
  * Operations that apps request, shared by every transport. Callers have
  * validated the payload and checked grants and rate limits. These check
  * the bridge's presence and route a command to the bridge's process. That
  * process then checks that the light exists, in the contract's order.
  */
-/** Explanations of a bridge that reads offline but may be connected. */
-export interface OfflineExplanations {
-  dataLoss?: NoClaimExplanation;
-  /**
-   * Tells whether process `serverId` runs but has lost the subscription on
-   * which it receives commands, so that its bridges may be connected.
-   */
-  isUnsubscribed?: (serverId: string) => Promise<boolean>;
-}
-
 export class AppService {
-  private readonly dataLoss: NoClaimExplanation | undefined;
-  private readonly isUnsubscribed:
-    ((serverId: string) => Promise<boolean>) | undefined;
-
   constructor(
     private readonly store: StateStore,
     private readonly router: CommandRouter,
     private readonly local?: LocalBridges,
-    explanations: OfflineExplanations = {},
-  ) {
-    this.dataLoss = explanations.dataLoss;
-    this.isUnsubscribed = explanations.isUnsubscribed;
-  }
+    private readonly offline: OfflineExplanations = {},
+  ) {}
 
   async listBridges(identity: AppIdentity): Promise<BridgePresence[]> {
     const records = await this.store.getPresence([...identity.bridges].sort());
@@ -203,7 +198,7 @@ export class AppService {
     serverId: string,
   ): Promise<unknown> {
     if (!(error instanceof NoReceiverError)) return error;
-    if ((await this.isUnsubscribed?.(serverId)) !== true) return error;
+    if ((await this.offline.isUnsubscribed?.(serverId)) !== true) return error;
     return new RelayError(
       "UNAVAILABLE",
       `bridge ${error.bridgeId}'s server ${serverId} is reconnecting to Redis and cannot receive commands; retry`,
@@ -284,7 +279,7 @@ export class AppService {
     const unrecorded =
       presence === undefined ||
       (presence.epoch === 0 && presence.lastSeen === null);
-    if (unrecorded && (await this.dataLoss?.isOpen()) === true) {
+    if (unrecorded && (await this.offline.dataLoss?.isOpen()) === true) {
       throw new RelayError(
         "UNAVAILABLE",
         `bridge ${bridgeId} has no connection recorded because Redis lost its data, and the relay is still restoring its bridges' connections; retry in a few seconds`,

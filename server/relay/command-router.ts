@@ -131,7 +131,7 @@ export class CommandRouter {
     this.receiving = false;
     let answered = 0;
     for (const [requestId, request] of this.pending) {
-      if (this.canRecover(request)) {
+      if (this.canRecover(request.idempotent)) {
         request.replyMayBeLost = true;
         continue;
       }
@@ -151,9 +151,9 @@ export class CommandRouter {
     );
   }
 
-  /** Returns true when the answer of `request` can be looked up after its reply was lost. */
-  private canRecover(request: { idempotent: boolean }): boolean {
-    return this.storedAnswer !== undefined && request.idempotent;
+  /** Returns true when the stored answer of a command can be read after its reply was lost, which needs a `commandId`. */
+  private canRecover(idempotent: boolean): boolean {
+    return this.storedAnswer !== undefined && idempotent;
   }
 
   /**
@@ -245,7 +245,7 @@ export class CommandRouter {
         idempotent,
         // A reply to a command sent while the subscription is down is lost
         // too, when Redis still takes the publish.
-        replyMayBeLost: !this.receiving && this.canRecover({ idempotent }),
+        replyMayBeLost: !this.receiving && this.canRecover(idempotent),
       });
     });
     const deadline = Date.now() + this.timeoutMs - this.replyMarginMs;

@@ -27,7 +27,7 @@ import { HandshakeError, MAX_TIMER_MS } from "../transport/handshake.ts";
 import { jsonOnlyParser } from "../transport/json-only-parser.ts";
 import { RateLimits } from "../transport/rate-limits.ts";
 import { askAppsToResubscribe } from "./app-refresh.ts";
-import { AppService, type NoClaimExplanation } from "./app-service.ts";
+import { AppService, type OfflineExplanations } from "./app-service.ts";
 import { namespaceBroadcaster } from "./broadcaster.ts";
 import { BridgeSessions } from "./bridge-sessions.ts";
 import { answerFromStored, CommandExecutor } from "./command-executor.ts";
@@ -70,17 +70,11 @@ export interface RelayOptions {
   redisState?: Pick<ConnectionState, "isReady">;
   awaitSubscriptions?: () => Promise<void>;
   /**
-   * The window after Redis lost its data, in which a bridge without a
-   * claim answers `UNAVAILABLE`. Absent in a single process, whose store
-   * loses nothing while it runs.
+   * Explanations that turn `BRIDGE_OFFLINE` into `UNAVAILABLE` for a bridge
+   * that may be connected: after Redis lost its data, or while its process
+   * runs without its subscription. Absent in a single process.
    */
-  dataLoss?: NoClaimExplanation;
-  /**
-   * Tells whether another process runs without its subscription, so that
-   * a command it does not receive answers `UNAVAILABLE`. Absent in a
-   * single process.
-   */
-  isUnsubscribed?: (serverId: string) => Promise<boolean>;
+  offline?: OfflineExplanations;
   /**
    * Presence leases shared by the processes of a cluster, so that the
    * bridges of a process that dies without closing them go offline. A single
@@ -233,7 +227,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       serverId: bus.serverId,
       knowsLight: (bridgeId, lightId) => executor.knowsLight(bridgeId, lightId),
     },
-    { dataLoss: options.dataLoss, isUnsubscribed: options.isUnsubscribed },
+    options.offline,
   );
   const untrackConnections = trackConnections({
     bridges: () => sessions.count,
