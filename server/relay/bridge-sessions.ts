@@ -247,11 +247,16 @@ export class BridgeSessions {
     lastWrites: Promise<void> = Promise.resolve(),
   ): Promise<void> {
     const releasing = this.releaseNow(session, false, lastWrites);
-    this.releasing.add(releasing);
-    void releasing
-      .catch(() => undefined)
-      .finally(() => this.releasing.delete(releasing));
+    this.trackRelease(releasing);
     return releasing;
+  }
+
+  /** Keeps `release` among the releases in flight, which `idle` and `settleReleases` read, until it settles. */
+  private trackRelease(release: Promise<void>): void {
+    this.releasing.add(release);
+    void release
+      .catch(() => undefined)
+      .finally(() => this.releasing.delete(release));
   }
 
   /**
@@ -262,11 +267,7 @@ export class BridgeSessions {
    * it is sent again every second until Redis answers it.
    */
   private abandon(bridgeId: string, socketId: string): void {
-    const releasing = this.releaseAbandonedOrOwe(bridgeId, socketId).catch(
-      () => undefined,
-    );
-    this.releasing.add(releasing);
-    void releasing.finally(() => this.releasing.delete(releasing));
+    this.trackRelease(this.releaseAbandonedOrOwe(bridgeId, socketId));
   }
 
   /** Releases a failed claim, or keeps it owed and schedules the next attempt. */
@@ -577,9 +578,7 @@ export class BridgeSessions {
     const delayMs = Math.max(0, firstReleaseAt - performance.now());
     this.goneClaimsRelease = setTimeout(() => {
       this.goneClaimsRelease = undefined;
-      const releasing = this.releaseGoneClaims();
-      this.releasing.add(releasing);
-      void releasing.finally(() => this.releasing.delete(releasing));
+      this.trackRelease(this.releaseGoneClaims());
     }, delayMs);
     this.goneClaimsRelease.unref();
   }
