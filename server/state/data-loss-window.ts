@@ -40,7 +40,7 @@ const CHECK_RETRY_MS = 1000;
  * Notices that Redis lost its data (it restarted empty) and opens a
  * window, shared by every relay process, during which a bridge that has no
  * record at all may still be connected. Each process records every bridge
- * socket it has as a claim in Redis, and makes the claims again only once
+ * socket it has as a claim in Redis. It makes the claims again only once
  * both of its Redis connections are back, so for a while after the
  * restart a connected bridge reads as never seen.
  *
